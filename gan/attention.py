@@ -1,0 +1,205 @@
+"""The non-local block family (Wang et al. 2018) with SAGAN's gated residual (Zhang et al. 2019).
+
+    y_i = (1 / C(x)) * sum_j f(x_i, x_j) g(x_j),    z = x + gamma * out(y)
+
+`theta`, `phi`, `g` and `out` are 1x1 convolutions without bias. The pairwise function f is one of
+
+    embedded_gaussian  f = exp(theta(x_i)^T phi(x_j)),      C = sum_j f   (softmax; SAGAN, no 1/sqrt(d))
+    dot_product        f = theta(x_i)^T phi(x_j),           C = N
+    concatenation      f = ReLU(w_f^T [theta(x_i); phi(x_j)]), C = N
+    gaussian           f = exp(x_i^T x_j) on the raw input, C = sum_j f
+
+where N is the number of key positions. With `subsample=True`, phi(x) and g(x) (or x itself for the
+Gaussian) are 2x2 max-pooled first, with `ceil_mode=True`: an odd side of 2k+1 gives k+1 key rows, the
+last one pooling a single row, so every position of an odd map still contributes as a key.
+
+Two computations, one result:
+- the explicit path materialises the (HW x N) weight matrix; it serves every pairwise function and
+  `return_attention=True` / `record_attention`;
+- the fused path hands the softmax variants to `scaled_dot_product_attention(scale=1.0)`, which never
+  materialises the matrix on its flash / memory-efficient kernels. CPU's flash kernel needs queries/keys as
+  wide as values, so theta/phi are zero-padded up to the value width there: zeros add nothing to a dot
+  product, so every logit is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
+GATES = ("gamma", "zero_init")
+_SOFTMAX = ("embedded_gaussian", "gaussian")
+
+
+@dataclass
+class AttentionRecord:
+    """One block call seen under `record_attention`."""
+
+    name: str  # qualified module name, e.g. "blocks.2.attention"
+    weights: Tensor  # (B, Hq*Wq, Hk*Wk) float32, detached: f / C(x)
+    query_hw: tuple[int, int]  # (Hq, Wq): the block's feature map
+    key_hw: tuple[int, int]  # (Hk, Wk): the (pooled) key grid
+
+
+def _conv1x1(cin: int, cout: int, sn: bool) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
+    return nn.utils.parametrizations.spectral_norm(conv) if sn else conv
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local / self-attention block on (B, C, H, W) maps; the identity at initialisation.
+
+    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at 0 (SAGAN).
+    `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
+    normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
+    so under this gate `out` is left unnormalised; theta, phi and g still are.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        pairwise: str = "embedded_gaussian",
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        subsample: bool = True,
+        gate: str = "gamma",
+        spectral_norm: bool = True,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        if pairwise not in PAIRWISE:
+            raise ValueError(f"pairwise must be one of {', '.join(PAIRWISE)}; got {pairwise!r}")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {', '.join(GATES)}; got {gate!r}")
+        self.channels = channels
+        self.pairwise = pairwise
+        self.subsample = subsample
+        self.gate = gate
+        self.fused = fused
+        self.qk_channels = channels if pairwise == "gaussian" else (qk_channels or max(channels // 8, 1))
+        self.v_channels = v_channels or max(channels // 2, 1)
+
+        if pairwise != "gaussian":
+            self.theta = _conv1x1(channels, self.qk_channels, spectral_norm)
+            self.phi = _conv1x1(channels, self.qk_channels, spectral_norm)
+        if pairwise == "concatenation":
+            self.w_f = nn.Parameter(torch.randn(2 * self.qk_channels) / math.sqrt(2 * self.qk_channels))
+        self.g = _conv1x1(channels, self.v_channels, spectral_norm)
+        if gate == "gamma":
+            self.out = _conv1x1(self.v_channels, channels, spectral_norm)
+            self.gamma = nn.Parameter(torch.zeros(()))
+        else:
+            self.out = _conv1x1(self.v_channels, channels, False)
+            nn.init.zeros_(self.out.weight)
+        self._records: list[AttentionRecord] | None = None  # set by record_attention
+        self._record_name = ""
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
+            f"subsample={self.subsample}, gate={self.gate}, fused={self.fused}"
+        )
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+        """theta(x) as queries, phi(x) as keys, g(x) as values, flattened; and the key grid."""
+        if self.pairwise == "gaussian":
+            theta, phi = x, x
+        else:
+            theta, phi = self.theta(x), self.phi(x)
+        g = self.g(x)
+        if self.subsample:
+            phi = F.max_pool2d(phi, 2, ceil_mode=True)  # (B, Cqk, ceil(H/2), ceil(W/2))
+            g = F.max_pool2d(g, 2, ceil_mode=True)  # (B, Cv, ceil(H/2), ceil(W/2))
+        key_hw = (phi.shape[-2], phi.shape[-1])
+        q = theta.flatten(2).transpose(1, 2)  # (B, HW, Cqk)
+        k = phi.flatten(2).transpose(1, 2)  # (B, N, Cqk)
+        v = g.flatten(2).transpose(1, 2)  # (B, N, Cv)
+        return q, k, v, key_hw
+
+    def _weights(self, q: Tensor, k: Tensor) -> Tensor:
+        """Normalised weights f(x_i, x_j) / C(x): (B, HW, N), in float32 for the softmax variants."""
+        n_keys = k.shape[1]
+        if self.pairwise in _SOFTMAX:
+            logits = torch.bmm(q, k.transpose(1, 2))  # (B, HW, N)
+            return torch.softmax(logits.float(), dim=-1)
+        if self.pairwise == "dot_product":
+            return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, HW, N)
+        # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j, never building the pairs
+        w_theta, w_phi = self.w_f.to(q.dtype).split(self.qk_channels)
+        f = F.relu((q @ w_theta).unsqueeze(2) + (k @ w_phi).unsqueeze(1))  # (B, HW, N)
+        return f / n_keys
+
+    def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """softmax(q k^T) v without the (HW x N) matrix: (B, HW, Cv)."""
+        pad = v.shape[-1] - q.shape[-1]
+        if pad > 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
+            # Flash kernels want equal head sizes; zero columns leave every q.k unchanged.
+            q = F.pad(q, (0, pad))  # (B, HW, Cv)
+            k = F.pad(k, (0, pad))  # (B, N, Cv)
+        y = F.scaled_dot_product_attention(
+            q.unsqueeze(1).contiguous(),  # (B, 1, HW, C)
+            k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
+            v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
+            scale=1.0,
+        )
+        return y.squeeze(1)  # (B, HW, Cv)
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"NonLocalBlock({self.channels}) expects (B, {self.channels}, H, W); got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        q, k, v, key_hw = self._project(x)
+        need_weights = return_attention or self._records is not None
+        if need_weights or not (self.fused and self.pairwise in _SOFTMAX):
+            attn = self._weights(q, k)  # (B, HW, N)
+            y = torch.bmm(attn.to(v.dtype), v)  # (B, HW, Cv)
+        else:
+            attn = None
+            y = self._fused_attend(q, k, v)  # (B, HW, Cv)
+        y = y.transpose(1, 2).reshape(b, self.v_channels, h, w)  # (B, Cv, H, W)
+        o = self.out(y)  # (B, C, H, W)
+        z = x + self.gamma.to(o.dtype) * o if self.gate == "gamma" else x + o
+        if self._records is not None:
+            self._records.append(AttentionRecord(self._record_name, attn.detach().float(), (h, w), key_hw))
+        return (z, attn) if return_attention else z
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspection helpers
+
+
+def attention_blocks(module: nn.Module) -> list[tuple[str, NonLocalBlock]]:
+    """Every NonLocalBlock inside `module`, with its qualified name, in registration order."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, NonLocalBlock)]
+
+
+@contextlib.contextmanager
+def record_attention(module: nn.Module) -> Iterator[list[AttentionRecord]]:
+    """Collect the attention weights of every block call made inside the `with` (explicit path)."""
+    records: list[AttentionRecord] = []
+    blocks = attention_blocks(module)
+    for name, block in blocks:
+        block._records, block._record_name = records, name
+    try:
+        yield records
+    finally:
+        for _, block in blocks:
+            block._records = None
+
+
+def attention_entropy(weights: Tensor) -> Tensor:
+    """Mean entropy (nats) of the attention rows of `weights` (..., N); log N means uniform attention."""
+    p = weights.float()
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()

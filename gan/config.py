@@ -1,0 +1,273 @@
+"""Typed configuration: nested dataclasses, YAML deltas over the defaults, `key.sub=value` overrides.
+
+Every field carries a one-line meaning in its metadata (`help`); `python train.py --help-config`
+prints them. A YAML file only lists what it changes. Unknown keys and wrong types stop with one line
+(`ConfigError`) that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; its message is one line that says what to do."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    resolution: int = _f(32, "image side in pixels", (32, 64, 128))
+    image_channels: int = _f(3, "channels of the images (3 RGB, 1 grayscale)", (1, 3))
+    num_classes: int = _f(0, "number of classes; 0 trains an unconditional GAN")
+    z_dim: int = _f(128, "dimension of the latent vector z")
+    g_width: int = _f(256, "generator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
+    d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
+    g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
+    d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
+    attn_pairwise: str = _f(
+        "embedded_gaussian",
+        "pairwise function f of the non-local blocks",
+        ("embedded_gaussian", "dot_product", "concatenation", "gaussian"),
+    )
+    attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
+    attn_v_divisor: int = _f(2, "g channels = block channels // this")
+    attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
+    attn_gate: str = _f("gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", ("gamma", "zero_init"))
+    attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
+    g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
+    d_spectral_norm: bool = _f(True, "spectral normalisation on every D conv / linear")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f(
+        "builtin",
+        "which dataset to train on",
+        ("builtin", "cifar10", "celeba", "fashion_mnist", "folder"),
+    )
+    root: str = _f("data", "directory holding (or receiving) the dataset files; the image folder for `folder`")
+    download: bool = _f(False, "let torchvision download the dataset when it is missing (needs internet)")
+    split: str = _f("train", "dataset split", ("train", "test", "valid", "all"))
+    random_flip: bool = _f(False, "random horizontal flips")
+    builtin_size: int = _f(8192, "number of images in the built-in generated dataset")
+    num_workers: int = _f(0, "DataLoader worker processes")
+    pin_memory: bool = _f(False, "pin host memory for faster GPU copies")
+    persistent_workers: bool = _f(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
+
+
+@dataclass
+class OptimConfig:
+    loss: str = _f("hinge", "adversarial loss", ("hinge", "nonsaturating"))
+    lr_g: float = _f(1e-4, "generator Adam learning rate")
+    lr_d: float = _f(4e-4, "discriminator Adam learning rate")
+    beta1: float = _f(0.0, "Adam beta1")
+    beta2: float = _f(0.9, "Adam beta2")
+    eps: float = _f(1e-8, "Adam epsilon")
+    n_dis: int = _f(1, "discriminator steps per generator step")
+    grad_accum: int = _f(1, "micro-batches accumulated into one optimiser step")
+    ema_decay: float = _f(0.9999, "decay of the EMA generator weights (0 disables EMA)")
+    ema_start: int = _f(0, "generator step at which the EMA starts tracking (copies weights until then)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(1000, "generator steps in the run")
+    batch_size: int = _f(64, "images per step and process")
+    seed: int = _f(0, "seed of every random number generator")
+    checkpoint_every: int = _f(500, "write a checkpoint every this many generator steps (0: only at the end)")
+    keep_last: int = _f(3, "number of recent checkpoints kept (the best-by-FID one is kept besides)")
+    sample_every: int = _f(250, "write a fixed-noise sample grid every this many steps (0: only at the end)")
+    sample_grid: int = _f(64, "images in a sample grid")
+    log_every: int = _f(10, "log losses every this many steps (host sync happens only then)")
+    mixed_precision: str = _f("no", "autocast precision", ("no", "bf16", "fp16"))
+    channels_last: bool = _f(False, "channels_last memory format for G and D")
+    compile: bool = _f(False, "torch.compile G and D")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(0, "evaluate every this many steps (0: never during training)")
+    num_samples: int = _f(10000, "generated images per evaluation")
+    metrics: list[str] = _f(["fid"], "metrics to compute: fid, isc, kid")
+    feature_extractor: str = _f(
+        "inception", "feature network", ("inception", "fashion_classifier")
+    )
+    inception_weights: str = _f("", "path to pt_inception-2015-12-05 weights; empty: torch hub cache / download")
+    batch_size: int = _f(64, "batch size for generating and extracting features")
+    use_ema: bool = _f(True, "evaluate the EMA generator")
+    cache_dir: str = _f("", "where reference statistics are cached (empty: ~/.cache/sagan)")
+
+
+@dataclass
+class LogConfig:
+    backend: str = _f("none", "experiment tracker", ("wandb", "tensorboard", "none"))
+    project: str = _f("sagan", "tracker project")
+    entity: str = _f("", "W&B entity (team or user); empty: default")
+    run_name: str = _f("", "run name; empty: the run directory's name")
+    tags: list[str] = _f([], "tracker tags")
+    attention_every: int = _f(0, "log attention maps every this many steps (0: only at the end)")
+    attention_queries: int = _f(3, "query points per image in the attention-map figure")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking and merging
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
+    """Check `value` against the field type; return it (ints widen to floats). Raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a {_type_name(tp)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp, choices) for i, v in enumerate(value)]
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if tp is float:
+        value = float(value)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _apply(obj: Any, delta: dict, prefix: str = "") -> None:
+    fields = _fields(obj)
+    hints = typing.get_type_hints(type(obj))
+    for name, value in delta.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{key}'; accepted: {', '.join(f'{prefix}{n}' for n in fields)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' is a section; give it a mapping of {', '.join(_fields(current))}")
+            _apply(current, value, prefix=f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name], fields[name].metadata.get("choices")))
+
+
+def parse_overrides(words: list[str]) -> dict:
+    """Turn `["train.steps=10", "model.g_attention=[16,32]"]` into a nested dict (values parsed as YAML)."""
+    delta: dict = {}
+    for word in words:
+        if "=" not in word:
+            raise ConfigError(f"override '{word}' is not of the form key.sub=value")
+        dotted, raw = word.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = delta
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{word}' conflicts with an earlier override of '{part}'")
+        node[parts[-1]] = value
+    return delta
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file's delta, then the overrides. Raises ConfigError on any bad input."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass one of configs/*.yaml")
+        try:
+            delta = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(delta, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
+        _apply(cfg, delta)
+    _apply(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    m = cfg.model
+    for side in (*m.g_attention, *m.d_attention):
+        if side < 4 or side > m.resolution or side & (side - 1):
+            raise ConfigError(
+                f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
+                f"use powers of two from 4 to {m.resolution}"
+            )
+    for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1")
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
+    for metric in cfg.eval.metrics:
+        if metric not in ("fid", "isc", "kid"):
+            raise ConfigError(f"config key 'eval.metrics' accepts fid, isc, kid; got {metric!r}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. a checkpoint's config.json); same checks as a YAML file."""
+    cfg = Config()
+    _apply(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe() -> str:
+    """Every key with its default and meaning, for `--help-config` and the README."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        sub = getattr(Config(), section.name)
+        for f in dataclasses.fields(sub):
+            choices = f.metadata.get("choices")
+            extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
+            lines.append(f"{section.name}.{f.name} = {getattr(sub, f.name)!r}: {f.metadata['help']}{extra}")
+    return "\n".join(lines)
+
