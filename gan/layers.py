@@ -1,0 +1,131 @@
+"""Building blocks of the ResNet generator and discriminator (SNGAN / BigGAN / mimicry `modules/`).
+
+- `conv2d`, `linear`, `embedding`: layers with BigGAN's orthogonal weight init and zero bias, spectrally
+  normalised when `sn=True` (torch's parametrization: the stored parameter is `...weight.original`, the
+  power-iteration vectors are the buffers `_u`, `_v`; one power iteration per training forward).
+- `ConditionalBatchNorm2d`: BatchNorm with a per-class gain and bias (plain affine BatchNorm when
+  `num_classes=0`).
+- `GBlock`: the generator's residual up-block; `DBlock` / `DBlockOptimized`: the discriminator's residual
+  down-blocks (the optimised one is the first block, which sees the image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def _identity(module: nn.Module) -> nn.Module:
+    return module
+
+
+def _init(module: nn.Module, sn: bool) -> nn.Module:
+    """Orthogonal weight (BigGAN's default `G_init`/`D_init='ortho'`), zero bias, then the SN wrap."""
+    nn.init.orthogonal_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    wrap: Callable[[nn.Module], nn.Module] = spectral_norm if sn else _identity
+    return wrap(module)
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, *, sn: bool) -> nn.Module:
+    """A stride-1 'same' convolution (padding kernel_size // 2)."""
+    return _init(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), sn)
+
+
+def linear(in_features: int, out_features: int, *, sn: bool) -> nn.Module:
+    return _init(nn.Linear(in_features, out_features), sn)
+
+
+def embedding(num_embeddings: int, embedding_dim: int, *, sn: bool) -> nn.Module:
+    return _init(nn.Embedding(num_embeddings, embedding_dim), sn)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """out = gain[y] * (x - mean) / sqrt(var + eps) + bias[y], with batch statistics shared by all classes.
+
+    gain starts at 1 and bias at 0 (the identity affine map), so a fresh layer equals plain BatchNorm.
+    The class embeddings are not spectrally normalised (mimicry, SNGAN). With `num_classes=0` this is a
+    plain affine `BatchNorm2d` and `y` is ignored.
+    """
+
+    def __init__(self, num_features: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(num_features, affine=num_classes == 0)
+        if num_classes > 0:
+            self.gain = nn.Embedding(num_classes, num_features)
+            self.bias = nn.Embedding(num_classes, num_features)
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.bn(x)
+        if self.num_classes == 0:
+            return h
+        gain = self.gain(y)[:, :, None, None]  # (B, C, 1, 1)
+        bias = self.bias(y)[:, :, None, None]  # (B, C, 1, 1)
+        return gain * h + bias
+
+
+def _upsample(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class GBlock(nn.Module):
+    """Residual up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus shortcut up + conv1x1 (2x the side)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, num_classes: int = 0, sn: bool = True) -> None:
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes)
+        self.conv1 = conv2d(in_channels, out_channels, 3, sn=sn)
+        self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes)
+        self.conv2 = conv2d(out_channels, out_channels, 3, sn=sn)
+        self.shortcut = conv2d(in_channels, out_channels, 1, sn=sn)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.conv1(_upsample(F.relu(self.bn1(x, y))))
+        h = self.conv2(F.relu(self.bn2(h, y)))
+        # A 1x1 conv commutes with nearest upsampling, so convolving first is the same map at 1/4 the cost.
+        return h + _upsample(self.shortcut(x))
+
+
+class DBlock(nn.Module):
+    """Pre-activation residual block: ReLU-conv3x3-ReLU-conv3x3[-avgpool2].
+
+    The hidden width is `out_channels` (BigGAN's `D_wide`; the same as SNGAN's at constant width). The
+    shortcut is a learnable conv1x1[-avgpool2] when the channels change or the block downsamples, else x.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, downsample: bool, sn: bool = True) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = conv2d(in_channels, out_channels, 3, sn=sn)
+        self.conv2 = conv2d(out_channels, out_channels, 3, sn=sn)
+        learnable = in_channels != out_channels or downsample
+        self.shortcut = conv2d(in_channels, out_channels, 1, sn=sn) if learnable else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(F.relu(self.conv1(F.relu(x))))
+        s = x if self.shortcut is None else self.shortcut(x)
+        if self.downsample:
+            h, s = F.avg_pool2d(h, 2), F.avg_pool2d(s, 2)
+        return h + s
+
+
+class DBlockOptimized(nn.Module):
+    """The first D block (no ReLU on the image): conv3x3-ReLU-conv3x3-avgpool2, shortcut avgpool2-conv1x1."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, sn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = conv2d(in_channels, out_channels, 3, sn=sn)
+        self.conv2 = conv2d(out_channels, out_channels, 3, sn=sn)
+        self.shortcut = conv2d(in_channels, out_channels, 1, sn=sn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(x))), 2)
+        return h + self.shortcut(F.avg_pool2d(x, 2))
+
