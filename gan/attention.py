@@ -48,6 +48,11 @@ class AttentionRecord:
     key_hw: tuple[int, int]  # (Hk, Wk): the (pooled) key grid
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """Half-precision tensors go up to float32 (for softmax); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _conv1x1(cin: int, cout: int, sn: bool) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
     return nn.utils.parametrizations.spectral_norm(conv) if sn else conv
@@ -127,11 +132,11 @@ class NonLocalBlock(nn.Module):
         return q, k, v, key_hw
 
     def _weights(self, q: Tensor, k: Tensor) -> Tensor:
-        """Normalised weights f(x_i, x_j) / C(x): (B, HW, N), in float32 for the softmax variants."""
+        """Normalised weights f(x_i, x_j) / C(x): (B, HW, N); softmax rows at least in float32."""
         n_keys = k.shape[1]
         if self.pairwise in _SOFTMAX:
             logits = torch.bmm(q, k.transpose(1, 2))  # (B, HW, N)
-            return torch.softmax(logits.float(), dim=-1)
+            return torch.softmax(_at_least_float32(logits), dim=-1)
         if self.pairwise == "dot_product":
             return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, HW, N)
         # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j, never building the pairs
