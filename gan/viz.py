@@ -1,0 +1,382 @@
+"""Pictures: image grids and SAGAN-style attention maps, written as PNG.
+
+This is the one place in the repository that turns tensors into image files. Everything is numpy + PIL
+(no matplotlib, no wandb), so the same inputs give the same bytes.
+
+Pixel mapping, used for every image: uint8 = clamp(rint((x + 1) * 127.5), 0, 255) for x in [-1, 1]
+(rint rounds halves to even; NaN becomes 0, +inf 255). Grayscale (C=1) is repeated to RGB.
+
+Attention maps follow the SAGAN paper's figure: for a query point in an image, colour each pixel by the
+attention weight its query cell gives to the key cell covering that pixel. A key cell covers exactly the
+pixels of the query cells it was pooled from (query cell q -> key cell q // 2 under 2x2 subsampling). For an
+odd query side 2k+1, ceil-mode pooling (gan.attention) gives k+1 keys, the last covering one query row;
+floor-mode pooling gives k keys, and the last query row/column has no key and shows 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:  # only for type hints: gan.attention is imported lazily where it is used
+    from gan.attention import AttentionRecord
+
+ArrayLike = torch.Tensor | np.ndarray
+
+# Query-marker colours, cycled over query indices; none is red, so a marker never looks like a hot spot.
+MARKER_COLORS: tuple[tuple[int, int, int], ...] = ((0, 255, 255), (0, 255, 0), (64, 128, 255), (255, 255, 255))
+HEADER_HEIGHT = 14  # pixels of the label row above an attention figure
+FIGURE_PADDING = 2  # pixels between attention-figure panels
+FIGURE_BACKGROUND = 255  # white behind panels and labels
+
+# Piecewise-linear approximation of matplotlib's "inferno": (position, R, G, B). Red rises monotonically.
+_INFERNO = np.array(
+    [
+        [0.00, 0, 0, 4],
+        [0.25, 87, 16, 110],
+        [0.50, 188, 55, 84],
+        [0.75, 249, 142, 9],
+        [1.00, 252, 255, 164],
+    ],
+    dtype=np.float64,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image grids and PNG writing
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def images_to_uint8(images: ArrayLike) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] with C in {1, 3} -> (B, H, W, 3) uint8 with the module's exact mapping."""
+    x = _to_numpy(images)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (B, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    x = np.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
+    u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    u8 = u8.transpose(0, 2, 3, 1)  # (B, H, W, C)
+    if u8.shape[-1] == 1:
+        u8 = np.repeat(u8, 3, axis=-1)  # (B, H, W, 3)
+    return u8
+
+
+def _tile(panels: np.ndarray, ncol: int, padding: int, fill: int) -> np.ndarray:
+    """(N, h, w, 3) uint8 -> one (rows*(h+p)+p, ncol*(w+p)+p, 3) array, filled row by row."""
+    n, h, w, _ = panels.shape
+    rows = math.ceil(n / ncol)
+    out = np.full((rows * (h + padding) + padding, ncol * (w + padding) + padding, 3), fill, dtype=np.uint8)
+    for i in range(n):
+        top = padding + (i // ncol) * (h + padding)
+        left = padding + (i % ncol) * (w + padding)
+        out[top : top + h, left : left + w] = panels[i]
+    return out
+
+
+def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Images (B, C, H, W) in [-1, 1] -> one (H', W', 3) uint8 grid.
+
+    `nrow` is the number of images per row (torchvision's meaning); default ceil(sqrt(B)). Every image,
+    the outer border included, is separated by `padding` black pixels.
+    """
+    u8 = images_to_uint8(images)
+    if u8.shape[0] == 0:
+        raise ValueError("make_grid_array needs at least one image")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    ncol = nrow if nrow is not None else math.ceil(math.sqrt(u8.shape[0]))
+    if ncol < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    return _tile(u8, min(ncol, u8.shape[0]), padding, fill=0)
+
+
+def _write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an (H, W, 3) or (H, W) uint8 array as PNG, atomically (temp file + os.replace)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"images are written as PNG: give a path ending in .png, got {str(path)!r}")
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 array, got {array.dtype} {array.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_image_grid(images: ArrayLike, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (see `make_grid_array`); returns the path."""
+    return _write_png(make_grid_array(images, nrow=nrow, padding=padding), path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention maps
+
+
+def query_points(h: int, w: int, k: int, generator: torch.Generator | None = None) -> np.ndarray:
+    """k distinct query points on an h x w grid, as a (k, 2) int array of (row, col).
+
+    Without a generator the points are fixed and spread out: rows at the centres of k equal bands, columns
+    along a golden-ratio sequence (so they are not on one diagonal). With a torch.Generator they are a
+    random Latin hypercube: point i lies in row band i and a randomly permuted column band, at a uniform
+    position inside both, so random points never bunch up (uniform draws without replacement if k > min(h, w)).
+    """
+    if not 1 <= k <= h * w:
+        raise ValueError(f"need 1 <= k <= h*w query points, got k={k} for a {h}x{w} grid")
+    if generator is not None and k > min(h, w):
+        flat = torch.randperm(h * w, generator=generator)[:k].numpy()
+        return np.stack([flat // w, flat % w], axis=1).astype(np.int64)
+    if generator is not None:
+        bands = torch.arange(k + 1)
+        row_lo, row_hi = bands[:-1] * h // k, bands[1:] * h // k  # (k,) non-empty integer bands
+        perm = torch.randperm(k, generator=generator)
+        col_lo, col_hi = perm * w // k, (perm + 1) * w // k
+        u = torch.rand(k, 2, generator=generator, dtype=torch.float64)
+        rows = row_lo + (u[:, 0] * (row_hi - row_lo)).long()
+        cols = col_lo + (u[:, 1] * (col_hi - col_lo)).long()
+        return torch.stack([rows, cols], dim=1).numpy().astype(np.int64)
+    i = np.arange(k)
+    rows = np.floor((i + 0.5) / k * h)
+    cols = np.floor(((0.5 + i * 0.6180339887498949) % 1.0) * w)
+    points = np.stack([rows, cols], axis=1).astype(np.int64)
+    if len({tuple(p) for p in points}) < k:  # tiny grids: fall back to the first k cells, row-major
+        flat = np.arange(k)
+        points = np.stack([flat // w, flat % w], axis=1).astype(np.int64)
+    return points
+
+
+def _pixel_to_cell(pixels: int, cells: int) -> np.ndarray:
+    """For each of `pixels` pixels along one axis, the index of the cell (of `cells` stretched evenly) it lies in."""
+    return np.arange(pixels) * cells // pixels
+
+
+def _cell_center(index: int, cells: int, pixels: int) -> float:
+    """Centre, in pixel coordinates, of the pixels `_pixel_to_cell` assigns to cell `index`."""
+    start = -(-index * pixels // cells)  # ceil(index * pixels / cells)
+    stop = -(-(index + 1) * pixels // cells)
+    return (start + stop - 1) / 2
+
+
+def _pool_factor(query: int, key: int) -> int:
+    """1 when keys are the query grid, 2 when they are its 2x2 max-pool (floor or ceil mode)."""
+    if key == query:
+        return 1
+    if key in (query // 2, (query + 1) // 2):
+        return 2
+    raise ValueError(f"key grid side {key} is neither the query side {query} nor its 2x2-pooled side")
+
+
+def attention_heatmap(
+    weights_row: ArrayLike,
+    key_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    query_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """One query's attention row (length Hk*Wk) -> an (out_h, out_w) float32 map of its weights.
+
+    Nearest-neighbour placement, no interpolation: the query grid `query_hw` is stretched evenly over the
+    output (pixel p lies in query cell p * Hq // out_h), and each pixel takes the weight of the key cell its
+    query cell was pooled into (key = query // 2 with 2x2 subsampling, floor or ceil mode; key = query
+    without). Pixels whose query cell has no key (odd sides under floor pooling) are 0. `query_hw=None`
+    means the keys tile the whole output evenly (query grid = key grid).
+    """
+    hk, wk = key_hw
+    out_h, out_w = out_hw
+    hq, wq = query_hw if query_hw is not None else key_hw
+    row = _to_numpy(weights_row).astype(np.float32).reshape(-1)
+    if row.size != hk * wk:
+        raise ValueError(f"attention row has {row.size} weights, expected Hk*Wk = {hk}*{wk} = {hk * wk}")
+    keys = row.reshape(hk, wk)  # (Hk, Wk)
+    key_row = _pixel_to_cell(out_h, hq) // _pool_factor(hq, hk)  # (out_h,) key row of each pixel row
+    key_col = _pixel_to_cell(out_w, wq) // _pool_factor(wq, wk)  # (out_w,)
+    row_ok, col_ok = key_row < hk, key_col < wk
+    heat = np.zeros((out_h, out_w), dtype=np.float32)
+    heat[np.ix_(row_ok, col_ok)] = keys[np.ix_(key_row[row_ok], key_col[col_ok])]
+    return heat
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape S) -> (*S, 3) float RGB in [0, 255], an approximation of inferno."""
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([np.interp(v, _INFERNO[:, 0], _INFERNO[:, c]) for c in (1, 2, 3)], axis=-1)
+
+
+def overlay(
+    image_uint8: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float = 0.5,
+    point: tuple[float, float] | None = None,
+    color: tuple[int, int, int] = MARKER_COLORS[0],
+) -> np.ndarray:
+    """Blend `colormap(heatmap / max)` over the image's grey level; mark `point` (row, col) with a ring.
+
+    The image (H, W, 3) uint8 is reduced to luminance (ITU-R 601, as PIL's "L") so that every colour in the
+    result is the heatmap's. The heatmap is scaled by its own maximum: colours show where one query
+    attends, not how peaked its attention is.
+    """
+    if image_uint8.shape[:2] != heatmap.shape or image_uint8.ndim != 3:
+        raise ValueError(f"image {image_uint8.shape} and heatmap {heatmap.shape} must be (H, W, 3) and (H, W)")
+    peak = float(heatmap.max()) if heatmap.size else 0.0
+    scaled = heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+    grey = image_uint8.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
+    blended = (1.0 - alpha) * grey[..., None] + alpha * colormap(scaled)  # (H, W, 3)
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if point is not None:
+        out = _mark(out, point, color)
+    return out
+
+
+def _mark(image: np.ndarray, point: tuple[float, float], color: tuple[int, int, int]) -> np.ndarray:
+    """Draw a ring (black outline, coloured inside) centred on pixel coordinates (row, col)."""
+    r = max(2.0, min(image.shape[:2]) / 20)
+    y, x = point
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil)
+    draw.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=4)
+    draw.ellipse([x - r, y - r, x + r, y + r], outline=color, width=2)
+    return np.asarray(pil)
+
+
+def _header(labels: Sequence[tuple[str, int, int]], width: int) -> np.ndarray:
+    """A white (HEADER_HEIGHT, width, 3) strip with each label centred over its [left, right) pixel span."""
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default_imagefont()  # bitmap font: identical pixels everywhere
+    for text, left, right in labels:
+        if draw.textlength(text, font=font) > right - left:  # keep the end of long names: "..blocks.2.attn"
+            while len(text) > 1 and draw.textlength(".." + text, font=font) > right - left:
+                text = text[1:]
+            text = ".." + text
+        x = left + (right - left - draw.textlength(text, font=font)) / 2
+        draw.text((x, 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def attention_figure(
+    images: ArrayLike,
+    records: Sequence[AttentionRecord],
+    queries: int = 3,
+    seed: int | None = 0,
+    panel_size: int = 128,
+) -> np.ndarray:
+    """A (H', W', 3) uint8 figure: one row per image; columns = the image, then per record and query point
+    the image overlaid with where that query attends.
+
+    `records` are `gan.attention.AttentionRecord`s (.name, .weights (B, Hq*Wq, Hk*Wk), .query_hw, .key_hw)
+    for the same batch as `images` (B, C, R, R) in [-1, 1]. Query points are picked per image in pixel space
+    (seeded draws; `seed=None`: the same spread points for every image) and mapped to each block's query
+    cell; overlay markers sit at that cell's centre. Panels are upscaled (nearest) to about `panel_size`
+    pixels. The header labels each group of columns with its block name. Same inputs -> same bytes.
+    """
+    u8 = images_to_uint8(images)  # (B, R, R, 3)
+    b, h, w, _ = u8.shape
+    if not records:
+        raise ValueError("no attention records: the model ran no non-local block (is attention enabled?)")
+    for rec in records:
+        hq, wq = rec.query_hw
+        hk, wk = rec.key_hw
+        if tuple(rec.weights.shape) != (b, hq * wq, hk * wk):
+            raise ValueError(
+                f"record {rec.name!r}: weights {tuple(rec.weights.shape)} != (B, Hq*Wq, Hk*Wk) = ({b}, {hq * wq}, {hk * wk})"
+            )
+    scale = max(1, round(panel_size / max(h, w)))
+    ph, pw = h * scale, w * scale
+    big = np.repeat(np.repeat(u8, scale, axis=1), scale, axis=2)  # (B, R*s, R*s, 3)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    weights = [torch.as_tensor(rec.weights).detach().to("cpu", torch.float32) for rec in records]
+
+    panels = []
+    for i in range(b):
+        points = query_points(h, w, queries, generator)  # (queries, 2) in image pixels
+        marked = big[i]
+        for j, (pr, pc) in enumerate(points):
+            marked = _mark(marked, ((pr + 0.5) * scale - 0.5, (pc + 0.5) * scale - 0.5), _marker_color(j))
+        panels.append(marked)
+        for rec, wts in zip(records, weights):
+            hq, wq = rec.query_hw
+            for j, (pr, pc) in enumerate(points):
+                qr, qc = pr * hq // h, pc * wq // w  # the query cell holding this pixel
+                heat = attention_heatmap(wts[i, qr * wq + qc], rec.key_hw, (ph, pw), rec.query_hw)
+                center = (_cell_center(qr, hq, ph), _cell_center(qc, wq, pw))
+                panels.append(overlay(big[i], heat, point=center, color=_marker_color(j)))
+
+    ncol = 1 + len(records) * queries
+    grid = _tile(np.stack(panels), ncol, FIGURE_PADDING, fill=FIGURE_BACKGROUND)
+    step = pw + FIGURE_PADDING
+    labels = [("image", FIGURE_PADDING, FIGURE_PADDING + pw)]
+    for k, rec in enumerate(records):
+        left = FIGURE_PADDING + (1 + k * queries) * step
+        labels.append((rec.name, left, left + queries * step - FIGURE_PADDING))
+    return np.concatenate([_header(labels, grid.shape[1]), grid], axis=0)
+
+
+def _marker_color(j: int) -> tuple[int, int, int]:
+    return MARKER_COLORS[j % len(MARKER_COLORS)]
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Run in eval mode (no BN-statistics or spectral-norm updates), then restore every submodule's mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@torch.no_grad()
+def generator_attention_figure(
+    generator: torch.nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    queries: int = 3,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Generate from `z` (and `labels`) in eval mode and draw where each G non-local block attends."""
+    from gan.attention import record_attention
+
+    with _eval_mode(generator), record_attention(generator) as records:
+        images = generator(z, labels)
+    return attention_figure(images, records, queries=queries, seed=seed)
+
+
+@torch.no_grad()
+def discriminator_attention_figure(
+    discriminator: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    queries: int = 3,
+    seed: int | None = 0,
+) -> np.ndarray:
+    """Run D on `images` (B, C, R, R) in [-1, 1] in eval mode and draw where each D non-local block attends."""
+    from gan.attention import record_attention
+
+    with _eval_mode(discriminator), record_attention(discriminator) as records:
+        discriminator(images, labels)
+    return attention_figure(images, records, queries=queries, seed=seed)
+
+
+def save_attention_figure(figure: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a figure from `attention_figure` (or the G/D variants) as PNG, atomically; returns the path."""
+    return _write_png(figure, path)

@@ -1,0 +1,271 @@
+"""gan/viz.py: exact pixel mapping, grid layout, PNG round trips, attention-map geometry and figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gan import viz
+from gan.attention import record_attention
+from gan.config import ModelConfig
+from gan.models import Discriminator, Generator
+
+
+@dataclass
+class Record:  # the fields of gan.attention.AttentionRecord, built by hand
+    name: str
+    weights: torch.Tensor
+    query_hw: tuple[int, int]
+    key_hw: tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------------- grids
+
+
+def test_pixel_mapping_matches_hand_values():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.2, 0.25, 0.5, 1.0, 1.5, float("nan")])
+    # (x+1)*127.5 = -255, 0, 63.75, 127.5, 153.0000004, 159.375, 191.25, 255, 318.75, nan -> rint, clamp
+    want = [0, 0, 64, 128, 153, 159, 191, 255, 255, 0]
+    got = viz.images_to_uint8(x.view(1, 1, 1, 10))  # (1, 1, 10, 3)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got[0, 0, :, 0], want)
+    np.testing.assert_array_equal(got[0, 0, :, 0], got[0, 0, :, 2])  # grayscale repeated to RGB
+
+
+def test_make_grid_array_layout_by_hand():
+    a = torch.tensor([[[-1.0, 1.0], [0.0, -0.5]]])  # (1, 2, 2) -> 0 255 / 128 64
+    b = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    grid = viz.make_grid_array(torch.stack([a, b]), nrow=2, padding=1)
+    want = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 255, 0, 255, 255, 0],
+            [0, 128, 64, 0, 255, 255, 0],
+            [0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )
+    np.testing.assert_array_equal(grid, np.repeat(want[:, :, None], 3, axis=2))
+
+
+def test_make_grid_array_rgb_default_nrow_and_empty_cells():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 4, 5, generator=g) * 2 - 1
+    grid = viz.make_grid_array(images, padding=2)  # nrow = ceil(sqrt(3)) = 2 -> 2 x 2 cells, last empty
+    assert grid.shape == (2 * (4 + 2) + 2, 2 * (5 + 2) + 2, 3)
+    u8 = viz.images_to_uint8(images)
+    np.testing.assert_array_equal(grid[2:6, 2:7], u8[0])
+    np.testing.assert_array_equal(grid[2:6, 9:14], u8[1])
+    np.testing.assert_array_equal(grid[8:12, 2:7], u8[2])
+    assert (grid[8:12, 9:14] == 0).all()
+    # channel order kept: red of image 0 at (0, 0) = mapping of images[0, 0, 0, 0]
+    assert grid[2, 2, 0] == np.clip(np.rint((images[0, 0, 0, 0].double().item() + 1) * 127.5), 0, 255)
+
+
+def test_grid_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        viz.make_grid_array(torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        viz.make_grid_array(torch.zeros(4, 4))
+
+
+def test_save_image_grid_png_round_trip_is_exact(tmp_path):
+    images = torch.linspace(-1, 1, 2 * 3 * 6 * 6).view(2, 3, 6, 6)
+    path = viz.save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=1)
+    with Image.open(path) as im:
+        back = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(back, viz.make_grid_array(images, nrow=1))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]  # no temp file left behind
+    with pytest.raises(ValueError, match=r"\.png"):
+        viz.save_image_grid(images, tmp_path / "grid.jpg")
+
+
+# ------------------------------------------------------------------------------------ attention maps
+
+
+def test_query_points_spread_and_seeded():
+    pts = viz.query_points(32, 32, 3)
+    np.testing.assert_array_equal(pts, [[5, 16], [16, 3], [26, 23]])  # rows (i+.5)/3*32, cols golden ratio
+    for h, w, k in [(2, 2, 4), (3, 3, 9), (1, 5, 5), (4, 3, 7)]:  # always k distinct cells inside the grid
+        pts = viz.query_points(h, w, k)
+        assert len({tuple(p) for p in pts}) == k
+        assert (pts >= 0).all() and (pts[:, 0] < h).all() and (pts[:, 1] < w).all()
+    a = viz.query_points(8, 8, 5, torch.Generator().manual_seed(3))
+    b = viz.query_points(8, 8, 5, torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(a, b)
+    assert len({tuple(p) for p in a}) == 5 and (a >= 0).all() and (a < 8).all()
+    # Latin hypercube: one point per row band and per column band (bands of 8 // 5 or so cells)
+    bands = [i * 8 // 5 for i in range(6)]
+    assert sorted(np.searchsorted(bands, a[:, 0], side="right") - 1) == [0, 1, 2, 3, 4]
+    assert sorted(np.searchsorted(bands, a[:, 1], side="right") - 1) == [0, 1, 2, 3, 4]
+    many = viz.query_points(3, 3, 7, torch.Generator().manual_seed(0))  # k > side: distinct random cells
+    assert len({tuple(p) for p in many}) == 7
+    with pytest.raises(ValueError, match="query points"):
+        viz.query_points(2, 2, 5)
+
+
+def _one_hot(key_hw: tuple[int, int], cell: tuple[int, int]) -> torch.Tensor:
+    row = torch.zeros(key_hw)
+    row[cell] = 1.0
+    return row.flatten()
+
+
+@pytest.mark.parametrize("query_hw", [(16, 16), None])
+def test_heatmap_one_hot_key_covers_its_pixels(query_hw):
+    heat = viz.attention_heatmap(_one_hot((8, 8), (2, 5)), (8, 8), (32, 32), query_hw)
+    want = np.zeros((32, 32), dtype=np.float32)
+    want[8:12, 20:24] = 1.0  # key row 2 <- query rows 4,5 <- pixels 8..11; key col 5 -> pixels 20..23
+    np.testing.assert_array_equal(heat, want)
+
+
+def test_heatmap_odd_grid_floor_pooling():
+    # 7x7 queries on 28x28 pixels (4 px each); floor 2x2 pooling -> 3x3 keys over query cells 0..5
+    for i in range(3):
+        for j in range(3):
+            heat = viz.attention_heatmap(_one_hot((3, 3), (i, j)), (3, 3), (28, 28), (7, 7))
+            want = np.zeros((28, 28), dtype=np.float32)
+            want[8 * i : 8 * i + 8, 8 * j : 8 * j + 8] = 1.0
+            np.testing.assert_array_equal(heat, want)
+    w = torch.rand(9, generator=torch.Generator().manual_seed(1))
+    heat = viz.attention_heatmap(w, (3, 3), (28, 28), (7, 7))
+    assert (heat[24:] == 0).all() and (heat[:, 24:] == 0).all()  # query row/col 6 has no key
+    for p in range(24):
+        for q in range(24):
+            assert heat[p, q] == w[(p // 8) * 3 + q // 8]
+
+
+def test_heatmap_odd_grid_ceil_pooling_as_in_gan_attention():
+    # ceil-mode pooling (gan.attention): 7 -> 4 keys, the last covering query cell 6 = pixels 24..27
+    w = torch.rand(16, generator=torch.Generator().manual_seed(2))
+    heat = viz.attention_heatmap(w, (4, 4), (28, 28), (7, 7))
+    for p in range(28):
+        for q in range(28):
+            assert heat[p, q] == w[(p // 8) * 4 + q // 8]
+    block = torch.nn.MaxPool2d(2, ceil_mode=True)(torch.zeros(1, 1, 7, 7))
+    assert tuple(block.shape[-2:]) == (4, 4)
+
+
+def test_heatmap_rejects_mismatched_grids():
+    with pytest.raises(ValueError, match="Hk\\*Wk"):
+        viz.attention_heatmap(torch.zeros(10), (3, 3), (8, 8))
+    with pytest.raises(ValueError, match="pooled"):
+        viz.attention_heatmap(torch.zeros(25), (5, 5), (16, 16), (16, 16))
+
+
+def test_colormap_endpoints_and_monotone_red():
+    c = viz.colormap(np.array([0.0, 1.0, -1.0, 2.0]))
+    np.testing.assert_array_equal(c, [[0, 0, 4], [252, 255, 164], [0, 0, 4], [252, 255, 164]])
+    red = viz.colormap(np.linspace(0, 1, 101))[:, 0]
+    assert (np.diff(red) > 0).all()
+
+
+def test_overlay_hot_spot_values_and_marker():
+    image = np.full((32, 32, 3), 100, dtype=np.uint8)  # grey: luminance 100
+    heat = viz.attention_heatmap(_one_hot((8, 8), (2, 5)), (8, 8), (32, 32)) * 0.25  # scaled by its max
+    out = viz.overlay(image, heat, alpha=0.5, point=(26.0, 5.0))
+    # hot: 0.5*100 + 0.5*(252, 255, 164); cold: 0.5*100 + 0.5*(0, 0, 4)
+    np.testing.assert_array_equal(out[8:12, 20:24], np.broadcast_to([176, 178, 132], (4, 4, 3)))
+    np.testing.assert_array_equal(out[0, 0], [50, 50, 52])
+    red_max = np.argwhere(out[..., 0] == out[..., 0].max())
+    assert red_max[:, 0].min() == 8 and red_max[:, 0].max() == 11
+    assert red_max[:, 1].min() == 20 and red_max[:, 1].max() == 23 and len(red_max) == 16
+    ring = out[20:33, 0:11].reshape(-1, 3)
+    assert (ring == viz.MARKER_COLORS[0]).all(axis=1).any()  # cyan ring around the query point
+    with pytest.raises(ValueError, match="heatmap"):
+        viz.overlay(image, heat[:16])
+    coloured = np.zeros((1, 1, 3), dtype=np.uint8)
+    coloured[0, 0] = (200, 100, 0)  # luminance 0.299*200 + 0.587*100 = 118.5; blended with colormap(0)
+    np.testing.assert_array_equal(viz.overlay(coloured, np.zeros((1, 1)))[0, 0], [59, 59, 61])
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def _hand_records(b: int) -> list[Record]:
+    hot = _one_hot((4, 4), (1, 2)).expand(b, 64, 16).clone()  # every query of "g.attn8" attends to key (1, 2)
+    uniform = torch.full((b, 256, 256), 1 / 256)  # "d.attn16": no subsampling, uniform
+    return [Record("g.attn8", hot, (8, 8), (4, 4)), Record("d.attn16", uniform, (16, 16), (16, 16))]
+
+
+def test_attention_figure_size_panels_and_determinism(tmp_path):
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    records = _hand_records(2)
+    fig = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64)  # scale 4 -> 64 px panels
+    panels = 1 + len(records) * 3
+    assert fig.dtype == np.uint8
+    assert fig.shape == (viz.HEADER_HEIGHT + 2 + 2 * (64 + 2), 2 + panels * (64 + 2), 3)
+    assert (fig[: viz.HEADER_HEIGHT] < 128).any()  # labels are drawn
+
+    def panel(row: int, col: int) -> np.ndarray:
+        top, left = viz.HEADER_HEIGHT + 2 + row * 66, 2 + col * 66
+        return fig[top : top + 64, left : left + 64]
+
+    for row in range(2):
+        for col in range(1, 4):  # "g.attn8": hottest red exactly on key (1, 2) = pixels 4..7 x 8..11, x4
+            red = panel(row, col)[..., 0].astype(int)
+            hot = np.argwhere(red == red.max())
+            assert hot[:, 0].min() >= 16 and hot[:, 0].max() <= 31
+            assert hot[:, 1].min() >= 32 and hot[:, 1].max() <= 47
+    big = np.repeat(np.repeat(viz.images_to_uint8(images)[1], 4, axis=0), 4, axis=1)
+    assert (panel(1, 0) == big).all(axis=-1).mean() > 0.8  # the image panel, apart from the markers
+
+    again = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64)
+    assert fig.tobytes() == again.tobytes()
+    a = viz.save_attention_figure(fig, tmp_path / "a.png").read_bytes()
+    b = viz.save_attention_figure(again, tmp_path / "b.png").read_bytes()
+    assert a == b
+    with Image.open(tmp_path / "a.png") as im:
+        np.testing.assert_array_equal(np.asarray(im), fig)
+    other = viz.attention_figure(images, records, queries=3, seed=1, panel_size=64)
+    assert other.shape == fig.shape and other.tobytes() != fig.tobytes()
+
+
+def test_attention_figure_rejects_mismatched_records():
+    images = torch.zeros(3, 3, 16, 16)
+    with pytest.raises(ValueError, match="weights"):
+        viz.attention_figure(images, _hand_records(2))
+    with pytest.raises(ValueError, match="no attention records"):
+        viz.attention_figure(images, [])
+
+
+def _tiny_model_config() -> ModelConfig:
+    return ModelConfig(resolution=32, num_classes=3, z_dim=8, g_width=8, d_width=8, g_attention=[8, 16], d_attention=[16])
+
+
+def test_generator_attention_figure_matches_manual_recording_and_restores_mode():
+    torch.manual_seed(0)
+    g = Generator(_tiny_model_config())
+    g.train()
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 2])
+    bn_before = {k: v.clone() for k, v in g.state_dict().items()}
+
+    fig = viz.generator_attention_figure(g, z, y, queries=2, seed=0)
+
+    assert all(m.training for m in g.modules())  # train mode restored
+    for k, v in g.state_dict().items():  # eval forward: no BN statistics or spectral-norm vector moved
+        assert torch.equal(v, bn_before[k]), k
+    g.eval()
+    with torch.no_grad(), record_attention(g) as records:
+        images = g(z, y)
+    assert [r.name for r in records] == ["blocks.attn8", "blocks.attn16"]
+    want = viz.attention_figure(images, records, queries=2, seed=0)
+    assert fig.tobytes() == want.tobytes()
+    assert fig.shape[1] == 2 + (1 + 2 * 2) * (128 + 2)  # 32 px images upscaled 4x
+
+
+def test_discriminator_attention_figure_matches_manual_recording():
+    torch.manual_seed(0)
+    d = Discriminator(_tiny_model_config())
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    y = torch.tensor([1, 0])
+    fig = viz.discriminator_attention_figure(d, images, y, queries=1, seed=None)
+    assert d.training
+    with torch.no_grad(), record_attention(d.eval()) as records:
+        d(images, y)
+    assert [(r.name, r.query_hw, r.key_hw) for r in records] == [("blocks.attn16", (16, 16), (8, 8))]
+    assert fig.tobytes() == viz.attention_figure(images, records, queries=1, seed=None).tobytes()
