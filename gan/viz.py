@@ -296,7 +296,8 @@ def attention_figure(
         hk, wk = rec.key_hw
         if tuple(rec.weights.shape) != (b, hq * wq, hk * wk):
             raise ValueError(
-                f"record {rec.name!r}: weights {tuple(rec.weights.shape)} != (B, Hq*Wq, Hk*Wk) = ({b}, {hq * wq}, {hk * wk})"
+                f"record {rec.name!r}: weights {tuple(rec.weights.shape)} != (B, Hq*Wq, Hk*Wk)"
+                f" = ({b}, {hq * wq}, {hk * wk}); records and images must come from the same batch"
             )
     scale = max(1, round(panel_size / max(h, w)))
     ph, pw = h * scale, w * scale
@@ -345,7 +346,17 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
             m.training = training
 
 
-@torch.no_grad()
+def _forward_recorded(
+    module: torch.nn.Module, *inputs: torch.Tensor | None
+) -> tuple[torch.Tensor, list[AttentionRecord]]:
+    """`module(*inputs)` without gradients, in eval mode, recording every non-local block call."""
+    from gan.attention import record_attention
+
+    with torch.no_grad(), _eval_mode(module), record_attention(module) as records:
+        output = module(*inputs)
+    return output, records
+
+
 def generator_attention_figure(
     generator: torch.nn.Module,
     z: torch.Tensor,
@@ -354,14 +365,10 @@ def generator_attention_figure(
     seed: int | None = 0,
 ) -> np.ndarray:
     """Generate from `z` (and `labels`) in eval mode and draw where each G non-local block attends."""
-    from gan.attention import record_attention
-
-    with _eval_mode(generator), record_attention(generator) as records:
-        images = generator(z, labels)
+    images, records = _forward_recorded(generator, z, labels)
     return attention_figure(images, records, queries=queries, seed=seed)
 
 
-@torch.no_grad()
 def discriminator_attention_figure(
     discriminator: torch.nn.Module,
     images: torch.Tensor,
@@ -370,10 +377,7 @@ def discriminator_attention_figure(
     seed: int | None = 0,
 ) -> np.ndarray:
     """Run D on `images` (B, C, R, R) in [-1, 1] in eval mode and draw where each D non-local block attends."""
-    from gan.attention import record_attention
-
-    with _eval_mode(discriminator), record_attention(discriminator) as records:
-        discriminator(images, labels)
+    _, records = _forward_recorded(discriminator, images, labels)
     return attention_figure(images, records, queries=queries, seed=seed)
 
 

@@ -233,7 +233,9 @@ def test_attention_figure_rejects_mismatched_records():
 
 
 def _tiny_model_config() -> ModelConfig:
-    return ModelConfig(resolution=32, num_classes=3, z_dim=8, g_width=8, d_width=8, g_attention=[8, 16], d_attention=[16])
+    return ModelConfig(
+        resolution=32, num_classes=3, z_dim=8, g_width=8, d_width=8, g_attention=[8, 16], d_attention=[16]
+    )
 
 
 def test_generator_attention_figure_matches_manual_recording_and_restores_mode():
