@@ -180,6 +180,7 @@ class Discriminator(nn.Module):
         _check_resolution(cfg)
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
+        self.image_channels = cfg.image_channels
         sn = cfg.d_spectral_norm
         spec = _D_BLOCKS[cfg.resolution]
         sides, side = [], cfg.resolution
@@ -204,8 +205,9 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """`y` (integer labels) is required when conditional and ignored when unconditional."""
-        if x.dim() != 4 or x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            raise ValueError(f"discriminator expects images (B, C, {self.resolution}, {self.resolution}); got {tuple(x.shape)}")
+        expected = (self.image_channels, self.resolution, self.resolution)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"discriminator expects images (B, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
         y = _check_labels(y, self.num_classes, x.shape[0], "discriminator")
         h = x
         for block in self.blocks.values():

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from gan.attention import NonLocalBlock, attention_blocks, record_attention
@@ -226,8 +225,10 @@ def test_label_errors():
         G.sample(2, labels=[1, 5])
     with pytest.raises(ValueError, match=r"z of shape \(B, 8\)"):
         G(torch.randn(2, 7), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="32, 32"):
+    with pytest.raises(ValueError, match=r"images \(B, 3, 32, 32\)"):
         D(torch.zeros(2, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"images \(B, 3, 32, 32\)"):
+        D(torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]))
 
 
 def test_unconditional_models_ignore_labels_in_forward_but_sample_rejects_them():
