@@ -1,0 +1,251 @@
+"""Checkpoint I/O for training and sampling alike: atomic, pruned, and never executing code on load.
+
+A training checkpoint is a directory `checkpoints/step_00001000/` holding
+    state.safetensors  every tensor (G, D, EMA-G, optimiser moments, spectral-norm vectors, RNG bytes)
+    meta.json          everything else (step, config, optimiser hyper-parameters, RNG ints), written last
+It is written under a hidden temporary name and renamed into place only when complete, so a crash mid-write
+never leaves a directory that `latest_checkpoint` would take. Older checkpoints are pruned only after the new
+one is in place; `best/` (the best evaluation score) is never pruned.
+
+A generator export is a directory with `generator.safetensors` and `config.json`: small enough to share.
+Nothing here calls `pickle` or `torch.load`: safetensors holds raw tensors and JSON holds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gan.config import Config, ConfigError, from_dict, to_dict
+
+FORMAT = "sagan-checkpoint"
+EXPORT_FORMAT = "sagan-generator"
+VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt or mismatched checkpoint; the message is one line that says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Nested state <-> (flat tensors, JSON tree)
+
+
+def _encode(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, f"{key}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {key} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+    raise CheckpointError(f"unknown entry {sorted(obj)} in checkpoint metadata; was it written by this repository?")
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(final: Path, files: dict[str, Any]) -> Path:
+    """Write `files` (name -> tensors dict for .safetensors, JSON-able for .json) as directory `final`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, content in files.items():  # callers order the JSON metadata last
+        path = tmp / name
+        if name.endswith(".safetensors"):
+            save_file(content, str(path))
+        else:
+            path.write_text(json.dumps(content, indent=1))
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    trash = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def save_checkpoint(root: str | Path, state: dict[str, Any], *, step: int, config: Config, keep_last: int) -> Path:
+    """Write `state` as `root/step_XXXXXXXX` atomically, then prune to the newest `keep_last`."""
+    root = Path(root)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, "state", tensors)
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "config": to_dict(config), "state": tree}
+    path = _write_atomically(root / f"step_{step:08d}", {"state.safetensors": tensors, "meta.json": meta})
+    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def save_best(root: str | Path, source: Path) -> Path:
+    """Copy the complete checkpoint `source` to `root/best` (atomically replacing the previous best)."""
+    files: dict[str, Any] = {
+        "state.safetensors": load_file(str(source / "state.safetensors")),
+        "meta.json": json.loads((source / "meta.json").read_text()),
+    }
+    return _write_atomically(Path(root) / "best", files)
+
+
+def export_generator(path: str | Path, generator: torch.nn.Module, config: Config) -> Path:
+    """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
+    meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
+    return _write_atomically(Path(path), {"generator.safetensors": tensors, "config.json": meta})
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and reading
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (temporary and half-written ones are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "meta.json").is_file() and (p / "state.safetensors").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def _read_json(path: Path, expected_format: str) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is unreadable or corrupt ({type(exc).__name__}); pick another checkpoint") from None
+    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not a {expected_format} file of this repository")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer version (format {meta['version']}); update the code")
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, pick another one")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({msg}); pick another checkpoint") from None
+
+
+def _config_of(meta: dict, where: Path) -> Config:
+    try:
+        return from_dict(meta["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where} holds an unusable config ({exc}); it was written by another version") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, int]:
+    """(state, config, step) of a training checkpoint directory, without executing anything from it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory; pass a checkpoints/step_* directory or a run directory")
+    meta = _read_json(path / "meta.json", FORMAT)
+    tensors = _read_tensors(path / "state.safetensors")
+    try:
+        state = _decode(meta["state"], tensors)
+    except KeyError as exc:
+        raise CheckpointError(f"{path} lacks tensor {exc}; the checkpoint is corrupt, pick another one") from None
+    return state, _config_of(meta, path), int(meta["step"])
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory means its latest checkpoint; anything else is returned as is."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"run directory {path} has no complete checkpoint yet")
+        return latest
+    return path
+
+
+def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, where: Path) -> None:
+    """`module.load_state_dict(strict=True)` with a one-line CheckpointError on any mismatch."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
+        raise CheckpointError(f"{what} in {where} does not fit the model its config describes ({first.strip()})") from None
+
+
+def load_generator(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"):
+    """(Generator in eval mode, Config) from a training checkpoint, a run directory or an export."""
+    from gan.models import Generator  # models import attention/layers; keep this module light to import
+
+    path = resolve(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
+        config, weights, what = _config_of(meta, path), _read_tensors(path / "generator.safetensors"), "generator"
+    elif (path / "meta.json").is_file():
+        state, config, _ = load_checkpoint(path)
+        key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"
+        weights, what = state[key], key
+    else:
+        raise CheckpointError(
+            f"{path} is neither a training checkpoint (meta.json + state.safetensors) nor a generator export "
+            "(config.json + generator.safetensors)"
+        )
+    generator = Generator(config.model)
+    load_into(generator, weights, what, path)
+    return generator.to(map_location).eval(), config

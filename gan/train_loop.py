@@ -1,0 +1,461 @@
+"""The training loop: the only module that knows Accelerate.
+
+One generator step = `n_dis` discriminator steps then one generator step, each over `grad_accum`
+micro-batches. Accelerate provides the processes, devices, DDP wrapping and trackers; mixed precision is
+done here, with one GradScaler per network (fp16), so an overflow in D never skips or rescales G's step.
+Every random draw of a step comes from a dedicated per-process generator whose state is checkpointed, and
+the data order is a pure function of (seed, samples consumed), so resuming reproduces the uninterrupted run.
+Scalars are read on the host only at log intervals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from gan import checkpoint as ckpt
+from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.config import Config, ConfigError, save_config, to_dict
+from gan.data import build_dataset, build_loader
+from gan.ema import EMA
+from gan.losses import LOSSES
+from gan.models import Discriminator, Generator
+
+PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Parts:
+    """Everything a step touches. `G`/`D` may be DDP- or compile-wrapped; `G_raw`/`D_raw` never are."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_raw: Generator
+    D_raw: Discriminator
+    ema: EMA | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+    rng: torch.Generator  # z and fake labels of this process
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up
+
+
+def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
+    torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
+    G_raw, D_raw = Generator(cfg.model), Discriminator(cfg.model)
+    G_raw.to(accelerator.device)
+    D_raw.to(accelerator.device)
+    if cfg.train.channels_last:
+        G_raw.to(memory_format=torch.channels_last)
+        D_raw.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    opt_g = torch.optim.Adam(G_raw.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), eps=o.eps)
+    opt_d = torch.optim.Adam(D_raw.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=o.eps)
+    G, D = (torch.compile(G_raw), torch.compile(D_raw)) if cfg.train.compile else (G_raw, D_raw)
+    G, D = accelerator.prepare(G, D)  # DDP when several processes
+    fp16 = cfg.train.mixed_precision == "fp16"
+    device_type = accelerator.device.type
+    rng = torch.Generator(accelerator.device).manual_seed(cfg.train.seed * 1009 + accelerator.process_index)
+    return Parts(
+        G=G,
+        D=D,
+        G_raw=G_raw,
+        D_raw=D_raw,
+        ema=EMA(G_raw, o.ema_decay, o.ema_start) if o.ema_decay > 0 else None,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        scaler_g=torch.amp.GradScaler(device_type, enabled=fp16),
+        scaler_d=torch.amp.GradScaler(device_type, enabled=fp16),
+        rng=rng,
+    )
+
+
+def samples_per_step(cfg: Config, world_size: int) -> int:
+    """Real images consumed (over all processes) by one generator step."""
+    return cfg.train.batch_size * cfg.optim.n_dis * cfg.optim.grad_accum * world_size
+
+
+# ----------------------------------------------------------------------------------------------
+# State for checkpoints
+
+
+def _rng_state(parts: Parts) -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "train": parts.rng.get_state(),
+    }
+
+
+def _set_rng_state(parts: Parts, state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    parts.rng.set_state(state["train"])
+
+
+def training_state(parts: Parts, accelerator: Accelerator, consumed: int, best: dict) -> dict[str, Any]:
+    """Full state; every process must call it (RNG states are gathered), the main one writes it."""
+    rng_all = gather_object([_rng_state(parts)])
+    return {
+        "G": parts.G_raw.state_dict(),
+        "D": parts.D_raw.state_dict(),
+        "G_ema": parts.ema.state_dict() if parts.ema else None,
+        "opt_g": parts.opt_g.state_dict(),
+        "opt_d": parts.opt_d.state_dict(),
+        "scaler_g": parts.scaler_g.state_dict(),
+        "scaler_d": parts.scaler_d.state_dict(),
+        "consumed": consumed,
+        "world_size": accelerator.num_processes,
+        "rng": rng_all,
+        "best": best,
+    }
+
+
+def restore(parts: Parts, state: dict[str, Any], accelerator: Accelerator, where: Path) -> None:
+    ckpt.load_into(parts.G_raw, state["G"], "G", where)
+    ckpt.load_into(parts.D_raw, state["D"], "D", where)
+    if parts.ema is not None and state.get("G_ema") is not None:
+        ckpt.load_into(parts.ema.module, state["G_ema"], "G_ema", where)
+    parts.opt_g.load_state_dict(state["opt_g"])
+    parts.opt_d.load_state_dict(state["opt_d"])
+    for name in ("scaler_g", "scaler_d"):
+        if state[name]:
+            getattr(parts, name).load_state_dict(state[name])
+    if state["world_size"] == accelerator.num_processes:
+        _set_rng_state(parts, state["rng"][accelerator.process_index])
+    else:
+        accelerator.print(
+            f"warning: checkpoint written by {state['world_size']} processes, resuming with "
+            f"{accelerator.num_processes}: weights, optimisers and data position carry over, random streams restart"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# One step
+
+
+def _latents(parts: Parts, cfg: Config, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    z = torch.randn(n, cfg.model.z_dim, device=device, generator=parts.rng)
+    y = None
+    if cfg.model.num_classes > 0:
+        y = torch.randint(cfg.model.num_classes, (n,), device=device, generator=parts.rng)
+    return z, y
+
+
+def train_step(
+    parts: Parts, cfg: Config, batches: Iterator, accelerator: Accelerator
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
+    """n_dis D steps then one G step. Returns detached scalars (no host sync) and the last real (images, labels)."""
+    d_loss_fn, g_loss_fn = LOSSES[cfg.optim.loss]
+    dtype = PRECISION[cfg.train.mixed_precision]
+    device = accelerator.device
+    autocast = lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
+    accum = cfg.optim.grad_accum
+    n = cfg.train.batch_size
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    stats: dict[str, torch.Tensor] = {}
+
+    for _ in range(cfg.optim.n_dis):
+        for micro in range(accum):
+            x, y_real = next(batches)
+            x = x.to(device, non_blocking=True).to(memory_format=memory_format)
+            y_real = y_real.to(device, non_blocking=True) if cfg.model.num_classes > 0 else None
+            z, y_fake = _latents(parts, cfg, n, device)
+            sync = micro == accum - 1
+            with torch.no_grad(), autocast():
+                fake = parts.G_raw(z, y_fake)
+            with contextlib.nullcontext() if sync else accelerator.no_sync(parts.D), autocast():
+                both = torch.cat([x, fake.to(x.dtype)])
+                labels = torch.cat([y_real, y_fake]) if y_real is not None else None
+                logits = parts.D(both, labels).float()
+                real_logits, fake_logits = logits[:n], logits[n:]
+                loss_d = d_loss_fn(real_logits, fake_logits)
+            parts.scaler_d.scale(loss_d / accum).backward()
+        parts.scaler_d.step(parts.opt_d)
+        parts.scaler_d.update()
+        parts.opt_d.zero_grad(set_to_none=True)
+    stats["loss_d"] = loss_d.detach()
+    stats["d_real"] = real_logits.detach().mean()
+    stats["d_fake"] = fake_logits.detach().mean()
+
+    # G step: D is used unwrapped with frozen parameters, so no D gradients are computed or synchronised.
+    parts.D_raw.requires_grad_(False)
+    for micro in range(accum):
+        z, y_fake = _latents(parts, cfg, n, device)
+        sync = micro == accum - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(parts.G), autocast():
+            fake = parts.G(z, y_fake)
+            loss_g = g_loss_fn(parts.D_raw(fake, y_fake).float())
+        parts.scaler_g.scale(loss_g / accum).backward()
+    parts.D_raw.requires_grad_(True)
+    parts.scaler_g.step(parts.opt_g)
+    parts.scaler_g.update()
+    parts.opt_g.zero_grad(set_to_none=True)
+    stats["loss_g"] = loss_g.detach()
+    return stats, (x, y_real)
+
+
+# ----------------------------------------------------------------------------------------------
+# Periodic work: logs, samples, attention maps, evaluation
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode (no BN statistic or spectral-norm vector updates) for a look that changes no state."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was)
+
+
+def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
+    """gamma and mean row entropy of every attention block of G (on z) and D (on real images)."""
+    out: dict[str, float] = {}
+    for tag, net, args in (("G", G, (z, y)), ("D", D, (real, y_real))):
+        blocks = attention_blocks(net)
+        if not blocks:
+            continue
+        with _eval_mode(net), record_attention(net) as records:
+            net(*args)
+        for (name, block), record in zip(blocks, records):
+            if block.gate == "gamma":
+                out[f"gamma/{tag}.{name}"] = block.gamma.item()
+            out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
+    return out
+
+
+def log_image(accelerator: Accelerator, key: str, image: np.ndarray, step: int) -> None:
+    """Send an (H, W, 3) uint8 image to every tracker."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.log_images({key: [image]}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.log_images({key: image[None]}, step=step, dataformats="NHWC")
+
+
+class RunLog:
+    """metrics.jsonl in the run directory (main process) mirrored to the trackers."""
+
+    def __init__(self, run_dir: Path, accelerator: Accelerator) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.accelerator.log(values, step=step)
+
+
+class StopSignal:
+    """SIGINT / SIGTERM ask the loop to checkpoint and return at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return (every > 0 and step % every == 0) or step == last
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
+    """Train per `cfg`, writing into `run_dir`; returns a summary (final step, losses, paths)."""
+    from gan import viz  # image work only where it is used
+
+    run_dir = Path(run_dir)
+    log_with = None if cfg.log.backend == "none" else cfg.log.backend
+    accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir))
+    dataset = build_dataset(cfg.data, cfg.model)
+    parts = build_parts(cfg, accelerator)
+    ckpt_dir = run_dir / "checkpoints"
+
+    step, consumed, best = 0, 0, {}
+    if resume:
+        where = ckpt.latest_checkpoint(ckpt_dir) if resume == "latest" else ckpt.resolve(resume)
+        if where is None:
+            raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {ckpt_dir}; start without --resume")
+        state, old_cfg, step = ckpt.load_checkpoint(where)
+        changed = [k for k, v in to_dict(cfg.model).items() if to_dict(old_cfg.model)[k] != v]
+        if changed:
+            raise ConfigError(f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model")
+        restore(parts, state, accelerator, where)
+        consumed, best = state["consumed"], state["best"]
+        accelerator.print(f"resumed from {where} at step {step}")
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if log_with:
+        init = {"wandb": {"dir": str(run_dir), "name": cfg.log.run_name or run_dir.name, "tags": cfg.log.tags}}
+        if cfg.log.entity:
+            init["wandb"]["entity"] = cfg.log.entity
+        accelerator.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)), init_kwargs=init)
+
+    loader = build_loader(
+        dataset,
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        start=consumed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    batches = iter(loader)
+    log = RunLog(run_dir, accelerator)
+    device = accelerator.device
+    fixed_gen = torch.Generator().manual_seed(cfg.train.seed + 12345)
+    z_fixed = torch.randn(cfg.train.sample_grid, cfg.model.z_dim, generator=fixed_gen).to(device)
+    y_fixed = (torch.arange(cfg.train.sample_grid) % cfg.model.num_classes).to(device) if cfg.model.num_classes else None
+    total = cfg.train.steps
+    per_step = samples_per_step(cfg, accelerator.num_processes)
+    bar = tqdm(total=total, initial=step, disable=not (accelerator.is_main_process and cfg.train.progress), unit="step")
+    running: list[dict[str, torch.Tensor]] = []
+    last_time, last_step = time.perf_counter(), step
+    last_ckpt = step if resume else -1
+    real, y_real = None, None
+
+    def sampler_model() -> torch.nn.Module:
+        return parts.ema.module if parts.ema else parts.G_raw
+
+    def write_checkpoint() -> Path | None:
+        nonlocal last_ckpt
+        state = training_state(parts, accelerator, consumed, best)
+        path = None
+        if accelerator.is_main_process:
+            path = ckpt.save_checkpoint(ckpt_dir, state, step=step, config=cfg, keep_last=cfg.train.keep_last)
+        accelerator.wait_for_everyone()
+        last_ckpt = step
+        return path
+
+    with StopSignal() as stop:
+        while step < total and not stop.requested:
+            stats, (real, y_real) = train_step(parts, cfg, batches, accelerator)
+            step += 1
+            consumed += per_step
+            if parts.ema:
+                parts.ema.update(parts.G_raw, step)
+            running.append(stats)
+
+            if _due(step, cfg.train.log_every, total):
+                now = time.perf_counter()
+                values = {k: torch.stack([s[k] for s in running]).mean().item() for k in running[0]}
+                values["images_per_s"] = (step - last_step) * cfg.train.batch_size * accelerator.num_processes / (now - last_time)
+                values["lr_g"], values["lr_d"] = parts.opt_g.param_groups[0]["lr"], parts.opt_d.param_groups[0]["lr"]
+                values.update(attention_stats(parts.G_raw, parts.D_raw, *_head(8, z_fixed, y_fixed, real, y_real)))
+                log.write(step, values)
+                bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", img_s=f"{values['images_per_s']:.1f}")
+                running, last_time, last_step = [], now, step
+            bar.update(1)
+
+            if accelerator.is_main_process and _due(step, cfg.train.sample_every, total):
+                with _eval_mode(sampler_model()) as g:
+                    images = g(z_fixed, y_fixed).float()
+                path = viz.save_image_grid(images.cpu(), run_dir / "samples" / f"step_{step:08d}.png")
+                log_image(accelerator, "samples", viz.make_grid_array(images.cpu()), step)
+            if accelerator.is_main_process and _due(step, cfg.log.attention_every, total):
+                _attention_maps(cfg, parts, sampler_model(), _head(4, z_fixed, y_fixed, real, y_real), run_dir, step, accelerator)
+
+            if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == total):
+                scores = _evaluate(cfg, sampler_model(), accelerator)
+                if accelerator.is_main_process:
+                    log.write(step, scores)
+                key = next(iter(k for k in scores if "distance" in k), None)
+                path = write_checkpoint()
+                if key is not None and (not best or scores[key] < best["value"]):
+                    best = {"metric": key, "value": scores[key], "step": step}
+                    if path is not None:
+                        ckpt.save_best(ckpt_dir, path)
+            elif cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0:
+                write_checkpoint()
+
+        if last_ckpt != step:
+            write_checkpoint()
+    bar.close()
+    export = None
+    if accelerator.is_main_process:
+        export = ckpt.export_generator(run_dir / "generator", sampler_model(), cfg)
+        accelerator.print(f"step {step}: samples in {run_dir / 'samples'}, checkpoint in {ckpt_dir}, generator in {export}")
+    accelerator.end_training()
+    return {"step": step, "interrupted": step < total, "run_dir": str(run_dir), "export": str(export) if export else None}
+
+
+def _head(n: int, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [None if t is None else t[:n] for t in tensors]
+
+
+def _attention_maps(cfg, parts, G, batch, run_dir, step, accelerator) -> None:
+    """The SAGAN-paper figure for G (fixed noise) and D (real images), saved as PNG and logged."""
+    from gan import viz
+
+    z, y, real, y_real = batch
+    figures = {}
+    if attention_blocks(G):
+        figures["attention/G"] = viz.generator_attention_figure(G, z, y, queries=cfg.log.attention_queries)
+    if attention_blocks(parts.D_raw):
+        figures["attention/D"] = viz.discriminator_attention_figure(parts.D_raw, real, y_real, queries=cfg.log.attention_queries)
+    for key, figure in figures.items():
+        viz.save_attention_figure(figure, run_dir / "attention" / f"step_{step:08d}_{key.split('/')[1]}.png")
+        log_image(accelerator, key, figure, step)
+
+
+def _evaluate(cfg: Config, G: torch.nn.Module, accelerator: Accelerator) -> dict[str, float]:
+    """Scores of the sampling generator (main process); every process waits for them."""
+    scores: dict[str, float] = {}
+    if accelerator.is_main_process:
+        from gan.metrics import compute_metrics
+
+        with torch.random.fork_rng(devices=[]), _eval_mode(G):
+            scores = compute_metrics(G, cfg, device=accelerator.device)
+    accelerator.wait_for_everyone()
+    return scores
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v) if isinstance(v, list) else v
+    return out

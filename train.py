@@ -1,0 +1,38 @@
+"""Train a SAGAN-style GAN: `python train.py --config configs/demo.yaml [--run-dir DIR] [--resume latest|PATH] [key=value ...]`.
+
+Runs the same under `accelerate launch` for several GPUs or machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gan.cli import fail_cleanly
+from gan.config import describe, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml", help="YAML file of changes to the defaults")
+    parser.add_argument("--run-dir", default=None, help="output directory (default: runs/<config name>)")
+    parser.add_argument("--resume", default=None, help="'latest' (in the run directory) or a checkpoint path")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.g_attention=[16]")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(describe())
+        return 0
+    with fail_cleanly():
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        from gan.train_loop import train  # torch / accelerate load only once the arguments are known good
+
+        summary = train(cfg, run_dir, resume=args.resume)
+        return 130 if summary["interrupted"] else 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
