@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None, help="'latest' (in the run directory) or a checkpoint path")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.g_attention=[16]")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.help_config:
         print(describe())
         return 0

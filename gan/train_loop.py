@@ -117,6 +117,8 @@ def _set_rng_state(parts: Parts, state: dict[str, Any]) -> None:
 def training_state(parts: Parts, accelerator: Accelerator, consumed: int, best: dict) -> dict[str, Any]:
     """Full state; every process must call it (RNG states are gathered), the main one writes it."""
     rng_all = gather_object([_rng_state(parts)])
+    # One number per process: equal everywhere iff the replicas hold the same weights (DDP kept them in sync).
+    checksum = sum(float(t.detach().double().sum()) for t in [*parts.G_raw.parameters(), *parts.D_raw.parameters()])
     return {
         "G": parts.G_raw.state_dict(),
         "D": parts.D_raw.state_dict(),
@@ -128,6 +130,7 @@ def training_state(parts: Parts, accelerator: Accelerator, consumed: int, best: 
         "consumed": consumed,
         "world_size": accelerator.num_processes,
         "rng": rng_all,
+        "replica_checksums": gather_object([checksum]),
         "best": best,
     }
 
@@ -305,7 +308,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
 
     run_dir = Path(run_dir)
     log_with = None if cfg.log.backend == "none" else cfg.log.backend
-    accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir))
+    # cpu=True without CUDA: torchrun / `accelerate launch --multi_gpu` on CPUs then forms a gloo group.
+    accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir), cpu=not torch.cuda.is_available())
     dataset = build_dataset(cfg.data, cfg.model)
     parts = build_parts(cfg, accelerator)
     ckpt_dir = run_dir / "checkpoints"
