@@ -1,0 +1,179 @@
+"""Sample a trained generator: `python sample.py --checkpoint PATH [--num N] [--seed S] [--grid FILE] ...`.
+
+PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint) or a
+generator export (runs/X/generator). Every z and label is drawn up front from one CPU torch.Generator
+seeded with --seed (z first, then labels, exactly as `Generator.sample` draws them), so the images depend
+on neither the device's RNG nor --batch-size. Outputs: one grid PNG (--grid, the default), one PNG per
+image (--out), a uint8 NHWC array under key 'arr_0' (--npz, the format of the BigGAN / TF FID scripts),
+the SAGAN attention figure for the first four latents (--attention-maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gan.cli import fail_cleanly
+from gan.config import ConfigError
+
+DEFAULT_NUM = 64  # images, without --interpolate
+DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir (latest checkpoint) or generator export dir")
+    p.add_argument("--num", type=int, default=None, help=f"images ({DEFAULT_NUM}), or interpolation rows ({DEFAULT_ROWS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of every z and label")
+    p.add_argument("--out", default=None, help="directory for one PNG per image (000000.png, ...)")
+    p.add_argument("--grid", default=None, help="one PNG grid of all images (default samples.png if no output is given)")
+    p.add_argument("--npz", default=None, help="uint8 (N, H, W, 3) array under key 'arr_0'")
+    p.add_argument("--class", dest="label", type=int, default=None, help="class of every image (conditional models)")
+    p.add_argument("--truncation", type=float, default=None, help="redraw every z entry beyond |T| (BigGAN's trick)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA weights")
+    p.add_argument("--interpolate", type=int, default=0, metavar="K", help="K-step linear z interpolation per row")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (does not change the images)")
+    p.add_argument("--attention-maps", default=None, help="PNG of where G's non-local blocks attend (first 4 latents)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    args = p.parse_args(argv)
+    if args.out is None and args.grid is None and args.npz is None and args.attention_maps is None:
+        args.grid = "samples.png"
+    if args.num is None:
+        args.num = DEFAULT_ROWS if args.interpolate else DEFAULT_NUM
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked before loading the checkpoint; raises ConfigError (one line)."""
+    for flag, value, least in (("--num", args.num, 1), ("--batch-size", args.batch_size, 1)):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}; got {value}")
+    if args.interpolate and args.interpolate < 2:
+        raise ConfigError(f"--interpolate K needs K >= 2 steps (both endpoints); got {args.interpolate}")
+    if args.truncation is not None and not args.truncation > 0:
+        raise ConfigError(f"--truncation must be a positive number (e.g. 0.5); got {args.truncation}")
+    for flag, path, suffix in (("--grid", args.grid, ".png"), ("--attention-maps", args.attention_maps, ".png"), ("--npz", args.npz, ".npz")):
+        if path is not None and Path(path).suffix.lower() != suffix:
+            raise ConfigError(f"{flag} must name a {suffix} file; got {path!r}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} exists and is not a directory")
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def draw_latents(G, args: argparse.Namespace):
+    """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
+    import torch
+
+    from gan.models import truncated_normal
+
+    if G.num_classes == 0 and args.label is not None:
+        raise ConfigError("--class is only for class-conditional models; this generator is unconditional")
+    if args.label is not None and not 0 <= args.label < G.num_classes:
+        raise ConfigError(f"--class must lie in [0, {G.num_classes - 1}] for this generator; got {args.label}")
+    rng = torch.Generator().manual_seed(args.seed)
+    n = args.num
+    if args.interpolate:  # endpoints: n starts, then n ends
+        ends = truncated_normal((2 * n, G.z_dim), args.truncation, generator=rng).view(2, n, 1, G.z_dim)  # (2, n, 1, Z)
+        t = torch.linspace(0.0, 1.0, args.interpolate).view(1, -1, 1)  # (1, K, 1)
+        z = torch.lerp(ends[0], ends[1], t).reshape(n * args.interpolate, G.z_dim)  # (n*K, Z), row-major
+    else:
+        z = truncated_normal((n, G.z_dim), args.truncation, generator=rng)
+    if G.num_classes == 0:
+        return z, None
+    if args.label is not None:
+        labels = torch.full((n,), args.label, dtype=torch.long)
+    else:
+        labels = torch.randint(G.num_classes, (n,), generator=rng)
+    return z, labels.repeat_interleave(max(args.interpolate, 1))  # one class per interpolation row
+
+
+def generate(G, z, labels, batch_size: int, device):
+    """Images (N, C, R, R) in [-1, 1] on the CPU, generated batch by batch in eval mode."""
+    import torch
+
+    G.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, z.shape[0], batch_size):
+            y = None if labels is None else labels[i : i + batch_size].to(device)
+            out.append(G(z[i : i + batch_size].to(device), y).float().cpu())
+    return torch.cat(out)
+
+
+def _writable(write):
+    """Run `write()`; an unwritable path becomes a one-line ConfigError instead of a traceback."""
+    try:
+        return write()
+    except OSError as exc:
+        raise ConfigError(f"cannot write {exc.filename or 'an output'} ({exc.strerror}); pick another output path") from None
+
+
+def write_outputs(images, args: argparse.Namespace) -> list[str]:
+    """Write --grid, --out and --npz; returns one line per output saying where it landed."""
+    from gan import viz
+
+    lines = []
+    if args.grid is not None:
+        _writable(lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
+        lines.append(f"grid of {len(images)} images: {args.grid}")
+    if args.out is not None:
+        for i in range(len(images)):
+            _writable(lambda: viz.save_image_grid(images[i : i + 1], Path(args.out) / f"{i:06d}.png", padding=0))
+        lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
+    if args.npz is not None:
+        arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
+        _writable(lambda: _save_npz(args.npz, arr))
+        lines.append(f"uint8 array {tuple(arr.shape)} under 'arr_0': {args.npz}")
+    return lines
+
+
+def _save_npz(path: str, arr) -> None:
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
+
+
+def write_attention_maps(G, z, labels, path: str, device) -> str:
+    """The SAGAN-paper figure for the first four latents: where each G non-local block attends."""
+    from gan import viz
+
+    head = None if labels is None else labels[:4].to(device)
+    figure = viz.generator_attention_figure(G, z[:4].to(device), head)
+    return f"attention maps: {_writable(lambda: viz.save_attention_figure(figure, path))}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with fail_cleanly():
+        check_args(args)
+        device = pick_device(args.device)
+        from gan.attention import attention_blocks
+        from gan.checkpoint import load_generator
+
+        G, _ = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device)
+        if args.attention_maps and not attention_blocks(G):
+            raise ConfigError("--attention-maps: this generator has no non-local block (model.g_attention is empty)")
+        z, labels = draw_latents(G, args)
+        lines = []
+        if args.grid or args.out or args.npz:
+            lines = write_outputs(generate(G, z, labels, args.batch_size, device), args)
+        if args.attention_maps:
+            lines.append(write_attention_maps(G, z, labels, args.attention_maps, device))
+        print("\n".join(lines))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
