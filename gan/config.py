@@ -1,12 +1,14 @@
 """Typed configuration: nested dataclasses, YAML deltas over the defaults, `key.sub=value` overrides.
 
 Every field carries a one-line meaning in its metadata (`help`); `python train.py --help-config`
-prints them. A YAML file only lists what it changes. Unknown keys and wrong types stop with one line
+prints them. A YAML file only lists what it changes, optionally over another file named by `base:`
+(the no-attention twins are a base plus two lines). Unknown keys and wrong types stop with one line
 (`ConfigError`) that names the key and what it accepts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -152,6 +154,10 @@ def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a {_type_name(tp)}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_tp, choices) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept any spelling Python reads as a number.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -205,20 +211,34 @@ def parse_overrides(words: list[str]) -> dict:
     return delta
 
 
+def _read_delta(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The deltas a YAML file stands for: its `base:` file's first (recursively), then its own."""
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass one of configs/*.yaml")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file '{path}' names itself as a base through {' -> '.join(map(str, seen))}")
+    try:
+        delta = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(delta, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
+    base = delta.pop("base", None)
+    if base is None:
+        return [delta]
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': 'base' must be the path of another config file")
+    return [*_read_delta(path.parent / base, (*seen, path.resolve())), delta]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file's delta, then the overrides. Raises ConfigError on any bad input."""
+    """Defaults, then the YAML file's delta (after its `base:` file's, if it names one), then the overrides.
+
+    Raises ConfigError on any bad input."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; pass one of configs/*.yaml")
-        try:
-            delta = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(delta, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
-        _apply(cfg, delta)
+        for delta in _read_delta(Path(path)):
+            _apply(cfg, delta)
     _apply(cfg, parse_overrides(overrides or []))
     validate(cfg)
     return cfg
