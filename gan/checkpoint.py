@@ -94,15 +94,19 @@ def _write_atomically(final: Path, files: dict[str, Any]) -> Path:
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for name, content in files.items():  # callers order the JSON metadata last
-        path = tmp / name
-        if name.endswith(".safetensors"):
-            save_file(content, str(path))
-        else:
-            path.write_text(json.dumps(content, indent=1))
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        for name, content in files.items():  # callers order the JSON metadata last
+            path = tmp / name
+            if name.endswith(".safetensors"):
+                save_file(content, str(path))
+            else:
+                path.write_text(json.dumps(content, indent=1))
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     trash = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
         os.replace(final, trash)
