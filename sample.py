@@ -2,20 +2,32 @@
 
 PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint) or a
 generator export (runs/X/generator). Every z and label is drawn up front from one CPU torch.Generator
-seeded with --seed (z first, then labels, exactly as `Generator.sample` draws them), so the images depend
-on neither the device's RNG nor --batch-size. Outputs: one grid PNG (--grid, the default), one PNG per
-image (--out), a uint8 NHWC array under key 'arr_0' (--npz, the format of the BigGAN / TF FID scripts),
-the SAGAN attention figure for the first four latents (--attention-maps).
+seeded with --seed (z first, then labels, as `Generator.sample` draws them), so the latents depend on
+neither the device's RNG nor --batch-size: the same seed gives the same files, bit for bit, on the same
+machine and batch size. (Another batch size can move floats in their last bits, as BLAS picks kernels by
+matrix size; an 8-bit pixel then rarely changes by one level.) Outputs: one grid PNG (--grid, the
+default), one PNG per image (--out), a uint8 NHWC array under key 'arr_0' (--npz, the format the BigGAN /
+TF FID scripts read), the SAGAN attention figure for the first four latents (--attention-maps).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from gan.cli import fail_cleanly
 from gan.config import ConfigError
+
+if TYPE_CHECKING:  # torch loads only once the arguments are known good
+    import numpy as np
+    import torch
+
+    from gan.models import Generator
+
+T = TypeVar("T")
 
 DEFAULT_NUM = 64  # images, without --interpolate
 DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
@@ -29,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="directory for one PNG per image (000000.png, ...)")
     p.add_argument("--grid", default=None, help="one PNG grid of all images (default samples.png if no output is given)")
     p.add_argument("--npz", default=None, help="uint8 (N, H, W, 3) array under key 'arr_0'")
-    p.add_argument("--class", dest="label", type=int, default=None, help="class of every image (conditional models)")
+    p.add_argument("--class", dest="label", type=int, default=None, metavar="C", help="class of every image (conditional models)")
     p.add_argument("--truncation", type=float, default=None, help="redraw every z entry beyond |T| (BigGAN's trick)")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA weights")
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="K-step linear z interpolation per row")
@@ -60,7 +72,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out!r} exists and is not a directory")
 
 
-def pick_device(name: str):
+def pick_device(name: str) -> torch.device:
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
@@ -70,7 +82,7 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def draw_latents(G, args: argparse.Namespace):
+def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
     import torch
 
@@ -97,7 +109,9 @@ def draw_latents(G, args: argparse.Namespace):
     return z, labels.repeat_interleave(max(args.interpolate, 1))  # one class per interpolation row
 
 
-def generate(G, z, labels, batch_size: int, device):
+def generate(
+    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device: torch.device | str
+) -> torch.Tensor:
     """Images (N, C, R, R) in [-1, 1] on the CPU, generated batch by batch in eval mode."""
     import torch
 
@@ -110,47 +124,50 @@ def generate(G, z, labels, batch_size: int, device):
     return torch.cat(out)
 
 
-def _writable(write):
-    """Run `write()`; an unwritable path becomes a one-line ConfigError instead of a traceback."""
+def _writable(path: str | Path, write: Callable[[], T]) -> T:
+    """Run `write()`, which writes `path`; an OSError becomes a one-line ConfigError instead of a traceback."""
     try:
         return write()
     except OSError as exc:
-        raise ConfigError(f"cannot write {exc.filename or 'an output'} ({exc.strerror}); pick another output path") from None
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); pick another output path") from None
 
 
-def write_outputs(images, args: argparse.Namespace) -> list[str]:
+def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     """Write --grid, --out and --npz; returns one line per output saying where it landed."""
     from gan import viz
 
     lines = []
     if args.grid is not None:
-        _writable(lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
+        _writable(args.grid, lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
         lines.append(f"grid of {len(images)} images: {args.grid}")
     if args.out is not None:
         for i in range(len(images)):
-            _writable(lambda: viz.save_image_grid(images[i : i + 1], Path(args.out) / f"{i:06d}.png", padding=0))
+            path = Path(args.out) / f"{i:06d}.png"
+            _writable(path, lambda: viz.save_image_grid(images[i : i + 1], path, padding=0))
         lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
     if args.npz is not None:
         arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
-        _writable(lambda: _save_npz(args.npz, arr))
+        _writable(args.npz, lambda: _save_npz(args.npz, arr))
         lines.append(f"uint8 array {tuple(arr.shape)} under 'arr_0': {args.npz}")
     return lines
 
 
-def _save_npz(path: str, arr) -> None:
+def _save_npz(path: str, arr: np.ndarray) -> None:
     import numpy as np
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
 
 
-def write_attention_maps(G, z, labels, path: str, device) -> str:
+def write_attention_maps(
+    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, path: str, device: torch.device
+) -> str:
     """The SAGAN-paper figure for the first four latents: where each G non-local block attends."""
     from gan import viz
 
     head = None if labels is None else labels[:4].to(device)
     figure = viz.generator_attention_figure(G, z[:4].to(device), head)
-    return f"attention maps: {_writable(lambda: viz.save_attention_figure(figure, path))}"
+    return f"attention maps: {_writable(path, lambda: viz.save_attention_figure(figure, path))}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,3 +272,9 @@ def test_attention_maps_of_a_generator_without_attention_fail_in_one_line(capsys
     main_fails_in_one_line(capsys, ["--checkpoint", tmp_path / "generator", "--attention-maps", tmp_path / "a.png"],
                            "no non-local block")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_unwritable_output_fails_in_one_line(runs, capsys, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    main_fails_in_one_line(capsys, ["--checkpoint", runs["step"], "--num", 2, "--out", tmp_path / "a_file" / "sub"],
+                           "cannot write", "a_file")
