@@ -1,0 +1,184 @@
+"""The built-in generated dataset and its closed-form global-coherence score.
+
+Each image holds two objects, one at the far left and one at the far right, that must agree: the right
+object is the exact mirror image of the left one (same shape, size, colour and row, mirrored column).
+Everything else is local: a dark background with a mild random gradient that is *not* mirrored.
+A generator that gets local structure right but not the long-range dependency draws two plausible
+objects that disagree; `coherence_score` measures that disagreement from the pixels alone.
+See docs/coherence.md for the design, the score's definition and its measured chance level.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SHAPES = ("disc", "square", "triangle", "cross")
+
+# Geometry, as fractions of the image side R (all drawn per image, shared by both objects).
+SIZE_RANGE = (0.22, 0.30)  # object bounding-box side s
+MAX_EDGE_OFFSET = 0.10  # left object starts at column x0 in [1, 0.1 R]: it ends before 0.4 R
+
+# Intensities in [0, 1] (mapped to [-1, 1] at the end). Background < FOREGROUND_THRESHOLD < object.
+BACKGROUND_BASE = 0.12  # per-channel base level drawn in [0, this]
+BACKGROUND_GRADIENT = 0.10  # linear gradient of amplitude in [0, this], random direction
+SATURATION_RANGE = (0.6, 1.0)  # RGB objects: random hue, this saturation, value 1
+GREY_RANGE = (0.55, 1.0)  # grayscale objects: this grey level
+
+# Score constants (see docs/coherence.md).
+FOREGROUND_THRESHOLD = -0.2  # in [-1, 1] units (0.4 in [0, 1]): a pixel is foreground if max_c x > this
+AREA_RANGE = (0.01, 0.35)  # an object is present on a side if its foreground covers this fraction of the half
+CENTRE_BAND = 0.42  # columns in [0.42 W, W - 0.42 W) form the central band between the objects
+MAX_CENTRE_FOREGROUND = 0.05  # fraction of all foreground allowed in the central band
+COLOUR_TOLERANCE = 0.25  # RMS colour distance (in [0, 1] units) at which colour agreement reaches 0
+
+
+def _shape_mask(shape: int, s: int) -> np.ndarray:
+    """Hard (s, s) boolean mask of a shape in its bounding box; each shape is left-right symmetric."""
+    c = (np.arange(s) + 0.5) / s  # pixel centres in (0, 1)
+    v, u = np.meshgrid(c, c, indexing="ij")  # v: row (0 top), u: column
+    if shape == 0:  # disc
+        return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    if shape == 1:  # square
+        return np.ones((s, s), dtype=bool)
+    if shape == 2:  # triangle, apex up; tested at each row's bottom edge so the apex row is never empty
+        return np.abs(u - 0.5) <= (v + 0.5 / s) / 2 + 1e-9  # 1e-9: the apex row touches the bound exactly
+    if shape == 3:  # cross (plus sign), arms one third of the box wide
+        return (np.abs(u - 0.5) <= 1 / 6) | (np.abs(v - 0.5) <= 1 / 6)
+    raise ValueError(f"shape index {shape} is not in 0..{len(SHAPES) - 1}")
+
+
+class CoherenceDataset(Dataset):
+    """`size` generated images of side `resolution`; item i depends only on (seed, i).
+
+    Items are (float32 tensor in [-1, 1] of shape (channels, resolution, resolution), shape label).
+    The label indexes `SHAPES`, so the dataset also serves conditional training (`num_classes` = 4).
+    Images are drawn on the fly from a per-item numpy generator; the global RNGs are never touched.
+    """
+
+    num_classes = len(SHAPES)
+
+    def __init__(self, size: int, resolution: int, channels: int = 3, seed: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"CoherenceDataset size must be at least 1, got {size}")
+        if resolution < 16:
+            raise ValueError(f"CoherenceDataset resolution must be at least 16, got {resolution}")
+        if channels not in (1, 3):
+            raise ValueError(f"CoherenceDataset channels must be 1 or 3, got {channels}")
+        if seed < 0:
+            raise ValueError(f"CoherenceDataset seed must be non-negative, got {seed}")
+        self.size, self.resolution, self.channels, self.seed = size, resolution, channels, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for a dataset of {self.size} images")
+        index %= self.size
+        rng = np.random.default_rng([self.seed, index])
+        r = self.resolution
+
+        # Draw every attribute in a fixed order, whatever `channels` is, so that the geometry of item i is
+        # the same in the RGB and the grayscale dataset.
+        shape = int(rng.integers(len(SHAPES)))
+        s = int(rng.integers(round(SIZE_RANGE[0] * r), round(SIZE_RANGE[1] * r) + 1))
+        x0 = int(rng.integers(1, max(1, round(MAX_EDGE_OFFSET * r)) + 1))
+        y0 = int(rng.integers(1, r - s))  # rows [y0, y0 + s) stay inside [1, r - 1)
+        hue, sat = rng.random(), rng.uniform(*SATURATION_RANGE)
+        grey = rng.uniform(*GREY_RANGE)
+        base = rng.uniform(0.0, BACKGROUND_BASE, size=3)
+        amplitude, angle = rng.uniform(0.0, BACKGROUND_GRADIENT), rng.uniform(0.0, 2 * np.pi)
+
+        # Background: base + amplitude * (linear ramp in direction `angle`, rescaled to [0, 1]).
+        coords = (np.arange(r) + 0.5) / r
+        ys, xs = np.meshgrid(coords, coords, indexing="ij")
+        ramp = xs * np.cos(angle) + ys * np.sin(angle)
+        ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0)) if self.channels == 3 else np.array([grey])
+        img = base[: self.channels, None, None] + amplitude * ramp[None]  # (C, R, R)
+
+        # Objects: the left one at columns [x0, x0 + s), the right one its mirror image.
+        mask = np.zeros((r, r), dtype=bool)
+        mask[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
+        mask |= mask[:, ::-1]
+        img = np.where(mask[None], colour[:, None, None], img)
+        return torch.from_numpy((img * 2.0 - 1.0).astype(np.float32)), shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Coherence score
+
+
+def coherence_components(images: Tensor) -> dict[str, Tensor]:
+    """Per-image parts of the score, each of shape (B,): `valid` (0/1), `shape_iou`, `colour_agreement`.
+
+    valid: each half holds an object (foreground area in AREA_RANGE of the half) and the central band
+    between them is (nearly) empty, so that one symmetric blob across the midline does not count.
+    shape_iou: IoU of the left foreground mask and the mirrored right one (shape, size, row and column).
+    colour_agreement: 1 - (RMS distance of the two mean foreground colours, in [0, 1] units) / tolerance,
+    clipped to [0, 1].
+    """
+    if images.ndim != 4 or images.shape[-1] < 4:
+        raise ValueError(f"coherence score expects images of shape (B, C, H, W) with W >= 4, got {tuple(images.shape)}")
+    x = images.detach().float()
+    b, c, h, w = x.shape
+    half = w // 2  # an odd middle column belongs to neither half
+    fg = x.amax(dim=1) > FOREGROUND_THRESHOLD  # (B, H, W)
+    left, right = fg[..., :half], fg[..., w - half :].flip(-1)  # (B, H, half), right mirrored
+    area_l, area_r = left.sum((1, 2)).float(), right.sum((1, 2)).float()
+
+    lo, hi = AREA_RANGE[0] * h * half, AREA_RANGE[1] * h * half
+    band = round(CENTRE_BAND * w)
+    centre_fg = fg[..., band : w - band].sum((1, 2)).float()
+    separated = centre_fg <= MAX_CENTRE_FOREGROUND * fg.sum((1, 2)).float()
+    valid = (area_l >= lo) & (area_l <= hi) & (area_r >= lo) & (area_r <= hi) & separated
+
+    inter = (left & right).sum((1, 2)).float()
+    union = (left | right).sum((1, 2)).float()
+    shape_iou = inter / union.clamp(min=1.0)
+
+    def mean_colour(xs: Tensor, m: Tensor, area: Tensor) -> Tensor:
+        return (xs * m[:, None]).sum((2, 3)) / area.clamp(min=1.0)[:, None]  # (B, C)
+
+    col_l = mean_colour(x[..., :half], left, area_l)
+    col_r = mean_colour(x[..., w - half :].flip(-1), right, area_r)
+    rms = ((col_l - col_r) / 2.0).pow(2).mean(1).sqrt()  # /2: [-1, 1] units -> [0, 1] units
+    colour_agreement = (1.0 - rms / COLOUR_TOLERANCE).clamp(0.0, 1.0)
+    return {"valid": valid.float(), "shape_iou": shape_iou, "colour_agreement": colour_agreement}
+
+
+def coherence_per_image(images: Tensor) -> Tensor:
+    """(B,) scores in [0, 1]: valid * shape_iou * colour_agreement (see `coherence_components`)."""
+    parts = coherence_components(images)
+    return parts["valid"] * parts["shape_iou"] * parts["colour_agreement"]
+
+
+def coherence_score(images: Tensor) -> float:
+    """Mean coherence of images (B, C, H, W) in [-1, 1].
+
+    Exactly 1.0 on the dataset's images; chance (independent halves) is 0.012 for RGB and 0.072 for grayscale
+    32x32 images (grey levels agree by chance more often than colours); see docs/coherence.md.
+    """
+    return coherence_per_image(images).mean().item()
+
+
+def make_independent_halves(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Images whose right half comes from another image of the batch (the chance-level reference).
+
+    A random cyclic pairing: with permutation p, image p[k] keeps its left half and receives the right
+    half of image p[k + 1] (indices mod B), so no image is paired with itself. Needs B >= 2.
+    """
+    b, w = images.shape[0], images.shape[-1]
+    if b < 2:
+        raise ValueError(f"make_independent_halves needs at least 2 images, got {b}")
+    p = torch.randperm(b, generator=generator)
+    donor = torch.empty_like(p)
+    donor[p] = p.roll(-1)  # donor[p[k]] = p[k + 1]
+    out = images.clone()
+    out[..., w - w // 2 :] = images[donor][..., w - w // 2 :]
+    return out
