@@ -114,3 +114,11 @@ def test_cifar10_config_is_the_public_sagan32_recipe():
     assert (m.g_width, m.d_width, m.num_classes, m.g_attention, m.d_attention) == (256, 128, 10, [16], [16])
     assert (o.loss, o.lr_g, o.lr_d, o.beta1, o.beta2) == ("hinge", 1e-4, 4e-4, 0.0, 0.9)
     assert m.g_spectral_norm and m.d_spectral_norm and cfg.train.batch_size == 64 and o.ema_decay > 0
+
+
+def test_readme_config_reference_is_current():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in describe().splitlines():
+        key, rest = line.split(" = ", 1)
+        default, meaning = rest.split(": ", 1)
+        assert f"| `{key}` | `{default}` | {meaning} |" in readme, f"README's config reference lacks {key}; regenerate it"
