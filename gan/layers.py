@@ -3,6 +3,8 @@
 - `conv2d`, `linear`, `embedding`: layers with BigGAN's orthogonal weight init and zero bias, spectrally
   normalised when `sn=True` (torch's parametrization: the stored parameter is `...weight.original`, the
   power-iteration vectors are the buffers `_u`, `_v`; one power iteration per training forward).
+- `spectral_norm`: that parametrization with autocast switched off inside, so the power iteration and
+  sigma stay float32 under mixed precision (CUDA's autocast runs `mv` in fp16; CPU's leaves it alone).
 - `ConditionalBatchNorm2d`: BatchNorm with a per-class gain and bias (plain affine BatchNorm when
   `num_classes=0`).
 - `GBlock`: the generator's residual up-block; `DBlock` / `DBlockOptimized`: the discriminator's residual
@@ -13,9 +15,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+
+class _Float32SpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization, evaluated with autocast off: u, v and sigma in float32.
+
+    The weight it receives is the float32 parameter; autocast would otherwise lower `torch.mv` (on CUDA's
+    fp16/bf16 list) and so compute the power iteration and sigma from a rounded weight. The returned
+    weight stays float32; the layer's own conv / matmul is still autocast.
+    """
+
+    def forward(self, weight: Tensor) -> Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight)
+
+
+def spectral_norm(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Spectrally normalise `module.<name>` like `torch.nn.utils.parametrizations.spectral_norm` (same
+    state-dict keys and buffers, one power iteration per training forward), in float32 under autocast."""
+    weight = getattr(module, name)
+    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    parametrize.register_parametrization(module, name, _Float32SpectralNorm(weight, dim=1 if transposed else 0))
+    return module
 
 
 def _identity(module: nn.Module) -> nn.Module:
