@@ -90,7 +90,9 @@ class FashionClassifierExtractor(FeatureExtractorBase):
     file comes from `feature_extractor_weights_path` (default: the committed asset).
     """
 
-    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path=None, **kwargs) -> None:
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None, **kwargs
+    ) -> None:
         super().__init__(name, features_list)
         self.model = load_classifier(feature_extractor_weights_path or DEFAULT_WEIGHTS)
 

@@ -244,7 +244,8 @@ def compute_metrics(
     """Score `num_samples` (default cfg.eval.num_samples) generated images against the training dataset.
 
     `metrics` defaults to cfg.eval.metrics (any of fid, isc, kid); `device` is where the feature network
-    runs (the generator runs where it lives and is left in its train/eval mode afterwards). `seed` fixes z,
+    runs (torch-fidelity's `.cuda()`: the current CUDA device for any "cuda[:N]"); the generator runs where
+    it lives and is left in its train/eval mode afterwards. `seed` fixes z,
     labels, KID subsets and IS splits. `inception_sha256=None` skips the weights check (tests only).
     Returns torch-fidelity's keys, or the classifier keys for cfg.eval.feature_extractor="fashion_classifier".
     """
