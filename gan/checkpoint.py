@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gan.config import Config, ConfigError, from_dict, to_dict
+from gan.errors import UserError
 
 FORMAT = "sagan-checkpoint"
 EXPORT_FORMAT = "sagan-generator"
@@ -33,7 +34,7 @@ VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A missing, corrupt or mismatched checkpoint; the message is one line that says what to do."""
 
 

@@ -6,25 +6,14 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
+from gan.errors import UserError
+
 
 @contextlib.contextmanager
 def fail_cleanly() -> Iterator[None]:
-    """Turn the repository's user-facing errors (all ValueError / RuntimeError subclasses named *Error
-    in gan/) into `error: <message>` and exit status 2; anything else is a bug and keeps its traceback."""
-    from gan.checkpoint import CheckpointError
-    from gan.config import ConfigError
-
-    user_errors: list[type[BaseException]] = [ConfigError, CheckpointError]
-    with contextlib.suppress(ImportError):
-        from gan.data import DatasetError
-
-        user_errors.append(DatasetError)
-    with contextlib.suppress(ImportError):
-        from gan.metrics import MetricsError
-
-        user_errors.append(MetricsError)
+    """Turn a `UserError` into `error: <message>` and exit status 2; anything else is a bug and keeps its traceback."""
     try:
         yield
-    except tuple(user_errors) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from gan.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-caused configuration problem; its message is one line that says what to do."""
 
 

@@ -46,9 +46,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from gan.config import DataConfig, ModelConfig
+from gan.errors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A user-caused dataset problem (missing files, bad split); its message is one line that says what to do."""
 
 

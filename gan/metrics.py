@@ -33,6 +33,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from gan import classifier
 from gan.config import Config
 from gan.data import build_dataset
+from gan.errors import UserError
 from gan.viz import images_to_uint8
 
 # The published weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and torch-fidelity's
@@ -56,7 +57,7 @@ _CLASSIFIER_KEYS = {
 }
 
 
-class MetricsError(RuntimeError):
+class MetricsError(UserError, RuntimeError):
     """A user-caused evaluation problem (missing or wrong weights, bad arguments); one line that says what to do."""
 
 

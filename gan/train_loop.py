@@ -31,6 +31,7 @@ from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset, build_loader
 from gan.ema import EMA
 from gan.losses import LOSSES
+from gan.metrics import compute_metrics, metric_key
 from gan.models import Discriminator, Generator
 
 PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -404,9 +405,9 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
                 scores = _evaluate(cfg, sampler_model(), accelerator)
                 if accelerator.is_main_process:
                     log.write(step, scores)
-                key = next(iter(k for k in scores if "distance" in k), None)
+                key = metric_key("fid", cfg.eval.feature_extractor) if "fid" in cfg.eval.metrics else None
                 path = write_checkpoint()
-                if key is not None and (not best or scores[key] < best["value"]):
+                if key in scores and (not best or scores[key] < best["value"]):
                     best = {"metric": key, "value": scores[key], "step": step}
                     if path is not None:
                         ckpt.save_best(ckpt_dir, path)
@@ -447,9 +448,7 @@ def _evaluate(cfg: Config, G: torch.nn.Module, accelerator: Accelerator) -> dict
     """Scores of the sampling generator (main process); every process waits for them."""
     scores: dict[str, float] = {}
     if accelerator.is_main_process:
-        from gan.metrics import compute_metrics
-
-        with torch.random.fork_rng(devices=[]), _eval_mode(G):
+        with torch.random.fork_rng(devices=[]):
             scores = compute_metrics(G, cfg, device=accelerator.device)
     accelerator.wait_for_everyone()
     return scores

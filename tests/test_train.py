@@ -165,3 +165,22 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [2, 3]  # written once, not once per process
     assert res.stdout.count("samples in") == 1
+
+
+def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
+    run = tmp_path / "run"
+    assert train_cli.main([
+        "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, "train.steps=4", "eval.every=2",
+        "eval.num_samples=16", "eval.batch_size=8", "eval.metrics=[fid]", "eval.feature_extractor=fashion_classifier",
+        f"eval.cache_dir={tmp_path / 'cache'}", "train.keep_last=1",
+    ]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scores = {r["step"]: r["frechet_classifier_distance"] for r in rows if "frechet_classifier_distance" in r}
+    assert sorted(scores) == [2, 4] and all(v > 0 for v in scores.values())
+    best_step = min(scores, key=scores.get)
+    best, _, step = load_checkpoint(run / "checkpoints" / "best")
+    assert step == best_step
+    assert best["best"] == {} or best["best"]["step"] <= best_step
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000004"]  # best survives pruning
+    final, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert final["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
