@@ -32,21 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the generator and feature network run")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where G and the feature network run")
     parser.add_argument("--seed", type=int, default=0, help="seed of z, labels, KID subsets and IS splits")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to the checkpoint's config")
     args = parser.parse_intermixed_args(argv)
 
     with fail_cleanly():
-        import torch
-
         from gan.checkpoint import load_generator
         from gan.config import from_dict, parse_overrides, to_dict
-        from gan.metrics import MetricsError, compute_metrics
+        from gan.metrics import compute_metrics
+        from gan.runtime import resolve_device
 
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise MetricsError(f"--device {args.device} requested but CUDA is not available; use --device cpu")
-        generator, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=args.device)
+        device = resolve_device(args.device)
+        generator, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device)
         cfg = from_dict(_merge(to_dict(cfg), parse_overrides(args.overrides)))
         if args.inception_weights is not None:
             cfg.eval.inception_weights = args.inception_weights
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         num = args.num if args.num is not None else cfg.eval.num_samples
 
         start = time.time()
-        scores = compute_metrics(generator, cfg, num_samples=num, metrics=metrics, device=args.device, seed=args.seed)
+        scores = compute_metrics(generator, cfg, num_samples=num, metrics=metrics, device=device, seed=args.seed)
         result = {
             "checkpoint": str(args.checkpoint),
             "feature_extractor": cfg.eval.feature_extractor,

@@ -72,16 +72,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out!r} exists and is not a directory")
 
 
-def pick_device(name: str) -> torch.device:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
     import torch
@@ -174,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with fail_cleanly():
         check_args(args)
-        device = pick_device(args.device)
+        from gan.runtime import resolve_device
+
+        device = resolve_device(args.device)
         from gan.attention import attention_blocks
         from gan.checkpoint import load_generator
 

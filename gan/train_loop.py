@@ -33,6 +33,7 @@ from gan.ema import EMA
 from gan.losses import LOSSES
 from gan.metrics import compute_metrics, metric_key
 from gan.models import Discriminator, Generator
+from gan.runtime import eval_mode
 
 PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -224,18 +225,6 @@ def train_step(
 # Periodic work: logs, samples, attention maps, evaluation
 
 
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode (no BN statistic or spectral-norm vector updates) for a look that changes no state."""
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        module.train(was)
-
-
 def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
     """gamma and mean row entropy of every attention block of G (on z) and D (on real images)."""
     out: dict[str, float] = {}
@@ -243,7 +232,7 @@ def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) 
         blocks = attention_blocks(net)
         if not blocks:
             continue
-        with _eval_mode(net), record_attention(net) as records:
+        with eval_mode(net), record_attention(net) as records:
             net(*args)
         for (name, block), record in zip(blocks, records):
             if block.gate == "gamma":
@@ -394,7 +383,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
             bar.update(1)
 
             if accelerator.is_main_process and _due(step, cfg.train.sample_every, total):
-                with _eval_mode(sampler_model()) as g:
+                with eval_mode(sampler_model()) as g:
                     images = g(z_fixed, y_fixed).float()
                 path = viz.save_image_grid(images.cpu(), run_dir / "samples" / f"step_{step:08d}.png")
                 log_image(accelerator, "samples", viz.make_grid_array(images.cpu()), step)

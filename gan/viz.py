@@ -334,25 +334,14 @@ def _marker_color(j: int) -> tuple[int, int, int]:
     return MARKER_COLORS[j % len(MARKER_COLORS)]
 
 
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Run in eval mode (no BN-statistics or spectral-norm updates), then restore every submodule's mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _forward_recorded(
     module: torch.nn.Module, *inputs: torch.Tensor | None
 ) -> tuple[torch.Tensor, list[AttentionRecord]]:
     """`module(*inputs)` without gradients, in eval mode, recording every non-local block call."""
     from gan.attention import record_attention
+    from gan.runtime import eval_mode
 
-    with torch.no_grad(), _eval_mode(module), record_attention(module) as records:
+    with eval_mode(module), record_attention(module) as records:
         output = module(*inputs)
     return output, records
 

@@ -1,0 +1,37 @@
+"""Device placement and inference mode, written once for training, sampling, evaluation and figures."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from gan.config import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' means CUDA when present, else CPU; asking for CUDA without it is a one-line ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use cpu")
+    return device
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """No gradients, eval mode (BN running statistics and spectral-norm vectors stay untouched), then every
+    submodule's own mode restored: a look at a model that changes none of its state."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        for m, training in modes:
+            m.training = training
