@@ -60,7 +60,10 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
     assert f"samples in {run / 'samples'}" in res.stdout
 
 
-@pytest.mark.parametrize("overrides", [[], ["optim.n_dis=2", "optim.grad_accum=2", "model.num_classes=4"]])
+FULL_RECIPE = ["optim.n_dis=2", "optim.grad_accum=2", "model.num_classes=4", "train.mixed_precision=fp16"]
+
+
+@pytest.mark.parametrize("overrides", [[], FULL_RECIPE], ids=["plain", "ndis-accum-conditional-fp16"])
 def test_resume_is_exact(tmp_path, overrides):
     """4 steps in one go == 2 steps, then --resume latest to 4: every tensor bit for bit."""
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -75,6 +78,8 @@ def test_resume_is_exact(tmp_path, overrides):
         assert torch.equal(a[key], b[key]), key
     state, _, step = load_checkpoint(latest_checkpoint(split / "checkpoints"))
     assert step == 4 and state["consumed"] == 4 * 4 * (2 * 2 if overrides else 1)
+    if overrides:  # fp16: both loss scalers are checkpointed, each with its own scale
+        assert state["scaler_g"]["scale"] > 0 and state["scaler_d"]["scale"] > 0
     # metrics after the resume continue the same series
     rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
