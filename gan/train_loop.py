@@ -288,35 +288,172 @@ def _due(step: int, every: int, last: int) -> bool:
     return (every > 0 and step % every == 0) or step == last
 
 
+def _head(n: int, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [None if t is None else t[:n] for t in tensors]
+
+
 # ----------------------------------------------------------------------------------------------
 # The run
 
 
-def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
-    """Train per `cfg`, writing into `run_dir`; returns a summary (final step, losses, paths)."""
-    from gan import viz  # image work only where it is used
+class Trainer:
+    """One run: the step loop plus what happens between steps (logs, samples, maps, evaluation, checkpoints)."""
 
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator) -> None:
+        self.cfg, self.run_dir, self.accelerator = cfg, run_dir, accelerator
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.dataset = build_dataset(cfg.data, cfg.model)
+        self.parts = build_parts(cfg, accelerator)
+        self.log = RunLog(run_dir, accelerator)
+        self.step, self.consumed, self.best, self.last_ckpt = 0, 0, {}, -1
+        fixed = torch.Generator().manual_seed(cfg.train.seed + 12345)  # the same sample-grid noise in every run
+        self.z_fixed = torch.randn(cfg.train.sample_grid, cfg.model.z_dim, generator=fixed).to(accelerator.device)
+        n = cfg.model.num_classes
+        self.y_fixed = (torch.arange(cfg.train.sample_grid) % n).to(accelerator.device) if n else None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def sampler_model(self) -> torch.nn.Module:
+        return self.parts.ema.module if self.parts.ema else self.parts.G_raw
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def resume(self, resume: str) -> None:
+        where = ckpt.latest_checkpoint(self.ckpt_dir) if resume == "latest" else ckpt.resolve(resume)
+        if where is None:
+            raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {self.ckpt_dir}; start without --resume")
+        state, old_cfg, self.step = ckpt.load_checkpoint(where)
+        changed = [k for k, v in to_dict(self.cfg.model).items() if to_dict(old_cfg.model)[k] != v]
+        if changed:
+            raise ConfigError(f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model")
+        restore(self.parts, state, self.accelerator, where)
+        self.consumed, self.best, self.last_ckpt = state["consumed"], state["best"], self.step
+        self.accelerator.print(f"resumed from {where} at step {self.step}")
+
+    def checkpoint(self) -> Path | None:
+        """Every process contributes its RNG state; the main one writes. Returns the path there."""
+        state = training_state(self.parts, self.accelerator, self.consumed, self.best)
+        path = None
+        if self.main:
+            path = ckpt.save_checkpoint(self.ckpt_dir, state, step=self.step, config=self.cfg, keep_last=self.cfg.train.keep_last)
+        self.accelerator.wait_for_everyone()
+        self.last_ckpt = self.step
+        return path
+
+    # -- between steps ----------------------------------------------------------------------------
+
+    def write_logs(self, running: list[dict[str, torch.Tensor]], seconds: float, steps: int, batch) -> dict[str, float]:
+        """The only host synchronisation of the loop: averaged step scalars plus attention statistics."""
+        values = {k: torch.stack([s[k] for s in running]).mean().item() for k in running[0]}
+        values["images_per_s"] = steps * self.cfg.train.batch_size * self.accelerator.num_processes / seconds
+        values["lr_g"] = self.parts.opt_g.param_groups[0]["lr"]
+        values["lr_d"] = self.parts.opt_d.param_groups[0]["lr"]
+        values.update(attention_stats(self.parts.G_raw, self.parts.D_raw, *_head(8, self.z_fixed, self.y_fixed, *batch)))
+        self.log.write(self.step, values)
+        return values
+
+    def write_samples(self) -> None:
+        from gan import viz
+
+        with eval_mode(self.sampler_model()) as g:
+            images = g(self.z_fixed, self.y_fixed).float().cpu()
+        viz.save_image_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+        log_image(self.accelerator, "samples", viz.make_grid_array(images), self.step)
+
+    def write_attention_maps(self, batch) -> None:
+        """The SAGAN-paper figure for G (fixed noise) and D (real images), saved as PNG and logged."""
+        from gan import viz
+
+        z, y, real, y_real = _head(4, self.z_fixed, self.y_fixed, *batch)
+        queries = self.cfg.log.attention_queries
+        figures = {}
+        if attention_blocks(self.sampler_model()):
+            figures["G"] = viz.generator_attention_figure(self.sampler_model(), z, y, queries=queries)
+        if attention_blocks(self.parts.D_raw):
+            figures["D"] = viz.discriminator_attention_figure(self.parts.D_raw, real, y_real, queries=queries)
+        for net, figure in figures.items():
+            viz.save_attention_figure(figure, self.run_dir / "attention" / f"step_{self.step:08d}_{net}.png")
+            log_image(self.accelerator, f"attention/{net}", figure, self.step)
+
+    def evaluate_and_checkpoint(self) -> None:
+        """Scores of the sampling generator (computed by the main process), then a checkpoint; a new best
+        score also becomes `checkpoints/best`."""
+        scores: dict[str, float] = {}
+        if self.main:
+            with torch.random.fork_rng(devices=[]):
+                scores = compute_metrics(self.sampler_model(), self.cfg, device=self.accelerator.device)
+            self.log.write(self.step, scores)
+        scores = gather_object([scores])[0]  # every process needs the same verdict on "best"
+        key = metric_key("fid", self.cfg.eval.feature_extractor) if "fid" in self.cfg.eval.metrics else None
+        improved = key in scores and (not self.best or scores[key] < self.best["value"])
+        if improved:
+            self.best = {"metric": key, "value": scores[key], "step": self.step}
+        path = self.checkpoint()
+        if improved and path is not None:
+            ckpt.save_best(self.ckpt_dir, path)
+
+    def stop_requested(self, stop: StopSignal) -> bool:
+        """With several processes, all must agree to stop at the same step (one tiny all-reduce per step)."""
+        if self.accelerator.num_processes == 1:
+            return stop.requested
+        flag = torch.tensor(float(stop.requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.accelerator
+        batches = iter(build_loader(
+            self.dataset, cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, start=self.consumed,
+            rank=acc.process_index, world_size=acc.num_processes,
+        ))
+        total, per_step = cfg.train.steps, samples_per_step(cfg, acc.num_processes)
+        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress), unit="step")
+        running: list[dict[str, torch.Tensor]] = []
+        last_time, last_step = time.perf_counter(), self.step
+        with StopSignal() as stop:
+            while self.step < total and not self.stop_requested(stop):
+                stats, batch = train_step(self.parts, cfg, batches, acc)
+                self.step += 1
+                self.consumed += per_step
+                if self.parts.ema:
+                    self.parts.ema.update(self.parts.G_raw, self.step)
+                running.append(stats)
+                bar.update(1)
+                if _due(self.step, cfg.train.log_every, total):
+                    now = time.perf_counter()
+                    values = self.write_logs(running, now - last_time, self.step - last_step, batch)
+                    bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", img_s=f"{values['images_per_s']:.1f}")
+                    running, last_time, last_step = [], now, self.step
+                if self.main and _due(self.step, cfg.train.sample_every, total):
+                    self.write_samples()
+                if self.main and _due(self.step, cfg.log.attention_every, total):
+                    self.write_attention_maps(batch)
+                if cfg.eval.every > 0 and _due(self.step, cfg.eval.every, total):
+                    self.evaluate_and_checkpoint()
+                elif cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0:
+                    self.checkpoint()
+            if self.last_ckpt != self.step:
+                self.checkpoint()
+        bar.close()
+        export = None
+        if self.main:
+            export = ckpt.export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
+            acc.print(f"step {self.step}: samples in {self.run_dir / 'samples'}, checkpoint in {self.ckpt_dir}, generator in {export}")
+        return {"step": self.step, "interrupted": self.step < total, "run_dir": str(self.run_dir), "export": str(export) if export else None}
+
+
+def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
+    """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths)."""
     run_dir = Path(run_dir)
     log_with = None if cfg.log.backend == "none" else cfg.log.backend
     # cpu=True without CUDA: torchrun / `accelerate launch --multi_gpu` on CPUs then forms a gloo group.
     accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir), cpu=not torch.cuda.is_available())
-    dataset = build_dataset(cfg.data, cfg.model)
-    parts = build_parts(cfg, accelerator)
-    ckpt_dir = run_dir / "checkpoints"
-
-    step, consumed, best = 0, 0, {}
+    trainer = Trainer(cfg, run_dir, accelerator)
     if resume:
-        where = ckpt.latest_checkpoint(ckpt_dir) if resume == "latest" else ckpt.resolve(resume)
-        if where is None:
-            raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {ckpt_dir}; start without --resume")
-        state, old_cfg, step = ckpt.load_checkpoint(where)
-        changed = [k for k, v in to_dict(cfg.model).items() if to_dict(old_cfg.model)[k] != v]
-        if changed:
-            raise ConfigError(f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model")
-        restore(parts, state, accelerator, where)
-        consumed, best = state["consumed"], state["best"]
-        accelerator.print(f"resumed from {where} at step {step}")
-
+        trainer.resume(resume)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -325,122 +462,10 @@ def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[s
         if cfg.log.entity:
             init["wandb"]["entity"] = cfg.log.entity
         accelerator.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)), init_kwargs=init)
-
-    loader = build_loader(
-        dataset,
-        cfg.data,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        start=consumed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-    )
-    batches = iter(loader)
-    log = RunLog(run_dir, accelerator)
-    device = accelerator.device
-    fixed_gen = torch.Generator().manual_seed(cfg.train.seed + 12345)
-    z_fixed = torch.randn(cfg.train.sample_grid, cfg.model.z_dim, generator=fixed_gen).to(device)
-    y_fixed = (torch.arange(cfg.train.sample_grid) % cfg.model.num_classes).to(device) if cfg.model.num_classes else None
-    total = cfg.train.steps
-    per_step = samples_per_step(cfg, accelerator.num_processes)
-    bar = tqdm(total=total, initial=step, disable=not (accelerator.is_main_process and cfg.train.progress), unit="step")
-    running: list[dict[str, torch.Tensor]] = []
-    last_time, last_step = time.perf_counter(), step
-    last_ckpt = step if resume else -1
-    real, y_real = None, None
-
-    def sampler_model() -> torch.nn.Module:
-        return parts.ema.module if parts.ema else parts.G_raw
-
-    def write_checkpoint() -> Path | None:
-        nonlocal last_ckpt
-        state = training_state(parts, accelerator, consumed, best)
-        path = None
-        if accelerator.is_main_process:
-            path = ckpt.save_checkpoint(ckpt_dir, state, step=step, config=cfg, keep_last=cfg.train.keep_last)
-        accelerator.wait_for_everyone()
-        last_ckpt = step
-        return path
-
-    with StopSignal() as stop:
-        while step < total and not stop.requested:
-            stats, (real, y_real) = train_step(parts, cfg, batches, accelerator)
-            step += 1
-            consumed += per_step
-            if parts.ema:
-                parts.ema.update(parts.G_raw, step)
-            running.append(stats)
-
-            if _due(step, cfg.train.log_every, total):
-                now = time.perf_counter()
-                values = {k: torch.stack([s[k] for s in running]).mean().item() for k in running[0]}
-                values["images_per_s"] = (step - last_step) * cfg.train.batch_size * accelerator.num_processes / (now - last_time)
-                values["lr_g"], values["lr_d"] = parts.opt_g.param_groups[0]["lr"], parts.opt_d.param_groups[0]["lr"]
-                values.update(attention_stats(parts.G_raw, parts.D_raw, *_head(8, z_fixed, y_fixed, real, y_real)))
-                log.write(step, values)
-                bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", img_s=f"{values['images_per_s']:.1f}")
-                running, last_time, last_step = [], now, step
-            bar.update(1)
-
-            if accelerator.is_main_process and _due(step, cfg.train.sample_every, total):
-                with eval_mode(sampler_model()) as g:
-                    images = g(z_fixed, y_fixed).float()
-                path = viz.save_image_grid(images.cpu(), run_dir / "samples" / f"step_{step:08d}.png")
-                log_image(accelerator, "samples", viz.make_grid_array(images.cpu()), step)
-            if accelerator.is_main_process and _due(step, cfg.log.attention_every, total):
-                _attention_maps(cfg, parts, sampler_model(), _head(4, z_fixed, y_fixed, real, y_real), run_dir, step, accelerator)
-
-            if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == total):
-                scores = _evaluate(cfg, sampler_model(), accelerator)
-                if accelerator.is_main_process:
-                    log.write(step, scores)
-                key = metric_key("fid", cfg.eval.feature_extractor) if "fid" in cfg.eval.metrics else None
-                path = write_checkpoint()
-                if key in scores and (not best or scores[key] < best["value"]):
-                    best = {"metric": key, "value": scores[key], "step": step}
-                    if path is not None:
-                        ckpt.save_best(ckpt_dir, path)
-            elif cfg.train.checkpoint_every > 0 and step % cfg.train.checkpoint_every == 0:
-                write_checkpoint()
-
-        if last_ckpt != step:
-            write_checkpoint()
-    bar.close()
-    export = None
-    if accelerator.is_main_process:
-        export = ckpt.export_generator(run_dir / "generator", sampler_model(), cfg)
-        accelerator.print(f"step {step}: samples in {run_dir / 'samples'}, checkpoint in {ckpt_dir}, generator in {export}")
-    accelerator.end_training()
-    return {"step": step, "interrupted": step < total, "run_dir": str(run_dir), "export": str(export) if export else None}
-
-
-def _head(n: int, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
-    return [None if t is None else t[:n] for t in tensors]
-
-
-def _attention_maps(cfg, parts, G, batch, run_dir, step, accelerator) -> None:
-    """The SAGAN-paper figure for G (fixed noise) and D (real images), saved as PNG and logged."""
-    from gan import viz
-
-    z, y, real, y_real = batch
-    figures = {}
-    if attention_blocks(G):
-        figures["attention/G"] = viz.generator_attention_figure(G, z, y, queries=cfg.log.attention_queries)
-    if attention_blocks(parts.D_raw):
-        figures["attention/D"] = viz.discriminator_attention_figure(parts.D_raw, real, y_real, queries=cfg.log.attention_queries)
-    for key, figure in figures.items():
-        viz.save_attention_figure(figure, run_dir / "attention" / f"step_{step:08d}_{key.split('/')[1]}.png")
-        log_image(accelerator, key, figure, step)
-
-
-def _evaluate(cfg: Config, G: torch.nn.Module, accelerator: Accelerator) -> dict[str, float]:
-    """Scores of the sampling generator (main process); every process waits for them."""
-    scores: dict[str, float] = {}
-    if accelerator.is_main_process:
-        with torch.random.fork_rng(devices=[]):
-            scores = compute_metrics(G, cfg, device=accelerator.device)
-    accelerator.wait_for_everyone()
-    return scores
+    try:
+        return trainer.run()
+    finally:
+        accelerator.end_training()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

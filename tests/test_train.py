@@ -185,7 +185,7 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     best_step = min(scores, key=scores.get)
     best, _, step = load_checkpoint(run / "checkpoints" / "best")
     assert step == best_step
-    assert best["best"] == {} or best["best"]["step"] <= best_step
+    assert best["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000004"]  # best survives pruning
     final, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert final["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
