@@ -126,8 +126,9 @@ class Comparison:
     arm: str
     diff: float  # mean(arm) - mean(none)
     pooled_std: float  # sqrt((s_arm^2 + s_none^2) / 2)
-    exceeds: bool  # |diff| > SPREAD_FACTOR * pooled_std
+    exceeds: bool  # |diff| > SPREAD_FACTOR * pooled_std (False with fewer than 2 seeds in either arm)
     better: bool  # diff points the metric's good way
+    seeds: int  # the smaller number of seeds of the two arms
 
 
 def compare(arm: str, values: Sequence[float], control: Sequence[float], higher_is_better: bool) -> Comparison:
@@ -141,7 +142,9 @@ def compare(arm: str, values: Sequence[float], control: Sequence[float], higher_
     m_ctl, s_ctl = mean_std(control)
     diff = m_arm - m_ctl
     pooled = math.sqrt((s_arm**2 + s_ctl**2) / 2)
-    return Comparison(arm, diff, pooled, abs(diff) > SPREAD_FACTOR * pooled, (diff > 0) == higher_is_better and diff != 0)
+    n = min(len(values), len(control))
+    exceeds = n >= 2 and abs(diff) > SPREAD_FACTOR * pooled
+    return Comparison(arm, diff, pooled, exceeds, (diff > 0) == higher_is_better and diff != 0, n)
 
 
 def verdict_sentence(metric: str, c: Comparison, control_mean: float, higher_is_better: bool) -> str:
@@ -149,6 +152,8 @@ def verdict_sentence(metric: str, c: Comparison, control_mean: float, higher_is_
     direction = "better" if c.better else ("worse" if c.diff != 0 else "no different")
     relative = f" ({100 * c.diff / abs(control_mean):+.0f}% of the no-attention mean)" if control_mean else ""
     goal = "higher" if higher_is_better else "lower"
+    if c.seeds < 2:
+        return f"`{c.arm}` vs `none` on {metric} ({goal} is better): {direction} by {c.diff:+.4g}{relative}; one seed has no spread to compare with, so no verdict."
     spread = (
         f"exceeds the seed spread (|diff| {abs(c.diff):.4g} > {SPREAD_FACTOR:g} x pooled std {c.pooled_std:.4g})"
         if c.exceeds
@@ -346,9 +351,14 @@ def collect(out: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise AblationError(f"{out} holds no ablation.json; run `ablation.py run --out {out}` first")
     manifest = json.loads(manifest_path.read_text())
+    calls = [manifest]  # the latest `run` call first, then the earlier ones it keeps under "previous"
+    while "previous" in calls[-1]:
+        calls.append(calls[-1]["previous"])
+    arms = list(dict.fromkeys(name for call in reversed(calls) for name in call["arms"]))
+    seeds = sorted({seed for call in calls for seed in call["seeds"]})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for name in manifest["arms"]:
-        for seed in manifest["seeds"]:
+    for name in arms:
+        for seed in seeds:
             rd = run_dir_of(out, parse_arm(name), seed)
             if (rd / "ablation_eval.json").is_file() and (rd / "ablation_run.json").is_file():
                 ev = json.loads((rd / "ablation_eval.json").read_text())
@@ -357,7 +367,8 @@ def collect(out: Path) -> dict[str, Any]:
                 runs.setdefault(name, {})[seed] = ev
     if "none" not in runs:
         raise AblationError(f"{out} has no evaluated 'none' run; finish `ablation.py run` first")
-    return {"out": out, "manifest": manifest, "runs": runs}
+    commands = [call.get("command", "") for call in reversed(calls)]
+    return {"out": out, "manifest": manifest, "runs": runs, "commands": commands, "seeds": seeds}
 
 
 def fmt(value: float, key: str) -> str:
@@ -458,15 +469,12 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
         m = d["manifest"]
         keys = [k for k in METRICS if d["dataset"] in METRICS[k][2]]
         vkeys = [k for k in VERDICT_METRICS if d["dataset"] in METRICS[k][2]]
-        first = m
-        while "previous" in first:
-            first = first["previous"]
         steps = sorted({r["step"] for s in d["runs"].values() for r in s.values()})
         text += [f"## {DATASET_TITLES[d['dataset']]}", "",
                  f"Config `{m['config']}`, {', '.join(map(str, steps))} generator steps per run (equal for every arm), "
-                 f"seeds {', '.join(map(str, m['seeds']))}, {m['num_samples']} generated images per evaluation "
-                 f"(final EMA generator). Run directories: `{d['out']}`. Command:", "",
-                 "```bash", first.get("command", ""), "```", "",
+                 f"seeds {', '.join(map(str, d['seeds']))}, {m['num_samples']} generated images per evaluation "
+                 f"(final EMA generator). Run directories: `{d['out']}`. Commands (later calls reuse the cached runs):", "",
+                 "```bash", *d["commands"], "```", "",
                  "Mean +/- sample std over seeds:", "", *results_table(d["runs"], keys), "",
                  "**Verdict** (rule: a difference exceeds the seed spread when |mean(arm) - mean(none)| > "
                  f"{SPREAD_FACTOR:g} x pooled std, pooled std = sqrt((s_arm^2 + s_none^2) / 2)):", "",
