@@ -342,6 +342,7 @@ METRICS = {  # key -> (label, higher is better, datasets it is reported for)
     "fcd": ("FCD (Frechet classifier distance)", False, ("builtin", "fashion_mnist")),
 }
 VERDICT_METRICS = ("coherence", "fcd")
+KEEP_MARKER = "<!-- written by hand below this line; `ablation.py report` keeps it -->"
 DATASET_TITLES = {"builtin": "Coherence benchmark (built-in dataset)", "fashion_mnist": "Fashion-MNIST"}
 
 
@@ -392,11 +393,11 @@ def results_table(runs: dict[str, dict[int, dict[str, Any]]], keys: Sequence[str
 
 
 def per_seed_table(runs: dict[str, dict[int, dict[str, Any]]], keys: Sequence[str]) -> list[str]:
-    header = ["arm", "seed", *(METRICS[k][0] for k in keys), "train s"]
+    header = ["arm", "seed", *(METRICS[k][0] for k in keys), "train s", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, by_seed in runs.items():
         for seed, r in sorted(by_seed.items()):
-            lines.append("| " + " | ".join([f"`{name}`", str(seed), *(fmt(r[k], k) for k in keys), f"{r['train_seconds']:.0f}"]) + " |")
+            lines.append("| " + " | ".join([f"`{name}`", str(seed), *(fmt(r[k], k) for k in keys), f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}"]) + " |")
     return lines
 
 
@@ -465,6 +466,22 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
             f"Compute: {total_train / 60:.1f} min of training and {total_eval / 60:.1f} min of evaluation, summed over runs "
             "(runs went two at a time, so wall time was about half).", "",
             "![mean +/- std over seeds (dots: single seeds)](" + f"{rel}/{plot_path.name})", ""]  # fmt: skip
+    text += ["## Summary (generated from the numbers below)", ""]
+    for d in datasets:
+        for key in (k for k in VERDICT_METRICS if d["dataset"] in METRICS[k][2]):
+            label, higher, _ = METRICS[key]
+            ctl = [r[key] for r in d["runs"]["none"].values()]
+            found = {"helped": [], "hurt": [], "within the seed spread": [], "no verdict (one seed)": []}
+            for name, by_seed in d["runs"].items():
+                if name != "none":
+                    c = compare(name, [r[key] for r in by_seed.values()], ctl, higher)
+                    verdict = ("helped" if c.better else "hurt") if c.exceeds else "within the seed spread"
+                    verdict = verdict if c.seeds >= 2 else "no verdict (one seed)"
+                    found[verdict].append(f"`{name}` ({c.diff:+.3g})")
+            parts = [f"{what}: {', '.join(arms)}" for what, arms in found.items() if arms]
+            text.append(f"- {DATASET_TITLES[d['dataset']]}, {label} (none: {fmt(mean_std(ctl)[0], key)}; "
+                        f"difference of means per arm): {'; '.join(parts)}.")
+    text.append("")
     for d in datasets:
         m = d["manifest"]
         keys = [k for k in METRICS if d["dataset"] in METRICS[k][2]]
@@ -494,10 +511,9 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
                     shown.append(f"![{name} {kind}]({rel}/{dst.name})")
             text += [f"`{name}` (seed {seed}):", "", *shown, ""]
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(text)
-    extra = report_path.with_name(report_path.stem + "_notes.md")
-    if extra.is_file():  # hand-written context (design, limits) kept next to the generated part
-        body += "\n" + extra.read_text()
+    body = "\n".join(text).rstrip() + "\n"
+    if report_path.is_file() and KEEP_MARKER in report_path.read_text():  # hand-written context is kept
+        body += "\n" + KEEP_MARKER + report_path.read_text().split(KEEP_MARKER, 1)[1]
     report_path.write_text(body.rstrip() + "\n")
     return body
 

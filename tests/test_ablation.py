@@ -99,9 +99,9 @@ def test_verdict_rule_on_hand_made_numbers():
 def _fake_runs() -> dict:
     params = {"G": 126593, "D": 66337, "G_attention": 0, "D_attention": 0}
     return {
-        "none": {s: {"coherence": v, "fcd": f, "params": params, "train_seconds": 100.0} for s, v, f in
+        "none": {s: {"coherence": v, "fcd": f, "params": params, "train_seconds": 100.0, "eval_seconds": 9.6} for s, v, f in
                  [(0, 0.10, 30.0), (1, 0.20, 32.0), (2, 0.30, 34.0)]},
-        "gd16": {s: {"coherence": v, "fcd": f, "params": {**params, "G": 127874}, "train_seconds": 120.0} for s, v, f in
+        "gd16": {s: {"coherence": v, "fcd": f, "params": {**params, "G": 127874}, "train_seconds": 120.0, "eval_seconds": 10.2} for s, v, f in
                  [(0, 0.50, 20.0), (1, 0.60, 21.0), (2, 0.70, 22.0)]},
     }  # fmt: skip
 
@@ -113,7 +113,7 @@ def test_results_table_formatting():
     assert lines[2] == "| `none` | - | - | 3 | 126,593 | 66,337 | 0.2000 +/- 0.1000 | 32.00 +/- 2.00 |"
     assert lines[3] == "| `gd16` | 16 | 16 | 3 | 127,874 | 66,337 | 0.6000 +/- 0.1000 | 21.00 +/- 1.00 |"
     seeds = ablation.per_seed_table(_fake_runs(), ["coherence"])
-    assert seeds[2] == "| `none` | 0 | 0.1000 | 100 |" and len(seeds) == 2 + 6
+    assert seeds[2] == "| `none` | 0 | 0.1000 | 100 | 10 |" and len(seeds) == 2 + 6
     verdict = ablation.verdicts(_fake_runs(), ["coherence", "fcd"])
     assert len(verdict) == 2
     assert verdict[0].startswith("- `gd16` vs `none` on coherence score (higher is better): better by +0.4 (+200% ")
@@ -153,13 +153,17 @@ def test_run_and_report_end_to_end(tmp_path):
     assert again.returncode == 0 and "trained 0 s, evaluated 0 s" in again.stdout
 
     report, figures = tmp_path / "docs" / "ablation.md", tmp_path / "docs" / "ablation"
+    report.parent.mkdir()
+    report.write_text(f"old generated part\n{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
     proc = subprocess.run([sys.executable, "benchmarks/ablation.py", "report", str(out), "--report", str(report),
                            "--figures", str(figures)], cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
     assert "| `none` | - | - | 1 |" in text and "| `gd16` | 16 | 16 | 1 |" in text
     assert "one seed has no spread to compare with, so no verdict" in text
+    assert "coherence score (none: " in text and "no verdict (one seed): `gd16`" in text
     assert "FID" not in text  # the classifier distance is never called FID
+    assert "old generated part" not in text and text.endswith(f"{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
     for name in ("ablation_plot.png", "coherence_none_samples.png", "coherence_gd16_samples.png",
                  "coherence_gd16_attention_G.png", "coherence_gd16_attention_D.png"):  # fmt: skip
         assert (figures / name).is_file() and f"(ablation/{name})" in text
