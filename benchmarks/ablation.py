@@ -129,14 +129,15 @@ class Comparison:
     exceeds: bool  # |diff| > SPREAD_FACTOR * pooled_std (False with fewer than 2 seeds in either arm)
     better: bool  # diff points the metric's good way
     seeds: int  # the smaller number of seeds of the two arms
+    welch_t: float  # diff / sqrt(s_arm^2 / n_arm + s_none^2 / n_none), shown for reference (nan without spread)
 
 
 def compare(arm: str, values: Sequence[float], control: Sequence[float], higher_is_better: bool) -> Comparison:
     """The rule: attention changed the metric beyond the seed spread iff |diff of means| > 2 x pooled std.
 
-    With n = 3 seeds per arm this is a little stricter than a two-sided Welch t-test at 5% needs for equal
-    spreads (|t| = |diff| / (s sqrt(2/3)) > 2.45 at 4 degrees of freedom is |diff| > 2.0 s). It is a rule of
-    thumb over few seeds, not a significance test.
+    With n = 3 seeds per arm and equal spreads s, a two-sided Welch t-test at 5% needs
+    |t| = |diff| / (s sqrt(2/3)) > 2.78 (4 degrees of freedom), i.e. |diff| > 2.27 s: this rule is slightly
+    more lenient. It is a rule of thumb over few seeds, not a significance test.
     """
     m_arm, s_arm = mean_std(values)
     m_ctl, s_ctl = mean_std(control)
@@ -144,7 +145,9 @@ def compare(arm: str, values: Sequence[float], control: Sequence[float], higher_
     pooled = math.sqrt((s_arm**2 + s_ctl**2) / 2)
     n = min(len(values), len(control))
     exceeds = n >= 2 and abs(diff) > SPREAD_FACTOR * pooled
-    return Comparison(arm, diff, pooled, exceeds, (diff > 0) == higher_is_better and diff != 0, n)
+    se = math.sqrt(s_arm**2 / len(values) + s_ctl**2 / len(control))
+    welch_t = diff / se if n >= 2 and se > 0 else float("nan")
+    return Comparison(arm, diff, pooled, exceeds, (diff > 0) == higher_is_better and diff != 0, n, welch_t)
 
 
 def verdict_sentence(metric: str, c: Comparison, control_mean: float, higher_is_better: bool) -> str:
@@ -160,7 +163,8 @@ def verdict_sentence(metric: str, c: Comparison, control_mean: float, higher_is_
         else f"does not exceed the seed spread (|diff| {abs(c.diff):.4g} <= {SPREAD_FACTOR:g} x pooled std {c.pooled_std:.4g})"
     )
     helped = "helped" if c.better and c.exceeds else ("hurt" if c.exceeds else "made no measurable difference")
-    return f"`{c.arm}` vs `none` on {metric} ({goal} is better): {direction} by {c.diff:+.4g}{relative}; this {spread}, so attention {helped} here."
+    return (f"`{c.arm}` vs `none` on {metric} ({goal} is better): {direction} by {c.diff:+.4g}{relative}; this {spread}, "
+            f"so attention {helped} here (Welch t = {c.welch_t:+.2f}).")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def test_verdict_rule_on_hand_made_numbers():
     # diff 4 > 2 x pooled std 1: exceeds; higher is better -> better
     c = compare("gd16", [5.0, 6.0, 7.0], control, higher_is_better=True)
     assert (c.diff, c.pooled_std, c.exceeds, c.better, c.seeds) == (4.0, 1.0, True, True, 3)
+    assert c.welch_t == pytest.approx(4.0 / math.sqrt(1 / 3 + 1 / 3))
     assert "helped" in ablation.verdict_sentence("coherence score", c, 2.0, True)
     # the same numbers for a lower-is-better metric: beyond the spread, the wrong way
     c = compare("gd16", [5.0, 6.0, 7.0], control, higher_is_better=False)
