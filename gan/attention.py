@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan.layers import spectral_norm
+
 PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
 GATES = ("gamma", "zero_init")
 _SOFTMAX = ("embedded_gaussian", "gaussian")
@@ -55,7 +57,7 @@ def _at_least_float32(t: Tensor) -> Tensor:
 
 def _conv1x1(cin: int, cout: int, sn: bool) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
-    return nn.utils.parametrizations.spectral_norm(conv) if sn else conv
+    return spectral_norm(conv) if sn else conv  # power iteration in float32 even under autocast
 
 
 class NonLocalBlock(nn.Module):
