@@ -1,0 +1,213 @@
+"""Time and peak memory of one non-local block's forward + backward: explicit (HW x N) matrix vs fused SDPA.
+
+    python benchmarks/attention_block.py [--sizes 16 32 64 128] [--repeats 5] [--max-gib 12]
+
+One `NonLocalBlock(256)` (embedded Gaussian, theta/phi 32 channels, g 128, spectral norm, training mode)
+at batch 16 on 16x16 ... 64x64 maps and batch 8 on 128x128, with and without 2x2 subsampling of the keys.
+
+- Time: both paths share weights and input and run interleaved in one fresh process per (size, subsample):
+  explicit, fused, explicit, fused, ... after one warm-up pair; the table gives each path's median and the
+  median of the per-pair ratios fused / explicit.
+- Peak memory: one fresh process per cell builds the block, the input and the output gradient, resets the
+  kernel's resident high-water mark (/proc/self/clear_refs), runs ONE forward + backward and reads VmHWM -
+  VmRSS: the resident memory that forward + backward needed on top of the module and its inputs, allocator
+  behaviour included (what decides whether a run fits in RAM). No warm-up first: memory a warm-up freed but
+  the allocator kept resident would be reused unseen. Per-process fixed costs (thread pools, kernel
+  caches) are a few MiB, the same for both paths.
+- A cell whose explicit peak is predicted above --max-gib (from the (HW x N) matrices it holds at once) is
+  measured at two smaller batches and extrapolated linearly (peak is affine in the batch size); only the
+  fused path is timed at the full batch, and an extra row compares both paths at the smaller batch.
+- The SDPA kernel that runs is read from torch.profiler's op names in the fused forward + backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import PeakRSS, interleaved, machine_line, median, mib, paired_ratio, run_child, table  # noqa: E402
+from gan.attention import NonLocalBlock  # noqa: E402
+
+CHANNELS = 256
+SCRIPT = Path(__file__).resolve()
+
+
+def batch_for(size: int) -> int:
+    return 16 if size <= 64 else 8
+
+
+def n_keys(size: int, subsample: bool) -> int:
+    side = math.ceil(size / 2) if subsample else size
+    return side * side
+
+
+def predicted_explicit_bytes(size: int, subsample: bool, batch: int) -> int:
+    """The explicit path holds at most about four (B, HW, N) float32 matrices at once (logits, softmax,
+    and in backward their two gradients)."""
+    return 4 * batch * size * size * n_keys(size, subsample) * 4
+
+
+def make(size: int, subsample: bool, batch: int, seed: int = 0):
+    """A block pair (explicit, fused) with equal weights, an input and an output gradient."""
+    torch.manual_seed(seed)
+    explicit = NonLocalBlock(CHANNELS, subsample=subsample, fused=False)
+    fused = NonLocalBlock(CHANNELS, subsample=subsample, fused=True)
+    fused.load_state_dict(explicit.state_dict())
+    for block in (explicit, fused):
+        block.gamma.data.fill_(0.5)  # a trained-looking gate, so the attention branch gets gradients
+    x = torch.randn(batch, CHANNELS, size, size, requires_grad=True)
+    gz = torch.randn(batch, CHANNELS, size, size)
+    return explicit, fused, x, gz
+
+
+def step(block: NonLocalBlock, x: torch.Tensor, gz: torch.Tensor) -> None:
+    """One forward + backward; gradients dropped afterwards so every call starts alike."""
+    block(x).backward(gz)
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+
+
+def kernels(block: NonLocalBlock, x: torch.Tensor, gz: torch.Tensor) -> list[str]:
+    """The attention-related aten ops that one forward + backward runs (forward and backward kernels)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(block, x, gz)
+    keep = ("scaled_dot_product", "flash", "efficient", "softmax", "bmm")
+    return sorted({e.key for e in prof.key_averages() if any(k in e.key for k in keep) and e.key.startswith("aten::")})
+
+
+# ----------------------------------------------------------------------------------------------
+# Child processes
+
+
+def child_memory(size: int, subsample: bool, path: str, batch: int) -> dict:
+    explicit, fused, x, gz = make(size, subsample, batch)
+    block = fused if path == "fused" else explicit
+    del explicit, fused
+    with PeakRSS() as peak:
+        step(block, x, gz)
+    return {"peak_bytes": peak.bytes, "exact": peak.exact}
+
+
+def child_time(size: int, subsample: bool, batch: int, repeats: int, with_explicit: bool = True) -> dict:
+    explicit, fused, x, gz = make(size, subsample, batch)
+    fns = {"explicit": lambda: step(explicit, x, gz), "fused": lambda: step(fused, x, gz)}
+    if not with_explicit:
+        del fns["explicit"]
+    times = interleaved(fns, repeats)
+    out = {"fused_s": median(times["fused"]), "repeats": repeats, "kernels_fused": kernels(fused, x, gz)}
+    if with_explicit:
+        out["explicit_s"] = median(times["explicit"])
+        out["ratio"] = paired_ratio(times["fused"], times["explicit"])
+        out["kernels_explicit"] = kernels(explicit, x, gz)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent
+
+
+def memory(size: int, subsample: bool, path: str, batch: int, max_bytes: float) -> tuple[float | None, str]:
+    """Peak bytes of one cell, measured, or extrapolated from two smaller batches when predicted too large."""
+    if path == "fused" or predicted_explicit_bytes(size, subsample, batch) <= max_bytes:
+        out = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), path, str(batch)])
+        return (out["peak_bytes"], "") if out else (None, "failed (out of memory?)")
+    small = batch
+    while small > 1 and predicted_explicit_bytes(size, subsample, small) > max_bytes:
+        small //= 2
+    if small < 2:
+        return None, "skipped: even batch 2 predicted above the limit"
+    points = {}
+    for b in (small // 2, small):
+        out = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), path, str(b)])
+        if out is None:
+            return None, f"failed at batch {b}"
+        points[b] = out["peak_bytes"]
+    b1, b2 = small // 2, small
+    slope = (points[b2] - points[b1]) / (b2 - b1)
+    extrapolated = points[b2] + slope * (batch - b2)
+    predicted = predicted_explicit_bytes(size, subsample, batch) / 2**30
+    note = (
+        f"extrapolated from batches {b1}, {b2} ({mib(points[b1])}, {mib(points[b2])} MiB); "
+        f"predicted {predicted:.0f} GiB > --max-gib"
+    )
+    return extrapolated, note
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128], help="feature-map sides")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward pairs per row")
+    parser.add_argument("--max-gib", type=float, default=12.0, help="largest predicted explicit peak to run as is")
+    parser.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child-time", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_memory:
+        size, sub, path, batch = args.child_memory
+        print(json.dumps(child_memory(int(size), bool(int(sub)), path, int(batch))))
+        return 0
+    if args.child_time:
+        size, sub, batch, repeats, with_explicit = map(int, args.child_time)
+        print(json.dumps(child_time(size, bool(sub), batch, repeats, bool(with_explicit))))
+        return 0
+
+    max_bytes = args.max_gib * 2**30
+    print(f"machine: {machine_line()}")
+    print(f"NonLocalBlock({CHANNELS}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n")
+    rows, seen_kernels = [], {}
+    for size in args.sizes:
+        for subsample in (True, False):
+            batch = batch_for(size)
+            mem = {p: memory(size, subsample, p, batch, max_bytes) for p in ("explicit", "fused")}
+            explicit_fits = predicted_explicit_bytes(size, subsample, batch) <= max_bytes
+            time_batches = [batch]
+            if not explicit_fits:  # add a row where both paths run
+                time_batches.append(max(b for b in (4, 2, 1) if predicted_explicit_bytes(size, subsample, b) <= max_bytes))
+            for tb in time_batches:
+                with_explicit = tb != batch or explicit_fits  # else: its time is the smaller-batch row's
+                t = run_child(SCRIPT, ["--child-time", str(size), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
+                if t and with_explicit:
+                    seen_kernels[(size, subsample)] = t
+                if tb == batch:
+                    (me, note_e), (mf, note_f) = mem["explicit"], mem["fused"]
+                else:
+                    me = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), "explicit", str(tb)])
+                    mf = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), "fused", str(tb)])
+                    me, mf = (me or {}).get("peak_bytes"), (mf or {}).get("peak_bytes")
+                    note_e, note_f = "", ""
+                rows.append([
+                    f"{size}x{size}",
+                    "yes" if subsample else "no",
+                    tb,
+                    n_keys(size, subsample),
+                    f"{t['explicit_s'] * 1e3:,.1f}" if t and "explicit_s" in t else "-",
+                    f"{t['fused_s'] * 1e3:,.1f}" if t else "-",
+                    f"{t['ratio']:.2f}" if t and "ratio" in t else "-",
+                    mib(me) if me is not None else "-",
+                    mib(mf) if mf is not None else "-",
+                    f"{mf / me:.3f}" if me and mf else "-",
+                    "; ".join(n for n in (note_e, note_f) if n),
+                ])
+                print(f"  done {size}x{size} subsample={subsample} batch={tb}", file=sys.stderr)
+    headers = [
+        "map", "subsample", "batch", "keys N", "explicit ms", "fused ms", "time fused/explicit",
+        "explicit peak MiB", "fused peak MiB", "memory fused/explicit", "note",
+    ]
+    print(table(headers, rows))
+    print("\nKernels seen by torch.profiler in one forward + backward:")
+    groups: dict[tuple, list[str]] = {}
+    for (size, subsample), t in seen_kernels.items():
+        key = (tuple(t["kernels_fused"]), tuple(t["kernels_explicit"]))
+        groups.setdefault(key, []).append(f"{size}x{size}{'' if subsample else ' no-subsample'}")
+    for (fused_ops, explicit_ops), where in groups.items():
+        print(f"- {', '.join(where)}:\n  fused: {', '.join(fused_ops)}\n  explicit: {', '.join(explicit_ops)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

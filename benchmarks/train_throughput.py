@@ -1,0 +1,228 @@
+"""Training throughput (images/s) of the CIFAR-10 SAGAN-32 for each speed option, and of the data loader.
+
+    python benchmarks/train_throughput.py [--tables training kernels loader] [--repeats 5] [--warmup 2]
+                                          [--variants NAME ...]
+
+The model is configs/cifar10.yaml's (class-conditional SAGAN-32: G width 256, D width 128, attention at
+16x16 in G and D, spectral norm everywhere, batch 64, EMA). One iteration is what one training step does:
+`gan.train_loop.train_step` (one D step on real + fake, one G step) built by `build_parts` exactly as
+training builds it, plus the EMA update; real images come from an in-memory synthetic batch, so the data
+loader is out of the measurement (`--tables loader` times it on its own; `--tables kernels` gives the FLOPs
+of one iteration and the GFLOP/s of its two kernels, matmul and 3x3 convolution, per dtype).
+
+Every variant is built in one process and the variants run in turn, one iteration each (A B C ... A B C
+...), after --warmup iterations each (compilation happens there); the table gives the median seconds per
+iteration, images/s = batch / median, and the median of the per-round ratios against the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table, timed  # noqa: E402
+from gan.config import Config, load_config  # noqa: E402
+
+CONFIG = ROOT / "configs" / "cifar10.yaml"
+
+# key -> (table label, overrides on top of configs/cifar10.yaml). The ladder adds one lever at a time; the
+# last two rows drop bf16 from the compiled variant and channels_last from the bf16 one.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("baseline: fp32, eager, explicit attention", ["model.attn_fused=false"]),
+    "fused": ("+ fused attention", []),
+    "channels_last": ("+ channels_last", ["train.channels_last=true"]),
+    "bf16": ("+ bf16 autocast", ["train.channels_last=true", "train.mixed_precision=bf16"]),
+    "compile": ("+ compile", ["train.channels_last=true", "train.mixed_precision=bf16", "train.compile=true"]),
+    "compile_fp32": ("fused + channels_last + compile, fp32", ["train.channels_last=true", "train.compile=true"]),
+    "bf16_nchw": ("fused + bf16, NCHW", ["train.mixed_precision=bf16"]),
+}
+BASELINE = "baseline"
+COMMON = ["train.seed=0", "train.progress=false", "optim.ema_start=0"]
+
+
+def synthetic_batches(cfg: Config, seed: int = 0):
+    """An endless iterator over one fixed (images in [-1, 1], labels) batch of the config's shape."""
+    g = torch.Generator().manual_seed(seed)
+    m = cfg.model
+    x = torch.rand(cfg.train.batch_size, m.image_channels, m.resolution, m.resolution, generator=g) * 2 - 1
+    y = torch.randint(max(m.num_classes, 1), (cfg.train.batch_size,), generator=g)
+    return itertools.repeat((x, y))
+
+
+class Trainer:
+    """One variant: the training parts, its batch stream, and one iteration = train_step + EMA update."""
+
+    def __init__(self, overrides: list[str], accelerator) -> None:
+        from gan.train_loop import build_parts
+
+        self.cfg = load_config(CONFIG, [*COMMON, *overrides])
+        self.accelerator = accelerator
+        self.parts = build_parts(self.cfg, accelerator)
+        self.batches = synthetic_batches(self.cfg)
+        self.step = 0
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        from gan.train_loop import train_step
+
+        stats, _ = train_step(self.parts, self.cfg, self.batches, self.accelerator)
+        self.step += 1
+        if self.parts.ema:
+            self.parts.ema.update(self.parts.G_raw, self.step)
+        return stats
+
+
+def bench_training(names: list[str], repeats: int, warmup: int) -> str:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    trainers = {}
+    for name in names:
+        trainers[name] = Trainer(VARIANTS[name][1], accelerator)
+    batch = next(iter(trainers.values())).cfg.train.batch_size
+    warm_s = {}
+    for name, trainer in trainers.items():
+        warm_s[name] = sum(timed(trainer) for _ in range(warmup))
+        print(f"  warm-up {name}: {warm_s[name]:.1f} s", file=sys.stderr)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    last: dict[str, dict[str, torch.Tensor]] = {}
+    for r in range(repeats):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            last[name] = trainer()
+            times[name].append(time.perf_counter() - start)
+        print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names), file=sys.stderr)
+    rows = []
+    for name in names:
+        s = median(times[name])
+        ratio = f"{paired_ratio(times[BASELINE], times[name]):.2f}x" if BASELINE in times else "-"
+        finite = all(torch.isfinite(v).all() for v in last[name].values())
+        rows.append([
+            VARIANTS[name][0],
+            f"{s:.2f}",
+            f"{min(times[name]):.2f}-{max(times[name]):.2f}",
+            f"{batch / s:.1f}",
+            ratio,
+            f"{warm_s[name]:.0f}",
+            "yes" if finite else "NO",
+        ])
+    headers = ["variant", "s / iteration (median)", "min-max", "images/s", "speed vs baseline", f"warm-up s ({warmup} it.)", "losses finite"]
+    return table(headers, rows)
+
+
+def bench_kernels(repeats: int) -> str:
+    """GFLOP/s of the two kernels a step is made of, float32 vs bf16 vs fp16, NCHW vs channels_last (interleaved)."""
+    torch.manual_seed(0)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    x, w = torch.randn(64, 256, 16, 16), torch.randn(256, 256, 3, 3)  # G's 3x3 conv at 16x16, batch 64
+    conv_flop = 2 * 64 * 256 * 256 * 9 * 16 * 16
+
+    def conv(dtype: torch.dtype, channels_last: bool, backward: bool):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        xx = x.to(dtype, memory_format=fmt, copy=True).requires_grad_(backward)
+        ww = w.to(dtype, memory_format=fmt, copy=True).requires_grad_(backward)
+
+        def run() -> None:
+            y = torch.nn.functional.conv2d(xx, ww, padding=1)
+            if backward:
+                y.sum().backward()
+                xx.grad = ww.grad = None
+
+        return run
+
+    dtypes = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    fns = {}
+    for label, dtype in dtypes.items():
+        aa, bb = a.to(dtype), b.to(dtype)
+        fns[("matmul 2048^3", label)] = lambda aa=aa, bb=bb: aa @ bb
+    for label, dtype in dtypes.items():
+        for cl in (False, True):
+            layout = "channels_last" if cl else "NCHW"
+            fns[(f"conv3x3 forward, {layout}", label)] = conv(dtype, cl, backward=False)
+            if dtype != torch.float16:  # CPU fp16 conv backward takes a slow non-oneDNN path (~1 min here)
+                fns[(f"conv3x3 forward+backward, {layout}", label)] = conv(dtype, cl, backward=True)
+    times = interleaved(fns, repeats, warmup=1)
+    rows = []
+    for (what, label), ts in sorted(times.items(), key=lambda kv: kv[0][0]):
+        f = 2 * n**3 if what.startswith("matmul") else conv_flop * (3 if "backward" in what else 1)
+        rows.append([what, label, f"{median(ts) * 1e3:.1f}", f"{f / median(ts) / 1e9:.0f}"])
+    return table(["kernel", "dtype", "ms (median)", "GFLOP/s"], rows)
+
+
+def flops_per_iteration(name: str) -> float:
+    """FLOPs of one iteration of a variant (convolutions and matrix products, forward and backward)."""
+    from accelerate import Accelerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer = Trainer(VARIANTS[name][1], Accelerator(cpu=True))
+    with FlopCounterMode(display=False) as counter:
+        trainer()
+    return float(counter.get_total_flops())
+
+
+def bench_loader(batches: int, worker_counts: list[int]) -> str:
+    """images/s of the real data loader alone (Fashion-MNIST from Debian's files, as RGB 32x32)."""
+    from gan.data import build_dataset, build_loader
+
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for workers in worker_counts:
+            cfg = load_config(
+                None,
+                [
+                    "data.dataset=fashion_mnist",
+                    f"data.root={root}",
+                    "data.random_flip=true",
+                    "model.num_classes=10",
+                    f"data.num_workers={workers}",
+                    f"data.persistent_workers={workers > 0}",
+                ],
+            )
+            dataset = build_dataset(cfg.data, cfg.model)
+            loader = build_loader(dataset, cfg.data, batch_size=64, seed=0)
+            start = time.perf_counter()
+            it = iter(loader)
+            next(it)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            steady = time.perf_counter() - start
+            rows.append([workers, f"{first:.2f}", f"{64 * batches / steady:,.0f}", f"{steady / batches * 1e3:.1f}"])
+            del it, loader
+    return table(["num_workers", "first batch s (start-up)", "images/s after", "ms / batch of 64"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per variant first")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="which rows (default: all)")
+    parser.add_argument("--tables", nargs="+", default=["training"], choices=["training", "kernels", "loader"])
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    print(f"machine: {machine_line()}")
+    if "kernels" in args.tables:
+        flop = flops_per_iteration(BASELINE)
+        print(f"\nFLOPs per iteration (torch.utils.flop_counter, baseline): {flop / 1e12:.2f} TFLOP\n")
+        print(bench_kernels(args.repeats))
+    if "training" in args.tables:
+        print(f"\nconfigs/cifar10.yaml model, batch 64, one D step + one G step + EMA per iteration; "
+              f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up iterations\n")
+        print(bench_training(args.variants, args.repeats, args.warmup))
+    if "loader" in args.tables:
+        print("\nData loader alone (Fashion-MNIST as RGB 32x32, random flips, batch 64, 100 batches):\n")
+        print(bench_loader(100, [0, 1, 2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
