@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ROOT / "configs" / "cifar10.yaml")
     torch.manual_seed(0)
     base = Generator(cfg.model).eval()
+    with torch.no_grad():
+        for _, block in attention_blocks(base):
+            block.gamma.fill_(0.5)  # a trained-looking gate: at init (0) attention would add nothing
     fns = {}
     for name, (dtype, channels_last, fused) in VARIANTS.items():
         G = copy.deepcopy(base)
