@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import signal
 import sys
 import tempfile
 import time
@@ -93,12 +94,21 @@ def bench_training(names: list[str], repeats: int, warmup: int) -> str:
         print(f"  warm-up {name}: {warm_s[name]:.1f} s", file=sys.stderr)
     times: dict[str, list[float]] = {name: [] for name in names}
     last: dict[str, dict[str, torch.Tensor]] = {}
-    for r in range(repeats):
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
-            last[name] = trainer()
-            times[name].append(time.perf_counter() - start)
-        print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names), file=sys.stderr)
+    rounds = 0
+    try:  # a SIGTERM / Ctrl-C after some rounds still prints the table of the complete rounds
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for r in range(repeats):
+            for name, trainer in trainers.items():
+                start = time.perf_counter()
+                last[name] = trainer()
+                times[name].append(time.perf_counter() - start)
+            rounds += 1
+            print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names), file=sys.stderr)
+    except KeyboardInterrupt:
+        if rounds == 0:
+            raise
+        print(f"interrupted: the table covers the {rounds} complete rounds", file=sys.stderr)
+        times = {name: ts[:rounds] for name, ts in times.items()}
     rows = []
     for name in names:
         s = median(times[name])
