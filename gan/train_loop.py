@@ -40,10 +40,18 @@ PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Parts:
-    """Everything a step touches. `G`/`D` may be DDP- or compile-wrapped; `G_raw`/`D_raw` never are."""
+    """Everything a step touches.
+
+    `G`/`D` are what gradients flow through: compiled when `train.compile` is on, then DDP-wrapped when
+    several processes run. `G_local`/`D_local` are the same (compiled) modules without DDP, for passes
+    that must not synchronise: the D step's no-grad fakes and the G step's frozen D. `G_raw`/`D_raw` are
+    the plain modules (state dicts, EMA, attention maps).
+    """
 
     G: torch.nn.Module
     D: torch.nn.Module
+    G_local: torch.nn.Module
+    D_local: torch.nn.Module
     G_raw: Generator
     D_raw: Discriminator
     ema: EMA | None
@@ -69,14 +77,16 @@ def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
     o = cfg.optim
     opt_g = torch.optim.Adam(G_raw.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), eps=o.eps)
     opt_d = torch.optim.Adam(D_raw.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=o.eps)
-    G, D = (torch.compile(G_raw), torch.compile(D_raw)) if cfg.train.compile else (G_raw, D_raw)
-    G, D = accelerator.prepare(G, D)  # DDP when several processes
+    G_local, D_local = (torch.compile(G_raw), torch.compile(D_raw)) if cfg.train.compile else (G_raw, D_raw)
+    G, D = accelerator.prepare(G_local, D_local)  # DDP when several processes
     fp16 = cfg.train.mixed_precision == "fp16"
     device_type = accelerator.device.type
     rng = torch.Generator(accelerator.device).manual_seed(cfg.train.seed * 1009 + accelerator.process_index)
     return Parts(
         G=G,
         D=D,
+        G_local=G_local,
+        D_local=D_local,
         G_raw=G_raw,
         D_raw=D_raw,
         ema=EMA(G_raw, o.ema_decay, o.ema_start) if o.ema_decay > 0 else None,
@@ -189,7 +199,7 @@ def train_step(
             z, y_fake = _latents(parts, cfg, n, device)
             sync = micro == accum - 1
             with torch.no_grad(), autocast():
-                fake = parts.G_raw(z, y_fake)
+                fake = parts.G_local(z, y_fake)
             with contextlib.nullcontext() if sync else accelerator.no_sync(parts.D), autocast():
                 both = torch.cat([x, fake.to(x.dtype)])
                 labels = torch.cat([y_real, y_fake]) if y_real is not None else None
@@ -204,14 +214,14 @@ def train_step(
     stats["d_real"] = real_logits.detach().mean()
     stats["d_fake"] = fake_logits.detach().mean()
 
-    # G step: D is used unwrapped with frozen parameters, so no D gradients are computed or synchronised.
+    # G step: D is used without DDP and with frozen parameters, so no D gradients are computed or synchronised.
     parts.D_raw.requires_grad_(False)
     for micro in range(accum):
         z, y_fake = _latents(parts, cfg, n, device)
         sync = micro == accum - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(parts.G), autocast():
             fake = parts.G(z, y_fake)
-            loss_g = g_loss_fn(parts.D_raw(fake, y_fake).float())
+            loss_g = g_loss_fn(parts.D_local(fake, y_fake).float())
         parts.scaler_g.scale(loss_g / accum).backward()
     parts.D_raw.requires_grad_(True)
     parts.scaler_g.step(parts.opt_g)
