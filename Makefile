@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv demo test train-cifar10 train-celeba64 train-fashion sample evaluate benchmarks clean
+.PHONY: venv demo test train-cifar10 train-celeba64 train-fashion sample evaluate benchmarks ablation fast-mode-quality clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ train-fashion: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/attention_block.py $(ARGS)
+
+## Experiments behind docs/ablation.md and docs/fast_mode_quality.md: hours of CPU; finished runs are reused.
+ARMS := none,g8,g16,g32,d8,d16,gd8,gd16
+ablation: $(STAMP)
+	$(BIN)/python benchmarks/ablation.py run --config configs/ablation_coherence.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_coherence
+	$(BIN)/python benchmarks/ablation.py run --config configs/ablation_fashion.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_fashion
+	$(BIN)/python benchmarks/ablation.py report runs/ablation_coherence runs/ablation_fashion --report docs/ablation.md --figures docs/ablation
+
+fast-mode-quality: $(STAMP)
+	$(BIN)/python benchmarks/fast_mode_quality.py run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
+	$(BIN)/python benchmarks/fast_mode_quality.py report runs/fast_mode_quality --report docs/fast_mode_quality.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,9 +8,10 @@
 generator with the Frechet classifier distance (FCD, the repository's Fashion-MNIST classifier features),
 reusing the ablation's runner: runs and scores are cached per run directory. Modes:
 
-- `fp32`: plain float32, NCHW (the reference);
-- `fast`: channels_last + torch.compile, the float32 levers (the fast mode on this CPU);
-- `bf16`: channels_last + bf16 autocast (the fast mode on GPUs; slower than float32 on a CPU without AMX).
+- `fp32`: plain float32, eager, NCHW, explicit attention (the reference, the throughput benchmark's baseline);
+- `fast`: fused attention + channels_last + torch.compile in float32 (the fastest variant on this CPU);
+- `bf16`: fused attention + channels_last + bf16 autocast (the fast mode on GPUs; slower than float32 on a
+  CPU without AMX).
 
 `report` writes a mean +/- std table per mode and a verdict generated from the numbers: a mode trains as
 well as float32 when its mean FCD lies within the seed spread of float32 (the ablation's rule:
@@ -38,9 +39,9 @@ from gan.cli import fail_cleanly  # noqa: E402
 
 CONFIG = "configs/ablation_fashion.yaml"
 MODES = {  # name -> (what it is, overrides)
-    "fp32": ("float32, NCHW (reference)", []),
-    "fast": ("channels_last + torch.compile, float32", ["train.channels_last=true", "train.compile=true"]),
-    "bf16": ("channels_last + bf16 autocast", ["train.channels_last=true", "train.mixed_precision=bf16"]),
+    "fp32": ("float32, eager, NCHW, explicit attention (reference)", ["model.attn_fused=false"]),
+    "fast": ("fused attention + channels_last + torch.compile, float32", ["model.attn_fused=true", "train.channels_last=true", "train.compile=true"]),
+    "bf16": ("fused attention + channels_last + bf16 autocast", ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"]),
 }
 
 
@@ -54,7 +55,7 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-PER_MODE_KEYS = ("train.seed", "train.channels_last", "train.compile", "train.mixed_precision", "model.g_attention", "model.d_attention")
+PER_MODE_KEYS = ("model.attn_fused", "train.seed", "train.channels_last", "train.compile", "train.mixed_precision", "model.g_attention", "model.d_attention")
 
 
 def run(modes: list[str], seeds: list[int], out: Path, jobs: int, num_samples: int, extra: list[str]) -> None:

@@ -21,13 +21,15 @@ def test_run_and_report_end_to_end(tmp_path):
            "--jobs", "2", "--out", str(out), "--num-samples", "16", *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for mode, extra in (("fp32", []), ("bf16", ["train.channels_last=true", "train.mixed_precision=bf16"])):
+    for mode, extra in (("fp32", ["model.attn_fused=false"]),
+                        ("bf16", ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"])):
         for seed in (0, 1):
             rd = out / mode / f"seed{seed}"
             run = json.loads((rd / "ablation_run.json").read_text())
             assert run["overrides"][2:] == [f"train.seed={seed}", *extra, *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]
             resolved = (rd / "config.yaml").read_text()
             assert ("mixed_precision: bf16" in resolved) == (mode == "bf16")
+            assert ("attn_fused: false" in resolved) == (mode == "fp32")
             assert json.loads((rd / "ablation_eval.json").read_text())["step"] == 2
 
     proc = subprocess.run([sys.executable, "benchmarks/fast_mode_quality.py", "report", str(out), "--report", str(report)],
