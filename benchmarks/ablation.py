@@ -353,6 +353,13 @@ KEEP_MARKER = "<!-- written by hand below this line; `ablation.py report` keeps 
 DATASET_TITLES = {"builtin": "Coherence benchmark (built-in dataset)", "fashion_mnist": "Fashion-MNIST"}
 
 
+def _arm_order(name: str) -> tuple:
+    """none first, then G only, D only, both; smaller sides first within each."""
+    arm = parse_arm(name)
+    kind = 0 if not arm.has_attention else 1 if not arm.d else 2 if not arm.g else 3
+    return (kind, arm.g, arm.d)
+
+
 def collect(out: Path) -> dict[str, Any]:
     """Every evaluated run under `out`: {arm: {seed: {eval..., train_seconds}}}, plus the manifest."""
     manifest_path = out / "ablation.json"
@@ -362,7 +369,7 @@ def collect(out: Path) -> dict[str, Any]:
     calls = [manifest]  # the latest `run` call first, then the earlier ones it keeps under "previous"
     while "previous" in calls[-1]:
         calls.append(calls[-1]["previous"])
-    arms = list(dict.fromkeys(name for call in reversed(calls) for name in call["arms"]))
+    arms = sorted(dict.fromkeys(name for call in reversed(calls) for name in call["arms"]), key=_arm_order)
     seeds = sorted({seed for call in calls for seed in call["seeds"]})
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for name in arms:
@@ -372,12 +379,47 @@ def collect(out: Path) -> dict[str, Any]:
                 ev = json.loads((rd / "ablation_eval.json").read_text())
                 ev["train_seconds"] = json.loads((rd / "ablation_run.json").read_text()).get("train_seconds", 0.0)
                 ev["run_dir"] = str(rd)
+                ev["gates"] = final_gates(rd)
                 runs.setdefault(name, {})[seed] = ev
     if "none" not in runs:
         raise AblationError(f"{out} has no evaluated 'none' run; finish `ablation.py run` first")
     commands = [call.get("command", "") for call in reversed(calls)]
     wall = sum(call.get("wall_seconds_this_call", 0.0) for call in calls)
     return {"out": out, "manifest": manifest, "runs": runs, "commands": commands, "seeds": seeds, "wall": wall}
+
+
+def final_gates(run_dir: Path) -> dict[str, float]:
+    """The last logged gamma and attention entropy of every block (train.py's metrics.jsonl); {} if none logged."""
+    path = run_dir / "metrics.jsonl"
+    last: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            found = {k: v for k, v in record.items() if k.startswith(("gamma/", "attn_entropy/"))}
+            last = found or last
+    return last
+
+
+def uniform_entropy(side: int, subsample: bool) -> float:
+    """log(number of keys): the entropy of uniform attention over a side x side map (keys 2x2-pooled, ceil)."""
+    keys_side = -(-side // 2) if subsample else side
+    return math.log(keys_side * keys_side)
+
+
+def gates_table(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool) -> list[str]:
+    """Markdown: per attention block, the final gamma (mean +/- std and every seed) and the final mean row
+    entropy of its attention as a fraction of uniform attention's (1.0 = attends everywhere equally)."""
+    lines = ["| arm | block | final gamma (mean +/- std) | per seed | entropy / uniform (mean) |", "|---|---|---|---|---|"]
+    for name, by_seed in runs.items():
+        blocks = sorted({k.split("/", 1)[1] for r in by_seed.values() for k in r["gates"] if k.startswith("gamma/")})
+        for block in blocks:
+            gammas = [r["gates"][f"gamma/{block}"] for r in by_seed.values() if f"gamma/{block}" in r["gates"]]
+            entropies = [r["gates"][f"attn_entropy/{block}"] for r in by_seed.values() if f"attn_entropy/{block}" in r["gates"]]
+            side = int(re.search(r"attn(\d+)$", block)[1])
+            m, sd = mean_std(gammas)
+            rel = mean_std(entropies)[0] / uniform_entropy(side, subsample) if entropies else float("nan")
+            lines.append(f"| `{name}` | {block} | {m:+.4f} +/- {sd:.4f} | {', '.join(f'{g:+.4f}' for g in gammas)} | {rel:.3f} |")
+    return lines
 
 
 def fmt(value: float, key: str) -> str:
@@ -450,6 +492,14 @@ def plot(datasets: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _config_of(d: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config.yaml of the `none` arm's first run (what every arm shares)."""
+    import yaml
+
+    rd = Path(next(iter(d["runs"]["none"].values()))["run_dir"])
+    return yaml.safe_load((rd / "config.yaml").read_text())
+
+
 def report(outs: list[Path], report_path: Path, figures: Path) -> str:
     """Write the Markdown report (and copy each arm's seed-0 figures into `figures`); returns its text."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -459,6 +509,7 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
     for out in outs:
         d = collect(out)
         d["dataset"] = next(iter(d["runs"]["none"].values()))["dataset"]
+        d["subsample"] = _config_of(d)["model"]["attn_subsample"]
         datasets.append(d)
     figures.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(figures, report_path.parent)
@@ -506,6 +557,10 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
                  f"{SPREAD_FACTOR:g} x pooled std, pooled std = sqrt((s_arm^2 + s_none^2) / 2)):", "",
                  *verdicts(d["runs"], vkeys), "",
                  "<details><summary>Per-seed values</summary>", "", *per_seed_table(d["runs"], keys), "", "</details>", "",
+                 "How far the attention blocks opened by the end (gamma starts at 0, so a block only changes the",
+                 "network once its gamma moves; entropy 1.000 of uniform means every query attends to every key",
+                 "equally; G's blocks measured on fixed latents, D's on real images, by train.py's last log):", "",
+                 *gates_table(d["runs"], d["subsample"]), "",
                  "Samples of each arm's seed-0 EMA generator (same z and labels for every arm), then where its",
                  "non-local blocks attend (G: on generated images; D: on real images):", ""]  # fmt: skip
         tag = "coherence" if d["dataset"] == "builtin" else d["dataset"]

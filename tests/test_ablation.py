@@ -164,10 +164,27 @@ def test_run_and_report_end_to_end(tmp_path):
     assert "one seed has no spread to compare with, so no verdict" in text
     assert "coherence score (none: " in text and "no verdict (one seed): `gd16`" in text
     assert "FID" not in text  # the classifier distance is never called FID
+    # the gates table: one row per block of the attention arm, none for `none`
+    assert "| `gd16` | G.blocks.attn16 | " in text and "| `gd16` | D.blocks.attn16 | " in text
+    assert "| `none` | G.blocks" not in text
     assert "old generated part" not in text and text.endswith(f"{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
     for name in ("ablation_plot.png", "coherence_none_samples.png", "coherence_gd16_samples.png",
                  "coherence_gd16_attention_G.png", "coherence_gd16_attention_D.png"):  # fmt: skip
         assert (figures / name).is_file() and f"(ablation/{name})" in text
+
+
+def test_final_gates_and_uniform_entropy(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 50, "gamma/G.blocks.attn16": 0.5, "attn_entropy/G.blocks.attn16": 3.0}\n'
+        '{"step": 60, "eval/fid": 12.0}\n'
+        '{"step": 100, "gamma/G.blocks.attn16": -0.25, "attn_entropy/G.blocks.attn16": 2.0, "loss_d": 1.0}\n'
+        '{"step": 110, "loss_d": 0.5}\n'
+    )
+    assert ablation.final_gates(tmp_path) == {"gamma/G.blocks.attn16": -0.25, "attn_entropy/G.blocks.attn16": 2.0}
+    assert ablation.final_gates(tmp_path / "missing") == {}
+    assert ablation.uniform_entropy(16, subsample=True) == pytest.approx(math.log(64))  # 8 x 8 pooled keys
+    assert ablation.uniform_entropy(7, subsample=True) == pytest.approx(math.log(16))  # ceil: 4 x 4 keys
+    assert ablation.uniform_entropy(8, subsample=False) == pytest.approx(math.log(64))
 
 
 def test_user_errors_are_one_line():
