@@ -46,7 +46,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bf16_nchw": ("fused + bf16, NCHW", ["train.mixed_precision=bf16"]),
 }
 BASELINE = "baseline"
-COMMON = ["train.seed=0", "train.progress=false", "optim.ema_start=0"]
+# Every speed switch off first, so a variant gets exactly the levers it names, whatever cifar10.yaml ships
+# (it turns channels_last on): the baseline is plain float32 eager NCHW with explicit attention.
+COMMON = ["train.seed=0", "train.progress=false", "optim.ema_start=0",
+          "train.channels_last=false", "train.compile=false", "train.mixed_precision=no"]  # fmt: skip
 
 
 def synthetic_batches(cfg: Config, seed: int = 0):

@@ -160,6 +160,10 @@ def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
         # YAML 1.1 reads `1e-4` (no dot) as a string; accept any spelling Python reads as a number.
         with contextlib.suppress(ValueError):
             value = float(value)
+    if tp is str and isinstance(value, bool) and choices is not None:
+        # YAML 1.1 reads `no` / `off` (and `yes` / `on`) as booleans: `train.mixed_precision=no` means "no".
+        spellings = ("no", "off", "false") if value is False else ("yes", "on", "true")
+        value = next((c for c in choices if c in spellings), value)
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))

@@ -28,6 +28,18 @@ def test_defaults_and_overrides_with_yaml_values():
     assert load_config().train.steps == Config().train.steps
 
 
+def test_yaml_booleans_read_back_as_their_choice(tmp_path):
+    # YAML 1.1 turns `no` into False; for a string key with a "no" choice that means "no", on the command
+    # line and in a file alike. A string key without such a choice still rejects a boolean.
+    assert load_config(None, ["train.mixed_precision=bf16", "train.mixed_precision=no"]).train.mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "c.yaml").train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="config key 'train.mixed_precision' expects str, got True"):
+        load_config(None, ["train.mixed_precision=yes"])
+    with pytest.raises(ConfigError, match="config key 'data.root' expects str, got False"):
+        load_config(None, ["data.root=no"])
+
+
 def test_parse_overrides_nests_and_rejects_malformed_words():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1]"]) == {"a": {"b": 1, "c": "x"}, "d": [1]}
     with pytest.raises(ConfigError, match="not of the form key.sub=value"):
