@@ -483,7 +483,7 @@ def plot(datasets: list[dict[str, Any]], path: Path) -> None:
             ax.plot([i + 0.15] * len(values), values, ".", color="grey")
         ax.set_xticks(range(len(names)), names)
         label, higher, _ = METRICS[key]
-        ax.set_title(f"{DATASET_TITLES[d['dataset']].split(' (')[0]}: {label.split(' (')[0]}", fontsize=9)
+        ax.set_title(f"{d['title'].replace(' (built-in dataset)', '')}: {label.split(' (')[0]}", fontsize=9)
         ax.set_ylabel(f"{label.split(' (')[0]} ({'higher' if higher else 'lower'} is better)", fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -511,6 +511,11 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
         d["dataset"] = next(iter(d["runs"]["none"].values()))["dataset"]
         d["subsample"] = _config_of(d)["model"]["attn_subsample"]
         datasets.append(d)
+    for d in datasets:  # a dataset ablated twice (say, short and long runs) gets its steps in title and file names
+        steps = max(r["step"] for s in d["runs"].values() for r in s.values())
+        twice = sum(e["dataset"] == d["dataset"] for e in datasets) > 1
+        d["title"] = DATASET_TITLES[d["dataset"]] + (f", {steps} steps" if twice else "")
+        d["tag"] = ("coherence" if d["dataset"] == "builtin" else d["dataset"]) + (f"_{steps}steps" if twice else "")
     figures.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(figures, report_path.parent)
     plot_path = figures / "ablation_plot.png"
@@ -539,7 +544,7 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
                     verdict = verdict if c.seeds >= 2 else "no verdict (one seed)"
                     found[verdict].append(f"`{name}` ({c.diff:+.3g})")
             parts = [f"{what}: {', '.join(arms)}" for what, arms in found.items() if arms]
-            text.append(f"- {DATASET_TITLES[d['dataset']]}, {label} (none: {fmt(mean_std(ctl)[0], key)}; "
+            text.append(f"- {d['title']}, {label} (none: {fmt(mean_std(ctl)[0], key)}; "
                         f"difference of means per arm): {'; '.join(parts)}.")
     text.append("")
     for d in datasets:
@@ -547,7 +552,7 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
         keys = [k for k in METRICS if d["dataset"] in METRICS[k][2]]
         vkeys = [k for k in VERDICT_METRICS if d["dataset"] in METRICS[k][2]]
         steps = sorted({r["step"] for s in d["runs"].values() for r in s.values()})
-        text += [f"## {DATASET_TITLES[d['dataset']]}", "",
+        text += [f"## {d['title']}", "",
                  f"Config `{m['config']}`, {', '.join(map(str, steps))} generator steps per run (equal for every arm), "
                  f"seeds {', '.join(map(str, d['seeds']))}, {m['num_samples']} generated images per evaluation "
                  f"(final EMA generator). Run directories: `{d['out']}`. Commands (later calls reuse the cached runs):", "",
@@ -563,7 +568,7 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
                  *gates_table(d["runs"], d["subsample"]), "",
                  "Samples of each arm's seed-0 EMA generator (same z and labels for every arm), then where its",
                  "non-local blocks attend (G: on generated images; D: on real images):", ""]  # fmt: skip
-        tag = "coherence" if d["dataset"] == "builtin" else d["dataset"]
+        tag = d["tag"]
         for name, by_seed in d["runs"].items():
             seed = min(by_seed)
             src = Path(by_seed[seed]["run_dir"]) / "ablation"

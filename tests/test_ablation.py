@@ -172,6 +172,11 @@ def test_run_and_report_end_to_end(tmp_path):
                  "coherence_gd16_attention_G.png", "coherence_gd16_attention_D.png"):  # fmt: skip
         assert (figures / name).is_file() and f"(ablation/{name})" in text
 
+    # one dataset ablated twice (e.g. short and long runs): titles and figure names carry the steps
+    twice = ablation.report([out, out], tmp_path / "twice.md", tmp_path / "twice")
+    assert twice.count("## Coherence benchmark (built-in dataset), 2 steps") == 2
+    assert (tmp_path / "twice" / "coherence_2steps_gd16_samples.png").is_file()
+
 
 def test_final_gates_and_uniform_entropy(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
