@@ -231,13 +231,17 @@ def _fashion_mnist(cfg: DataConfig, transform: ImageTransform) -> Dataset:
 
 
 def _decompress_idx(src: Path, raw: Path, names: list[str]) -> None:
-    """Decompress `src/<name>.gz` to `raw/<name>` (the layout torchvision reads), atomically per file."""
+    """Decompress `src/<name>.gz` to `raw/<name>` (the layout torchvision reads), atomically per file.
+
+    Safe when several processes unpack into the same root at once (parallel runs, DDP ranks): each writes
+    its own partial file, and the atomic rename of identical bytes leaves one complete file whoever wins.
+    """
     try:
         raw.mkdir(parents=True, exist_ok=True)
         for name in names:
             if (raw / name).is_file():
                 continue
-            tmp = raw / f".{name}.partial"
+            tmp = raw / f".{name}.{os.getpid()}.partial"
             with gzip.open(src / f"{name}.gz", "rb") as f_in, open(tmp, "wb") as f_out:
                 shutil.copyfileobj(f_in, f_out)
             os.replace(tmp, raw / name)

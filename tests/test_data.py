@@ -221,6 +221,44 @@ def test_fashion_mnist_missing_and_corrupt(tmp_path, monkeypatch):
     _one_line_error(excinfo)
 
 
+def _unpack_in_step(src: Path, raw: Path, barrier, results) -> None:
+    """Child process: unpack, but hold every file until the other process has written its copy too."""
+    original = data_mod.shutil.copyfileobj
+
+    def copy_then_wait(f_in, f_out, *args):
+        original(f_in, f_out, *args)
+        f_out.flush()
+        barrier.wait(timeout=60)
+
+    data_mod.shutil.copyfileobj = copy_then_wait
+    try:
+        data_mod._decompress_idx(src, raw, ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"])
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_fashion_mnist_unpack_is_safe_for_concurrent_processes(tmp_path):
+    # Two runs started together (the ablation's parallel jobs, DDP ranks) unpack into the same data.root.
+    # Both write every file before either renames it: with one shared partial name, the second rename
+    # found nothing (the CI failure this test was written for).
+    import multiprocessing
+
+    src, raw = tmp_path / "debian", tmp_path / "root" / "FashionMNIST" / "raw"
+    _write_idx_gz(src)
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_unpack_in_step, args=(src, raw, barrier, results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert sorted(results.get(timeout=5) for _ in procs) == ["ok", "ok"]
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        assert (raw / name).read_bytes() == gzip.decompress((src / f"{name}.gz").read_bytes())
+    assert sorted(p.name for p in raw.iterdir()) == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+
+
 DEBIAN_FILES = [f"{p}-{k}.gz" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
 
 
