@@ -309,7 +309,7 @@ def run(config: str, arms: list[Arm], seeds: list[int], out: Path, jobs: int, ex
     num_samples = num_samples or cfg.eval.num_samples
     from gan.data import build_dataset
 
-    build_dataset(cfg.data, cfg.model)  # unpack / check the data once, before parallel runs race to do it
+    build_dataset(cfg.data, cfg.model)  # a missing or corrupt dataset fails here, once, before any run starts
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
