@@ -213,3 +213,149 @@ def test_lever_errors():
     for pairwise in ("dot_product", "concatenation"):
         with pytest.raises(ValueError, match="use logit_scale='one'"):
             NonLocalBlock(16, pairwise=pairwise, logit_scale="inv_sqrt_d")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequences (dim=1) and video (dim=3); 2D is covered by tests/test_attention.py
+
+PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
+GRIDS = [(7,), (8,), (3, 5, 7), (2, 4, 6)]  # odd and even, per dimension
+SUBSAMPLE_KERNEL = {1: (2,), 3: (1, 2, 2)}  # subsample=True: video pools space only
+
+
+@pytest.mark.parametrize("gate", ["gamma", "zero_init"])
+@pytest.mark.parametrize("subsample", [True, False])
+@pytest.mark.parametrize("pairwise", PAIRWISE)
+@pytest.mark.parametrize("grid", GRIDS)
+def test_nd_matches_float64_loop(grid, pairwise, subsample, gate):
+    dim = len(grid)
+    sn = sum(grid) % 2 == 1  # spectral norm on the odd grids, plain convs on the even ones
+    block = make_block(dim=dim, pairwise=pairwise, subsample=subsample, spectral_norm=sn, gate=gate)
+    x = _x(2, 16, *grid)
+    z_ref, w_ref = reference(block, x, kernel=SUBSAMPLE_KERNEL[dim] if subsample else None)
+    n_keys = math.prod(-(-s // k) for s, k in zip(grid, SUBSAMPLE_KERNEL[dim])) if subsample else math.prod(grid)
+    assert w_ref.shape == (2, math.prod(grid), n_keys)
+    _check(block, x, z_ref, w_ref)
+
+
+@pytest.mark.parametrize(
+    ("grid", "pool", "key_shape"),
+    [((7,), (3,), (3,)), ((3, 5, 7), (2, 2, 2), (2, 3, 4)), ((3, 5, 7), (3, 1, 4), (1, 5, 2)), ((5, 6), (1, 4), (5, 2))],
+)
+def test_pool_takes_any_per_axis_kernel(grid, pool, key_shape):
+    block = make_block(dim=len(grid), pool=pool)
+    x = _x(2, 16, *grid)
+    z_ref, w_ref = reference(block, x, kernel=pool)
+    _check(block, x, z_ref, w_ref)
+    with record_attention(block) as records:
+        block(x)
+    assert records[0].query_shape == grid and records[0].key_shape == key_shape
+    assert records[0].weights.shape == (2, math.prod(grid), math.prod(key_shape))
+
+
+def test_records_keep_2d_fields_and_refuse_them_elsewhere():
+    block = NonLocalBlock(16, dim=3)
+    with record_attention(block) as records:
+        block(torch.randn(1, 16, 3, 5, 7))
+    assert records[0].query_shape == (3, 5, 7) and records[0].key_shape == (3, 3, 4)
+    with pytest.raises(ValueError, match="read query_shape / key_shape"):
+        records[0].query_hw
+    block2d = NonLocalBlock(16)
+    with record_attention(block2d) as records:
+        block2d(torch.randn(1, 16, 5, 7))
+    assert records[0].query_hw == (5, 7) and records[0].key_hw == (3, 4)
+
+
+@pytest.mark.parametrize("gate", ["gamma", "zero_init"])
+@pytest.mark.parametrize("pairwise", PAIRWISE)
+@pytest.mark.parametrize("grid", [(9,), (3, 4, 5)])
+def test_nd_identity_at_init(grid, pairwise, gate):
+    torch.manual_seed(0)
+    block = NonLocalBlock(16, dim=len(grid), pairwise=pairwise, gate=gate)
+    x = torch.randn(2, 16, *grid)
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("pairwise", PAIRWISE)
+@pytest.mark.parametrize("grid", [(11,), (3, 4, 5)])
+def test_nd_permutation_equivariant_over_all_positions(grid, pairwise):
+    """Without pooling, shuffling all positions (across frames too) shuffles the output the same way."""
+    block = make_block(dim=len(grid), pairwise=pairwise, subsample=False).float()
+    x = torch.randn(2, 16, *grid) * 0.5
+    perm = torch.randperm(math.prod(grid), generator=torch.Generator().manual_seed(3))
+    x_p = x.flatten(2)[:, :, perm].reshape_as(x)
+    torch.testing.assert_close(block(x_p).flatten(2), block(x).flatten(2)[:, :, perm], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("logit_scale", ["one", "learned"])
+@pytest.mark.parametrize("subsample", [True, False])
+@pytest.mark.parametrize("grid", [(13,), (16,), (3, 5, 7), (2, 6, 6)])
+def test_nd_fused_and_explicit_agree_forward_and_backward(grid, subsample, logit_scale):
+    torch.manual_seed(0)
+    kw = dict(dim=len(grid), subsample=subsample, logit_scale=logit_scale)
+    fused, explicit = NonLocalBlock(64, fused=True, **kw), NonLocalBlock(64, fused=False, **kw)
+    explicit.load_state_dict(fused.state_dict())
+    for b in (fused, explicit):
+        b.gamma.data.fill_(0.5)
+        b.eval()
+    x1 = torch.randn(2, 64, *grid, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    z1, z2 = fused(x1), explicit(x2)
+    torch.testing.assert_close(z1, z2, rtol=1e-5, atol=1e-5)
+    gz = torch.randn_like(z1)
+    z1.backward(gz)
+    z2.backward(gz)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    for (n, p1), (_, p2) in zip(fused.named_parameters(), explicit.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def _ops(block, x) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        block(x).sum().backward()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 40), (1, 64, 4, 8, 8)])
+def test_nd_fused_path_runs_cpu_flash_kernel_and_builds_no_weights(shape):
+    torch.manual_seed(0)
+    dim = len(shape) - 2
+    x = torch.randn(*shape)
+    ops = _ops(NonLocalBlock(64, dim=dim, gamma_init=0.5).eval(), x)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert not ops & {"aten::softmax", "aten::_softmax", "aten::bmm"}
+    ops_explicit = _ops(NonLocalBlock(64, dim=dim, gamma_init=0.5, fused=False).eval(), x)
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in ops_explicit and "aten::_softmax" in ops_explicit
+
+
+def test_nd_parameter_shapes_follow_dim():
+    for dim, kernel in ((1, (1,)), (2, (1, 1)), (3, (1, 1, 1))):
+        sd = NonLocalBlock(16, dim=dim).state_dict()
+        assert sd["theta.parametrizations.weight.original"].shape == (2, 16, *kernel)
+        assert sd["out.parametrizations.weight.original"].shape == (16, 8, *kernel)
+
+
+def test_nd_errors():
+    with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
+        NonLocalBlock(16, dim=4)
+    with pytest.raises(ValueError, match=r"with dim=3 expects \(B, 16, T, H, W\)"):
+        NonLocalBlock(16, dim=3)(torch.randn(2, 16, 4, 4))
+    with pytest.raises(ValueError, match=r"with dim=1 expects \(B, 16, L\)"):
+        NonLocalBlock(16, dim=1)(torch.randn(2, 8, 4))
+    for bad in ((2, 2), (0, 2, 2)):
+        with pytest.raises(ValueError, match="pool must be 3 positive kernel sizes"):
+            NonLocalBlock(16, dim=3, pool=bad)
+    with pytest.raises(ValueError, match="with subsample=True"):
+        NonLocalBlock(16, dim=3, pool=(2, 2, 2), subsample=False)
+
+
+def test_one_position_sequence_and_one_frame_video():
+    block = make_block(dim=1).float()
+    z, attn = block(torch.randn(1, 16, 1), return_attention=True)
+    assert z.shape == (1, 16, 1) and attn.shape == (1, 1, 1) and attn.item() == pytest.approx(1.0)
+    video = make_block(dim=3).float()
+    x = torch.randn(1, 16, 1, 5, 5)
+    image = make_block(dim=2).float()  # same seed, same weights: a one-frame video is an image
+    image.load_state_dict({k: v.squeeze(2) if v.dim() == 5 else v for k, v in video.state_dict().items()})
+    torch.testing.assert_close(video(x)[:, :, 0], image(x[:, :, 0]), rtol=1e-6, atol=1e-6)
