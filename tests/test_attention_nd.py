@@ -1,4 +1,4 @@
-"""NonLocalBlock's options beyond SAGAN's defaults, against an independent float64 loop over all positions.
+"""NonLocalBlock beyond SAGAN's 2D defaults (levers; sequences and video), against an independent float64 loop.
 
 `reference` below knows nothing of the block's code path: it reads the weights the block applies, loops
 over every query position i and every key position j of a grid of any dimension (positions in C order),
@@ -7,6 +7,7 @@ and takes the logit scale and the pooling kernel from the test, not from the blo
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -359,3 +360,17 @@ def test_one_position_sequence_and_one_frame_video():
     image = make_block(dim=2).float()  # same seed, same weights: a one-frame video is an image
     image.load_state_dict({k: v.squeeze(2) if v.dim() == 5 else v for k, v in video.state_dict().items()})
     torch.testing.assert_close(video(x)[:, :, 0], image(x[:, :, 0]), rtol=1e-6, atol=1e-6)
+
+
+def test_readme_video_example_runs():
+    """The README's video example, executed as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippets = [s.split("```", 1)[0] for s in readme.split("```python\n")[1:] if "dim=3" in s.split("```", 1)[0]]
+    assert len(snippets) == 1, "README should hold exactly one python block with a dim=3 NonLocalBlock"
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(snippets[0], scope)
+    assert scope["z"].shape == (2, 64, 8, 16, 16) and scope["logits"].shape == (2, 10)
+    assert scope["attn"].shape == (2, 8 * 16 * 16, 8 * 8 * 8)
+    torch.testing.assert_close(scope["attn"].sum(-1), torch.ones(2, 2048))
+    torch.testing.assert_close(scope["z"], scope["h"])  # gamma = 0: the identity at initialisation
