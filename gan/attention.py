@@ -23,9 +23,9 @@ kernel = stride (2,) in 1D, (2, 2) in 2D and (1, 2, 2) in 3D (space only, as the
 do), or with any per-axis kernel given as `pool`, e.g. (2, 2, 2). Pooling uses `ceil_mode=True`: an odd
 side of 2k+1 gives k+1 key rows, the last one pooling a single row, so every position still contributes
 as a key. The pooling comes after the phi / g projections (as SAGAN and BigGAN do); the original video
-code pools x before them. The two differ: max-pooling does not commute with a 1x1 convolution
-(max_j W x_j != W max_j x_j unless W is non-negative and diagonal-like), so keys here are the largest
-projected features in each window, not projections of the largest inputs.
+code pools x before them. The two differ, since max-pooling does not commute with a 1x1 convolution
+(max_j W x_j != W max_j x_j in general): keys here are the largest projected features of each window, not
+projections of its largest inputs.
 
 Two computations, one result:
 - the explicit path materialises the (Nq x N) weight matrix; it serves every pairwise function and
@@ -81,7 +81,7 @@ class AttentionRecord:
 
 def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) != 2:
-        raise ValueError(f"query_hw / key_hw describe 2D blocks; this record's grid is {shape}: read query_shape / key_shape")
+        raise ValueError(f"query_hw / key_hw describe 2D blocks; this grid is {shape}: read query_shape / key_shape")
     return shape[0], shape[1]
 
 
@@ -128,7 +128,9 @@ class NonLocalBlock(nn.Module):
         if dim not in _AXES:
             raise ValueError(f"dim must be 1, 2 or 3 (sequence, image, video); got {dim!r}")
         if pool is not None and (not subsample or len(pool) != dim or any(int(k) < 1 for k in pool)):
-            raise ValueError(f"pool must be {dim} positive kernel sizes (one per axis of {_AXES[dim]}) with subsample=True; got {pool!r}")
+            raise ValueError(
+                f"pool must be {dim} positive kernel sizes (one per axis of {_AXES[dim]}) with subsample=True; got {pool!r}"
+            )
         if pairwise not in PAIRWISE:
             raise ValueError(f"pairwise must be one of {', '.join(PAIRWISE)}; got {pairwise!r}")
         if gate not in GATES:
