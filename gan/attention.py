@@ -127,7 +127,8 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         if dim not in _AXES:
             raise ValueError(f"dim must be 1, 2 or 3 (sequence, image, video); got {dim!r}")
-        if pool is not None and (not subsample or len(pool) != dim or any(int(k) < 1 for k in pool)):
+        per_axis = isinstance(pool, (tuple, list)) and len(pool) == dim and min(pool) >= 1
+        if pool is not None and not (subsample and per_axis):
             raise ValueError(
                 f"pool must be {dim} positive kernel sizes (one per axis of {_AXES[dim]}) with subsample=True; got {pool!r}"
             )

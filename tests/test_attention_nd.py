@@ -332,7 +332,7 @@ def test_nd_errors():
         NonLocalBlock(16, dim=3)(torch.randn(2, 16, 4, 4))
     with pytest.raises(ValueError, match=r"with dim=1 expects \(B, 16, L\)"):
         NonLocalBlock(16, dim=1)(torch.randn(2, 8, 4))
-    for bad in ((2, 2), (0, 2, 2)):
+    for bad in ((2, 2), (0, 2, 2), 2):
         with pytest.raises(ValueError, match="pool must be 3 positive kernel sizes"):
             NonLocalBlock(16, dim=3, pool=bad)
     with pytest.raises(ValueError, match="with subsample=True"):
