@@ -1,11 +1,14 @@
-"""Time and peak memory of one non-local block's forward + backward: explicit (HW x N) matrix vs fused SDPA.
+"""Time and peak memory of one non-local block's forward + backward: explicit (Nq x N) matrix vs fused SDPA.
 
     python benchmarks/attention_block.py [--sizes 16 32 64 128] [--repeats 5] [--max-gib 12]
+    python benchmarks/attention_block.py --grids 8x32x32 16x56x56 --subsample yes   # video: (T, H, W)
 
 One `NonLocalBlock(256)` (embedded Gaussian, theta/phi 32 channels, g 128, spectral norm, training mode)
 at batch 16 on 16x16 ... 64x64 maps and batch 8 on 128x128, with and without 2x2 subsampling of the keys.
+`--grids` takes grids of any dimension instead (`TxHxW` gives a `dim=3` block, subsampled (1, 2, 2)) at
+batch 1 unless `--batch` says otherwise.
 
-- Time: both paths share weights and input and run interleaved in one fresh process per (size, subsample):
+- Time: both paths share weights and input and run interleaved in one fresh process per (grid, subsample):
   explicit, fused, explicit, fused, ... after one warm-up pair; the table gives each path's median and the
   median of the per-pair ratios fused / explicit.
 - Peak memory: one fresh process per cell builds the block, the input and the output gradient, resets the
@@ -38,31 +41,44 @@ CHANNELS = 256
 SCRIPT = Path(__file__).resolve()
 
 
-def batch_for(size: int) -> int:
-    return 16 if size <= 64 else 8
+Grid = tuple[int, ...]  # (H, W) or (T, H, W); written "32x32", "8x32x32" on command lines
 
 
-def n_keys(size: int, subsample: bool) -> int:
-    side = math.ceil(size / 2) if subsample else size
-    return side * side
+def parse_grid(text: str) -> Grid:
+    """ "8x32x32" -> (8, 32, 32); a bare "64" is the 64x64 map (as the commands in docs/ were written)."""
+    grid = tuple(int(n) for n in text.split("x"))
+    return grid * 2 if len(grid) == 1 else grid
 
 
-def predicted_explicit_bytes(size: int, subsample: bool, batch: int) -> int:
-    """The explicit path holds at most about four (B, HW, N) float32 matrices at once (logits, softmax,
+def label(grid: Grid) -> str:
+    return "x".join(map(str, grid))
+
+
+def batch_for(grid: Grid) -> int:
+    return 1 if len(grid) == 3 else (16 if max(grid) <= 64 else 8)
+
+
+def n_keys(grid: Grid, subsample: bool) -> int:
+    """Keys after the block's default pooling: 2 per spatial axis (the last two), time unpooled."""
+    return math.prod(math.ceil(n / 2) if subsample and a >= len(grid) - 2 else n for a, n in enumerate(grid))
+
+
+def predicted_explicit_bytes(grid: Grid, subsample: bool, batch: int) -> int:
+    """The explicit path holds at most about four (B, Nq, N) float32 matrices at once (logits, softmax,
     and in backward their two gradients)."""
-    return 4 * batch * size * size * n_keys(size, subsample) * 4
+    return 4 * batch * math.prod(grid) * n_keys(grid, subsample) * 4
 
 
-def make(size: int, subsample: bool, batch: int, seed: int = 0):
+def make(grid: Grid, subsample: bool, batch: int, seed: int = 0):
     """A block pair (explicit, fused) with equal weights, an input and an output gradient."""
     torch.manual_seed(seed)
-    explicit = NonLocalBlock(CHANNELS, subsample=subsample, fused=False)
-    fused = NonLocalBlock(CHANNELS, subsample=subsample, fused=True)
+    explicit = NonLocalBlock(CHANNELS, dim=len(grid), subsample=subsample, fused=False)
+    fused = NonLocalBlock(CHANNELS, dim=len(grid), subsample=subsample, fused=True)
     fused.load_state_dict(explicit.state_dict())
     for block in (explicit, fused):
         block.gamma.data.fill_(0.5)  # a trained-looking gate, so the attention branch gets gradients
-    x = torch.randn(batch, CHANNELS, size, size, requires_grad=True)
-    gz = torch.randn(batch, CHANNELS, size, size)
+    x = torch.randn(batch, CHANNELS, *grid, requires_grad=True)
+    gz = torch.randn(batch, CHANNELS, *grid)
     return explicit, fused, x, gz
 
 
@@ -85,8 +101,8 @@ def kernels(block: NonLocalBlock, x: torch.Tensor, gz: torch.Tensor) -> list[str
 # Child processes
 
 
-def child_memory(size: int, subsample: bool, path: str, batch: int) -> dict:
-    explicit, fused, x, gz = make(size, subsample, batch)
+def child_memory(grid: Grid, subsample: bool, path: str, batch: int) -> dict:
+    explicit, fused, x, gz = make(grid, subsample, batch)
     block = fused if path == "fused" else explicit
     del explicit, fused
     with PeakRSS() as peak:
@@ -94,8 +110,8 @@ def child_memory(size: int, subsample: bool, path: str, batch: int) -> dict:
     return {"peak_bytes": peak.bytes, "exact": peak.exact}
 
 
-def child_time(size: int, subsample: bool, batch: int, repeats: int, with_explicit: bool = True) -> dict:
-    explicit, fused, x, gz = make(size, subsample, batch)
+def child_time(grid: Grid, subsample: bool, batch: int, repeats: int, with_explicit: bool = True) -> dict:
+    explicit, fused, x, gz = make(grid, subsample, batch)
     fns = {"explicit": lambda: step(explicit, x, gz), "fused": lambda: step(fused, x, gz)}
     if not with_explicit:
         del fns["explicit"]
@@ -112,26 +128,26 @@ def child_time(size: int, subsample: bool, batch: int, repeats: int, with_explic
 # Parent
 
 
-def memory(size: int, subsample: bool, path: str, batch: int, max_bytes: float) -> tuple[float | None, str]:
+def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float) -> tuple[float | None, str]:
     """Peak bytes of one cell, measured, or extrapolated from two smaller batches when predicted too large."""
-    if path == "fused" or predicted_explicit_bytes(size, subsample, batch) <= max_bytes:
-        out = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), path, str(batch)])
+    if path == "fused" or predicted_explicit_bytes(grid, subsample, batch) <= max_bytes:
+        out = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), path, str(batch)])
         return (out["peak_bytes"], "") if out else (None, "failed (out of memory?)")
     small = batch
-    while small > 1 and predicted_explicit_bytes(size, subsample, small) > max_bytes:
+    while small > 1 and predicted_explicit_bytes(grid, subsample, small) > max_bytes:
         small //= 2
     if small < 2:
         return None, "skipped: even batch 2 predicted above the limit"
     points = {}
     for b in (small // 2, small):
-        out = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), path, str(b)])
+        out = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), path, str(b)])
         if out is None:
             return None, f"failed at batch {b}"
         points[b] = out["peak_bytes"]
     b1, b2 = small // 2, small
     slope = (points[b2] - points[b1]) / (b2 - b1)
     extrapolated = points[b2] + slope * (batch - b2)
-    predicted = predicted_explicit_bytes(size, subsample, batch) / 2**30
+    predicted = predicted_explicit_bytes(grid, subsample, batch) / 2**30
     note = (
         f"extrapolated from batches {b1}, {b2} ({mib(points[b1])}, {mib(points[b2])} MiB); "
         f"predicted {predicted:.0f} GiB > --max-gib"
@@ -142,49 +158,55 @@ def memory(size: int, subsample: bool, path: str, batch: int, max_bytes: float) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128], help="feature-map sides")
+    parser.add_argument("--grids", type=parse_grid, nargs="+", help="grids such as 8x32x32 (T, H, W), instead of --sizes")
+    parser.add_argument("--batch", type=int, help="batch for every row (default: 16 / 8 for maps, 1 for videos)")
+    parser.add_argument("--subsample", choices=("both", "yes", "no"), default="both", help="rows with pooled keys, unpooled, or both")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward pairs per row")
     parser.add_argument("--max-gib", type=float, default=12.0, help="largest predicted explicit peak to run as is")
     parser.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--child-time", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_memory:
-        size, sub, path, batch = args.child_memory
-        print(json.dumps(child_memory(int(size), bool(int(sub)), path, int(batch))))
+        grid, sub, path, batch = args.child_memory
+        print(json.dumps(child_memory(parse_grid(grid), bool(int(sub)), path, int(batch))))
         return 0
     if args.child_time:
-        size, sub, batch, repeats, with_explicit = map(int, args.child_time)
-        print(json.dumps(child_time(size, bool(sub), batch, repeats, bool(with_explicit))))
+        grid, (sub, batch, repeats, with_explicit) = parse_grid(args.child_time[0]), map(int, args.child_time[1:])
+        print(json.dumps(child_time(grid, bool(sub), batch, repeats, bool(with_explicit))))
         return 0
 
     max_bytes = args.max_gib * 2**30
+    grids = args.grids or [(size, size) for size in args.sizes]
+    dims = sorted({len(grid) for grid in grids})
     print(f"machine: {machine_line()}")
-    print(f"NonLocalBlock({CHANNELS}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n")
+    print(f"NonLocalBlock({CHANNELS}, dim={'/'.join(map(str, dims))}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n")
     rows, seen_kernels = [], {}
-    for size in args.sizes:
-        for subsample in (True, False):
-            batch = batch_for(size)
-            mem = {p: memory(size, subsample, p, batch, max_bytes) for p in ("explicit", "fused")}
-            explicit_fits = predicted_explicit_bytes(size, subsample, batch) <= max_bytes
+    subsamples = {"both": (True, False), "yes": (True,), "no": (False,)}[args.subsample]
+    for grid in grids:
+        for subsample in subsamples:
+            batch = args.batch or batch_for(grid)
+            mem = {p: memory(grid, subsample, p, batch, max_bytes) for p in ("explicit", "fused")}
+            explicit_fits = predicted_explicit_bytes(grid, subsample, batch) <= max_bytes
             time_batches = [batch]
             if not explicit_fits:  # add a row where both paths run
-                time_batches.append(max(b for b in (4, 2, 1) if predicted_explicit_bytes(size, subsample, b) <= max_bytes))
+                time_batches.append(max(b for b in (4, 2, 1) if predicted_explicit_bytes(grid, subsample, b) <= max_bytes))
             for tb in time_batches:
                 with_explicit = tb != batch or explicit_fits  # else: its time is the smaller-batch row's
-                t = run_child(SCRIPT, ["--child-time", str(size), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
+                t = run_child(SCRIPT, ["--child-time", label(grid), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
                 if t and with_explicit:
-                    seen_kernels[(size, subsample)] = t
+                    seen_kernels[(grid, subsample)] = t
                 if tb == batch:
                     (me, note_e), (mf, note_f) = mem["explicit"], mem["fused"]
                 else:
-                    me = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), "explicit", str(tb)])
-                    mf = run_child(SCRIPT, ["--child-memory", str(size), str(int(subsample)), "fused", str(tb)])
+                    me = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), "explicit", str(tb)])
+                    mf = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)])
                     me, mf = (me or {}).get("peak_bytes"), (mf or {}).get("peak_bytes")
                     note_e, note_f = "", ""
                 rows.append([
-                    f"{size}x{size}",
+                    label(grid),
                     "yes" if subsample else "no",
                     tb,
-                    n_keys(size, subsample),
+                    n_keys(grid, subsample),
                     f"{t['explicit_s'] * 1e3:,.1f}" if t and "explicit_s" in t else "-",
                     f"{t['fused_s'] * 1e3:,.1f}" if t else "-",
                     f"{t['ratio']:.2f}" if t and "ratio" in t else "-",
@@ -193,17 +215,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{mf / me:.3f}" if me and mf else "-",
                     "; ".join(n for n in (note_e, note_f) if n),
                 ])
-                print(f"  done {size}x{size} subsample={subsample} batch={tb}", file=sys.stderr)
+                print(f"  done {label(grid)} subsample={subsample} batch={tb}", file=sys.stderr)
     headers = [
-        "map", "subsample", "batch", "keys N", "explicit ms", "fused ms", "time fused/explicit",
+        "map" if dims == [2] else "grid", "subsample", "batch", "keys N", "explicit ms", "fused ms", "time fused/explicit",
         "explicit peak MiB", "fused peak MiB", "memory fused/explicit", "note",
     ]
     print(table(headers, rows))
     print("\nKernels seen by torch.profiler in one forward + backward:")
     groups: dict[tuple, list[str]] = {}
-    for (size, subsample), t in seen_kernels.items():
+    for (grid, subsample), t in seen_kernels.items():
         key = (tuple(t["kernels_fused"]), tuple(t["kernels_explicit"]))
-        groups.setdefault(key, []).append(f"{size}x{size}{'' if subsample else ' no-subsample'}")
+        groups.setdefault(key, []).append(f"{label(grid)}{'' if subsample else ' no-subsample'}")
     for (fused_ops, explicit_ops), where in groups.items():
         print(f"- {', '.join(where)}:\n  fused: {', '.join(fused_ops)}\n  explicit: {', '.join(explicit_ops)}")
     return 0

@@ -2,21 +2,35 @@
 
     y_i = (1 / C(x)) * sum_j f(x_i, x_j) g(x_j),    z = x + gamma * out(y)
 
-`theta`, `phi`, `g` and `out` are 1x1 convolutions without bias. The pairwise function f is one of
+over all positions j of a sequence (B, C, L), an image (B, C, H, W) or a video (B, C, T, H, W): `dim` = 1, 2
+or 3. Positions are flattened once, in C order ((t, h, w) for video), to Nq query positions; the weights
+are (B, Nq, N) whatever `dim` is, and the output is restored to the input's grid once.
+`theta`, `phi`, `g` and `out` are 1x1 (1x1x1) convolutions without bias. The pairwise function f is one of
 
     embedded_gaussian  f = exp(theta(x_i)^T phi(x_j)),      C = sum_j f   (softmax; SAGAN, no 1/sqrt(d))
     dot_product        f = theta(x_i)^T phi(x_j),           C = N
     concatenation      f = ReLU(w_f^T [theta(x_i); phi(x_j)]), C = N
     gaussian           f = exp(x_i^T x_j) on the raw input, C = sum_j f
 
-where N is the number of key positions. With `subsample=True`, phi(x) and g(x) (or x itself for the
-Gaussian) are 2x2 max-pooled first, with `ceil_mode=True`: an odd side of 2k+1 gives k+1 key rows, the
-last one pooling a single row, so every position of an odd map still contributes as a key.
+where N is the number of key positions. `logit_scale` multiplies the softmax variants' logits
+theta_i^T phi_j by s: "one" (s = 1, SAGAN), "inv_sqrt_d" (s = 1/sqrt(d_qk), the transformer and video
+non-local code; d_qk = C for the Gaussian), or "learned" (s = exp(log_tau), a learnable temperature
+starting at 1). dot_product and concatenation divide by N, not by a softmax sum, so a logit scale there
+would only rescale out(y); they accept "one" only.
+
+Subsampling: with `subsample=True`, phi(x) and g(x) (or x itself for the Gaussian) are max-pooled with
+kernel = stride (2,) in 1D, (2, 2) in 2D and (1, 2, 2) in 3D (space only, as the video non-local networks
+do), or with any per-axis kernel given as `pool`, e.g. (2, 2, 2). Pooling uses `ceil_mode=True`: an odd
+side of 2k+1 gives k+1 key rows, the last one pooling a single row, so every position still contributes
+as a key. The pooling comes after the phi / g projections (as SAGAN and BigGAN do); the original video
+code pools x before them. The two differ, since max-pooling does not commute with a 1x1 convolution
+(max_j W x_j != W max_j x_j in general): keys here are the largest projected features of each window, not
+projections of its largest inputs.
 
 Two computations, one result:
-- the explicit path materialises the (HW x N) weight matrix; it serves every pairwise function and
+- the explicit path materialises the (Nq x N) weight matrix; it serves every pairwise function and
   `return_attention=True` / `record_attention`;
-- the fused path hands the softmax variants to `scaled_dot_product_attention(scale=1.0)`, which never
+- the fused path hands the softmax variants to `scaled_dot_product_attention(scale=s)`, which never
   materialises the matrix on its flash / memory-efficient kernels. CPU's flash kernel needs queries/keys as
   wide as values, so theta/phi are zero-padded up to the value width there: zeros add nothing to a dot
   product, so every logit is unchanged.
@@ -37,17 +51,38 @@ from gan.layers import spectral_norm
 
 PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
 GATES = ("gamma", "zero_init")
+LOGIT_SCALES = ("one", "inv_sqrt_d", "learned")
 _SOFTMAX = ("embedded_gaussian", "gaussian")
+_AXES = {1: "L", 2: "H, W", 3: "T, H, W"}  # the grid of each `dim`, for messages
+_SUBSAMPLE = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}  # subsample=True's kernel: video pools space only
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
 @dataclass
 class AttentionRecord:
-    """One block call seen under `record_attention`."""
+    """One block call seen under `record_attention`; grids are (L,), (H, W) or (T, H, W)."""
 
     name: str  # qualified module name, e.g. "blocks.2.attention"
-    weights: Tensor  # (B, Hq*Wq, Hk*Wk) float32, detached: f / C(x)
-    query_hw: tuple[int, int]  # (Hq, Wq): the block's feature map
-    key_hw: tuple[int, int]  # (Hk, Wk): the (pooled) key grid
+    weights: Tensor  # (B, Nq, N) float32, detached: f / C(x), positions flattened in C order
+    query_shape: tuple[int, ...]  # the block's input grid, Nq = its product
+    key_shape: tuple[int, ...]  # the (pooled) key grid, N = its product
+
+    @property
+    def query_hw(self) -> tuple[int, int]:
+        """(Hq, Wq) of a 2D block (what the image figures read)."""
+        return _hw(self.query_shape)
+
+    @property
+    def key_hw(self) -> tuple[int, int]:
+        """(Hk, Wk) of a 2D block."""
+        return _hw(self.key_shape)
+
+
+def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"query_hw / key_hw describe 2D blocks; this grid is {shape}: read query_shape / key_shape")
+    return shape[0], shape[1]
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
@@ -55,131 +90,171 @@ def _at_least_float32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _conv1x1(cin: int, cout: int, sn: bool) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
+def _conv1x1(dim: int, cin: int, cout: int, sn: bool) -> nn.Module:
+    conv = _CONV[dim](cin, cout, kernel_size=1, bias=False)
     return spectral_norm(conv) if sn else conv  # power iteration in float32 even under autocast
 
 
 class NonLocalBlock(nn.Module):
-    """Non-local / self-attention block on (B, C, H, W) maps; the identity at initialisation.
+    """Non-local / self-attention block on (B, C, L), (B, C, H, W) or (B, C, T, H, W) for `dim` = 1, 2, 3;
+    the identity at initialisation.
 
-    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at 0 (SAGAN).
+    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at `gamma_init` (0 in SAGAN;
+    a non-zero start gives up the identity at initialisation).
     `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
     normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
     so under this gate `out` is left unnormalised; theta, phi and g still are.
+    `qk_spectral_norm` normalises theta/phi independently of g/out (None: follow `spectral_norm`).
     """
 
     def __init__(
         self,
         channels: int,
         *,
+        dim: int = 2,
         pairwise: str = "embedded_gaussian",
         qk_channels: int | None = None,
         v_channels: int | None = None,
         subsample: bool = True,
+        pool: tuple[int, ...] | None = None,
         gate: str = "gamma",
         spectral_norm: bool = True,
         fused: bool = True,
+        logit_scale: str = "one",
+        gamma_init: float = 0.0,
+        qk_spectral_norm: bool | None = None,
     ) -> None:
         super().__init__()
+        if dim not in _AXES:
+            raise ValueError(f"dim must be 1, 2 or 3 (sequence, image, video); got {dim!r}")
+        per_axis = isinstance(pool, (tuple, list)) and len(pool) == dim and min(pool) >= 1
+        if pool is not None and not (subsample and per_axis):
+            raise ValueError(
+                f"pool must be {dim} positive kernel sizes (one per axis of {_AXES[dim]}) with subsample=True; got {pool!r}"
+            )
         if pairwise not in PAIRWISE:
             raise ValueError(f"pairwise must be one of {', '.join(PAIRWISE)}; got {pairwise!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {', '.join(GATES)}; got {gate!r}")
+        if logit_scale not in LOGIT_SCALES:
+            raise ValueError(f"logit_scale must be one of {', '.join(LOGIT_SCALES)}; got {logit_scale!r}")
+        if logit_scale != "one" and pairwise not in _SOFTMAX:
+            raise ValueError(
+                f"logit_scale={logit_scale!r} scales softmax logits; pairwise={pairwise!r} has no softmax "
+                "(its C(x) = N already normalises): use logit_scale='one'"
+            )
+        if gamma_init != 0.0 and gate != "gamma":
+            raise ValueError(f"gamma_init={gamma_init} needs gate='gamma'; gate={gate!r} has no gamma")
         self.channels = channels
+        self.dim = dim
         self.pairwise = pairwise
         self.subsample = subsample
+        self.pool = (tuple(int(k) for k in pool) if pool is not None else _SUBSAMPLE[dim]) if subsample else None
         self.gate = gate
         self.fused = fused
+        self.logit_scale = logit_scale
         self.qk_channels = channels if pairwise == "gaussian" else (qk_channels or max(channels // 8, 1))
         self.v_channels = v_channels or max(channels // 2, 1)
 
+        qk_sn = spectral_norm if qk_spectral_norm is None else qk_spectral_norm
         if pairwise != "gaussian":
-            self.theta = _conv1x1(channels, self.qk_channels, spectral_norm)
-            self.phi = _conv1x1(channels, self.qk_channels, spectral_norm)
+            self.theta = _conv1x1(dim, channels, self.qk_channels, qk_sn)
+            self.phi = _conv1x1(dim, channels, self.qk_channels, qk_sn)
         if pairwise == "concatenation":
             self.w_f = nn.Parameter(torch.randn(2 * self.qk_channels) / math.sqrt(2 * self.qk_channels))
-        self.g = _conv1x1(channels, self.v_channels, spectral_norm)
+        self.g = _conv1x1(dim, channels, self.v_channels, spectral_norm)
         if gate == "gamma":
-            self.out = _conv1x1(self.v_channels, channels, spectral_norm)
-            self.gamma = nn.Parameter(torch.zeros(()))
+            self.out = _conv1x1(dim, self.v_channels, channels, spectral_norm)
+            self.gamma = nn.Parameter(torch.full((), float(gamma_init)))
         else:
-            self.out = _conv1x1(self.v_channels, channels, False)
+            self.out = _conv1x1(dim, self.v_channels, channels, False)
             nn.init.zeros_(self.out.weight)
+        if logit_scale == "learned":  # registered only when chosen: older state dicts still load
+            self.log_tau = nn.Parameter(torch.zeros(()))  # temperature exp(log_tau), starting at 1
         self._records: list[AttentionRecord] | None = None  # set by record_attention
         self._record_name = ""
 
     def extra_repr(self) -> str:
         return (
-            f"{self.channels}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
-            f"subsample={self.subsample}, gate={self.gate}, fused={self.fused}"
+            f"{self.channels}, dim={self.dim}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
+            f"pool={self.pool}, gate={self.gate}, fused={self.fused}, logit_scale={self.logit_scale}"
         )
 
     # -- pieces ---------------------------------------------------------------------------------
 
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-        """theta(x) as queries, phi(x) as keys, g(x) as values, flattened; and the key grid."""
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, ...]]:
+        """theta(x) as queries, phi(x) as keys, g(x) as values, positions flattened; and the key grid."""
         if self.pairwise == "gaussian":
             theta, phi = x, x
         else:
-            theta, phi = self.theta(x), self.phi(x)
-        g = self.g(x)
-        if self.subsample:
-            phi = F.max_pool2d(phi, 2, ceil_mode=True)  # (B, Cqk, ceil(H/2), ceil(W/2))
-            g = F.max_pool2d(g, 2, ceil_mode=True)  # (B, Cv, ceil(H/2), ceil(W/2))
-        key_hw = (phi.shape[-2], phi.shape[-1])
-        q = theta.flatten(2).transpose(1, 2)  # (B, HW, Cqk)
-        k = phi.flatten(2).transpose(1, 2)  # (B, N, Cqk)
+            theta, phi = self.theta(x), self.phi(x)  # (B, Cqk, *S)
+        g = self.g(x)  # (B, Cv, *S)
+        if self.pool is not None:  # after the projections; per axis ceil(S_a / k_a) keys
+            phi = _MAX_POOL[self.dim](phi, self.pool, self.pool, ceil_mode=True)  # (B, Cqk, *S_k)
+            g = _MAX_POOL[self.dim](g, self.pool, self.pool, ceil_mode=True)  # (B, Cv, *S_k)
+        if self.logit_scale == "learned":  # exp(log_tau) theta_i^T phi_j, on both paths, through q
+            theta = theta * self.log_tau.exp().to(theta.dtype)
+        q = theta.flatten(2).transpose(1, 2)  # (B, Nq, Cqk), Nq = prod(S)
+        k = phi.flatten(2).transpose(1, 2)  # (B, N, Cqk), N = prod(S_k)
         v = g.flatten(2).transpose(1, 2)  # (B, N, Cv)
-        return q, k, v, key_hw
+        return q, k, v, tuple(phi.shape[2:])
 
     def _weights(self, q: Tensor, k: Tensor) -> Tensor:
-        """Normalised weights f(x_i, x_j) / C(x): (B, HW, N); softmax rows at least in float32."""
+        """Normalised weights f(x_i, x_j) / C(x): (B, Nq, N); softmax rows at least in float32."""
         n_keys = k.shape[1]
         if self.pairwise in _SOFTMAX:
-            logits = torch.bmm(q, k.transpose(1, 2))  # (B, HW, N)
+            logits = torch.bmm(q, k.transpose(1, 2))  # (B, Nq, N)
+            if self.logit_scale == "inv_sqrt_d":
+                logits = logits * self._constant_scale()
             return torch.softmax(_at_least_float32(logits), dim=-1)
         if self.pairwise == "dot_product":
-            return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, HW, N)
+            return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, Nq, N)
         # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j, never building the pairs
         w_theta, w_phi = self.w_f.to(q.dtype).split(self.qk_channels)
-        f = F.relu((q @ w_theta).unsqueeze(2) + (k @ w_phi).unsqueeze(1))  # (B, HW, N)
+        f = F.relu((q @ w_theta).unsqueeze(2) + (k @ w_phi).unsqueeze(1))  # (B, Nq, N)
         return f / n_keys
 
+    def _constant_scale(self) -> float:
+        """The fixed factor on the logits: 1/sqrt(d_qk) under "inv_sqrt_d", else 1 (the learned one is in q)."""
+        return 1.0 / math.sqrt(self.qk_channels) if self.logit_scale == "inv_sqrt_d" else 1.0
+
     def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """softmax(q k^T) v without the (HW x N) matrix: (B, HW, Cv)."""
+        """softmax(s q k^T) v without the (Nq x N) matrix: (B, Nq, Cv)."""
         pad = v.shape[-1] - q.shape[-1]
         if pad > 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
             # Flash kernels want equal head sizes; zero columns leave every q.k unchanged.
-            q = F.pad(q, (0, pad))  # (B, HW, Cv)
+            q = F.pad(q, (0, pad))  # (B, Nq, Cv)
             k = F.pad(k, (0, pad))  # (B, N, Cv)
         y = F.scaled_dot_product_attention(
-            q.unsqueeze(1).contiguous(),  # (B, 1, HW, C)
+            q.unsqueeze(1).contiguous(),  # (B, 1, Nq, C)
             k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
             v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
-            scale=1.0,
+            scale=self._constant_scale(),  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
-        return y.squeeze(1)  # (B, HW, Cv)
+        return y.squeeze(1)  # (B, Nq, Cv)
 
     # -- forward --------------------------------------------------------------------------------
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"NonLocalBlock({self.channels}) expects (B, {self.channels}, H, W); got {tuple(x.shape)}")
-        b, _, h, w = x.shape
-        q, k, v, key_hw = self._project(x)
+        if x.dim() != self.dim + 2 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"NonLocalBlock({self.channels}) with dim={self.dim} expects (B, {self.channels}, {_AXES[self.dim]}); "
+                f"got {tuple(x.shape)} (dim=1: sequences, 2: images, 3: videos)"
+            )
+        grid = tuple(x.shape[2:])  # S: (L,), (H, W) or (T, H, W)
+        q, k, v, key_grid = self._project(x)
         need_weights = return_attention or self._records is not None
         if need_weights or not (self.fused and self.pairwise in _SOFTMAX):
-            attn = self._weights(q, k)  # (B, HW, N)
-            y = torch.bmm(attn.to(v.dtype), v)  # (B, HW, Cv)
+            attn = self._weights(q, k)  # (B, Nq, N)
+            y = torch.bmm(attn.to(v.dtype), v)  # (B, Nq, Cv)
         else:
             attn = None
-            y = self._fused_attend(q, k, v)  # (B, HW, Cv)
-        y = y.transpose(1, 2).reshape(b, self.v_channels, h, w)  # (B, Cv, H, W)
-        o = self.out(y)  # (B, C, H, W)
+            y = self._fused_attend(q, k, v)  # (B, Nq, Cv)
+        y = y.transpose(1, 2).reshape(x.shape[0], self.v_channels, *grid)  # (B, Cv, *S)
+        o = self.out(y)  # (B, C, *S)
         z = x + self.gamma.to(o.dtype) * o if self.gate == "gamma" else x + o
         if self._records is not None:
-            self._records.append(AttentionRecord(self._record_name, attn.detach().float(), (h, w), key_hw))
+            self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
 
 
