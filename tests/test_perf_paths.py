@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from gan.config import load_config
 from gan.layers import conv2d, linear
-from gan.train_loop import build_parts, train_step
+from gan.step import build_parts, train_step
 
 TINY = [
     "model.resolution=32",
@@ -74,7 +74,7 @@ def _run(overrides: list[str], steps: int = 2):
     batches = itertools.repeat((x, y))
     losses = []
     for _ in range(steps):
-        stats, _ = train_step(parts, cfg, batches, accelerator)
+        stats, _ = train_step(parts, cfg, batches, accelerator, len(losses) + 1)
         losses.append({k: v for k, v in stats.items()})
     return losses, parts
 
