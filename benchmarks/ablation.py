@@ -38,12 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/ablation.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from gan.cli import fail_cleanly  # (light: no torch)
+from gan.errors import UserError
 
-from gan.cli import fail_cleanly  # noqa: E402  (light: no torch)
-from gan.errors import UserError  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SAMPLE_SEED = 2026  # z and labels of the evaluation samples, the same for every arm
 GRID_IMAGES = 32  # images in each arm's sample grid
@@ -180,7 +178,7 @@ def _train_record(config: str, arm: Arm, seed: int, extra: list[str]) -> dict[st
 
 
 def _child_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def train_one(config: str, arm: Arm, seed: int, run_dir: Path, extra: list[str]) -> float:
@@ -211,7 +209,7 @@ def evaluate_one(run_dir: Path, num_samples: int) -> float:
     done = run_dir / "ablation_eval.json"
     if done.is_file() and json.loads(done.read_text()).get("num_samples") == num_samples:
         return 0.0
-    cmd = [sys.executable, str(Path(__file__).resolve()), "evaluate", str(run_dir), "--num-samples", str(num_samples)]
+    cmd = [sys.executable, "-m", "benchmarks.ablation", "evaluate", str(run_dir), "--num-samples", str(num_samples)]
     start = time.perf_counter()
     with open(run_dir / "eval.log", "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, env=_child_env(), stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -502,8 +500,7 @@ def _config_of(d: dict[str, Any]) -> dict[str, Any]:
 
 def report(outs: list[Path], report_path: Path, figures: Path) -> str:
     """Write the Markdown report (and copy each arm's seed-0 figures into `figures`); returns its text."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import machine_line
+    from benchmarks.common import machine_line
 
     datasets = []
     for out in outs:

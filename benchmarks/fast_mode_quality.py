@@ -29,12 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/fast_mode_quality.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+from benchmarks.ablation import AblationError, Arm, compare, evaluate_one, mean_std, parse_seeds, run_dir_of, train_one
+from gan.cli import fail_cleanly
 
-from benchmarks.ablation import AblationError, Arm, compare, evaluate_one, mean_std, parse_seeds, run_dir_of, train_one  # noqa: E402
-from gan.cli import fail_cleanly  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = "configs/ablation_fashion.yaml"
 MODES = {  # name -> (what it is, overrides)

@@ -127,7 +127,7 @@ def test_results_table_formatting():
 
 def test_run_and_report_end_to_end(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
-    cmd = [sys.executable, "benchmarks/ablation.py", "run", "--config", "configs/ablation_coherence.yaml",
+    cmd = [sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
            "--arms", "none,gd16", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
            "train.steps=2", "train.batch_size=4", "data.builtin_size=64", "model.g_width=16", "model.d_width=16",
            f"eval.cache_dir={cache}"]  # fmt: skip
@@ -156,7 +156,7 @@ def test_run_and_report_end_to_end(tmp_path):
     report, figures = tmp_path / "docs" / "ablation.md", tmp_path / "docs" / "ablation"
     report.parent.mkdir()
     report.write_text(f"old generated part\n{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
-    proc = subprocess.run([sys.executable, "benchmarks/ablation.py", "report", str(out), "--report", str(report),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "report", str(out), "--report", str(report),
                            "--figures", str(figures)], cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
@@ -193,7 +193,7 @@ def test_final_gates_and_uniform_entropy(tmp_path):
 
 
 def test_user_errors_are_one_line():
-    proc = subprocess.run([sys.executable, "benchmarks/ablation.py", "run", "--config", "configs/ablation_coherence.yaml",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
                            "--arms", "g16", "--out", "/nonexistent/x"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --arms must include 'none', the control every attention arm is compared with"

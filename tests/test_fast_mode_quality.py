@@ -17,7 +17,7 @@ TINY = ["train.steps=2", "train.batch_size=4", "model.g_width=8", "model.d_width
 
 def test_run_and_report_end_to_end(tmp_path):
     out, report = tmp_path / "runs", tmp_path / "fast_mode_quality.md"
-    cmd = [sys.executable, "benchmarks/fast_mode_quality.py", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
+    cmd = [sys.executable, "-m", "benchmarks.fast_mode_quality", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
            "--jobs", "2", "--out", str(out), "--num-samples", "16", *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -32,7 +32,7 @@ def test_run_and_report_end_to_end(tmp_path):
             assert ("attn_fused: false" in resolved) == (mode == "fp32")
             assert json.loads((rd / "ablation_eval.json").read_text())["step"] == 2
 
-    proc = subprocess.run([sys.executable, "benchmarks/fast_mode_quality.py", "report", str(out), "--report", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fast_mode_quality", "report", str(out), "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
@@ -54,7 +54,7 @@ def test_run_and_report_end_to_end(tmp_path):
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/fast_mode_quality.py", "run", "--out", str(tmp_path), *args],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fast_mode_quality", "run", "--out", str(tmp_path), *args],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip() == message
     with pytest.raises(AblationError, match="no fast_mode_quality.json"):

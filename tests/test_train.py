@@ -210,8 +210,9 @@ def _cifar(root, monkeypatch):
 
 
 def _fashion(root, monkeypatch):
-    import gan.data as data_mod
     from test_data import _write_idx_gz
+
+    import gan.data as data_mod
 
     monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", root / "not-installed")
     _write_idx_gz(root / "FashionMNIST" / "raw", n_train=12)
