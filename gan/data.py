@@ -4,7 +4,7 @@
 (image, label): image float32 (C, R, R) in [-1, 1] with C = model.image_channels and R = model.resolution,
 label an int (0 for unlabelled data). Pixels map as x / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly.
 
-Sources (data.dataset):
+Sources (data.dataset; each one entry of gan/registry.py's DATASETS, built by the `build_*` functions here):
 - cifar10:       torchvision's CIFAR10 on `<root>/cifar-10-batches-py/` (its md5 checks included).
 - fashion_mnist: torchvision's FashionMNIST on `<root>/FashionMNIST/raw/`. When only the gzipped idx files are
                  there, or nothing is there but Debian's `dataset-fashion-mnist` package is installed
@@ -47,6 +47,7 @@ from torchvision.transforms import functional as TF
 
 from gan.config import DataConfig, ModelConfig
 from gan.errors import UserError
+from gan.registry import DATASETS, resolve
 
 
 class DatasetError(UserError, ValueError):
@@ -60,12 +61,6 @@ class UnreadableImageWarning(UserWarning):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # from `apt-get install dataset-fashion-mnist`
 CELEBA_CROP = 108  # side of the centre crop taken from the 178x218 aligned CelebA images before resizing
-_LABELLED = {"cifar10": 10, "fashion_mnist": 10, "celeba": 0, "folder": 0}
-_SPLITS = {
-    "cifar10": ("train", "test", "all"),
-    "fashion_mnist": ("train", "test", "all"),
-    "celeba": ("train", "valid", "test", "all"),
-}  # folder and builtin ignore data.split
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 Key = int | tuple[int, bool]  # a dataset index, or (index, mirror horizontally)
@@ -73,36 +68,51 @@ Key = int | tuple[int, bool]  # a dataset index, or (index, mirror horizontally)
 
 def num_classes_of(data_cfg: DataConfig) -> int:
     """Number of label classes the dataset provides (0: unlabelled)."""
-    if data_cfg.dataset == "builtin":
-        from gan.synthetic import CoherenceDataset
-
-        return int(getattr(CoherenceDataset, "num_classes", 0))
-    return _LABELLED[data_cfg.dataset]
+    return DATASETS[data_cfg.dataset].num_classes
 
 
 def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImages:
-    """The dataset named by `data_cfg`, as (C, R, R) images in [-1, 1] with int labels. Raises DatasetError."""
-    name, classes = data_cfg.dataset, num_classes_of(data_cfg)
+    """The dataset named by `data_cfg` (its builder in gan/registry.py's DATASETS), as (C, R, R) images in
+    [-1, 1] with int labels. Raises DatasetError."""
+    name = data_cfg.dataset
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{name}'; set data.dataset to one of {', '.join(DATASETS)}")
+    entry = DATASETS[name]
+    classes = entry.num_classes
     if model_cfg.num_classes not in (0, classes):
         fix = f"set model.num_classes={classes} (conditional) or 0" if classes else "set model.num_classes=0"
         raise DatasetError(f"model.num_classes={model_cfg.num_classes} but dataset '{name}' has {classes or 'no'} classes; {fix}")
-    if name in _SPLITS and data_cfg.split not in _SPLITS[name]:
-        choices = ", ".join(_SPLITS[name])
+    if entry.splits is not None and data_cfg.split not in entry.splits:
+        choices = ", ".join(entry.splits)
         raise DatasetError(f"dataset '{name}' has no '{data_cfg.split}' split; set data.split to one of {choices}")
     r, c = model_cfg.resolution, model_cfg.image_channels
-    if name == "builtin":
-        from gan.synthetic import CoherenceDataset  # imported here: only this source needs it
-
-        source: Dataset = CoherenceDataset(size=data_cfg.builtin_size, resolution=r, channels=c)
-    elif name == "cifar10":
-        source = _cifar10(data_cfg, ImageTransform(r, c))
-    elif name == "fashion_mnist":
-        source = _fashion_mnist(data_cfg, ImageTransform(r, c, pad=(32 - 28) // 2))
-    elif name == "celeba":
-        source = _celeba(data_cfg, ImageTransform(r, c, crop=CELEBA_CROP))
-    else:
-        source = ImageFiles(_scan_images(Path(data_cfg.root), what="image folder"), ImageTransform(r, c))
+    source = resolve(entry.build)(data_cfg, r, c)
     return TrainingImages(source, name=name, num_classes=classes, resolution=r, channels=c)
+
+
+# The registry's builders: (data_cfg, resolution, channels) -> Dataset of (image, label or None).
+
+
+def build_builtin(cfg: DataConfig, r: int, c: int) -> Dataset:
+    from gan.synthetic import CoherenceDataset  # imported here: only this source needs it
+
+    return CoherenceDataset(size=cfg.builtin_size, resolution=r, channels=c)
+
+
+def build_cifar10(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _cifar10(cfg, ImageTransform(r, c))
+
+
+def build_fashion_mnist(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _fashion_mnist(cfg, ImageTransform(r, c, pad=(32 - 28) // 2))
+
+
+def build_celeba(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _celeba(cfg, ImageTransform(r, c, crop=CELEBA_CROP))
+
+
+def build_folder(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return ImageFiles(_scan_images(Path(cfg.root), what="image folder"), ImageTransform(r, c))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
+from gan import registry
 from gan.attention import attention_blocks, attention_entropy, record_attention
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset, build_loader
-from gan.metrics import compute_metrics, metric_key
 from gan.runtime import eval_mode
 from gan.step import Parts, build_parts, samples_per_step, train_step
 
@@ -256,16 +256,27 @@ class Trainer:
         scores: dict[str, float] = {}
         if self.main:
             with torch.random.fork_rng(devices=[]):
-                scores = compute_metrics(self.sampler_model(), self.cfg, device=self.accelerator.device)
+                scores = registry.evaluate(self.sampler_model(), self.cfg, device=self.accelerator.device)
             self.log.write(self.step, scores)
         scores = gather_object([scores])[0]  # every process needs the same verdict on "best"
-        key = metric_key("fid", self.cfg.eval.feature_extractor) if "fid" in self.cfg.eval.metrics else None
-        improved = key in scores and (not self.best or scores[key] < self.best["value"])
+        improved, key = self.is_new_best(scores)
         if improved:
             self.best = {"metric": key, "value": scores[key], "step": self.step}
         path = self.checkpoint()
         if improved and path is not None:
             ckpt.save_best(self.ckpt_dir, path)
+
+    def is_new_best(self, scores: dict[str, float]) -> tuple[bool, str | None]:
+        """Whether `scores` beat the best so far on eval.best_metric (in its registered direction), and its key."""
+        name = self.cfg.eval.best_metric
+        if name not in self.cfg.eval.metrics:
+            return False, None
+        key = registry.result_key(name, self.cfg.eval.feature_extractor)
+        if key not in scores:
+            return False, key
+        better = (lambda a, b: a > b) if registry.higher_is_better(name) else (lambda a, b: a < b)
+        fresh = not self.best or self.best.get("metric") != key  # nothing yet, or a best by another metric
+        return fresh or better(scores[key], self.best["value"]), key
 
     def stop_requested(self, stop: StopSignal) -> bool:
         """With several processes, all must agree to stop at the same step (one tiny all-reduce per step)."""

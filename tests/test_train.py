@@ -200,46 +200,13 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     assert final["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
 
 
-# One short run per dataset kind, on small files in each real on-disk format (writers from test_data).
-def _cifar(root, monkeypatch):
-    from test_data import _pin_md5, _write_cifar
-
-    _write_cifar(root, n_per_batch=4)
-    _pin_md5(monkeypatch, root / "cifar-10-batches-py")
-    return ["data.dataset=cifar10", "model.num_classes=10"]
-
-
-def _fashion(root, monkeypatch):
-    from test_data import _write_idx_gz
-
-    import gan.data as data_mod
-
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", root / "not-installed")
-    _write_idx_gz(root / "FashionMNIST" / "raw", n_train=12)
-    return ["data.dataset=fashion_mnist", "model.image_channels=1", "model.num_classes=10"]
-
-
-def _folder(root, monkeypatch):
-    from test_data import _write_folder
-
-    _write_folder(root)
-    return ["data.dataset=folder"]
-
-
-def _celeba(root, monkeypatch):
-    from test_data import _celeba_images
-
-    _celeba_images(root / "img_align_celeba")
-    return ["data.dataset=celeba", "model.resolution=64", "model.g_attention=[32]", "model.d_attention=[32]"]
-
-
-@pytest.mark.parametrize("make", [_cifar, _fashion, _folder, _celeba], ids=["cifar10", "fashion_mnist", "folder", "celeba"])
-def test_trains_on_each_dataset_kind(tmp_path, monkeypatch, make):
-    root, run = tmp_path / "data", tmp_path / "run"
-    root.mkdir()
-    extra = make(root, monkeypatch)
-    assert train_cli.main(["--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, f"data.root={root}",
-                           *extra, "train.steps=2", "train.sample_every=2"]) == 0
+# One short run per dataset kind, on small files in each real on-disk format (tests/on_disk.py).
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "folder", "celeba"])
+def test_trains_on_each_dataset_kind(tmp_path, dataset_on_disk, name):
+    run = tmp_path / "run"
+    extra = dataset_on_disk(name, tmp_path / "data")
+    assert train_cli.main(["--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, *extra,
+                           "train.steps=2", "train.sample_every=2"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(torch.isfinite(torch.tensor(rows[-1][k])) for k in ("loss_d", "loss_g"))
     assert (run / "samples" / "step_00000002.png").is_file()
