@@ -27,8 +27,9 @@ from gan import checkpoint as ckpt
 from gan import registry
 from gan.attention import attention_blocks, attention_entropy, record_attention
 from gan.config import Config, ConfigError, save_config, to_dict
-from gan.data import build_dataset, build_loader
+from gan.data import build_dataset
 from gan.runtime import eval_mode
+from gan.sampler import build_loader
 from gan.step import Parts, build_parts, samples_per_step, train_step
 
 # ----------------------------------------------------------------------------------------------
@@ -240,12 +241,8 @@ class Trainer:
         from gan import viz
 
         z, y, real, y_real = _head(4, self.z_fixed, self.y_fixed, *batch)
-        queries = self.cfg.log.attention_queries
-        figures = {}
-        if attention_blocks(self.sampler_model()):
-            figures["G"] = viz.generator_attention_figure(self.sampler_model(), z, y, queries=queries)
-        if attention_blocks(self.parts.D_raw):
-            figures["D"] = viz.discriminator_attention_figure(self.parts.D_raw, real, y_real, queries=queries)
+        figures = viz.attention_figures(self.sampler_model(), self.parts.D_raw, z, y, real, y_real,
+                                        queries=self.cfg.log.attention_queries)  # fmt: skip
         for net, figure in figures.items():
             viz.save_attention_figure(figure, self.run_dir / "attention" / f"step_{self.step:08d}_{net}.png")
             log_image(self.accelerator, f"attention/{net}", figure, self.step)

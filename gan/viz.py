@@ -370,6 +370,27 @@ def discriminator_attention_figure(
     return attention_figure(images, records, queries=queries, seed=seed)
 
 
+def attention_figures(
+    generator: torch.nn.Module | None,
+    discriminator: torch.nn.Module | None,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    real: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    queries: int = 3,
+) -> dict[str, np.ndarray]:
+    """The SAGAN-paper figure for each network that has non-local blocks: "G" generated from `z`, "D" on the
+    `real` images. Training, the experiments and sample.py all draw their maps through this one function."""
+    from gan.attention import attention_blocks
+
+    figures = {}
+    if generator is not None and attention_blocks(generator):
+        figures["G"] = generator_attention_figure(generator, z, labels, queries=queries)
+    if discriminator is not None and real is not None and attention_blocks(discriminator):
+        figures["D"] = discriminator_attention_figure(discriminator, real, real_labels, queries=queries)
+    return figures
+
+
 def save_attention_figure(figure: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a figure from `attention_figure` (or the G/D variants) as PNG, atomically; returns the path."""
     return _write_png(figure, path)

@@ -25,14 +25,12 @@ from gan import data as data_mod
 from gan.config import DataConfig, ModelConfig
 from gan.data import (
     DatasetError,
-    ResumableSampler,
     TrainingImages,
     UnreadableImageWarning,
     build_dataset,
-    build_loader,
     num_classes_of,
-    seed_worker,
 )
+from gan.sampler import ResumableSampler, build_loader, seed_worker
 
 from on_disk import celeba_images as _celeba_images
 from on_disk import md5 as _md5
