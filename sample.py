@@ -157,7 +157,7 @@ def write_attention_maps(
     from gan import viz
 
     head = None if labels is None else labels[:4].to(device)
-    figure = viz.generator_attention_figure(G, z[:4].to(device), head)
+    figure = viz.attention_figures(G, None, z[:4].to(device), head)["G"]  # main() checked that G has blocks
     return f"attention maps: {_writable(path, lambda: viz.save_attention_figure(figure, path))}"
 
 
