@@ -7,22 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from on_disk import celeba_images, pin_md5, write_cifar, write_folder, write_idx_gz
-
-# The smallest SAGAN-32 the tests train: G and D 16 channels wide (attention at 16 from the defaults).
-TINY_MODEL = ["model.g_width=16", "model.d_width=16"]
-# A quiet, short run on a few built-in images: nothing written between steps unless a test asks.
-TINY_RUN = [*TINY_MODEL, "data.builtin_size=64", "train.batch_size=4", "train.progress=false",
-            "train.sample_every=0", "log.attention_every=0", "train.checkpoint_every=0"]  # fmt: skip
+from shared import TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cifar, write_folder, write_idx_gz
 
 
 @pytest.fixture
-def tiny_model() -> list[str]:
-    return list(TINY_MODEL)
+def tiny_cfg():
+    """The default config with the tiny model (tests/shared.py's TINY_MODEL)."""
+    from gan.config import load_config
+
+    return load_config(None, TINY_MODEL)
 
 
 @pytest.fixture
 def tiny_run() -> list[str]:
+    """Overrides for a quiet, short run on a few built-in images (tests/shared.py's TINY_RUN)."""
     return list(TINY_RUN)
 
 
@@ -52,7 +50,7 @@ def dataset_on_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], li
         elif name == "builtin":
             extra = []
         else:
-            raise ValueError(f"no on-disk writer for dataset {name!r}; add one to tests/conftest.py")
+            raise ValueError(f"no on-disk writer for dataset {name!r}; add one to tests/shared.py and here")
         return [f"data.dataset={name}", f"data.root={root}", *extra]
 
     return make

@@ -32,12 +32,12 @@ from gan.data import (
 )
 from gan.sampler import ResumableSampler, build_loader, seed_worker
 
-from on_disk import celeba_images as _celeba_images
-from on_disk import md5 as _md5
-from on_disk import pin_md5 as _pin_md5
-from on_disk import write_cifar as _write_cifar
-from on_disk import write_folder as _write_folder
-from on_disk import write_idx_gz as _write_idx_gz
+from shared import celeba_images as _celeba_images
+from shared import md5 as _md5
+from shared import pin_md5 as _pin_md5
+from shared import write_cifar as _write_cifar
+from shared import write_folder as _write_folder
+from shared import write_idx_gz as _write_idx_gz
 
 
 def _cfgs(dataset: str, root: Path | str, *, resolution: int = 32, channels: int = 3, **data) -> tuple:

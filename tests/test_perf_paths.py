@@ -17,11 +17,12 @@ from gan.config import load_config
 from gan.layers import conv2d, linear
 from gan.step import build_parts, train_step
 
+from shared import TINY_MODEL
+
 TINY = [
+    *TINY_MODEL,
     "model.resolution=32",
     "model.num_classes=3",
-    "model.g_width=16",
-    "model.d_width=16",
     "model.g_attention=[16]",
     "model.d_attention=[16]",
     "train.batch_size=4",

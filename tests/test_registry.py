@@ -18,6 +18,8 @@ from gan.registry import DATASETS, METRICS, MetricsError, evaluate, higher_is_be
 from gan.synthetic import CoherenceDataset
 from gan.train_loop import Trainer
 
+from shared import TINY_MODEL
+
 
 @pytest.mark.filterwarnings("ignore::gan.data.UnreadableImageWarning")  # the folder holds one corrupt file
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -71,7 +73,7 @@ def test_coherence_metric_is_one_on_the_data_and_zero_on_blank_images():
 def test_every_registered_metric_scores_a_generator(name, tmp_path):
     entry = METRICS[name]
     dataset = (entry.datasets or ("builtin",))[0]
-    cfg = load_config(None, ["model.g_width=16", "model.d_width=16", f"data.dataset={dataset}", "data.builtin_size=32",
+    cfg = load_config(None, [*TINY_MODEL, f"data.dataset={dataset}", "data.builtin_size=32",
                              "eval.feature_extractor=fashion_classifier", f"eval.cache_dir={tmp_path}"])  # fmt: skip
     torch.manual_seed(0)
     G = Generator(cfg.model)
@@ -94,7 +96,7 @@ def test_metrics_on_the_wrong_dataset_or_unknown_are_one_line():
 
 
 def test_evaluate_cli_scores_coherence_and_refuses_other_datasets(tmp_path, capsys):
-    cfg = load_config(None, ["model.g_width=16", "model.d_width=16"])
+    cfg = load_config(None, TINY_MODEL)
     torch.manual_seed(0)
     G = Generator(cfg.model).eval()
     export_generator(tmp_path / "gen", G, cfg)
@@ -104,7 +106,7 @@ def test_evaluate_cli_scores_coherence_and_refuses_other_datasets(tmp_path, caps
     scores = json.loads(out.read_text())
     assert scores["coherence"] == evaluate(G, cfg, ["coherence"], num_samples=12)["coherence"]
     capsys.readouterr()
-    fashion = load_config(None, ["model.g_width=16", "model.d_width=16", "data.dataset=fashion_mnist", "model.image_channels=1"])
+    fashion = load_config(None, [*TINY_MODEL, "data.dataset=fashion_mnist", "model.image_channels=1"])
     export_generator(tmp_path / "gen1", Generator(fashion.model), fashion)
     with pytest.raises(SystemExit) as stop:
         evaluate_cli.main(["--checkpoint", str(tmp_path / "gen1"), "--metrics", "coherence"])

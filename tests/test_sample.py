@@ -26,11 +26,11 @@ from gan.config import load_config
 from gan.models import Generator
 from gan.viz import images_to_uint8, make_grid_array
 
+from shared import TINY_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--config", "configs/demo.yaml",
-    "model.g_width=16", "model.d_width=16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
-    "train.progress=false", "train.sample_every=0", "log.attention_every=0", "train.checkpoint_every=0",
+    "--config", "configs/demo.yaml", *TINY_RUN, "train.steps=2",
     # big G steps and a fast EMA: after 2 steps, EMA vs raw weights and the classes visibly differ
     "optim.lr_g=0.02", "optim.ema_decay=0.5",
 ]

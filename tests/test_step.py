@@ -10,7 +10,9 @@ from accelerate import Accelerator
 from gan.config import load_config
 from gan.step import build_parts, no_augment, train_step
 
-TINY = ["model.num_classes=3", "model.g_width=16", "model.d_width=16", "model.g_attention=[16]",
+from shared import TINY_MODEL
+
+TINY = [*TINY_MODEL, "model.num_classes=3", "model.g_attention=[16]",
         "model.d_attention=[]", "train.batch_size=4", "optim.n_dis=2", "optim.grad_accum=2"]  # fmt: skip
 
 

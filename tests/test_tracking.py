@@ -8,12 +8,10 @@ import pytest
 
 import train as train_cli
 
-TINY = [
-    "--config", "configs/demo.yaml",
-    "model.g_width=16", "model.d_width=16", "data.builtin_size=64", "train.batch_size=4",
-    "train.progress=false", "train.log_every=2", "train.sample_every=2", "log.attention_every=2",
-    "train.checkpoint_every=0", "train.steps=2",
-]
+from shared import TINY_RUN
+
+TINY = ["--config", "configs/demo.yaml", *TINY_RUN, "train.log_every=2", "train.sample_every=2", "log.attention_every=2",
+        "train.steps=2"]  # fmt: skip
 SCALARS = {"loss_d", "loss_g", "d_real", "d_fake", "lr_g", "lr_d", "images_per_s",
            "gamma/G.blocks.attn16", "gamma/D.blocks.attn16",
            "attn_entropy/G.blocks.attn16", "attn_entropy/D.blocks.attn16"}

@@ -15,18 +15,10 @@ from safetensors.torch import load_file
 import train as train_cli
 from gan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
+from shared import TINY_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.g_width=16",
-    "model.d_width=16",
-    "data.builtin_size=64",
-    "train.batch_size=4",
-    "train.progress=false",
-    "train.log_every=2",
-    "train.sample_every=0",
-    "log.attention_every=0",
-    "train.checkpoint_every=0",
-]
+TINY = [*TINY_RUN, "train.log_every=2"]
 
 
 def run_cli(*args: str, timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -200,7 +192,7 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     assert final["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
 
 
-# One short run per dataset kind, on small files in each real on-disk format (tests/on_disk.py).
+# One short run per dataset kind, on small files in each real on-disk format (tests/shared.py).
 @pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "folder", "celeba"])
 def test_trains_on_each_dataset_kind(tmp_path, dataset_on_disk, name):
     run = tmp_path / "run"

@@ -1,7 +1,9 @@
-"""Small datasets written in their real on-disk formats, shared by test_data, test_train and test_registry.
+"""What several test modules share (conftest.py turns it into fixtures; module-level constants import it).
 
-CIFAR-10 python pickles (with torchvision's pinned md5 sums pointed at the files: `pin_md5`), gzipped idx files
-(Fashion-MNIST), an image folder of mixed modes with one corrupt file, aligned-CelebA-sized JPEGs.
+Tiny configurations: `TINY_MODEL` (G and D 16 channels wide) and `TINY_RUN` (a quiet, short run on a few
+built-in images). Small datasets in their real on-disk formats: CIFAR-10 python pickles (with torchvision's
+pinned md5 sums pointed at the files: `pin_md5`), gzipped idx files (Fashion-MNIST), an image folder of mixed
+modes with one corrupt file, aligned-CelebA-sized JPEGs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from torchvision.datasets import CIFAR10
+
+TINY_MODEL = ["model.g_width=16", "model.d_width=16"]
+TINY_RUN = [*TINY_MODEL, "data.builtin_size=64", "train.batch_size=4", "train.progress=false",
+            "train.sample_every=0", "log.attention_every=0", "train.checkpoint_every=0"]  # fmt: skip
 
 
 def md5(path: Path) -> str:
