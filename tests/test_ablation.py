@@ -126,6 +126,7 @@ def test_results_table_formatting():
 # End to end: the real CLI
 
 
+@pytest.mark.slow
 def test_run_and_report_end_to_end(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     cmd = [sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",

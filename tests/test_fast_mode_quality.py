@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.steps=2", "train.batch_size=4", "model.g_width=8", "model.d_width=8"]
 
 
+@pytest.mark.slow
 def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     out, report = tmp_path / "runs", tmp_path / "fast_mode_quality.md"
     dataset_on_disk("fashion_mnist", tmp_path / "data")  # small idx files: Debian's package may be absent

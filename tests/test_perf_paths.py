@@ -134,6 +134,7 @@ def test_bf16_step_is_finite_close_and_keeps_spectral_norm_float32(reference):
     assert checked > 10
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager_and_compiles_every_pass():
     """train.compile: every pass of the step (D step's no-grad fakes, D on real+fake, G with frozen D) runs
     compiled, and the step computes what eager computes, spectral norm's in-place u/v updates included."""

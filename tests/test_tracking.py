@@ -54,6 +54,7 @@ def finished_records(path: Path, timeout: float = 60.0) -> list[bytes]:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_media_scalars_and_config(tmp_path, monkeypatch):
     pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -81,6 +82,7 @@ def test_offline_wandb_run_holds_media_scalars_and_config(tmp_path, monkeypatch)
     assert config["model.g_width"] == "16" and config["train.steps"] == "2"
 
 
+@pytest.mark.slow
 def test_tensorboard_run_holds_scalars_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -32,6 +32,7 @@ def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "state.safetensors"))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_run_directory(tmp_path):
     run = tmp_path / "run"
     res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY,
@@ -55,6 +56,7 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
 RECIPE = ["optim.n_dis=2", "optim.grad_accum=2", "model.num_classes=4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, n",
     # fp16 starts at scale 2**16 and skips its first ~5 overflowing steps; the recipe does 4 D micro-steps a step
@@ -87,6 +89,7 @@ def test_resume_is_exact(tmp_path, overrides, n):
     assert [r["loss_d"] for r in rows] == [r["loss_d"] for r in ref]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main(["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run), "train.steps=1"]) == 0
@@ -98,6 +101,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     res = run_cli("train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
@@ -110,7 +114,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
         (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
-        (["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
+        pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_fails_in_one_line(tmp_path, args, message):
@@ -131,6 +135,7 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
     assert res.returncode == 2 and "not valid YAML" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -153,6 +158,7 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     assert (run / "generator" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch(tmp_path):
     """gloo on CPU: both replicas end with identical weights; only one process writes files."""
     run = tmp_path / "run"
@@ -173,6 +179,7 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert res.stdout.count("samples in") == 1
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main([
@@ -193,6 +200,7 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
 
 
 # One short run per dataset kind, on small files in each real on-disk format (tests/shared.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "folder", "celeba"])
 def test_trains_on_each_dataset_kind(tmp_path, dataset_on_disk, name):
     run = tmp_path / "run"
