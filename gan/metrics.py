@@ -230,13 +230,14 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Score `num_samples` (default cfg.eval.num_samples) generated images against the training dataset.
 
-    `metrics` defaults to cfg.eval.metrics (any of fid, isc, kid); `device` is where the feature network
+    `metrics` defaults to the torch-fidelity ones among cfg.eval.metrics (fid, isc, kid; the others are
+    gan/registry.py's: `registry.evaluate` computes any mix); `device` is where the feature network
     runs (torch-fidelity's `.cuda()`: the current CUDA device for any "cuda[:N]"); the generator runs where
     it lives and is left in its train/eval mode afterwards. `seed` fixes z,
     labels, KID subsets and IS splits. `inception_sha256=None` skips the weights check (tests only).
     Returns torch-fidelity's keys, or the classifier keys for cfg.eval.feature_extractor="fashion_classifier".
     """
-    metrics = list(metrics if metrics is not None else cfg.eval.metrics)
+    metrics = list(metrics if metrics is not None else [m for m in cfg.eval.metrics if m in METRICS])
     num_samples = num_samples if num_samples is not None else cfg.eval.num_samples
     unknown = [m for m in metrics if m not in METRICS]
     if not metrics or unknown:
