@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv demo test train-cifar10 train-celeba64 train-fashion sample evaluate benchmarks ablation fast-mode-quality clean
+.PHONY: venv demo test test-fast lint train-cifar10 train-celeba64 train-fashion sample evaluate benchmarks ablation fast-mode-quality clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements.txt
 	touch $(STAMP)
@@ -25,6 +25,15 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or mis-configured" >&2; exit 1; fi; \
 	exit $$rc
 
+## The inner loop: every test not marked slow (about a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+## Lint and format check (rules in pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 train-cifar10: $(STAMP)
 	$(BIN)/python train.py --config configs/cifar10.yaml --run-dir runs/cifar10 $(ARGS)
 
@@ -35,18 +44,18 @@ train-fashion: $(STAMP)
 	$(BIN)/python train.py --config configs/fashion_mnist.yaml --run-dir runs/fashion_mnist $(ARGS)
 
 benchmarks: $(STAMP)
-	$(BIN)/python benchmarks/attention_block.py $(ARGS)
+	$(BIN)/python -m benchmarks.attention_block $(ARGS)
 
 ## Experiments behind docs/ablation.md and docs/fast_mode_quality.md: hours of CPU; finished runs are reused.
 ARMS := none,g8,g16,g32,d8,d16,gd8,gd16
 ablation: $(STAMP)
-	$(BIN)/python benchmarks/ablation.py run --config configs/ablation_coherence.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_coherence
-	$(BIN)/python benchmarks/ablation.py run --config configs/ablation_fashion.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_fashion
-	$(BIN)/python benchmarks/ablation.py report runs/ablation_coherence runs/ablation_fashion --report docs/ablation.md --figures docs/ablation
+	$(BIN)/python -m benchmarks.ablation run --config configs/ablation_coherence.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_coherence
+	$(BIN)/python -m benchmarks.ablation run --config configs/ablation_fashion.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_fashion
+	$(BIN)/python -m benchmarks.ablation report runs/ablation_coherence runs/ablation_fashion --report docs/ablation.md --figures docs/ablation
 
 fast-mode-quality: $(STAMP)
-	$(BIN)/python benchmarks/fast_mode_quality.py run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
-	$(BIN)/python benchmarks/fast_mode_quality.py report runs/fast_mode_quality --report docs/fast_mode_quality.md
+	$(BIN)/python -m benchmarks.fast_mode_quality run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
+	$(BIN)/python -m benchmarks.fast_mode_quality report runs/fast_mode_quality --report docs/fast_mode_quality.md
 
 clean:
 	rm -rf runs .pytest_cache

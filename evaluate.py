@@ -1,9 +1,10 @@
-"""Score a generator: `python evaluate.py --checkpoint PATH [--num N] [--metrics fid,isc,kid] [key=value ...]`.
+"""Score a generator: `python evaluate.py --checkpoint PATH [--num N] [--metrics fid,kid,coherence] [key=value ...]`.
 
 PATH is a training checkpoint, a run directory (its latest checkpoint) or a generator export. The reference
 set is the checkpoint config's training dataset; `key=value` overrides change that config first (e.g.
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
-Scores from `--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md).
+Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
+`--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory, run directory or generator export")
     parser.add_argument("--num", type=int, default=None, help="generated images (default: the config's eval.num_samples)")
-    parser.add_argument("--metrics", default=None, help="comma-separated subset of fid,isc,kid (default: eval.metrics)")
+    parser.add_argument("--metrics", default=None, help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)")
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     with fail_cleanly():
         from gan.checkpoint import load_generator
         from gan.config import from_dict, parse_overrides, to_dict
-        from gan.metrics import compute_metrics
+        from gan.registry import evaluate
         from gan.runtime import resolve_device
 
         device = resolve_device(args.device)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         num = args.num if args.num is not None else cfg.eval.num_samples
 
         start = time.time()
-        scores = compute_metrics(generator, cfg, num_samples=num, metrics=metrics, device=device, seed=args.seed)
+        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed)
         result = {
             "checkpoint": str(args.checkpoint),
             "feature_extractor": cfg.eval.feature_extractor,

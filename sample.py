@@ -13,6 +13,7 @@ TF FID scripts read), the SAGAN attention figure for the first four latents (--a
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -133,7 +134,7 @@ def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     if args.out is not None:
         for i in range(len(images)):
             path = Path(args.out) / f"{i:06d}.png"
-            _writable(path, lambda: viz.save_image_grid(images[i : i + 1], path, padding=0))
+            _writable(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0))
         lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
     if args.npz is not None:
         arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
@@ -156,7 +157,7 @@ def write_attention_maps(
     from gan import viz
 
     head = None if labels is None else labels[:4].to(device)
-    figure = viz.generator_attention_figure(G, z[:4].to(device), head)
+    figure = viz.attention_figures(G, None, z[:4].to(device), head)["G"]  # main() checked that G has blocks
     return f"attention maps: {_writable(path, lambda: viz.save_attention_figure(figure, path))}"
 
 

@@ -29,16 +29,14 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import PeakRSS, interleaved, machine_line, median, mib, paired_ratio, run_child, table  # noqa: E402
-from gan.attention import NonLocalBlock  # noqa: E402
+from benchmarks.common import PeakRSS, interleaved, machine_line, median, mib, paired_ratio, run_child, table
+from gan.attention import NonLocalBlock
 
 CHANNELS = 256
-SCRIPT = Path(__file__).resolve()
+MODULE = "benchmarks.attention_block"  # children run as `python -m` from the repository root
 
 
 Grid = tuple[int, ...]  # (H, W) or (T, H, W); written "32x32", "8x32x32" on command lines
@@ -131,7 +129,7 @@ def child_time(grid: Grid, subsample: bool, batch: int, repeats: int, with_expli
 def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float) -> tuple[float | None, str]:
     """Peak bytes of one cell, measured, or extrapolated from two smaller batches when predicted too large."""
     if path == "fused" or predicted_explicit_bytes(grid, subsample, batch) <= max_bytes:
-        out = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), path, str(batch)])
+        out = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), path, str(batch)])
         return (out["peak_bytes"], "") if out else (None, "failed (out of memory?)")
     small = batch
     while small > 1 and predicted_explicit_bytes(grid, subsample, small) > max_bytes:
@@ -140,7 +138,7 @@ def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float)
         return None, "skipped: even batch 2 predicted above the limit"
     points = {}
     for b in (small // 2, small):
-        out = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), path, str(b)])
+        out = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), path, str(b)])
         if out is None:
             return None, f"failed at batch {b}"
         points[b] = out["peak_bytes"]
@@ -192,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                 time_batches.append(max(b for b in (4, 2, 1) if predicted_explicit_bytes(grid, subsample, b) <= max_bytes))
             for tb in time_batches:
                 with_explicit = tb != batch or explicit_fits  # else: its time is the smaller-batch row's
-                t = run_child(SCRIPT, ["--child-time", label(grid), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
+                t = run_child(MODULE, ["--child-time", label(grid), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
                 if t and with_explicit:
                     seen_kernels[(grid, subsample)] = t
                 if tb == batch:
                     (me, note_e), (mf, note_f) = mem["explicit"], mem["fused"]
                 else:
-                    me = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), "explicit", str(tb)])
-                    mf = run_child(SCRIPT, ["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)])
+                    me = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), "explicit", str(tb)])
+                    mf = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)])
                     me, mf = (me or {}).get("peak_bytes"), (mf or {}).get("peak_bytes")
                     note_e, note_f = "", ""
                 rows.append([

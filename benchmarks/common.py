@@ -35,7 +35,7 @@ def machine_line() -> str:
         model = found.group(1).strip()
     cores = len(os.sched_getaffinity(0))
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    flags = open("/proc/cpuinfo").read()
+    flags = Path("/proc/cpuinfo").read_text()
     isa = "AVX-512 bf16" if "avx512_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     return (
@@ -90,7 +90,7 @@ class PeakRSS:
     above every earlier peak; `exact` says which was used.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -113,10 +113,10 @@ class PeakRSS:
 # Child processes and output
 
 
-def run_child(script: Path, args: list[str], timeout: float = 1800) -> dict | None:
-    """Run `python script args` in a fresh process; its last stdout line is JSON. None if it died (e.g. OOM)."""
+def run_child(module: str, args: list[str], timeout: float = 1800) -> dict | None:
+    """Run `python -m module args` in a fresh process; its last stdout line is JSON. None if it died (e.g. OOM)."""
     proc = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]

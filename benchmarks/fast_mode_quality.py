@@ -1,12 +1,12 @@
 """Does a speed option change what training learns? Float32 against the fast modes on Fashion-MNIST.
 
-    python benchmarks/fast_mode_quality.py run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
-    python benchmarks/fast_mode_quality.py report runs/fast_mode_quality --report docs/fast_mode_quality.md
+    python -m benchmarks.fast_mode_quality run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
+    python -m benchmarks.fast_mode_quality report runs/fast_mode_quality --report docs/fast_mode_quality.md
 
 `run` trains `configs/ablation_fashion.yaml` (class-conditional Fashion-MNIST, attention at 16 in G and D,
 300 steps) once per (mode, seed) through the real `train.py`, one thread per run, and scores each final EMA
 generator with the Frechet classifier distance (FCD, the repository's Fashion-MNIST classifier features),
-reusing the ablation's runner: runs and scores are cached per run directory. Modes:
+on benchmarks/experiment.py's runner (each mode is an arm): runs and scores are cached per run directory. Modes:
 
 - `fp32`: plain float32, eager, NCHW, explicit attention (the reference, the throughput benchmark's baseline);
 - `fast`: fused attention + channels_last + torch.compile in float32 (the fastest variant on this CPU);
@@ -14,27 +14,28 @@ reusing the ablation's runner: runs and scores are cached per run directory. Mod
   CPU without AMX).
 
 `report` writes a mean +/- std table per mode and a verdict generated from the numbers: a mode trains as
-well as float32 when its mean FCD lies within the seed spread of float32 (the ablation's rule:
-|diff of means| <= 2 x pooled std).
+well as float32 when its mean FCD lies within the seed spread of float32 (experiment.verdict, the rule every
+experiment uses).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/fast_mode_quality.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.ablation import AblationError, Arm, compare, evaluate_one, mean_std, parse_seeds, run_dir_of, train_one  # noqa: E402
-from gan.cli import fail_cleanly  # noqa: E402
+from benchmarks import experiment
+from benchmarks.experiment import (
+    SPREAD_FACTOR,
+    Arm,
+    ExperimentError,
+    compare,
+    mean_std,
+    parse_seeds,
+    spread_clause,
+    verdict,
+)
+from gan.cli import fail_cleanly
 
 CONFIG = "configs/ablation_fashion.yaml"
 MODES = {  # name -> (what it is, overrides)
@@ -48,61 +49,32 @@ def parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",")]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise AblationError(f"--modes: unknown mode '{unknown[0]}'; choose from {', '.join(MODES)}")
+        raise ExperimentError(f"--modes: unknown mode '{unknown[0]}'; choose from {', '.join(MODES)}")
     if "fp32" not in modes:
-        raise AblationError("--modes must include 'fp32', the reference every mode is compared with")
+        raise ExperimentError("--modes must include 'fp32', the reference every mode is compared with")
     return list(dict.fromkeys(modes))
 
 
 PER_MODE_KEYS = ("model.attn_fused", "train.seed", "train.channels_last", "train.compile", "train.mixed_precision", "model.g_attention", "model.d_attention")
 
 
-def run(modes: list[str], seeds: list[int], out: Path, jobs: int, num_samples: int, extra: list[str]) -> None:
-    from gan.config import load_config
+MANIFEST = "fast_mode_quality.json"
+OUTCOME = {"within the seed spread": "trains as well as float32", "helped": "trains better than float32",
+           "hurt": "trains worse than float32"}  # fmt: skip
 
+
+def run(modes: list[str], seeds: list[int], out: Path, jobs: int, num_samples: int, extra: list[str]) -> None:
     bad = [o for o in extra if o.split("=")[0] in PER_MODE_KEYS]
     if bad:
-        raise AblationError(f"{bad[0]} is set per mode / seed here; use --modes / --seeds instead")
-    cfg = load_config(CONFIG, extra)
-    arm_of = {m: Arm(m, tuple(cfg.model.g_attention), tuple(cfg.model.d_attention)) for m in modes}
-    for m in modes:  # check every mode's overrides before anything runs
-        load_config(CONFIG, [*arm_of[m].overrides(), *MODES[m][1], *extra])
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    def one(pair: tuple[str, int]) -> None:
-        mode, seed = pair
-        rd = run_dir_of(out, arm_of[mode], seed)
-        t = train_one(CONFIG, arm_of[mode], seed, rd, [*MODES[mode][1], *extra])
-        e = evaluate_one(rd, num_samples)
-        print(f"{mode} seed {seed}: trained {t:.0f} s, evaluated {e:.0f} s", flush=True)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, [(m, s) for s in seeds for m in modes]))
-    manifest = {
-        "config": CONFIG, "overrides": extra, "modes": modes, "seeds": seeds, "num_samples": num_samples, "jobs": jobs,
-        "wall_seconds_this_call": time.perf_counter() - started,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-    }  # fmt: skip
-    (out / "fast_mode_quality.json").write_text(json.dumps(manifest, indent=1))
+        raise ExperimentError(f"{bad[0]} is set per mode / seed here; use --modes / --seeds instead")
+    arms = [Arm(m, tuple(MODES[m][1])) for m in modes]
+    experiment.run_all(CONFIG, arms, seeds, out, jobs, extra, num_samples, MANIFEST,
+                       experiment.command_line("benchmarks.fast_mode_quality"))  # fmt: skip
 
 
 def collect(out: Path) -> tuple[dict, dict[str, dict[int, dict]]]:
-    manifest_path = out / "fast_mode_quality.json"
-    if not manifest_path.is_file():
-        raise AblationError(f"{out} holds no fast_mode_quality.json; run `fast_mode_quality.py run --out {out}` first")
-    manifest = json.loads(manifest_path.read_text())
-    runs: dict[str, dict[int, dict]] = {}
-    for mode in manifest["modes"]:
-        for seed in manifest["seeds"]:
-            rd = out / mode / f"seed{seed}"
-            ev, tr = rd / "ablation_eval.json", rd / "ablation_run.json"
-            if ev.is_file() and tr.is_file():
-                runs.setdefault(mode, {})[seed] = {**json.loads(ev.read_text()), "train_seconds": json.loads(tr.read_text())["train_seconds"]}
-    if "fp32" not in runs:
-        raise AblationError(f"{out} holds no finished fp32 run; run `fast_mode_quality.py run --out {out}` first")
-    return manifest, runs
+    found = experiment.collect(out, MANIFEST, "fp32", "python -m benchmarks.fast_mode_quality run")
+    return found["manifest"], found["runs"]
 
 
 def report(out: Path, path: Path) -> str:
@@ -112,7 +84,7 @@ def report(out: Path, path: Path) -> str:
     from gan.config import load_config
 
     manifest, runs = collect(out)
-    cfg = load_config(manifest["config"], manifest.get("overrides", []))
+    cfg = load_config(manifest["config"], manifest["extra_overrides"])
     ref = [r["fcd"] for r in runs["fp32"].values()]
     ref_mean, _ = mean_std(ref)
     ref_time = statistics.median(r["train_seconds"] for r in runs["fp32"].values())
@@ -128,11 +100,11 @@ def report(out: Path, path: Path) -> str:
         f"width {cfg.model.g_width}, attention G {list(cfg.model.g_attention)} / D {list(cfg.model.d_attention)}, "
         f"{cfg.train.steps} steps, batch {cfg.train.batch_size}), seeds {', '.join(map(str, manifest['seeds']))}; FCD = Frechet distance in the "
         f"repository's Fashion-MNIST classifier features (not FID), {manifest['num_samples']} images from the final EMA generator."
-        + (f" Overrides for every mode: `{' '.join(manifest['overrides'])}`." if manifest.get("overrides") else ""),
+        + (f" Overrides for every mode: `{' '.join(manifest['extra_overrides'])}`." if manifest["extra_overrides"] else ""),
         "",
         "```bash",
         manifest["command"],
-        f"python benchmarks/fast_mode_quality.py report {out} --report {path}",
+        f"python -m benchmarks.fast_mode_quality report {out} --report {path}",
         "```",
         "",
         "| mode | what | seeds | FCD mean +/- std | per seed | train s (median) | time vs fp32 |",
@@ -144,7 +116,8 @@ def report(out: Path, path: Path) -> str:
         t = statistics.median(r["train_seconds"] for r in by_seed.values())
         per_seed = ", ".join(f"{v:.1f}" for v in fcd)
         lines.append(f"| `{mode}` | {MODES[mode][0]} | {len(fcd)} | {m:.1f} +/- {s:.1f} | {per_seed} | {t:.0f} | {t / ref_time:.2f}x |")
-    lines += ["", "**Verdict** (generated): a mode trains as well as float32 when |mean FCD - mean FCD(fp32)| <= 2 x pooled std.", ""]
+    lines += ["", "**Verdict** (generated): a mode trains as well as float32 when |mean FCD - mean FCD(fp32)| <= "
+              f"{SPREAD_FACTOR:g} x pooled std.", ""]  # fmt: skip
     for mode, by_seed in runs.items():
         if mode == "fp32":
             continue
@@ -153,11 +126,8 @@ def report(out: Path, path: Path) -> str:
             lines.append(f"- `{mode}`: one seed only, no spread to compare with, so no verdict.")
             continue
         how = "better" if c.better else "worse"
-        within = f"within the seed spread (|diff| {abs(c.diff):.1f} <= 2 x {c.pooled_std:.1f})" if not c.exceeds else \
-            f"beyond the seed spread (|diff| {abs(c.diff):.1f} > 2 x {c.pooled_std:.1f})"
-        outcome = "trains as well as float32" if not c.exceeds else ("trains better than float32" if c.better else "trains worse than float32")
-        lines.append(f"- `{mode}`: FCD {how} by {c.diff:+.1f} ({100 * c.diff / ref_mean:+.0f}% of fp32's mean), {within}: "
-                     f"it {outcome} here (Welch t = {c.welch_t:+.2f}).")
+        lines.append(f"- `{mode}`: FCD {how} by {c.diff:+.1f} ({100 * c.diff / ref_mean:+.0f}% of fp32's mean), "
+                     f"{spread_clause(c, '.1f')}: it {OUTCOME[verdict(c)]} here (Welch t = {c.welch_t:+.2f}).")
     lines += ["", "Training times above include torch.compile's compilation (a minute or more per `fast` run on this CPU)"
               " and come from runs sharing the 2 cores with each other: a side note, not a benchmark. Section 2 of"
               " docs/benchmarks.md has the controlled step timings.", ""]
@@ -182,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with fail_cleanly():
         if args.command == "run":
-            if args.jobs < 1 or args.num_samples < 2:
-                raise AblationError("--jobs must be >= 1 and --num-samples >= 2")
+            if args.num_samples < 2:
+                raise ExperimentError("--num-samples must be at least 2")
             run(parse_modes(args.modes), parse_seeds(args.seeds), args.out, args.jobs, args.num_samples, args.overrides)
         else:
             print(report(args.out, args.report))

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table  # noqa: E402
-from gan.attention import attention_blocks  # noqa: E402
-from gan.config import load_config  # noqa: E402
-from gan.models import Generator  # noqa: E402
+from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table
+from gan.attention import attention_blocks
+from gan.config import load_config
+from gan.models import Generator
 
 # name -> (autocast dtype or None, channels_last, fused attention)
 VARIANTS: dict[str, tuple[torch.dtype | None, bool, bool]] = {

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gan.classifier import DEFAULT_WEIGHTS, FashionClassifier, to_classifier_input  # noqa: E402
+from gan.classifier import DEFAULT_WEIGHTS, FashionClassifier, to_classifier_input
 
 SLICE = 2000  # first test images whose accuracy is recorded separately, for the tests
 FILES = {

@@ -5,8 +5,8 @@
 
 The model is configs/cifar10.yaml's (class-conditional SAGAN-32: G width 256, D width 128, attention at
 16x16 in G and D, spectral norm everywhere, batch 64, EMA). One iteration is what one training step does:
-`gan.train_loop.train_step` (one D step on real + fake, one G step) built by `build_parts` exactly as
-training builds it, plus the EMA update; real images come from an in-memory synthetic batch, so the data
+`gan.step.train_step` (one D step on real + fake, one G step, the EMA update) built by `build_parts`
+exactly as training builds it; real images come from an in-memory synthetic batch, so the data
 loader is out of the measurement (`--tables loader` times it on its own; `--tables kernels` gives the FLOPs
 of one iteration and the GFLOP/s of its two kernels, matmul and 3x3 convolution, per dtype).
 
@@ -24,13 +24,12 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table, timed  # noqa: E402
-from gan.config import Config, load_config  # noqa: E402
+from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table, timed
+from gan.config import Config, load_config
 
 CONFIG = ROOT / "configs" / "cifar10.yaml"
 
@@ -61,36 +60,25 @@ def synthetic_batches(cfg: Config, seed: int = 0):
     return itertools.repeat((x, y))
 
 
-class Trainer:
-    """One variant: the training parts, its batch stream, and one iteration = train_step + EMA update."""
+def make_iteration(overrides: list[str], accelerator) -> Callable[[], dict[str, torch.Tensor]]:
+    """One variant's iteration: `gan.step.train_step` (D step, G step, EMA update) on its own parts and batches."""
+    from gan.step import build_parts, train_step
 
-    def __init__(self, overrides: list[str], accelerator) -> None:
-        from gan.train_loop import build_parts
+    cfg = load_config(CONFIG, [*COMMON, *overrides])
+    parts, batches, steps = build_parts(cfg, accelerator), synthetic_batches(cfg), itertools.count(1)
 
-        self.cfg = load_config(CONFIG, [*COMMON, *overrides])
-        self.accelerator = accelerator
-        self.parts = build_parts(self.cfg, accelerator)
-        self.batches = synthetic_batches(self.cfg)
-        self.step = 0
+    def iteration() -> dict[str, torch.Tensor]:
+        return train_step(parts, cfg, batches, accelerator, next(steps))[0]
 
-    def __call__(self) -> dict[str, torch.Tensor]:
-        from gan.train_loop import train_step
-
-        stats, _ = train_step(self.parts, self.cfg, self.batches, self.accelerator)
-        self.step += 1
-        if self.parts.ema:
-            self.parts.ema.update(self.parts.G_raw, self.step)
-        return stats
+    return iteration
 
 
 def bench_training(names: list[str], repeats: int, warmup: int) -> str:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    trainers = {}
-    for name in names:
-        trainers[name] = Trainer(VARIANTS[name][1], accelerator)
-    batch = next(iter(trainers.values())).cfg.train.batch_size
+    trainers = {name: make_iteration(VARIANTS[name][1], accelerator) for name in names}
+    batch = load_config(CONFIG, COMMON).train.batch_size
     warm_s = {}
     for name, trainer in trainers.items():
         warm_s[name] = sum(timed(trainer) for _ in range(warmup))
@@ -175,7 +163,7 @@ def flops_per_iteration(name: str) -> float:
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = Trainer(VARIANTS[name][1], Accelerator(cpu=True))
+    trainer = make_iteration(VARIANTS[name][1], Accelerator(cpu=True))
     with FlopCounterMode(display=False) as counter:
         trainer()
     return float(counter.get_total_flops())
@@ -183,7 +171,8 @@ def flops_per_iteration(name: str) -> float:
 
 def bench_loader(batches: int, worker_counts: list[int]) -> str:
     """images/s of the real data loader alone (Fashion-MNIST from Debian's files, as RGB 32x32)."""
-    from gan.data import build_dataset, build_loader
+    from gan.data import build_dataset
+    from gan.sampler import build_loader
 
     rows = []
     with tempfile.TemporaryDirectory() as root:

@@ -254,3 +254,16 @@ def load_generator(path: str | Path, *, use_ema: bool = True, map_location: str 
     generator = Generator(config.model)
     load_into(generator, weights, what, path)
     return generator.to(map_location).eval(), config
+
+
+def load_discriminator(path: str | Path, *, map_location: str | torch.device = "cpu"):
+    """(Discriminator in eval mode, Config, step) from a training checkpoint or a run directory (its latest)."""
+    from gan.models import Discriminator
+
+    path = resolve(path)
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there")
+    state, config, step = load_checkpoint(path)
+    discriminator = Discriminator(config.model)
+    load_into(discriminator, state["D"], "D", path)
+    return discriminator.to(map_location).eval(), config, step

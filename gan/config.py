@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from gan.errors import UserError
+from gan.registry import DATASETS, METRICS
 
 
 class ConfigError(UserError, ValueError):
@@ -57,11 +58,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f(
-        "builtin",
-        "which dataset to train on",
-        ("builtin", "cifar10", "celeba", "fashion_mnist", "folder"),
-    )
+    dataset: str = _f("builtin", "which dataset to train on", tuple(DATASETS))
     root: str = _f("data", "directory holding (or receiving) the dataset files; the image folder for `folder`")
     download: bool = _f(False, "let torchvision download the dataset when it is missing (needs internet)")
     split: str = _f("train", "dataset split", ("train", "test", "valid", "all"))
@@ -92,7 +89,7 @@ class TrainConfig:
     batch_size: int = _f(64, "images per step and process")
     seed: int = _f(0, "seed of every random number generator")
     checkpoint_every: int = _f(500, "write a checkpoint every this many generator steps (0: only at the end)")
-    keep_last: int = _f(3, "number of recent checkpoints kept (the best-by-FID one is kept besides)")
+    keep_last: int = _f(3, "number of recent checkpoints kept (the best one by eval.best_metric is kept besides)")
     sample_every: int = _f(250, "write a fixed-noise sample grid every this many steps (0: only at the end)")
     sample_grid: int = _f(64, "images in a sample grid")
     log_every: int = _f(10, "log losses every this many steps (host sync happens only then)")
@@ -106,7 +103,8 @@ class TrainConfig:
 class EvalConfig:
     every: int = _f(0, "evaluate every this many steps (0: never during training)")
     num_samples: int = _f(10000, "generated images per evaluation")
-    metrics: list[str] = _f(["fid"], "metrics to compute: fid, isc, kid")
+    metrics: list[str] = _f(["fid"], f"metrics to compute (gan/registry.py): {', '.join(METRICS)}")
+    best_metric: str = _f("fid", "metric whose best value becomes checkpoints/best, when it is among eval.metrics")
     feature_extractor: str = _f(
         "inception", "feature network", ("inception", "fashion_classifier")
     )
@@ -265,9 +263,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be at least 1")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
-    for metric in cfg.eval.metrics:
-        if metric not in ("fid", "isc", "kid"):
-            raise ConfigError(f"config key 'eval.metrics' accepts fid, isc, kid; got {metric!r}")
+    for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):
+        for metric in names:
+            if metric not in METRICS:
+                raise ConfigError(f"config key '{key}' accepts {', '.join(METRICS)}; got {metric!r}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -4,7 +4,7 @@
 (image, label): image float32 (C, R, R) in [-1, 1] with C = model.image_channels and R = model.resolution,
 label an int (0 for unlabelled data). Pixels map as x / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly.
 
-Sources (data.dataset):
+Sources (data.dataset; each one entry of gan/registry.py's DATASETS, built by the `build_*` functions here):
 - cifar10:       torchvision's CIFAR10 on `<root>/cifar-10-batches-py/` (its md5 checks included).
 - fashion_mnist: torchvision's FashionMNIST on `<root>/FashionMNIST/raw/`. When only the gzipped idx files are
                  there, or nothing is there but Debian's `dataset-fashion-mnist` package is installed
@@ -20,8 +20,8 @@ Sources (data.dataset):
 Grayscale, palette and alpha images are converted (alpha composited onto white) to RGB, or to L when
 model.image_channels == 1; RGB sources replicate gray to three channels.
 
-Random flips are not drawn from worker RNG state: `ResumableSampler(mirror=True)` emits (index, flip) keys
-whose flip bit is a pure function of (seed, global position), and `TrainingImages` applies it. So a resumed
+Random flips are not drawn from worker RNG state: `gan.sampler.ResumableSampler(mirror=True)` emits (index, flip)
+keys whose flip bit is a pure function of (seed, global position), and `TrainingImages` applies it. So a resumed
 run and a run with any number of workers see the same images, flips included.
 """
 
@@ -29,24 +29,22 @@ from __future__ import annotations
 
 import gzip
 import os
-import random
 import shutil
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from gan.config import DataConfig, ModelConfig
 from gan.errors import UserError
+from gan.registry import DATASETS, resolve
+from gan.sampler import Key
 
 
 class DatasetError(UserError, ValueError):
@@ -60,49 +58,57 @@ class UnreadableImageWarning(UserWarning):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # from `apt-get install dataset-fashion-mnist`
 CELEBA_CROP = 108  # side of the centre crop taken from the 178x218 aligned CelebA images before resizing
-_LABELLED = {"cifar10": 10, "fashion_mnist": 10, "celeba": 0, "folder": 0}
-_SPLITS = {
-    "cifar10": ("train", "test", "all"),
-    "fashion_mnist": ("train", "test", "all"),
-    "celeba": ("train", "valid", "test", "all"),
-}  # folder and builtin ignore data.split
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on bad files
 
-Key = int | tuple[int, bool]  # a dataset index, or (index, mirror horizontally)
 
 
 def num_classes_of(data_cfg: DataConfig) -> int:
     """Number of label classes the dataset provides (0: unlabelled)."""
-    if data_cfg.dataset == "builtin":
-        from gan.synthetic import CoherenceDataset
-
-        return int(getattr(CoherenceDataset, "num_classes", 0))
-    return _LABELLED[data_cfg.dataset]
+    return DATASETS[data_cfg.dataset].num_classes
 
 
 def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImages:
-    """The dataset named by `data_cfg`, as (C, R, R) images in [-1, 1] with int labels. Raises DatasetError."""
-    name, classes = data_cfg.dataset, num_classes_of(data_cfg)
+    """The dataset named by `data_cfg` (its builder in gan/registry.py's DATASETS), as (C, R, R) images in
+    [-1, 1] with int labels. Raises DatasetError."""
+    name = data_cfg.dataset
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{name}'; set data.dataset to one of {', '.join(DATASETS)}")
+    entry = DATASETS[name]
+    classes = entry.num_classes
     if model_cfg.num_classes not in (0, classes):
         fix = f"set model.num_classes={classes} (conditional) or 0" if classes else "set model.num_classes=0"
         raise DatasetError(f"model.num_classes={model_cfg.num_classes} but dataset '{name}' has {classes or 'no'} classes; {fix}")
-    if name in _SPLITS and data_cfg.split not in _SPLITS[name]:
-        choices = ", ".join(_SPLITS[name])
+    if entry.splits is not None and data_cfg.split not in entry.splits:
+        choices = ", ".join(entry.splits)
         raise DatasetError(f"dataset '{name}' has no '{data_cfg.split}' split; set data.split to one of {choices}")
     r, c = model_cfg.resolution, model_cfg.image_channels
-    if name == "builtin":
-        from gan.synthetic import CoherenceDataset  # imported here: only this source needs it
-
-        source: Dataset = CoherenceDataset(size=data_cfg.builtin_size, resolution=r, channels=c)
-    elif name == "cifar10":
-        source = _cifar10(data_cfg, ImageTransform(r, c))
-    elif name == "fashion_mnist":
-        source = _fashion_mnist(data_cfg, ImageTransform(r, c, pad=(32 - 28) // 2))
-    elif name == "celeba":
-        source = _celeba(data_cfg, ImageTransform(r, c, crop=CELEBA_CROP))
-    else:
-        source = ImageFiles(_scan_images(Path(data_cfg.root), what="image folder"), ImageTransform(r, c))
+    source = resolve(entry.build)(data_cfg, r, c)
     return TrainingImages(source, name=name, num_classes=classes, resolution=r, channels=c)
+
+
+# The registry's builders: (data_cfg, resolution, channels) -> Dataset of (image, label or None).
+
+
+def build_builtin(cfg: DataConfig, r: int, c: int) -> Dataset:
+    from gan.synthetic import CoherenceDataset  # imported here: only this source needs it
+
+    return CoherenceDataset(size=cfg.builtin_size, resolution=r, channels=c)
+
+
+def build_cifar10(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _cifar10(cfg, ImageTransform(r, c))
+
+
+def build_fashion_mnist(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _fashion_mnist(cfg, ImageTransform(r, c, pad=(32 - 28) // 2))
+
+
+def build_celeba(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return _celeba(cfg, ImageTransform(r, c, crop=CELEBA_CROP))
+
+
+def build_folder(cfg: DataConfig, r: int, c: int) -> Dataset:
+    return ImageFiles(_scan_images(Path(cfg.root), what="image folder"), ImageTransform(r, c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,116 +354,3 @@ class ImageFiles(Dataset):
                     message = f"could not decode '{path}' ({_first_line(exc)}); using the next image"
                     warnings.warn(message, UnreadableImageWarning, stacklevel=2)
         raise DatasetError(f"none of the {n} image files could be decoded; check the files under data.root")
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling
-
-
-class ResumableSampler(Sampler):
-    """Infinite index stream that is a pure function of (seed, global position).
-
-    Global position p reads epoch e = p // n at offset p % n of torch.randperm(n) drawn from
-    `torch.Generator().manual_seed(seed + e)`; with `mirror`, the same generator then draws n flip bits
-    (torch.rand(n) < 0.5) and the stream yields (index, flip) keys for `TrainingImages`.
-
-    Positions are counted over all processes. Starting at `start`, the stream is cut into global batches of
-    batch_size * world_size positions; rank r takes positions [r * batch_size, (r + 1) * batch_size) of each.
-    To resume exactly, rebuild with start = samples consumed so far (over all ranks) and the same
-    seed / batch_size / world_size. Epochs are seamless: a global batch may span two epochs (no partial batches).
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        seed: int,
-        start: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        batch_size: int = 1,
-        mirror: bool = False,
-    ) -> None:
-        if num_samples < 1 or batch_size < 1 or start < 0 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"ResumableSampler needs num_samples >= 1, batch_size >= 1, start >= 0 and 0 <= rank < world_size; "
-                f"got {num_samples}, {batch_size}, {start}, {rank}, {world_size}"
-            )
-        self.num_samples, self.seed, self.start = num_samples, seed, start
-        self.rank, self.world_size, self.batch_size, self.mirror = rank, world_size, batch_size, mirror
-        self._epoch: int | None = None
-        self._order: tuple[list[int], list[bool]] = ([], [])
-
-    def key_at(self, position: int) -> Key:
-        """The key at a global position: an index, or (index, flip) when mirroring."""
-        epoch, offset = divmod(position, self.num_samples)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(self.num_samples, generator=g)
-            flips = torch.rand(self.num_samples, generator=g) < 0.5 if self.mirror else torch.zeros(0, dtype=torch.bool)
-            self._epoch, self._order = epoch, (perm.tolist(), flips.tolist())
-        index = self._order[0][offset]
-        return (index, self._order[1][offset]) if self.mirror else index
-
-    def positions(self) -> Iterator[int]:
-        """Global positions this rank reads, in order (infinite)."""
-        batch_start = self.start + self.rank * self.batch_size
-        while True:
-            yield from range(batch_start, batch_start + self.batch_size)
-            batch_start += self.batch_size * self.world_size
-
-    def __iter__(self) -> Iterator[Key]:
-        return (self.key_at(p) for p in self.positions())
-
-
-def build_loader(
-    dataset: Dataset,
-    data_cfg: DataConfig,
-    batch_size: int,
-    seed: int,
-    start: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DataLoader:
-    """Endless loader of (images (B, C, R, R), labels (B,)) for one rank; use `iter()` / `next()`, not `len()`.
-
-    `start` is the number of samples consumed over all ranks (see `ResumableSampler`). With data.random_flip
-    the dataset must accept (index, flip) keys, as `TrainingImages` does.
-    """
-    sampler = ResumableSampler(
-        len(dataset),  # type: ignore[arg-type]
-        seed,
-        start=start,
-        rank=rank,
-        world_size=world_size,
-        batch_size=batch_size,
-        mirror=data_cfg.random_flip,
-    )
-    workers = data_cfg.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=data_cfg.pin_memory and torch.cuda.is_available(),
-        persistent_workers=data_cfg.persistent_workers and workers > 0,
-        worker_init_fn=partial(seed_worker, base_seed=_worker_base_seed(seed, rank)) if workers > 0 else None,
-        generator=torch.Generator().manual_seed(_worker_base_seed(seed, rank)),
-    )
-
-
-def _worker_base_seed(seed: int, rank: int) -> int:
-    return (seed * 1_000_003 + rank) % 2**63
-
-
-def seed_worker(worker_id: int, base_seed: int) -> None:
-    """Seed torch, numpy and random in a DataLoader worker from (base seed, worker id).
-
-    Nothing in this module draws from these generators (flips come from the sampler); this keeps any
-    user-added random transform reproducible too.
-    """
-    s = (base_seed + worker_id) % 2**32
-    torch.manual_seed(s)
-    np.random.seed(s)
-    random.seed(s)
-

@@ -33,7 +33,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from gan import classifier
 from gan.config import Config
 from gan.data import build_dataset
-from gan.errors import UserError
+from gan.registry import CLASSIFIER_KEYS, MetricsError, result_key
 from gan.viz import images_to_uint8
 
 # The published weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and torch-fidelity's
@@ -46,27 +46,13 @@ KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the number of ima
 ISC_SPLITS = 10  # torch-fidelity's default, lowered to keep at least 2 images per split
 REFERENCE_CACHE_VERSION = 1  # bump when the reference pipeline changes meaning, to orphan old caches
 
-# cfg.eval.feature_extractor -> torch-fidelity extractor name, and how its keys are reported.
+# cfg.eval.feature_extractor -> torch-fidelity extractor name (its keys are renamed by registry.CLASSIFIER_KEYS).
 _FIDELITY_NAMES = {"inception": "inception-v3-compat", "fashion_classifier": classifier.FEATURE_EXTRACTOR_NAME}
-_CLASSIFIER_KEYS = {
-    "frechet_inception_distance": "frechet_classifier_distance",
-    "inception_score_mean": "classifier_score_mean",
-    "inception_score_std": "classifier_score_std",
-    "kernel_inception_distance_mean": "kernel_classifier_distance_mean",
-    "kernel_inception_distance_std": "kernel_classifier_distance_std",
-}
-
-
-class MetricsError(UserError, RuntimeError):
-    """A user-caused evaluation problem (missing or wrong weights, bad arguments); one line that says what to do."""
 
 
 def metric_key(metric: str, feature_extractor: str = "inception") -> str:
     """The result key of a metric's main value: ("fid", "fashion_classifier") -> "frechet_classifier_distance"."""
-    key = {"fid": "frechet_inception_distance", "isc": "inception_score_mean", "kid": "kernel_inception_distance_mean"}[
-        metric
-    ]
-    return _CLASSIFIER_KEYS[key] if feature_extractor == "fashion_classifier" else key
+    return result_key(metric, feature_extractor)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,13 +230,14 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Score `num_samples` (default cfg.eval.num_samples) generated images against the training dataset.
 
-    `metrics` defaults to cfg.eval.metrics (any of fid, isc, kid); `device` is where the feature network
+    `metrics` defaults to the torch-fidelity ones among cfg.eval.metrics (fid, isc, kid; the others are
+    gan/registry.py's: `registry.evaluate` computes any mix); `device` is where the feature network
     runs (torch-fidelity's `.cuda()`: the current CUDA device for any "cuda[:N]"); the generator runs where
     it lives and is left in its train/eval mode afterwards. `seed` fixes z,
     labels, KID subsets and IS splits. `inception_sha256=None` skips the weights check (tests only).
     Returns torch-fidelity's keys, or the classifier keys for cfg.eval.feature_extractor="fashion_classifier".
     """
-    metrics = list(metrics if metrics is not None else cfg.eval.metrics)
+    metrics = list(metrics if metrics is not None else [m for m in cfg.eval.metrics if m in METRICS])
     num_samples = num_samples if num_samples is not None else cfg.eval.num_samples
     unknown = [m for m in metrics if m not in METRICS]
     if not metrics or unknown:
@@ -291,5 +278,10 @@ def compute_metrics(
         )
     finally:
         generator.train(was_training)
-    rename = _CLASSIFIER_KEYS if cfg.eval.feature_extractor == "fashion_classifier" else {}
+    rename = CLASSIFIER_KEYS if cfg.eval.feature_extractor == "fashion_classifier" else {}
     return {rename.get(key, key): float(value) for key, value in result.items()}
+
+
+def fidelity_scores(generator: nn.Module, cfg: Config, names: list[str], **kwargs) -> dict[str, float]:
+    """The registry's entry for fid, isc and kid (gan/registry.py): one torch-fidelity call for all of them."""
+    return compute_metrics(generator, cfg, metrics=names, **kwargs)

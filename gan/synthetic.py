@@ -11,6 +11,7 @@ See docs/coherence.md for the design, the score's definition and its measured ch
 from __future__ import annotations
 
 import colorsys
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,3 +183,14 @@ def make_independent_halves(images: Tensor, generator: torch.Generator | None = 
     out = images.clone()
     out[..., w - w // 2 :] = images[donor][..., w - w // 2 :]
     return out
+
+
+def coherence_scores(generator: torch.nn.Module, cfg: Any, names: list[str], *, num_samples: int, seed: int = 0,
+                     **_options: Any) -> dict[str, float]:  # fmt: skip
+    """The registry's `coherence` metric (gan/registry.py): mean coherence of `num_samples` generated images
+    (`gan.runtime.sample_images`, so fixed by `seed`) and the means of its three components."""
+    from gan.runtime import sample_images
+
+    parts = coherence_components(sample_images(generator, num_samples, seed))
+    score = parts["valid"] * parts["shape_iou"] * parts["colour_agreement"]
+    return {"coherence": score.mean().item(), **{k: v.mean().item() for k, v in parts.items()}}

@@ -1,8 +1,8 @@
 """The training loop: the only module that knows Accelerate.
 
-One generator step = `n_dis` discriminator steps then one generator step, each over `grad_accum`
-micro-batches. Accelerate provides the processes, devices, DDP wrapping and trackers; mixed precision is
-done here, with one GradScaler per network (fp16), so an overflow in D never skips or rescales G's step.
+One generator step (gan/step.py) = `n_dis` discriminator steps then one generator step, each over
+`grad_accum` micro-batches, then the EMA update. Accelerate provides the processes, devices, DDP wrapping and
+trackers; mixed precision is done in the step, with one GradScaler per network (fp16).
 Every random draw of a step comes from a dedicated per-process generator whose state is checkpointed, and
 the data order is a pure function of (seed, samples consumed), so resuming reproduces the uninterrupted run.
 Scalars are read on the host only at log intervals.
@@ -10,14 +10,12 @@ Scalars are read on the host only at log intervals.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,82 +24,13 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
+from gan import registry
 from gan.attention import attention_blocks, attention_entropy, record_attention
 from gan.config import Config, ConfigError, save_config, to_dict
-from gan.data import build_dataset, build_loader
-from gan.ema import EMA
-from gan.losses import LOSSES
-from gan.metrics import compute_metrics, metric_key
-from gan.models import Discriminator, Generator
+from gan.data import build_dataset
 from gan.runtime import eval_mode
-
-PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Parts:
-    """Everything a step touches.
-
-    `G`/`D` are what gradients flow through: compiled when `train.compile` is on, then DDP-wrapped when
-    several processes run. `G_local`/`D_local` are the same (compiled) modules without DDP, for passes
-    that must not synchronise: the D step's no-grad fakes and the G step's frozen D. `G_raw`/`D_raw` are
-    the plain modules (state dicts, EMA, attention maps).
-    """
-
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_local: torch.nn.Module
-    D_local: torch.nn.Module
-    G_raw: Generator
-    D_raw: Discriminator
-    ema: EMA | None
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    scaler_g: torch.amp.GradScaler
-    scaler_d: torch.amp.GradScaler
-    rng: torch.Generator  # z and fake labels of this process
-
-
-# ----------------------------------------------------------------------------------------------
-# Set-up
-
-
-def build_parts(cfg: Config, accelerator: Accelerator) -> Parts:
-    torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
-    G_raw, D_raw = Generator(cfg.model), Discriminator(cfg.model)
-    G_raw.to(accelerator.device)
-    D_raw.to(accelerator.device)
-    if cfg.train.channels_last:
-        G_raw.to(memory_format=torch.channels_last)
-        D_raw.to(memory_format=torch.channels_last)
-    o = cfg.optim
-    opt_g = torch.optim.Adam(G_raw.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), eps=o.eps)
-    opt_d = torch.optim.Adam(D_raw.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=o.eps)
-    G_local, D_local = (torch.compile(G_raw), torch.compile(D_raw)) if cfg.train.compile else (G_raw, D_raw)
-    G, D = accelerator.prepare(G_local, D_local)  # DDP when several processes
-    fp16 = cfg.train.mixed_precision == "fp16"
-    device_type = accelerator.device.type
-    rng = torch.Generator(accelerator.device).manual_seed(cfg.train.seed * 1009 + accelerator.process_index)
-    return Parts(
-        G=G,
-        D=D,
-        G_local=G_local,
-        D_local=D_local,
-        G_raw=G_raw,
-        D_raw=D_raw,
-        ema=EMA(G_raw, o.ema_decay, o.ema_start) if o.ema_decay > 0 else None,
-        opt_g=opt_g,
-        opt_d=opt_d,
-        scaler_g=torch.amp.GradScaler(device_type, enabled=fp16),
-        scaler_d=torch.amp.GradScaler(device_type, enabled=fp16),
-        rng=rng,
-    )
-
-
-def samples_per_step(cfg: Config, world_size: int) -> int:
-    """Real images consumed (over all processes) by one generator step."""
-    return cfg.train.batch_size * cfg.optim.n_dis * cfg.optim.grad_accum * world_size
-
+from gan.sampler import build_loader
+from gan.step import Parts, build_parts, samples_per_step, train_step
 
 # ----------------------------------------------------------------------------------------------
 # State for checkpoints
@@ -167,71 +96,6 @@ def restore(parts: Parts, state: dict[str, Any], accelerator: Accelerator, where
 
 
 # ----------------------------------------------------------------------------------------------
-# One step
-
-
-def _latents(parts: Parts, cfg: Config, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    z = torch.randn(n, cfg.model.z_dim, device=device, generator=parts.rng)
-    y = None
-    if cfg.model.num_classes > 0:
-        y = torch.randint(cfg.model.num_classes, (n,), device=device, generator=parts.rng)
-    return z, y
-
-
-def train_step(
-    parts: Parts, cfg: Config, batches: Iterator, accelerator: Accelerator
-) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
-    """n_dis D steps then one G step. Returns detached scalars (no host sync) and the last real (images, labels)."""
-    d_loss_fn, g_loss_fn = LOSSES[cfg.optim.loss]
-    dtype = PRECISION[cfg.train.mixed_precision]
-    device = accelerator.device
-    autocast = lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
-    accum = cfg.optim.grad_accum
-    n = cfg.train.batch_size
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    stats: dict[str, torch.Tensor] = {}
-
-    for _ in range(cfg.optim.n_dis):
-        for micro in range(accum):
-            x, y_real = next(batches)
-            x = x.to(device, non_blocking=True).to(memory_format=memory_format)
-            y_real = y_real.to(device, non_blocking=True) if cfg.model.num_classes > 0 else None
-            z, y_fake = _latents(parts, cfg, n, device)
-            sync = micro == accum - 1
-            with torch.no_grad(), autocast():
-                fake = parts.G_local(z, y_fake)
-            with contextlib.nullcontext() if sync else accelerator.no_sync(parts.D), autocast():
-                both = torch.cat([x, fake.to(x.dtype)])
-                labels = torch.cat([y_real, y_fake]) if y_real is not None else None
-                logits = parts.D(both, labels).float()
-                real_logits, fake_logits = logits[:n], logits[n:]
-                loss_d = d_loss_fn(real_logits, fake_logits)
-            parts.scaler_d.scale(loss_d / accum).backward()
-        parts.scaler_d.step(parts.opt_d)
-        parts.scaler_d.update()
-        parts.opt_d.zero_grad(set_to_none=True)
-    stats["loss_d"] = loss_d.detach()
-    stats["d_real"] = real_logits.detach().mean()
-    stats["d_fake"] = fake_logits.detach().mean()
-
-    # G step: D is used without DDP and with frozen parameters, so no D gradients are computed or synchronised.
-    parts.D_raw.requires_grad_(False)
-    for micro in range(accum):
-        z, y_fake = _latents(parts, cfg, n, device)
-        sync = micro == accum - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(parts.G), autocast():
-            fake = parts.G(z, y_fake)
-            loss_g = g_loss_fn(parts.D_local(fake, y_fake).float())
-        parts.scaler_g.scale(loss_g / accum).backward()
-    parts.D_raw.requires_grad_(True)
-    parts.scaler_g.step(parts.opt_g)
-    parts.scaler_g.update()
-    parts.opt_g.zero_grad(set_to_none=True)
-    stats["loss_g"] = loss_g.detach()
-    return stats, (x, y_real)
-
-
-# ----------------------------------------------------------------------------------------------
 # Periodic work: logs, samples, attention maps, evaluation
 
 
@@ -281,7 +145,7 @@ class StopSignal:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -377,12 +241,8 @@ class Trainer:
         from gan import viz
 
         z, y, real, y_real = _head(4, self.z_fixed, self.y_fixed, *batch)
-        queries = self.cfg.log.attention_queries
-        figures = {}
-        if attention_blocks(self.sampler_model()):
-            figures["G"] = viz.generator_attention_figure(self.sampler_model(), z, y, queries=queries)
-        if attention_blocks(self.parts.D_raw):
-            figures["D"] = viz.discriminator_attention_figure(self.parts.D_raw, real, y_real, queries=queries)
+        figures = viz.attention_figures(self.sampler_model(), self.parts.D_raw, z, y, real, y_real,
+                                        queries=self.cfg.log.attention_queries)  # fmt: skip
         for net, figure in figures.items():
             viz.save_attention_figure(figure, self.run_dir / "attention" / f"step_{self.step:08d}_{net}.png")
             log_image(self.accelerator, f"attention/{net}", figure, self.step)
@@ -393,16 +253,27 @@ class Trainer:
         scores: dict[str, float] = {}
         if self.main:
             with torch.random.fork_rng(devices=[]):
-                scores = compute_metrics(self.sampler_model(), self.cfg, device=self.accelerator.device)
+                scores = registry.evaluate(self.sampler_model(), self.cfg, device=self.accelerator.device)
             self.log.write(self.step, scores)
         scores = gather_object([scores])[0]  # every process needs the same verdict on "best"
-        key = metric_key("fid", self.cfg.eval.feature_extractor) if "fid" in self.cfg.eval.metrics else None
-        improved = key in scores and (not self.best or scores[key] < self.best["value"])
+        improved, key = self.is_new_best(scores)
         if improved:
             self.best = {"metric": key, "value": scores[key], "step": self.step}
         path = self.checkpoint()
         if improved and path is not None:
             ckpt.save_best(self.ckpt_dir, path)
+
+    def is_new_best(self, scores: dict[str, float]) -> tuple[bool, str | None]:
+        """Whether `scores` beat the best so far on eval.best_metric (in its registered direction), and its key."""
+        name = self.cfg.eval.best_metric
+        if name not in self.cfg.eval.metrics:
+            return False, None
+        key = registry.result_key(name, self.cfg.eval.feature_extractor)
+        if key not in scores:
+            return False, key
+        better = (lambda a, b: a > b) if registry.higher_is_better(name) else (lambda a, b: a < b)
+        fresh = not self.best or self.best.get("metric") != key  # nothing yet, or a best by another metric
+        return fresh or better(scores[key], self.best["value"]), key
 
     def stop_requested(self, stop: StopSignal) -> bool:
         """With several processes, all must agree to stop at the same step (one tiny all-reduce per step)."""
@@ -425,11 +296,9 @@ class Trainer:
         last_time, last_step = time.perf_counter(), self.step
         with StopSignal() as stop:
             while self.step < total and not self.stop_requested(stop):
-                stats, batch = train_step(self.parts, cfg, batches, acc)
+                stats, batch = train_step(self.parts, cfg, batches, acc, self.step + 1)
                 self.step += 1
                 self.consumed += per_step
-                if self.parts.ema:
-                    self.parts.ema.update(self.parts.G_raw, self.step)
                 running.append(stats)
                 bar.update(1)
                 if _due(self.step, cfg.train.log_every, total):

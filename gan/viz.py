@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -368,6 +368,27 @@ def discriminator_attention_figure(
     """Run D on `images` (B, C, R, R) in [-1, 1] in eval mode and draw where each D non-local block attends."""
     _, records = _forward_recorded(discriminator, images, labels)
     return attention_figure(images, records, queries=queries, seed=seed)
+
+
+def attention_figures(
+    generator: torch.nn.Module | None,
+    discriminator: torch.nn.Module | None,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    real: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    queries: int = 3,
+) -> dict[str, np.ndarray]:
+    """The SAGAN-paper figure for each network that has non-local blocks: "G" generated from `z`, "D" on the
+    `real` images. Training, the experiments and sample.py all draw their maps through this one function."""
+    from gan.attention import attention_blocks
+
+    figures = {}
+    if generator is not None and attention_blocks(generator):
+        figures["G"] = generator_attention_figure(generator, z, labels, queries=queries)
+    if discriminator is not None and real is not None and attention_blocks(discriminator):
+        figures["D"] = discriminator_attention_figure(discriminator, real, real_labels, queries=queries)
+    return figures
 
 
 def save_attention_figure(figure: np.ndarray, path: str | os.PathLike) -> Path:

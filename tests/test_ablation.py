@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ablation
-from benchmarks.ablation import AblationError, Arm, compare, parse_arm, parse_arms, parse_seeds
+from benchmarks import ablation, experiment
+from benchmarks.ablation import Arm, parse_arm, parse_arms
+from benchmarks.experiment import ExperimentError, compare, parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,19 +45,19 @@ def test_arm_overrides_are_valid_config_overrides():
 
 @pytest.mark.parametrize("bad", ["", "x16", "gd", "g", "16", "dg16", "none16", "g16g8"])
 def test_parse_arm_rejects(bad):
-    with pytest.raises(AblationError, match="is not none"):
+    with pytest.raises(ExperimentError, match="is not none"):
         parse_arm(bad)
 
 
 def test_parse_arms_and_seeds():
     assert [a.name for a in parse_arms("none,g16,d16,gd16")] == ["none", "g16", "d16", "gd16"]
-    with pytest.raises(AblationError, match="include 'none'"):
+    with pytest.raises(ExperimentError, match="include 'none'"):
         parse_arms("g16,gd16")
-    with pytest.raises(AblationError, match="twice"):
+    with pytest.raises(ExperimentError, match="twice"):
         parse_arms("none,g16,g16")
     assert parse_seeds("0,1,2") == [0, 1, 2]
     for bad in ("0,0", "a", "-1"):
-        with pytest.raises(AblationError):
+        with pytest.raises(ExperimentError):
             parse_seeds(bad)
 
 
@@ -66,10 +67,10 @@ def test_parse_arms_and_seeds():
 
 def test_mean_std_matches_statistics():
     values = [0.31, 0.12, 0.47, 0.05]
-    m, s = ablation.mean_std(values)
+    m, s = experiment.mean_std(values)
     assert m == pytest.approx(statistics.mean(values), abs=1e-15)
     assert s == pytest.approx(statistics.stdev(values), abs=1e-15)
-    assert ablation.mean_std([2.5]) == (2.5, 0.0)
+    assert experiment.mean_std([2.5]) == (2.5, 0.0)
 
 
 def test_verdict_rule_on_hand_made_numbers():
@@ -78,15 +79,15 @@ def test_verdict_rule_on_hand_made_numbers():
     c = compare("gd16", [5.0, 6.0, 7.0], control, higher_is_better=True)
     assert (c.diff, c.pooled_std, c.exceeds, c.better, c.seeds) == (4.0, 1.0, True, True, 3)
     assert c.welch_t == pytest.approx(4.0 / math.sqrt(1 / 3 + 1 / 3))
-    assert "helped" in ablation.verdict_sentence("coherence score", c, 2.0, True)
+    assert "helped" in experiment.verdict_sentence("coherence score", c, 2.0, True)
     # the same numbers for a lower-is-better metric: beyond the spread, the wrong way
     c = compare("gd16", [5.0, 6.0, 7.0], control, higher_is_better=False)
     assert c.exceeds and not c.better
-    assert "attention hurt" in ablation.verdict_sentence("FCD", c, 2.0, False)
+    assert "attention hurt" in experiment.verdict_sentence("FCD", c, 2.0, False)
     # diff 1.5 <= 2 x pooled std: within the spread
     c = compare("g16", [2.5, 3.5, 4.5], control, higher_is_better=True)
     assert c.diff == 1.5 and not c.exceeds
-    assert "no measurable difference" in ablation.verdict_sentence("coherence score", c, 2.0, True)
+    assert "no measurable difference" in experiment.verdict_sentence("coherence score", c, 2.0, True)
     # unequal spreads: pooled std = sqrt((s1^2 + s2^2) / 2)
     arm = [10.0, 14.0, 18.0]  # std 4
     c = compare("d16", arm, control, higher_is_better=True)
@@ -94,7 +95,7 @@ def test_verdict_rule_on_hand_made_numbers():
     assert c.exceeds == (abs(14.0 - 2.0) > 2 * c.pooled_std)
     # one seed: no spread, no verdict
     c = compare("gd16", [5.0], [1.0], higher_is_better=True)
-    assert not c.exceeds and "no verdict" in ablation.verdict_sentence("coherence score", c, 1.0, True)
+    assert not c.exceeds and "no verdict" in experiment.verdict_sentence("coherence score", c, 1.0, True)
 
 
 def _fake_runs() -> dict:
@@ -125,9 +126,10 @@ def test_results_table_formatting():
 # End to end: the real CLI
 
 
+@pytest.mark.slow
 def test_run_and_report_end_to_end(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
-    cmd = [sys.executable, "benchmarks/ablation.py", "run", "--config", "configs/ablation_coherence.yaml",
+    cmd = [sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
            "--arms", "none,gd16", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
            "train.steps=2", "train.batch_size=4", "data.builtin_size=64", "model.g_width=16", "model.d_width=16",
            f"eval.cache_dir={cache}"]  # fmt: skip
@@ -156,7 +158,7 @@ def test_run_and_report_end_to_end(tmp_path):
     report, figures = tmp_path / "docs" / "ablation.md", tmp_path / "docs" / "ablation"
     report.parent.mkdir()
     report.write_text(f"old generated part\n{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
-    proc = subprocess.run([sys.executable, "benchmarks/ablation.py", "report", str(out), "--report", str(report),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "report", str(out), "--report", str(report),
                            "--figures", str(figures)], cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
@@ -193,11 +195,11 @@ def test_final_gates_and_uniform_entropy(tmp_path):
 
 
 def test_user_errors_are_one_line():
-    proc = subprocess.run([sys.executable, "benchmarks/ablation.py", "run", "--config", "configs/ablation_coherence.yaml",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
                            "--arms", "g16", "--out", "/nonexistent/x"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --arms must include 'none', the control every attention arm is compared with"
     )
-    with pytest.raises(AblationError, match="no ablation.json"):
+    with pytest.raises(ExperimentError, match="no ablation.json"):
         ablation.collect(Path("/nonexistent/ablation"))
     assert Arm("none", (), ()).overrides() == ["model.g_attention=[]", "model.d_attention=[]"]

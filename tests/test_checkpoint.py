@@ -23,12 +23,12 @@ from gan.checkpoint import (
 from gan.config import load_config
 from gan.models import Generator
 
-TINY = ["model.g_width=16", "model.d_width=16"]
+from shared import TINY_MODEL
 
 
 @pytest.fixture
 def cfg():
-    return load_config(None, TINY)
+    return load_config(None, TINY_MODEL)
 
 
 def nested_state():

@@ -9,10 +9,8 @@ runs (a flipped byte is caught below) and its real parser reads the files. Nothi
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import itertools
-import pickle
 import random
 import warnings
 from pathlib import Path
@@ -21,28 +19,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.datasets import CIFAR10, CelebA
+from torchvision.datasets import CelebA
 
 from gan import data as data_mod
 from gan.config import DataConfig, ModelConfig
 from gan.data import (
     DatasetError,
-    ResumableSampler,
     TrainingImages,
     UnreadableImageWarning,
     build_dataset,
-    build_loader,
     num_classes_of,
-    seed_worker,
 )
+from gan.sampler import ResumableSampler, build_loader, seed_worker
+
+from shared import celeba_images as _celeba_images
+from shared import md5 as _md5
+from shared import pin_md5 as _pin_md5
+from shared import write_cifar as _write_cifar
+from shared import write_folder as _write_folder
+from shared import write_idx_gz as _write_idx_gz
 
 
 def _cfgs(dataset: str, root: Path | str, *, resolution: int = 32, channels: int = 3, **data) -> tuple:
     return DataConfig(dataset=dataset, root=str(root), **data), ModelConfig(resolution=resolution, image_channels=channels)
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def _expected(pixels_hwc: np.ndarray) -> np.ndarray:
@@ -63,35 +62,6 @@ def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # CIFAR-10
-
-
-def _write_cifar(root: Path, n_per_batch: int = 2, n_test: int = 3) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """A miniature `cifar-10-batches-py/` in the release format: protocol-2 pickles of dicts with str keys
-    (what torchvision's `pickle.load(encoding="latin1")` sees for the Python-2 originals), data uint8 (N, 3072)
-    laid out as the R, G, B planes of a row-major 32x32 image."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    batches = {}
-    for b, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        n = n_test if name == "test_batch" else n_per_batch
-        pixels = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = [int((b * 3 + k) % 10) for k in range(n)]
-        filenames = [f"{name}_{k}.png" for k in range(n)]
-        entry = {"batch_label": f"{name} of 6", "labels": labels, "data": pixels, "filenames": filenames}
-        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-        batches[name] = (pixels, labels)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    meta = {"num_cases_per_batch": n_per_batch, "label_names": names, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return batches
-
-
-def _pin_md5(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """Point torchvision's CIFAR10 checksum table at the fixture files (see the module docstring)."""
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", _md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
 
 
 def test_cifar10_pixels_labels_and_splits(tmp_path, monkeypatch):
@@ -149,25 +119,6 @@ def test_cifar10_missing_and_corrupt(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # Fashion-MNIST
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """The idx format: 0x00 0x00, dtype code 0x08 (ubyte), ndim, big-endian int32 dims, then the bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_idx_gz(folder: Path, n_train: int = 5, n_test: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    out = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
-        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
-        out[prefix] = (images, labels)
-    return out
 
 
 def _fashion_reference(image28: np.ndarray) -> np.ndarray:
@@ -284,36 +235,6 @@ def test_fashion_mnist_real_debian_files(tmp_path):
 # Image folders
 
 
-def _write_folder(root: Path) -> dict[str, np.ndarray]:
-    """Grayscale, RGBA, palette (with a transparent entry), a non-square RGB, a nested BMP, a JPEG,
-    one corrupt file and one non-image. Returns the 32x32 pixel arrays that the tests compare exactly."""
-    rng = np.random.default_rng(2)
-    (root / "sub" / "deeper").mkdir(parents=True)
-    gray = rng.integers(0, 256, size=(32, 32), dtype=np.uint8)
-    Image.fromarray(gray, mode="L").save(root / "a_gray.png")
-
-    rgba = rng.integers(0, 256, size=(32, 32, 4), dtype=np.uint8)
-    rgba[..., 3] = np.where(np.arange(32)[None, :] < 16, 0, 255)  # left half transparent, right half opaque
-    Image.fromarray(rgba, mode="RGBA").save(root / "b_rgba.png")
-
-    palette_img = Image.new("P", (32, 32))
-    palette_img.putpalette([10, 20, 30, 200, 100, 50, 0, 0, 0] + [0] * (256 * 3 - 9))
-    indices = (np.arange(32 * 32).reshape(32, 32) % 3).astype(np.uint8)
-    palette_img.putdata(indices.flatten().tolist())
-    palette_img.info["transparency"] = 2  # entry 2 is transparent -> white
-    palette_img.save(root / "c_palette.png", transparency=2)
-
-    wide = rng.integers(0, 256, size=(32, 64, 3), dtype=np.uint8)  # H=32, W=64: no resize, centre crop only
-    Image.fromarray(wide, mode="RGB").save(root / "d_wide.png")
-
-    Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(root / "sub" / "e_photo.jpg", quality=90)
-    Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(root / "sub" / "deeper" / "f_small.bmp")
-    (root / "sub" / "broken.png").write_bytes(b"this is not a png at all")
-    (root / "notes.txt").write_text("not an image")
-    palette_rgb = np.array([[10, 20, 30], [200, 100, 50], [255, 255, 255]], dtype=np.uint8)[indices]
-    return {"gray": gray, "rgba": rgba, "palette": palette_rgb, "wide": wide}
-
-
 def test_folder_modes_exact_pixels_and_one_warning(tmp_path):
     arrays = _write_folder(tmp_path)
     with pytest.warns(UnreadableImageWarning, match=r"skipped 1 unreadable image file\(s\)") as record:
@@ -387,13 +308,6 @@ def test_folder_missing_empty_and_unreadable(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # CelebA
-
-
-def _celeba_images(folder: Path, n: int = 6) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(4)
-    for i in range(1, n + 1):
-        Image.fromarray(rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
 
 
 PARTITION = "".join(f"{i:06d}.jpg {0 if i <= 4 else i - 4}\n" for i in range(1, 7))  # 4 train, 1 valid, 1 test

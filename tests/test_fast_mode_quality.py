@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ablation import AblationError, mean_std
+from benchmarks.experiment import ExperimentError, mean_std
 from benchmarks.fast_mode_quality import collect, parse_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.steps=2", "train.batch_size=4", "model.g_width=8", "model.d_width=8"]
 
 
-def test_run_and_report_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     out, report = tmp_path / "runs", tmp_path / "fast_mode_quality.md"
-    cmd = [sys.executable, "benchmarks/fast_mode_quality.py", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
-           "--jobs", "2", "--out", str(out), "--num-samples", "16", *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    dataset_on_disk("fashion_mnist", tmp_path / "data")  # small idx files: Debian's package may be absent
+    every = [*TINY, f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-m", "benchmarks.fast_mode_quality", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
+           "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for mode, extra in (("fp32", ["model.attn_fused=false"]),
@@ -26,13 +29,13 @@ def test_run_and_report_end_to_end(tmp_path):
         for seed in (0, 1):
             rd = out / mode / f"seed{seed}"
             run = json.loads((rd / "ablation_run.json").read_text())
-            assert run["overrides"][2:] == [f"train.seed={seed}", *extra, *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]
+            assert run["overrides"] == [*extra, f"train.seed={seed}", *every]
             resolved = (rd / "config.yaml").read_text()
             assert ("mixed_precision: bf16" in resolved) == (mode == "bf16")
             assert ("attn_fused: false" in resolved) == (mode == "fp32")
             assert json.loads((rd / "ablation_eval.json").read_text())["step"] == 2
 
-    proc = subprocess.run([sys.executable, "benchmarks/fast_mode_quality.py", "report", str(out), "--report", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fast_mode_quality", "report", str(out), "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
@@ -54,9 +57,9 @@ def test_run_and_report_end_to_end(tmp_path):
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/fast_mode_quality.py", "run", "--out", str(tmp_path), *args],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fast_mode_quality", "run", "--out", str(tmp_path), *args],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip() == message
-    with pytest.raises(AblationError, match="no fast_mode_quality.json"):
+    with pytest.raises(ExperimentError, match="no fast_mode_quality.json"):
         collect(tmp_path / "nothing")
     assert parse_modes("fp32,fast,fp32") == ["fp32", "fast"]

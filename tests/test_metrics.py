@@ -268,6 +268,7 @@ def test_conditional_generator_gets_seeded_uniform_labels_and_keeps_its_mode(tmp
 # Inception (slow on CPU: keep to this one test)
 
 
+@pytest.mark.slow
 def test_inception_path_matches_independent_frechet_and_kid(tmp_path, monkeypatch, inception_weights):
     n = 8
     reference = rectangles(n, channels=3, seed=6)
@@ -381,6 +382,7 @@ def export(tmp_path) -> Path:
     return export_generator(tmp_path / "export", Generator(cfg.model), cfg)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
     out = tmp_path / "eval" / "scores.json"
     command = [sys.executable, "evaluate.py", "--checkpoint", str(export), "--num", "32", "--metrics", "fid,kid",

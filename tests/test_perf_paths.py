@@ -15,13 +15,14 @@ from torch.overrides import TorchFunctionMode
 
 from gan.config import load_config
 from gan.layers import conv2d, linear
-from gan.train_loop import build_parts, train_step
+from gan.step import build_parts, train_step
+
+from shared import TINY_MODEL
 
 TINY = [
+    *TINY_MODEL,
     "model.resolution=32",
     "model.num_classes=3",
-    "model.g_width=16",
-    "model.d_width=16",
     "model.g_attention=[16]",
     "model.d_attention=[16]",
     "train.batch_size=4",
@@ -74,7 +75,7 @@ def _run(overrides: list[str], steps: int = 2):
     batches = itertools.repeat((x, y))
     losses = []
     for _ in range(steps):
-        stats, _ = train_step(parts, cfg, batches, accelerator)
+        stats, _ = train_step(parts, cfg, batches, accelerator, len(losses) + 1)
         losses.append({k: v for k, v in stats.items()})
     return losses, parts
 
@@ -133,6 +134,7 @@ def test_bf16_step_is_finite_close_and_keeps_spectral_norm_float32(reference):
     assert checked > 10
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager_and_compiles_every_pass():
     """train.compile: every pass of the step (D step's no-grad fakes, D on real+fake, G with frozen D) runs
     compiled, and the step computes what eager computes, spectral norm's in-place u/v updates included."""

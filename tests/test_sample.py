@@ -26,11 +26,11 @@ from gan.config import load_config
 from gan.models import Generator
 from gan.viz import images_to_uint8, make_grid_array
 
+from shared import TINY_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--config", "configs/demo.yaml",
-    "model.g_width=16", "model.d_width=16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
-    "train.progress=false", "train.sample_every=0", "log.attention_every=0", "train.checkpoint_every=0",
+    "--config", "configs/demo.yaml", *TINY_RUN, "train.steps=2",
     # big G steps and a fast EMA: after 2 steps, EMA vs raw weights and the classes visibly differ
     "optim.lr_g=0.02", "optim.ema_decay=0.5",
 ]
@@ -119,6 +119,7 @@ def as_images(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).double() / 127.5 - 1
 
 
+@pytest.mark.slow
 def test_grid_out_npz_match_generator_sample_and_each_other(runs, baseline):
     arr, out = baseline["arr"], baseline["dir"]
     assert arr.shape == (N, 32, 32, 3) and arr.dtype == np.uint8
@@ -136,12 +137,14 @@ def test_grid_out_npz_match_generator_sample_and_each_other(runs, baseline):
         assert str(out / where) in baseline["stdout"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_across_runs(runs, baseline, tmp_path):
     ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--grid", tmp_path / "g.png", "--npz", tmp_path / "a.npz")
     assert (tmp_path / "g.png").read_bytes() == baseline["grid"]
     assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
 
 
+@pytest.mark.slow
 def test_batch_size_changes_no_image(runs, baseline, tmp_path):
     """Not bit for bit: on CPU the GEMM kernel of G's first linear layer depends on the number of rows, so
     floats move in their last bits (~1e-7) with the batch size. Floats: allclose within 1e-6; uint8: a value
@@ -156,6 +159,7 @@ def test_batch_size_changes_no_image(runs, baseline, tmp_path):
         torch.testing.assert_close(sample_cli.generate(G, z, None, batch_size, "cpu"), whole, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["run", "export"])
 def test_run_dir_and_export_load_the_step_dirs_ema_generator(runs, baseline, tmp_path, which):
     path = runs["uncond"] if which == "run" else runs["uncond"] / "generator"
@@ -163,6 +167,7 @@ def test_run_dir_and_export_load_the_step_dirs_ema_generator(runs, baseline, tmp
     assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
 
 
+@pytest.mark.slow
 def test_no_ema_samples_the_raw_generator(runs, baseline, tmp_path):
     ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--no-ema", "--npz", tmp_path / "raw.npz")
     raw = npz(tmp_path / "raw.npz")
@@ -173,6 +178,7 @@ def test_no_ema_samples_the_raw_generator(runs, baseline, tmp_path):
     assert mean_abs_diff(raw, baseline["arr"]) > 5
 
 
+@pytest.mark.slow
 def test_truncation_follows_generator_sample_and_narrows_the_spread(runs, baseline, tmp_path):
     ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--truncation", 0.25, "--npz", tmp_path / "t.npz")
     truncated = npz(tmp_path / "t.npz")
@@ -182,6 +188,7 @@ def test_truncation_follows_generator_sample_and_narrows_the_spread(runs, baseli
     assert spread(truncated) < 0.5 * spread(baseline["arr"])
 
 
+@pytest.mark.slow
 def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
     ok("--checkpoint", runs["step"], "--num", 2, "--interpolate", 5, "--seed", 1, "--grid", tmp_path / "i.png",
        "--npz", tmp_path / "i.npz")
@@ -198,6 +205,7 @@ def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
     assert np.array_equal(grid, make_grid_array(as_images(arr), nrow=5))
 
 
+@pytest.mark.slow
 def test_conditional_class_and_attention_maps(runs, tmp_path):
     res = ok("--checkpoint", runs["cond"], "--num", 5, "--class", 2, "--npz", tmp_path / "c.npz",
              "--attention-maps", tmp_path / "attn.png")
@@ -212,6 +220,7 @@ def test_conditional_class_and_attention_maps(runs, tmp_path):
     assert str(tmp_path / "attn.png") in res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "run, args, words",
     [
@@ -233,6 +242,7 @@ def test_not_a_checkpoint_fails_in_one_line(capsys, tmp_path):
     main_fails_in_one_line(capsys, ["--checkpoint", tmp_path / "missing"], "does not exist")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_fails_in_one_line(runs, tmp_path):
     bad = tmp_path / "step_00000002"
     shutil.copytree(runs["step"], bad)
@@ -252,6 +262,7 @@ class _CreatesFile:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow
 def test_planted_pickle_is_never_unpickled(runs, tmp_path):
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(_CreatesFile(probe))).close()
@@ -274,6 +285,7 @@ def test_attention_maps_of_a_generator_without_attention_fail_in_one_line(capsys
     assert not (tmp_path / "a.png").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_output_fails_in_one_line(runs, capsys, tmp_path):
     (tmp_path / "a_file").write_text("")
     main_fails_in_one_line(capsys, ["--checkpoint", runs["step"], "--num", 2, "--out", tmp_path / "a_file" / "sub"],

@@ -8,12 +8,10 @@ import pytest
 
 import train as train_cli
 
-TINY = [
-    "--config", "configs/demo.yaml",
-    "model.g_width=16", "model.d_width=16", "data.builtin_size=64", "train.batch_size=4",
-    "train.progress=false", "train.log_every=2", "train.sample_every=2", "log.attention_every=2",
-    "train.checkpoint_every=0", "train.steps=2",
-]
+from shared import TINY_RUN
+
+TINY = ["--config", "configs/demo.yaml", *TINY_RUN, "train.log_every=2", "train.sample_every=2", "log.attention_every=2",
+        "train.steps=2"]  # fmt: skip
 SCALARS = {"loss_d", "loss_g", "d_real", "d_fake", "lr_g", "lr_d", "images_per_s",
            "gamma/G.blocks.attn16", "gamma/D.blocks.attn16",
            "attn_entropy/G.blocks.attn16", "attn_entropy/D.blocks.attn16"}
@@ -56,6 +54,7 @@ def finished_records(path: Path, timeout: float = 60.0) -> list[bytes]:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_media_scalars_and_config(tmp_path, monkeypatch):
     pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -83,6 +82,7 @@ def test_offline_wandb_run_holds_media_scalars_and_config(tmp_path, monkeypatch)
     assert config["model.g_width"] == "16" and config["train.steps"] == "2"
 
 
+@pytest.mark.slow
 def test_tensorboard_run_holds_scalars_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -15,18 +15,10 @@ from safetensors.torch import load_file
 import train as train_cli
 from gan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
+from shared import TINY_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.g_width=16",
-    "model.d_width=16",
-    "data.builtin_size=64",
-    "train.batch_size=4",
-    "train.progress=false",
-    "train.log_every=2",
-    "train.sample_every=0",
-    "log.attention_every=0",
-    "train.checkpoint_every=0",
-]
+TINY = [*TINY_RUN, "train.log_every=2"]
 
 
 def run_cli(*args: str, timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -40,6 +32,7 @@ def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "state.safetensors"))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_run_directory(tmp_path):
     run = tmp_path / "run"
     res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY,
@@ -63,6 +56,7 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
 RECIPE = ["optim.n_dis=2", "optim.grad_accum=2", "model.num_classes=4"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, n",
     # fp16 starts at scale 2**16 and skips its first ~5 overflowing steps; the recipe does 4 D micro-steps a step
@@ -95,6 +89,7 @@ def test_resume_is_exact(tmp_path, overrides, n):
     assert [r["loss_d"] for r in rows] == [r["loss_d"] for r in ref]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main(["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run), "train.steps=1"]) == 0
@@ -106,6 +101,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     res = run_cli("train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
@@ -118,7 +114,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
         (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
-        (["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
+        pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_fails_in_one_line(tmp_path, args, message):
@@ -139,6 +135,7 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
     assert res.returncode == 2 and "not valid YAML" in res.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -161,6 +158,7 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     assert (run / "generator" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch(tmp_path):
     """gloo on CPU: both replicas end with identical weights; only one process writes files."""
     run = tmp_path / "run"
@@ -181,6 +179,7 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert res.stdout.count("samples in") == 1
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main([
@@ -200,45 +199,14 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path):
     assert final["best"] == {"metric": "frechet_classifier_distance", "value": scores[best_step], "step": best_step}
 
 
-# One short run per dataset kind, on small files in each real on-disk format (writers from test_data).
-def _cifar(root, monkeypatch):
-    from test_data import _pin_md5, _write_cifar
-
-    _write_cifar(root, n_per_batch=4)
-    _pin_md5(monkeypatch, root / "cifar-10-batches-py")
-    return ["data.dataset=cifar10", "model.num_classes=10"]
-
-
-def _fashion(root, monkeypatch):
-    import gan.data as data_mod
-    from test_data import _write_idx_gz
-
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", root / "not-installed")
-    _write_idx_gz(root / "FashionMNIST" / "raw", n_train=12)
-    return ["data.dataset=fashion_mnist", "model.image_channels=1", "model.num_classes=10"]
-
-
-def _folder(root, monkeypatch):
-    from test_data import _write_folder
-
-    _write_folder(root)
-    return ["data.dataset=folder"]
-
-
-def _celeba(root, monkeypatch):
-    from test_data import _celeba_images
-
-    _celeba_images(root / "img_align_celeba")
-    return ["data.dataset=celeba", "model.resolution=64", "model.g_attention=[32]", "model.d_attention=[32]"]
-
-
-@pytest.mark.parametrize("make", [_cifar, _fashion, _folder, _celeba], ids=["cifar10", "fashion_mnist", "folder", "celeba"])
-def test_trains_on_each_dataset_kind(tmp_path, monkeypatch, make):
-    root, run = tmp_path / "data", tmp_path / "run"
-    root.mkdir()
-    extra = make(root, monkeypatch)
-    assert train_cli.main(["--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, f"data.root={root}",
-                           *extra, "train.steps=2", "train.sample_every=2"]) == 0
+# One short run per dataset kind, on small files in each real on-disk format (tests/shared.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist", "folder", "celeba"])
+def test_trains_on_each_dataset_kind(tmp_path, dataset_on_disk, name):
+    run = tmp_path / "run"
+    extra = dataset_on_disk(name, tmp_path / "data")
+    assert train_cli.main(["--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, *extra,
+                           "train.steps=2", "train.sample_every=2"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(torch.isfinite(torch.tensor(rows[-1][k])) for k in ("loss_d", "loss_g"))
     assert (run / "samples" / "step_00000002.png").is_file()
