@@ -9,14 +9,18 @@
     concatenation      f = ReLU(w_f^T [theta(x_i); phi(x_j)]), C = N
     gaussian           f = exp(x_i^T x_j) on the raw input, C = sum_j f
 
-where N is the number of key positions. With `subsample=True`, phi(x) and g(x) (or x itself for the
+where N is the number of key positions. `logit_scale` multiplies the softmax variants' logits
+theta_i^T phi_j by s: "one" (s = 1, SAGAN), "inv_sqrt_d" (s = 1/sqrt(d_qk), the transformer and video
+non-local code; d_qk = C for the Gaussian), or "learned" (s = exp(log_tau), a learnable temperature
+starting at 1). dot_product and concatenation divide by N, not by a softmax sum, so a logit scale there
+would only rescale out(y); they accept "one" only. With `subsample=True`, phi(x) and g(x) (or x itself for the
 Gaussian) are 2x2 max-pooled first, with `ceil_mode=True`: an odd side of 2k+1 gives k+1 key rows, the
 last one pooling a single row, so every position of an odd map still contributes as a key.
 
 Two computations, one result:
 - the explicit path materialises the (HW x N) weight matrix; it serves every pairwise function and
   `return_attention=True` / `record_attention`;
-- the fused path hands the softmax variants to `scaled_dot_product_attention(scale=1.0)`, which never
+- the fused path hands the softmax variants to `scaled_dot_product_attention(scale=s)`, which never
   materialises the matrix on its flash / memory-efficient kernels. CPU's flash kernel needs queries/keys as
   wide as values, so theta/phi are zero-padded up to the value width there: zeros add nothing to a dot
   product, so every logit is unchanged.
@@ -37,6 +41,7 @@ from gan.layers import spectral_norm
 
 PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
 GATES = ("gamma", "zero_init")
+LOGIT_SCALES = ("one", "inv_sqrt_d", "learned")
 _SOFTMAX = ("embedded_gaussian", "gaussian")
 
 
@@ -63,10 +68,12 @@ def _conv1x1(cin: int, cout: int, sn: bool) -> nn.Conv2d:
 class NonLocalBlock(nn.Module):
     """Non-local / self-attention block on (B, C, H, W) maps; the identity at initialisation.
 
-    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at 0 (SAGAN).
+    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at `gamma_init` (0 in SAGAN;
+    a non-zero start gives up the identity at initialisation).
     `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
     normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
     so under this gate `out` is left unnormalised; theta, phi and g still are.
+    `qk_spectral_norm` normalises theta/phi independently of g/out (None: follow `spectral_norm`).
     """
 
     def __init__(
@@ -80,39 +87,55 @@ class NonLocalBlock(nn.Module):
         gate: str = "gamma",
         spectral_norm: bool = True,
         fused: bool = True,
+        logit_scale: str = "one",
+        gamma_init: float = 0.0,
+        qk_spectral_norm: bool | None = None,
     ) -> None:
         super().__init__()
         if pairwise not in PAIRWISE:
             raise ValueError(f"pairwise must be one of {', '.join(PAIRWISE)}; got {pairwise!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {', '.join(GATES)}; got {gate!r}")
+        if logit_scale not in LOGIT_SCALES:
+            raise ValueError(f"logit_scale must be one of {', '.join(LOGIT_SCALES)}; got {logit_scale!r}")
+        if logit_scale != "one" and pairwise not in _SOFTMAX:
+            raise ValueError(
+                f"logit_scale={logit_scale!r} scales softmax logits; pairwise={pairwise!r} has no softmax "
+                "(its C(x) = N already normalises): use logit_scale='one'"
+            )
+        if gamma_init != 0.0 and gate != "gamma":
+            raise ValueError(f"gamma_init={gamma_init} needs gate='gamma'; gate={gate!r} has no gamma")
         self.channels = channels
         self.pairwise = pairwise
         self.subsample = subsample
         self.gate = gate
         self.fused = fused
+        self.logit_scale = logit_scale
         self.qk_channels = channels if pairwise == "gaussian" else (qk_channels or max(channels // 8, 1))
         self.v_channels = v_channels or max(channels // 2, 1)
 
+        qk_sn = spectral_norm if qk_spectral_norm is None else qk_spectral_norm
         if pairwise != "gaussian":
-            self.theta = _conv1x1(channels, self.qk_channels, spectral_norm)
-            self.phi = _conv1x1(channels, self.qk_channels, spectral_norm)
+            self.theta = _conv1x1(channels, self.qk_channels, qk_sn)
+            self.phi = _conv1x1(channels, self.qk_channels, qk_sn)
         if pairwise == "concatenation":
             self.w_f = nn.Parameter(torch.randn(2 * self.qk_channels) / math.sqrt(2 * self.qk_channels))
         self.g = _conv1x1(channels, self.v_channels, spectral_norm)
         if gate == "gamma":
             self.out = _conv1x1(self.v_channels, channels, spectral_norm)
-            self.gamma = nn.Parameter(torch.zeros(()))
+            self.gamma = nn.Parameter(torch.full((), float(gamma_init)))
         else:
             self.out = _conv1x1(self.v_channels, channels, False)
             nn.init.zeros_(self.out.weight)
+        if logit_scale == "learned":  # registered only when chosen: older state dicts still load
+            self.log_tau = nn.Parameter(torch.zeros(()))  # temperature exp(log_tau), starting at 1
         self._records: list[AttentionRecord] | None = None  # set by record_attention
         self._record_name = ""
 
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
-            f"subsample={self.subsample}, gate={self.gate}, fused={self.fused}"
+            f"subsample={self.subsample}, gate={self.gate}, fused={self.fused}, logit_scale={self.logit_scale}"
         )
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -128,6 +151,8 @@ class NonLocalBlock(nn.Module):
             phi = F.max_pool2d(phi, 2, ceil_mode=True)  # (B, Cqk, ceil(H/2), ceil(W/2))
             g = F.max_pool2d(g, 2, ceil_mode=True)  # (B, Cv, ceil(H/2), ceil(W/2))
         key_hw = (phi.shape[-2], phi.shape[-1])
+        if self.logit_scale == "learned":  # exp(log_tau) theta_i^T phi_j, on both paths, through q
+            theta = theta * self.log_tau.exp().to(theta.dtype)
         q = theta.flatten(2).transpose(1, 2)  # (B, HW, Cqk)
         k = phi.flatten(2).transpose(1, 2)  # (B, N, Cqk)
         v = g.flatten(2).transpose(1, 2)  # (B, N, Cv)
@@ -138,6 +163,8 @@ class NonLocalBlock(nn.Module):
         n_keys = k.shape[1]
         if self.pairwise in _SOFTMAX:
             logits = torch.bmm(q, k.transpose(1, 2))  # (B, HW, N)
+            if self.logit_scale == "inv_sqrt_d":
+                logits = logits * self._constant_scale()
             return torch.softmax(_at_least_float32(logits), dim=-1)
         if self.pairwise == "dot_product":
             return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, HW, N)
@@ -145,6 +172,10 @@ class NonLocalBlock(nn.Module):
         w_theta, w_phi = self.w_f.to(q.dtype).split(self.qk_channels)
         f = F.relu((q @ w_theta).unsqueeze(2) + (k @ w_phi).unsqueeze(1))  # (B, HW, N)
         return f / n_keys
+
+    def _constant_scale(self) -> float:
+        """The fixed factor on the logits: 1/sqrt(d_qk) under "inv_sqrt_d", else 1 (the learned one is in q)."""
+        return 1.0 / math.sqrt(self.qk_channels) if self.logit_scale == "inv_sqrt_d" else 1.0
 
     def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """softmax(q k^T) v without the (HW x N) matrix: (B, HW, Cv)."""
@@ -157,7 +188,7 @@ class NonLocalBlock(nn.Module):
             q.unsqueeze(1).contiguous(),  # (B, 1, HW, C)
             k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
             v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
-            scale=1.0,
+            scale=self._constant_scale(),  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
         return y.squeeze(1)  # (B, HW, Cv)
 
