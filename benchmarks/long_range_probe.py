@@ -17,6 +17,7 @@ the Markdown tables of docs/long_range.md and draws its plot.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -35,11 +36,11 @@ from gan.attention import NonLocalBlock  # noqa: E402
 from gan.erf import effective_rf, theoretical_rf  # noqa: E402
 from gan.layers import DBlock, DBlockOptimized, linear  # noqa: E402
 from gan.synthetic import CoherenceDataset  # noqa: E402
+from gan.viz import save_image_grid  # noqa: E402
 
-# Arms as plain data. `attention`: None (no block) or NonLocalBlock options plus the levers below;
-# `attn_lr_mult`: the block's learning rate over the base one; `view`: which part of the image the model sees.
-# Levers (local until the block grows them): gamma_init (float), logit_scale ("one" | "inv_sqrt_d" |
-# "learned": exp(t) with t starting at 0), qk_spectral_norm (False: theta and phi unnormalised).
+# Arms as plain data. `attention`: None (no block) or NonLocalBlock options (the levers: gate, gamma_init,
+# logit_scale, qk_spectral_norm); `attn_lr_mult`: the block's learning rate over the base one; `view`: the part
+# of the image the model sees ("full", or one half only: the chance-level control).
 ARMS: dict[str, dict] = {
     "conv": {"attention": None},
     "attn": {"attention": {}},
@@ -50,38 +51,8 @@ ARMS: dict[str, dict] = {
     "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
     "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
     "conv_right_half": {"attention": None, "view": "right"},
-    "conv_left_half": {"attention": None, "view": "left"},
 }
-TEST_SEED = 12345  # the held-out dataset seed (training streams use 100 + run seed)
-
-
-class _LogitScale(nn.Module):
-    """Multiplies theta(x) by a constant or by exp(t), t learned: the same factor on every logit q.k."""
-
-    def __init__(self, value: float, learned: bool) -> None:
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(value)), requires_grad=learned)
-
-    def forward(self, q: Tensor) -> Tensor:
-        return q * self.log_scale.exp()
-
-
-def make_attention(channels: int, options: dict) -> NonLocalBlock:
-    """A NonLocalBlock with the probe's levers applied on top of its constructor options."""
-    opts = dict(options)
-    gamma_init, scale = opts.pop("gamma_init", 0.0), opts.pop("logit_scale", "one")
-    qk_sn = opts.pop("qk_spectral_norm", None)
-    block = NonLocalBlock(channels, **opts)
-    if gamma_init:
-        with torch.no_grad():
-            block.gamma.fill_(gamma_init)
-    if qk_sn is False:
-        block.theta = nn.Conv2d(channels, block.qk_channels, 1, bias=False)
-        block.phi = nn.Conv2d(channels, block.qk_channels, 1, bias=False)
-    if scale != "one":
-        factor = 1.0 if scale == "learned" else 1.0 / math.sqrt(block.qk_channels)
-        block.theta = nn.Sequential(block.theta, _LogitScale(factor, learned=scale == "learned"))
-    return block
+TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
 
 
 class Probe(nn.Module):
@@ -90,7 +61,7 @@ class Probe(nn.Module):
     def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
         super().__init__()
         self.stem = DBlockOptimized(channels, width, sn=True)
-        self.attention = make_attention(width, attention) if attention is not None else None
+        self.attention = NonLocalBlock(width, **attention) if attention is not None else None
         self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
         self.head = linear(width, 1, sn=True)
 
@@ -112,15 +83,17 @@ def probe_rf(depth: int) -> int:
     return theoretical_rf(stem + down * depth)[0]
 
 
-def pairs(data: CoherenceDataset, indices: range, view: str = "full") -> tuple[Tensor, Tensor]:
-    """Coherent items and their incoherent versions, stacked: images (2n, C, H, W[/2]), labels 1 then 0."""
-    coherent = [data[i][0] for i in indices]
-    incoherent = [data.incoherent(i)[0] for i in indices]
-    x = torch.stack(coherent + incoherent)
+@functools.lru_cache(maxsize=4)
+def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tensor, Tensor]:
+    """n coherent items and their incoherent versions, stacked: images (2n, 3, R, R or R/2), labels 1 then 0.
+
+    Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
+    """
+    data = CoherenceDataset(n, resolution, seed=seed)
+    x = torch.stack([data[i][0] for i in range(n)] + [data.incoherent(i)[0] for i in range(n)])
     half = x.shape[-1] // 2
     x = {"full": x, "left": x[..., :half], "right": x[..., half:]}[view]
-    y = torch.cat([torch.ones(len(coherent)), torch.zeros(len(incoherent))])
-    return x, y
+    return x, torch.cat([torch.ones(n), torch.zeros(n)])
 
 
 def accuracy(model: Probe, x: Tensor, y: Tensor, batch: int = 250) -> float:
@@ -138,13 +111,15 @@ def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
     }
     with torch.no_grad():
         q, k, _, _ = block._project(model.stem(probe_x))  # (B, HW, Cqk), (B, N, Cqk)
-        logits = torch.bmm(q, k.transpose(1, 2))  # (B, HW, N)
+        logits = torch.bmm(q, k.transpose(1, 2)) * block._constant_scale()  # (B, HW, N), as the block scales them
         p = torch.softmax(logits, dim=-1)
         entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
     state = {f"grad_{n}": g for n, g in grads.items()}
     state.update(entropy_ratio=entropy, logit_std=float(logits.std()), logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()))
     state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
-    state["out_weight_norm"] = float(block.out.weight.norm())
+    state["out_weight_norm"] = float(block.out.weight.detach().norm())
+    if hasattr(block, "log_tau"):
+        state["log_tau"] = block.log_tau.item()
     return state
 
 
@@ -160,13 +135,14 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         groups.append({"params": attn_params, "lr": args.lr * spec.get("attn_lr_mult", 1.0)})
     opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
 
-    train = CoherenceDataset(args.steps * args.batch // 2, args.resolution, seed=100 + seed)
-    test = CoherenceDataset(args.test_pairs, args.resolution, seed=TEST_SEED)
-    x_test, y_test = pairs(test, range(args.test_pairs), view)
+    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    order = torch.Generator().manual_seed(seed)
     log, start = [], time.process_time()
-    n = args.batch // 2
     for step in range(1, args.steps + 1):
-        x, y = pairs(train, range((step - 1) * n, step * n), view)
+        k = torch.randint(args.train_pairs, (args.batch // 2,), generator=order)
+        k = torch.cat([k, k + args.train_pairs])  # each drawn item with its own incoherent version
+        x, y = x_train[k], y_train[k]
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,6 +151,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
             if model.attention is not None:
                 entry.update(block_state(model, x_test[:16]))
             log.append(entry)
+            print(f"  {arm} depth {depth} seed {seed} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"), flush=True)
         opt.step()
     cpu_s = time.process_time() - start
 
@@ -186,7 +163,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         "erf_r90": erf.r90 if erf else None, "erf_mass_beyond_16": erf.mass_beyond(16) if erf else None,
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
         "cpu_s": cpu_s, "log": log,
-        "settings": {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "test_pairs")},
+        "settings": {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")},
         "machine": machine_line(),
     }
 
@@ -226,9 +203,20 @@ def report(args: argparse.Namespace) -> None:
               f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
               f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('%.3f' % r['test_acc'] for r in rs)} | "
               f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |")
+    print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
+    keys = ("gamma", "entropy_ratio", "logit_std", "grad_theta", "grad_phi", "grad_g", "grad_out")
+    print("| arm | depth | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        if ARMS[arm]["attention"] is None:
+            continue
+        last = [r["log"][-1] for r in rs]
+        print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     _plot(groups, Path(args.plot))
+    x, _ = pairs(args.resolution, TEST_SEED, 6)
+    save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 
 def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
@@ -269,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--train-pairs", type=int, default=2048, help="coherent images (each with its incoherent version)")
     parser.add_argument("--test-pairs", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", default="runs/long_range")
