@@ -215,6 +215,8 @@ def report(args: argparse.Namespace) -> None:
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     _plot(groups, Path(args.plot))
+    _plot_erf(groups, Path(args.plot).with_name("erf_profile.png"))
+    _plot_opening(groups, Path(args.plot).with_name("block_opening.png"))
     x, _ = pairs(args.resolution, TEST_SEED, 6)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
@@ -244,6 +246,58 @@ def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+def _plot_erf(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    """Cumulative ERF gradient mass against distance, seed 0 of each full-image arm and depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (arm, depth), rs in sorted(groups.items()):
+        r = min(rs, key=lambda r: r["seed"])
+        if r["erf_profile"] is None or arm not in ("conv", "attn"):
+            continue
+        d, m = zip(*r["erf_profile"])
+        cum = [sum(m[: k + 1]) for k in range(len(m))]
+        ax.plot(d, cum, ls="-" if arm == "conv" else "--", label=f"{arm} depth {depth} (RF {probe_rf(depth)})")
+    ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("Chebyshev distance from the output cell's centre (input px)")
+    ax.set_ylabel("cumulative |d out / d in| mass")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _plot_opening(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("gate: |gamma| (gamma gate) or |out weight| (zero_init)", lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"]),
+        ("|grad theta| / |grad g|", lambda e: e["grad_theta"] / max(e["grad_g"], 1e-12)),
+        ("attention entropy / log N", lambda e: e["entropy_ratio"]),
+        ("test accuracy (256 images)", lambda e: e["test_acc_256"]),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.5))
+    for (arm, depth), rs in sorted(groups.items()):
+        if ARMS[arm]["attention"] is None:
+            continue
+        log = min(rs, key=lambda r: r["seed"])["log"][1:]  # step 1 has no gradient through the closed gate
+        for ax, (title, value) in zip(axes, panels):
+            ax.plot([e["step"] for e in log], [value(e) for e in log], label=f"{arm} d{depth}")
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> None:
