@@ -221,12 +221,18 @@ def report(args: argparse.Namespace) -> None:
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 
-def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: `run` does not need it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, colour in (("conv", "tab:blue"), ("attn", "tab:orange")):
         depths = sorted(d for a, d in groups if a == arm)
@@ -250,11 +256,7 @@ def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
 
 def _plot_erf(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
     """Cumulative ERF gradient mass against distance, seed 0 of each full-image arm and depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (arm, depth), rs in sorted(groups.items()):
         r = min(rs, key=lambda r: r["seed"])
@@ -273,11 +275,7 @@ def _plot_erf(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
 
 def _plot_opening(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
     """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = (
         ("gate: |gamma| (gamma gate) or |out weight| (zero_init)", lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"]),
         ("|grad theta| / |grad g|", lambda e: e["grad_theta"] / max(e["grad_g"], 1e-12)),
