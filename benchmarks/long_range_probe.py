@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,15 +66,16 @@ class Probe(nn.Module):
         self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
         self.head = linear(width, 1, sn=True)
 
-    def features(self, x: Tensor) -> Tensor:
-        """The map that is sum-pooled: (B, width, H / 2^(depth+1), W / 2^(depth+1)), after the ReLU."""
+    def trunk(self, x: Tensor) -> Tensor:
+        """The map before the final ReLU: (B, width, H / 2^(depth+1), W / 2^(depth+1)); the ERF is measured here
+        (after the ReLU, a unit over plain background can be dead for every input and have no gradient)."""
         h = self.stem(x)
         if self.attention is not None:
             h = self.attention(h)
-        return F.relu(self.blocks(h))
+        return self.blocks(h)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).sum(dim=(2, 3))).squeeze(1)
+        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3))).squeeze(1)
 
 
 def probe_rf(depth: int) -> int:
@@ -123,7 +125,7 @@ def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
     return state
 
 
-def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
     spec = ARMS[arm]
     view = spec.get("view", "full")
     torch.manual_seed(seed)
@@ -155,7 +157,8 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         opt.step()
     cpu_s = time.process_time() - start
 
-    erf = effective_rf(model.features, x_test[:64]) if view == "full" else None
+    save_file(model.state_dict(), str(weights_path))
+    erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
     return {
         "arm": arm, "depth": depth, "seed": seed, "spec": spec, "view": view,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -177,8 +180,8 @@ def run(args: argparse.Namespace) -> None:
                 path = out / f"r{args.resolution}" / arm / f"depth{depth}" / f"seed{seed}.json"
                 if path.exists():
                     continue
-                result = train_one(arm, depth, seed, args)
                 path.parent.mkdir(parents=True, exist_ok=True)
+                result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
                 path.write_text(json.dumps(result, indent=1))
                 print(f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, "
                       f"{result['params']} params, {result['cpu_s']:.0f} CPU s", flush=True)

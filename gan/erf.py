@@ -67,6 +67,11 @@ def effective_rf(
     dist = torch.maximum((ys - cy).abs(), (xs - cx).abs())  # (H, W)
     distances, inverse = torch.unique(dist, return_inverse=True)
     mass = torch.zeros_like(distances).index_add_(0, inverse.flatten(), grad_map.flatten())
-    mass = mass / mass.sum().clamp_min(1e-300)
-    r90 = float(distances[int(torch.searchsorted(mass.cumsum(0), torch.tensor(0.9 - 1e-12, dtype=torch.float64)))])
-    return EffectiveRF(grad_map.float(), distances, mass, r90)
+    if not mass.sum() > 0:
+        raise ValueError(
+            f"output position ({i}, {j}) has zero gradient for every input (a dead unit?): "
+            "measure the ERF before the last ReLU or at another position"
+        )
+    mass = mass / mass.sum()
+    k = int(torch.searchsorted(mass.cumsum(0), torch.tensor(0.9 - 1e-9, dtype=torch.float64)))
+    return EffectiveRF(grad_map.float(), distances, mass, float(distances[min(k, len(distances) - 1)]))

@@ -95,7 +95,7 @@ def test_probe_shapes_and_parameter_count(depth: int, attention: dict | None) ->
     model = probe.Probe(depth, width=16, attention=attention)
     x = torch.randn(3, 3, 64, 64)
     side = 64 // 2 ** (depth + 1)
-    assert model.features(x).shape == (3, 16, side, side)
+    assert model.trunk(x).shape == (3, 16, side, side)
     assert model(x).shape == (3,)
     assert sum(p.numel() for p in model.parameters()) == _hand_count(depth, 16, 3, attention is not None)
     assert probe.probe_rf(depth) == {0: 6, 2: 36}[depth]  # conv3, conv3, pool2 (6); +10 at jump 2, +20 at jump 4
@@ -110,13 +110,16 @@ def test_erf_of_one_conv_is_its_kernel() -> None:
     torch.testing.assert_close(erf.mass[:2], torch.tensor([1 / 9, 8 / 9], dtype=torch.float64))
     assert erf.r90 == 1.0 and erf.mass_beyond(1) == 0.0
     assert theoretical_rf([(3, 1)]) == (3, 1)
+    nn.init.zeros_(conv.weight)  # a unit with no gradient anywhere has no ERF: one clear error
+    with pytest.raises(ValueError, match="zero gradient"):
+        effective_rf(conv, torch.randn(2, 1, 9, 9))
 
 
 @pytest.mark.parametrize("depth", [0, 1])
 def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
     torch.manual_seed(0)
     model = probe.Probe(depth, width=8)
-    erf = effective_rf(model.features, torch.randn(8, 3, 64, 64))
+    erf = effective_rf(model.trunk, torch.randn(8, 3, 64, 64))
     rows = (erf.grad_map > 0).any(1).nonzero()
     assert int(rows[-1] - rows[0] + 1) == probe.probe_rf(depth)
 
