@@ -188,7 +188,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _mean_std(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.3f}"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (1 seed)"
+    return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
 
 
 def report(args: argparse.Namespace) -> None:
@@ -237,7 +239,7 @@ def _pyplot():
 def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, colour in (("conv", "tab:blue"), ("attn", "tab:orange")):
+    for arm, colour in (("conv", "tab:blue"), ("attn", "tab:orange"), ("attn_zero_init", "tab:green")):
         depths = sorted(d for a, d in groups if a == arm)
         if not depths:
             continue
