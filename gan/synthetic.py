@@ -78,6 +78,31 @@ class CoherenceDataset(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self._render(index, coherent=True)
+
+    def incoherent(self, index: int) -> tuple[Tensor, int]:
+        """Item `index` with its right object redrawn: the long-range tie broken, nothing else changed.
+
+        The background and the left object are pixel-identical to item `index`; the right object is the
+        mirror image of an independent object (its own shape, size, left-edge offset, row and colour, drawn
+        from the same ranges after all of the item's draws). So each half alone has exactly the distribution
+        it has in coherent images, and there is no seam. The label is the left object's shape.
+        """
+        return self._render(index, coherent=False)
+
+    def _draw_object(self, rng: np.random.Generator) -> tuple[int, int, int, int, np.ndarray]:
+        """shape, side s, left edge x0, top row y0 and colour (C,) of one left-side object."""
+        r = self.resolution
+        shape = int(rng.integers(len(SHAPES)))
+        s = int(rng.integers(round(SIZE_RANGE[0] * r), round(SIZE_RANGE[1] * r) + 1))
+        x0 = int(rng.integers(1, max(1, round(MAX_EDGE_OFFSET * r)) + 1))
+        y0 = int(rng.integers(1, r - s))  # rows [y0, y0 + s) stay inside [1, r - 1)
+        hue, sat = rng.random(), rng.uniform(*SATURATION_RANGE)
+        grey = rng.uniform(*GREY_RANGE)
+        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0)) if self.channels == 3 else np.array([grey])
+        return shape, s, x0, y0, colour
+
+    def _render(self, index: int, coherent: bool) -> tuple[Tensor, int]:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a dataset of {self.size} images")
         index %= self.size
@@ -86,12 +111,7 @@ class CoherenceDataset(Dataset):
 
         # Draw every attribute in a fixed order, whatever `channels` is, so that the geometry of item i is
         # the same in the RGB and the grayscale dataset.
-        shape = int(rng.integers(len(SHAPES)))
-        s = int(rng.integers(round(SIZE_RANGE[0] * r), round(SIZE_RANGE[1] * r) + 1))
-        x0 = int(rng.integers(1, max(1, round(MAX_EDGE_OFFSET * r)) + 1))
-        y0 = int(rng.integers(1, r - s))  # rows [y0, y0 + s) stay inside [1, r - 1)
-        hue, sat = rng.random(), rng.uniform(*SATURATION_RANGE)
-        grey = rng.uniform(*GREY_RANGE)
+        shape, s, x0, y0, colour = self._draw_object(rng)
         base = rng.uniform(0.0, BACKGROUND_BASE, size=3)
         amplitude, angle = rng.uniform(0.0, BACKGROUND_GRADIENT), rng.uniform(0.0, 2 * np.pi)
 
@@ -100,14 +120,21 @@ class CoherenceDataset(Dataset):
         ys, xs = np.meshgrid(coords, coords, indexing="ij")
         ramp = xs * np.cos(angle) + ys * np.sin(angle)
         ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
-        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0)) if self.channels == 3 else np.array([grey])
         img = base[: self.channels, None, None] + amplitude * ramp[None]  # (C, R, R)
 
-        # Objects: the left one at columns [x0, x0 + s), the right one its mirror image.
-        mask = np.zeros((r, r), dtype=bool)
-        mask[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
-        mask |= mask[:, ::-1]
-        img = np.where(mask[None], colour[:, None, None], img)
+        # Objects: the left one at columns [x0, x0 + s); the right one the mirror image of the left one
+        # (coherent) or of an independently drawn one (incoherent, drawn last so item i itself is unchanged).
+        left = np.zeros((r, r), dtype=bool)
+        left[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
+        img = np.where(left[None], colour[:, None, None], img)
+        if coherent:
+            right, right_colour = left[:, ::-1], colour
+        else:
+            shape2, s2, x2, y2, right_colour = self._draw_object(rng)
+            right = np.zeros((r, r), dtype=bool)
+            right[y2 : y2 + s2, x2 : x2 + s2] = _shape_mask(shape2, s2)
+            right = right[:, ::-1]
+        img = np.where(right[None], right_colour[:, None, None], img)
         return torch.from_numpy((img * 2.0 - 1.0).astype(np.float32)), shape
 
 

@@ -1,0 +1,327 @@
+"""The direct long-range probe: can a D-like classifier tell coherent images from their incoherent versions?
+
+Coherent images are `CoherenceDataset` items (the right object mirrors the left one); their incoherent
+versions (`CoherenceDataset.incoherent`) have the right object redrawn independently on the same
+background, so only the long-range relation differs. Each classifier is built from the repository's own D
+blocks: the optimised first block, optionally ONE non-local block at that (highest-resolution) stage, then
+`depth` residual down-blocks, ReLU, global sum pooling and a linear head, spectral norm everywhere as in D.
+See docs/long_range.md for the design, the argument and the measured results.
+
+    python benchmarks/long_range_probe.py run --arms conv attn --depths 0 1 2 3 --seeds 0 1 2
+    python benchmarks/long_range_probe.py report
+
+`run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
+the Markdown tables of docs/long_range.md and draws its plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import machine_line  # noqa: E402
+from gan.attention import NonLocalBlock  # noqa: E402
+from gan.erf import effective_rf, theoretical_rf  # noqa: E402
+from gan.layers import DBlock, DBlockOptimized, linear  # noqa: E402
+from gan.synthetic import CoherenceDataset  # noqa: E402
+from gan.viz import save_image_grid  # noqa: E402
+
+# Arms as plain data. `attention`: None (no block) or NonLocalBlock options (the levers: gate, gamma_init,
+# logit_scale, qk_spectral_norm); `attn_lr_mult`: the block's learning rate over the base one; `view`: the part
+# of the image the model sees ("full", or one half only: the chance-level control).
+ARMS: dict[str, dict] = {
+    "conv": {"attention": None},
+    "attn": {"attention": {}},
+    "attn_zero_init": {"attention": {"gate": "zero_init"}},
+    "attn_gamma0.1": {"attention": {"gamma_init": 0.1}},
+    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},
+    "attn_learned_temp": {"attention": {"logit_scale": "learned"}},
+    "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
+    "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
+    "conv_right_half": {"attention": None, "view": "right"},
+}
+TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
+
+
+class Probe(nn.Module):
+    """images (B, C, H, W) -> logit (B,): DBlockOptimized [-> NonLocalBlock] -> depth x DBlock -> ReLU, sum, linear."""
+
+    def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
+        super().__init__()
+        self.stem = DBlockOptimized(channels, width, sn=True)
+        self.attention = NonLocalBlock(width, **attention) if attention is not None else None
+        self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
+        self.head = linear(width, 1, sn=True)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The map before the final ReLU: (B, width, H / 2^(depth+1), W / 2^(depth+1)); the ERF is measured here
+        (after the ReLU, a unit over plain background can be dead for every input and have no gradient)."""
+        h = self.stem(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        return self.blocks(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3))).squeeze(1)
+
+
+def probe_rf(depth: int) -> int:
+    """Theoretical receptive field (pixels) of the conv path: the optimised block then `depth` down-blocks."""
+    stem = [(3, 1), (3, 1), (2, 2)]  # conv3x3, conv3x3, avgpool2 (the shortcut's field is smaller)
+    down = [(3, 1), (3, 1), (2, 2)]  # ReLU-conv3x3-ReLU-conv3x3-avgpool2
+    return theoretical_rf(stem + down * depth)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tensor, Tensor]:
+    """n coherent items and their incoherent versions, stacked: images (2n, 3, R, R or R/2), labels 1 then 0.
+
+    Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
+    """
+    data = CoherenceDataset(n, resolution, seed=seed)
+    x = torch.stack([data[i][0] for i in range(n)] + [data.incoherent(i)[0] for i in range(n)])
+    half = x.shape[-1] // 2
+    x = {"full": x, "left": x[..., :half], "right": x[..., half:]}[view]
+    return x, torch.cat([torch.ones(n), torch.zeros(n)])
+
+
+def accuracy(model: Probe, x: Tensor, y: Tensor, batch: int = 250) -> float:
+    with torch.no_grad():
+        logits = torch.cat([model(x[k : k + batch]) for k in range(0, len(x), batch)])
+    return float(((logits > 0).float() == y).float().mean())
+
+
+def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
+    """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
+    block = model.attention
+    grads = {
+        name: math.sqrt(sum(float(p.grad.pow(2).sum()) for p in getattr(block, name).parameters() if p.grad is not None))
+        for name in ("theta", "phi", "g", "out")
+    }
+    with torch.no_grad():
+        q, k, _, _ = block._project(model.stem(probe_x))  # (B, HW, Cqk), (B, N, Cqk)
+        logits = torch.bmm(q, k.transpose(1, 2)) * block._constant_scale()  # (B, HW, N), as the block scales them
+        p = torch.softmax(logits, dim=-1)
+        entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
+    state = {f"grad_{n}": g for n, g in grads.items()}
+    state.update(entropy_ratio=entropy, logit_std=float(logits.std()), logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()))
+    state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
+    state["out_weight_norm"] = float(block.out.weight.detach().norm())
+    if hasattr(block, "log_tau"):
+        state["log_tau"] = block.log_tau.item()
+    return state
+
+
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
+    spec = ARMS[arm]
+    view = spec.get("view", "full")
+    torch.manual_seed(seed)
+    model = Probe(depth, args.width, attention=spec["attention"])
+    attn_params = list(model.attention.parameters()) if model.attention is not None else []
+    attn_ids = {id(p) for p in attn_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in attn_ids], "lr": args.lr}]
+    if attn_params:
+        groups.append({"params": attn_params, "lr": args.lr * spec.get("attn_lr_mult", 1.0)})
+    opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
+
+    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    order = torch.Generator().manual_seed(seed)
+    log, start = [], time.process_time()
+    for step in range(1, args.steps + 1):
+        k = torch.randint(args.train_pairs, (args.batch // 2,), generator=order)
+        k = torch.cat([k, k + args.train_pairs])  # each drawn item with its own incoherent version
+        x, y = x_train[k], y_train[k]
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step % args.log_every == 0 or step == 1:
+            entry = {"step": step, "loss": loss.item(), "test_acc_256": accuracy(model, x_test[::4][:256], y_test[::4][:256])}
+            if model.attention is not None:
+                entry.update(block_state(model, x_test[:16]))
+            log.append(entry)
+            print(f"  {arm} depth {depth} seed {seed} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"), flush=True)
+        opt.step()
+    cpu_s = time.process_time() - start
+
+    save_file(model.state_dict(), str(weights_path))
+    erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
+    return {
+        "arm": arm, "depth": depth, "seed": seed, "spec": spec, "view": view,
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "theoretical_rf": probe_rf(depth), "test_acc": accuracy(model, x_test, y_test),
+        "erf_r90": erf.r90 if erf else None, "erf_mass_beyond_16": erf.mass_beyond(16) if erf else None,
+        "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
+        "cpu_s": cpu_s, "log": log,
+        "settings": {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")},
+        "machine": machine_line(),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    for arm in args.arms:
+        for depth in args.depths:
+            for seed in args.seeds:
+                path = out / f"r{args.resolution}" / arm / f"depth{depth}" / f"seed{seed}.json"
+                if path.exists():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
+                path.write_text(json.dumps(result, indent=1))
+                print(f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, "
+                      f"{result['params']} params, {result['cpu_s']:.0f} CPU s", flush=True)
+
+
+def _mean_std(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (1 seed)"
+    return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
+
+
+def report(args: argparse.Namespace) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["arm"], r["depth"]), []).append(r)
+    print("| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond 16 px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        rs.sort(key=lambda r: r["seed"])
+        erf = [r["erf_r90"] for r in rs if r["erf_r90"] is not None]
+        beyond = [r["erf_mass_beyond_16"] for r in rs if r["erf_mass_beyond_16"] is not None]
+        print(f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
+              f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
+              f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('%.3f' % r['test_acc'] for r in rs)} | "
+              f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |")
+    print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
+    keys = ("gamma", "entropy_ratio", "logit_std", "grad_theta", "grad_phi", "grad_g", "grad_out")
+    print("| arm | depth | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        if ARMS[arm]["attention"] is None:
+            continue
+        last = [r["log"][-1] for r in rs]
+        print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
+    if results:
+        print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
+    _plot(groups, Path(args.plot))
+    _plot_erf(groups, Path(args.plot).with_name("erf_profile.png"))
+    _plot_opening(groups, Path(args.plot).with_name("block_opening.png"))
+    x, _ = pairs(args.resolution, TEST_SEED, 6)
+    save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: `run` does not need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, colour in (("conv", "tab:blue"), ("attn", "tab:orange"), ("attn_zero_init", "tab:green")):
+        depths = sorted(d for a, d in groups if a == arm)
+        if not depths:
+            continue
+        accs = [[r["test_acc"] for r in groups[(arm, d)]] for d in depths]
+        ax.errorbar(depths, [statistics.mean(a) for a in accs],
+                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], label=arm, color=colour, capsize=3, marker="o")
+        for d, a in zip(depths, accs):
+            ax.scatter([d] * len(a), a, color=colour, s=8, alpha=0.5)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(sorted({d for _, d in groups}))
+    ax.set_xticklabels([f"{d}\nRF {probe_rf(d)}" for d in sorted({d for _, d in groups})])
+    ax.set_xlabel("residual down-blocks before pooling (theoretical RF, px)")
+    ax.set_ylabel("test accuracy (coherent vs incoherent)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def _plot_erf(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    """Cumulative ERF gradient mass against distance, seed 0 of each full-image arm and depth."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (arm, depth), rs in sorted(groups.items()):
+        r = min(rs, key=lambda r: r["seed"])
+        if r["erf_profile"] is None or arm not in ("conv", "attn"):
+            continue
+        d, m = zip(*r["erf_profile"])
+        cum = [sum(m[: k + 1]) for k in range(len(m))]
+        ax.plot(d, cum, ls="-" if arm == "conv" else "--", label=f"{arm} depth {depth} (RF {probe_rf(depth)})")
+    ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("Chebyshev distance from the output cell's centre (input px)")
+    ax.set_ylabel("cumulative |d out / d in| mass")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _plot_opening(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
+    """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
+    plt = _pyplot()
+    panels = (
+        ("gate: |gamma| (gamma gate) or |out weight| (zero_init)", lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"]),
+        ("|grad theta| / |grad g|", lambda e: e["grad_theta"] / max(e["grad_g"], 1e-12)),
+        ("attention entropy / log N", lambda e: e["entropy_ratio"]),
+        ("test accuracy (256 images)", lambda e: e["test_acc_256"]),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.5))
+    for (arm, depth), rs in sorted(groups.items()):
+        if ARMS[arm]["attention"] is None:
+            continue
+        log = min(rs, key=lambda r: r["seed"])["log"][1:]  # step 1 has no gradient through the closed gate
+        for ax, (title, value) in zip(axes, panels):
+            ax.plot([e["step"] for e in log], [value(e) for e in log], label=f"{arm} d{depth}")
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--arms", nargs="+", default=["conv", "attn"], choices=list(ARMS))
+    parser.add_argument("--depths", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=32, help="images per step, half coherent, half incoherent")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--train-pairs", type=int, default=2048, help="coherent images (each with its incoherent version)")
+    parser.add_argument("--test-pairs", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--out", default="runs/long_range")
+    parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()

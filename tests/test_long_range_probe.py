@@ -1,0 +1,140 @@
+"""The long-range probe: incoherent counterparts, the probe classifier, the ERF function, the script end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ks_2samp
+from torch import nn
+
+from benchmarks import long_range_probe as probe
+from gan.erf import effective_rf, theoretical_rf
+from gan.synthetic import FOREGROUND_THRESHOLD, CoherenceDataset
+
+
+def _foreground(img: torch.Tensor) -> torch.Tensor:
+    return img.amax(0) > FOREGROUND_THRESHOLD  # (H, W)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_incoherent_keeps_background_and_left_object(channels: int) -> None:
+    data = CoherenceDataset(40, 64, channels=channels, seed=7)
+    changed_anywhere = 0
+    for i in range(len(data)):
+        (coh, label), (inc, label_inc) = data[i], data.incoherent(i)
+        assert label == label_inc
+        fg = _foreground(coh) | _foreground(inc)
+        differs = (coh != inc).any(0)
+        # Every differing pixel is object in one of the two: the background is pixel-identical (no seam) ...
+        assert not (differs & ~fg).any()
+        # ... and only the right object moved: the left 60% of the columns (left object, centre) is untouched.
+        assert torch.equal(coh[..., : int(0.6 * 64)], inc[..., : int(0.6 * 64)])
+        changed_anywhere += int(differs.any())
+    assert changed_anywhere == len(data)  # the redrawn object never coincides with the mirror image here
+
+
+def _right_object(img: torch.Tensor) -> tuple[int, float]:
+    """Top row and mean grey level of the right object, read from the pixels."""
+    fg = _foreground(img)
+    fg[:, : img.shape[-1] // 2] = False
+    rows = fg.any(1).nonzero()
+    return int(rows[0]), float(img[0][fg].mean())
+
+
+def _left_object(img: torch.Tensor) -> tuple[int, float]:
+    fg = _foreground(img)
+    fg[:, img.shape[-1] // 2 :] = False
+    rows = fg.any(1).nonzero()
+    return int(rows[0]), float(img[0][fg].mean())
+
+
+def test_incoherent_right_object_is_independent_and_halves_match_in_distribution() -> None:
+    n = 1500
+    data = CoherenceDataset(n, 32, channels=1, seed=3)
+    coh = torch.stack([data[i][0] for i in range(n)])
+    inc = torch.stack([data.incoherent(i)[0] for i in range(n)])
+
+    # Independence: the right object's row and grey level are uncorrelated with the left one's.
+    left = np.array([_left_object(x) for x in inc])
+    right_inc = np.array([_right_object(x) for x in inc])
+    right_coh = np.array([_right_object(x) for x in coh])
+    for k in range(2):
+        assert np.corrcoef(left[:, k], right_coh[:, k])[0, 1] > 0.999  # coherent: tied
+        assert abs(np.corrcoef(left[:, k], right_inc[:, k])[0, 1]) < 0.1  # 3.9 standard errors at n = 1500
+
+    # Each half alone: per-image mean and variance have the same distribution in both classes
+    # (two-sample Kolmogorov-Smirnov, p > 0.001), and the left halves are identical.
+    half = 16
+    assert torch.equal(coh[..., :half], inc[..., :half])
+    for stat in (lambda x: x.mean((1, 2, 3)), lambda x: x.var((1, 2, 3))):
+        assert ks_2samp(stat(coh[..., half:]).numpy(), stat(inc[..., half:]).numpy()).pvalue > 1e-3
+    # The same statistic does see a real difference: the whole-image correlation of mirrored halves.
+    def mirror_corr(x: torch.Tensor) -> np.ndarray:
+        a, b = x[..., :half].flatten(1), x[..., half:].flip(-1).flatten(1)
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).numpy()
+
+    assert ks_2samp(mirror_corr(coh), mirror_corr(inc)).pvalue < 1e-6
+
+
+def _hand_count(depth: int, w: int, c: int, attention: bool) -> int:
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731
+    stem = conv(c, w, 3) + conv(w, w, 3) + conv(c, w, 1)
+    block = 2 * conv(w, w, 3) + conv(w, w, 1)  # downsampling: learnable 1x1 shortcut
+    attn = 2 * w * (w // 8) + w * (w // 2) + (w // 2) * w + 1  # theta, phi, g, out (no bias), gamma
+    return stem + depth * block + (w + 1) + (attn if attention else 0)
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+@pytest.mark.parametrize("attention", [None, {}])
+def test_probe_shapes_and_parameter_count(depth: int, attention: dict | None) -> None:
+    torch.manual_seed(0)
+    model = probe.Probe(depth, width=16, attention=attention)
+    x = torch.randn(3, 3, 64, 64)
+    side = 64 // 2 ** (depth + 1)
+    assert model.trunk(x).shape == (3, 16, side, side)
+    assert model(x).shape == (3,)
+    assert sum(p.numel() for p in model.parameters()) == _hand_count(depth, 16, 3, attention is not None)
+    assert probe.probe_rf(depth) == {0: 6, 2: 36}[depth]  # conv3, conv3, pool2 (6); +10 at jump 2, +20 at jump 4
+
+
+def test_erf_of_one_conv_is_its_kernel() -> None:
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    nn.init.ones_(conv.weight)
+    erf = effective_rf(conv, torch.randn(4, 1, 9, 9))
+    support = erf.grad_map > 0
+    assert support.sum() == 9 and support[3:6, 3:6].all()  # exactly the 3x3 kernel around (4, 4)
+    torch.testing.assert_close(erf.mass[:2], torch.tensor([1 / 9, 8 / 9], dtype=torch.float64))
+    assert erf.r90 == 1.0 and erf.mass_beyond(1) == 0.0
+    assert theoretical_rf([(3, 1)]) == (3, 1)
+    nn.init.zeros_(conv.weight)  # a unit with no gradient anywhere has no ERF: one clear error
+    with pytest.raises(ValueError, match="zero gradient"):
+        effective_rf(conv, torch.randn(2, 1, 9, 9))
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
+    torch.manual_seed(0)
+    model = probe.Probe(depth, width=8)
+    erf = effective_rf(model.trunk, torch.randn(8, 3, 64, 64))
+    rows = (erf.grad_map > 0).any(1).nonzero()
+    assert int(rows[-1] - rows[0] + 1) == probe.probe_rf(depth)
+
+
+def test_script_end_to_end(tmp_path) -> None:
+    out, plot = tmp_path / "runs", tmp_path / "plot.png"
+    common = ["--depths", "0", "--seeds", "0", "--resolution", "32", "--out", str(out), "--plot", str(plot)]
+    tiny = ["--steps", "3", "--batch", "4", "--width", "8", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "2"]
+    probe.main(["run", "--arms", "conv", "attn", *common, *tiny])
+    result = json.loads((out / "r32" / "attn" / "depth0" / "seed0.json").read_text())
+    assert result["params"] == _hand_count(0, 8, 3, True)
+    assert result["theoretical_rf"] == 6 and result["settings"]["steps"] == 3
+    assert [e["step"] for e in result["log"]] == [1, 2]
+    assert {"gamma", "grad_theta", "grad_phi", "grad_g", "entropy_ratio", "logit_std"} <= set(result["log"][0])
+    assert 0.0 <= result["test_acc"] <= 1.0 and (result["test_acc"] * 12) % 1 == 0  # 12 test images
+    assert 0.0 < result["erf_r90"] <= 16
+    probe.main(["report", *common])
+    assert plot.stat().st_size > 0
