@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,14 +29,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import machine_line  # noqa: E402
-from gan.attention import NonLocalBlock  # noqa: E402
-from gan.erf import effective_rf, theoretical_rf  # noqa: E402
-from gan.layers import DBlock, DBlockOptimized, linear  # noqa: E402
-from gan.synthetic import CoherenceDataset  # noqa: E402
-from gan.viz import save_image_grid  # noqa: E402
+from benchmarks.common import machine_line
+from gan.attention import NonLocalBlock
+from gan.erf import effective_rf, theoretical_rf
+from gan.layers import DBlock, DBlockOptimized, linear
+from gan.synthetic import CoherenceDataset
+from gan.viz import save_image_grid
 
 # Arms as plain data. `attention`: None (no block) or NonLocalBlock options (the levers: gate, gamma_init,
 # logit_scale, qk_spectral_norm); `attn_lr_mult`: the block's learning rate over the base one; `view`: the part
@@ -206,7 +203,7 @@ def report(args: argparse.Namespace) -> None:
         beyond = [r["erf_mass_beyond_16"] for r in rs if r["erf_mass_beyond_16"] is not None]
         print(f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
               f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
-              f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('%.3f' % r['test_acc'] for r in rs)} | "
+              f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
               f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |")
     print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
     keys = ("gamma", "entropy_ratio", "logit_std", "grad_theta", "grad_phi", "grad_g", "grad_out")

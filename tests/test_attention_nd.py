@@ -264,7 +264,7 @@ def test_records_keep_2d_fields_and_refuse_them_elsewhere():
         block(torch.randn(1, 16, 3, 5, 7))
     assert records[0].query_shape == (3, 5, 7) and records[0].key_shape == (3, 3, 4)
     with pytest.raises(ValueError, match="read query_shape / key_shape"):
-        records[0].query_hw
+        _ = records[0].query_hw
     block2d = NonLocalBlock(16)
     with record_attention(block2d) as records:
         block2d(torch.randn(1, 16, 5, 7))
