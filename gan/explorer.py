@@ -70,12 +70,16 @@ def load_models(checkpoint: str | Path, *, use_ema: bool = True, device: str | t
 
 
 def _int_or_none(value: float | str | None, what: str) -> int | None:
-    """Gradio numbers arrive as floats, or None / "" when left empty."""
-    if value is None or value == "":
+    """A whole number from a Gradio field (float, or text); None when left empty."""
+    if value is None or str(value).strip() == "":
         return None
-    if float(value) != int(float(value)):
-        raise ConfigError(f"{what} must be a whole number; got {value}")
-    return int(float(value))
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer():  # also NaN and infinities
+        raise ConfigError(f"{what} must be a whole number or empty; got {value!r}")
+    return int(number)
 
 
 class Explorer:
@@ -269,8 +273,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         status = gr.Markdown(explorer.describe(), elem_id="status")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="seed")
-            label = gr.Number(value=None, precision=0, label="class (empty: drawn from the seed)")
-            truncation = gr.Number(value=None, label="truncation (empty: none)")
+            label = gr.Textbox(value="", label="class (empty: drawn from the seed)")
+            truncation = gr.Number(value=0, minimum=0, label="truncation (0: none)")
             seed_b = gr.Number(value=1, precision=0, label="second seed")
             t = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="interpolation towards the second seed")
         with gr.Row():
@@ -278,8 +282,12 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             col = gr.Number(value=side // 2, precision=0, label="query col (pixel)")
             go = gr.Button("Generate", variant="primary")
         with gr.Row():
-            image = gr.Image(label="image (click a point)", format="png", interactive=False, elem_id="image")
-            figure = gr.Image(label="where the point attends", format="png", interactive=False, elem_id="attention")
+            with gr.Column(scale=1):
+                gr.Markdown("**The image**: click a point")
+                image = gr.Image(show_label=False, format="png", interactive=False, elem_id="image")
+            with gr.Column(scale=2):
+                gr.Markdown("**Where the point attends**, in every non-local block of G and D")
+                figure = gr.Image(show_label=False, format="png", interactive=False, elem_id="attention")
         table = gr.Markdown(elem_id="attention-table")
         with gr.Row():
             image_file = gr.DownloadButton("Download image (PNG)")

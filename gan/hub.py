@@ -58,7 +58,10 @@ def local_path(checkpoint: str | Path, **hub_kwargs: Any) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=list(EXPORT_FILES), **hub_kwargs))
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, LocalEntryNotFoundError):
+            reason = "not in the Hub cache, and downloads are switched off (HF_HUB_OFFLINE) or failed"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HubError(
             f"checkpoint {repo_id} is no local path and could not be fetched from the Hugging Face Hub ({reason}); "
             "check the path or the repo id, your connection, or HF_HUB_OFFLINE / HF_HUB_CACHE"
