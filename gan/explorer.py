@@ -296,8 +296,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
 
         latent = [seed, label, truncation, seed_b, t]
         attend_io = {"fn": attend, "inputs": [*latent, row, col], "outputs": [figure, table, numbers, figure_file]}
-        # The same functions for scripts and tests (gradio_client): /generate and /attend (registered
+        # The same functions for scripts and tests (gradio_client): /load, /generate, /attend (registered
         # first, so that they get those names).
+        gr.Button(visible=False).click(load, checkpoint, status, api_name="load")
         gr.Button(visible=False).click(make_image, latent, [image, image_file], api_name="generate")
         gr.Button(visible=False).click(**attend_io, api_name="attend")
         for trigger in (go.click, t.release, app.load):
