@@ -13,13 +13,15 @@ whose handlers turn every user mistake into one message in the page and one `err
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +240,29 @@ def _in_page(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(message, print_exception=False) from None
 
     return wrapped
+
+
+# Headless system Chromium for driving the page (the browser test, the docs screenshot): no GPU, no sandbox
+# (root in CI), nothing fetched in the background. Playwright adds a fresh temporary profile itself.
+HEADLESS_CHROMIUM_ARGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve_in_background(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """The page served from a background thread (a free port unless `port`); yields its URL, then stops it."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    app = build_app(explorer)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, share=False)
+    try:
+        yield f"http://{host}:{port}/"
+    finally:
+        app.close()
 
 
 def build_app(explorer: Explorer) -> gr.Blocks:

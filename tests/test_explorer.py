@@ -3,11 +3,8 @@ client, plus one end-to-end run in headless Chromium (Playwright, the system bro
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry from tests
@@ -23,14 +20,10 @@ import explore as explore_cli  # noqa: E402
 import sample as sample_cli  # noqa: E402
 from gan.checkpoint import export_generator, save_checkpoint  # noqa: E402
 from gan.config import Config, ModelConfig  # noqa: E402
-from gan.explorer import PANEL_SIZE, Explorer, build_app, display_scale, load_models  # noqa: E402
+from gan.explorer import HEADLESS_CHROMIUM_ARGS, PANEL_SIZE, Explorer, display_scale, load_models, serve_in_background  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def tiny_models(num_classes: int) -> tuple[Generator, Discriminator, Config]:
@@ -48,18 +41,9 @@ def tiny_models(num_classes: int) -> tuple[Generator, Discriminator, Config]:
     return G.eval(), D.eval(), cfg
 
 
-@contextlib.contextmanager
-def served(checkpoint: str | Path) -> Iterator[str]:
-    """The explorer for `checkpoint` on 127.0.0.1 at a free port; yields its URL."""
-    app = build_app(Explorer(load_models(checkpoint)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
+def served(checkpoint: str | Path):
+    """The explorer for `checkpoint` on 127.0.0.1 at a free port (a context manager yielding its URL)."""
+    return serve_in_background(Explorer(load_models(checkpoint)))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +164,7 @@ def test_page_in_a_real_browser_loads_shows_an_image_and_a_click_moves_the_atten
 
     _, _, path, _ = conditional
     with served(path) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # a fresh temporary profile
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(HEADLESS_CHROMIUM_ARGS))  # a fresh temporary profile
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             hosts = set()
