@@ -17,6 +17,7 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 from safetensors.torch import load_file
 
+import evaluate as evaluate_cli
 import sample as sample_cli
 from gan import hub
 from gan.checkpoint import CheckpointError, export_generator, load_generator
@@ -133,13 +134,20 @@ def test_load_from_a_prefilled_hub_cache_offline(tmp_path, offline_cache, capsys
     assert np.load(tmp_path / "hub.npz")["arr_0"].tobytes() == np.load(tmp_path / "dir.npz")["arr_0"].tobytes()
     capsys.readouterr()
 
-    # a repo that is not in the cache: one line, exit status 2, nothing contacted
-    with pytest.raises(SystemExit) as exc:
-        sample_cli.main(["--checkpoint", "sagan-tests/missing", "--npz", str(tmp_path / "x.npz")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "sagan-tests/missing" in err and "could not be fetched" in err
-    assert not (tmp_path / "x.npz").exists()
+    # the explorer reads the same snapshot (an export: G only)
+    from gan.explorer import load_models
+
+    models = load_models(REPO)
+    assert models.discriminator is None and images_u8(models.generator) == images_u8(G)
+
+    # a repo that is not in the cache: one line, exit status 2, nothing contacted (sample.py and evaluate.py)
+    for cli, args in ((sample_cli, ["--npz", str(tmp_path / "x.npz")]), (evaluate_cli, ["--json", str(tmp_path / "x.json")])):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--checkpoint", "sagan-tests/missing", *args])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "sagan-tests/missing" in err and "could not be fetched" in err
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.json").exists()
 
 
 def test_a_damaged_file_in_the_hub_cache_is_refused_by_the_local_loader(tmp_path, offline_cache):
