@@ -3,7 +3,7 @@
     python benchmarks/explorer_screenshot.py --checkpoint runs/demo --out docs/explorer.png [--seed 0 --row 8 --col 24]
 
 Serves the page on 127.0.0.1, clicks image pixel (--row, --col), waits for the attention panel to follow
-and saves the whole page as PNG.
+and saves the top of the page (1280x1000) as PNG.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     side = explorer.models.config.model.resolution
     with serve_in_background(explorer) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=list(HEADLESS_CHROMIUM_ARGS))
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.locator("#image img").wait_for(state="visible", timeout=120_000)
         page.get_by_label("seed", exact=True).fill(str(args.seed))
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         page.locator("#image img").click(position={"x": (args.col + 0.5) * s, "y": (args.row + 0.5) * s})
         page.wait_for_function("b => document.querySelector('#attention img')?.src !== b", arg=before, timeout=120_000)
         page.wait_for_timeout(1000)
-        page.screenshot(path=args.out, full_page=True)
+        page.screenshot(path=args.out)  # the viewport: controls, image, figure, table
         browser.close()
     print(f"screenshot: {args.out}")
     return 0

@@ -267,9 +267,12 @@ def serve_in_background(explorer: Explorer, host: str = "127.0.0.1", port: int |
 
 def build_app(explorer: Explorer) -> gr.Blocks:
     """The page: checkpoint, latent controls, the clickable image, the attention panel, downloads."""
+
     @_in_page
-    def load(checkpoint: str) -> str:
-        return explorer.load(checkpoint)
+    def load(checkpoint: str) -> tuple[str, int, int]:
+        status = explorer.load(checkpoint)
+        side = explorer.models.config.model.resolution
+        return status, side // 2, side // 2  # the query point moves to the centre of the new image size
 
     @_in_page
     def make_image(seed, label, truncation, seed_b, t):
@@ -309,10 +312,10 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 gr.Markdown("**The image**: click a point")
-                image = gr.Image(show_label=False, format="png", interactive=False, elem_id="image")
+                image = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="image")
             with gr.Column(scale=2):
                 gr.Markdown("**Where the point attends**, in every non-local block of G and D")
-                figure = gr.Image(show_label=False, format="png", interactive=False, elem_id="attention")
+                figure = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="attention")
         table = gr.Markdown(elem_id="attention-table")
         with gr.Row():
             image_file = gr.DownloadButton("Download image (PNG)")
@@ -323,12 +326,12 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         attend_io = {"fn": attend, "inputs": [*latent, row, col], "outputs": [figure, table, numbers, figure_file]}
         # The same functions for scripts and tests (gradio_client): /load, /generate, /attend (registered
         # first, so that they get those names).
-        gr.Button(visible=False).click(load, checkpoint, status, api_name="load")
+        gr.Button(visible=False).click(load, checkpoint, [status, row, col], api_name="load")
         gr.Button(visible=False).click(make_image, latent, [image, image_file], api_name="generate")
         gr.Button(visible=False).click(**attend_io, api_name="attend")
         for trigger in (go.click, t.release, app.load):
             trigger(make_image, latent, [image, image_file], api_visibility="private").then(**attend_io, api_visibility="private")
-        load_button.click(load, checkpoint, status, api_visibility="private").then(
+        load_button.click(load, checkpoint, [status, row, col], api_visibility="private").then(
             make_image, latent, [image, image_file], api_visibility="private"
         ).then(**attend_io, api_visibility="private")
         image.select(pick, None, [row, col], api_visibility="private").then(**attend_io, api_visibility="private")

@@ -138,7 +138,9 @@ def test_mistakes_are_one_message_in_the_page_and_one_line_in_the_terminal(uncon
         client.predict(0, "", 0, 1, 0.0, 40, 3, api_name="/attend")
     err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 3 and "unconditional" in err[0] and "/no/such/run does not exist" in err[1]
-    # the failed load kept the model: the page still works, and without D for an export
+    # the failed load kept the model: the page still works, and without D for an export; a good load works
+    status, row, col = client.predict(str(path), api_name="/load")
+    assert "32x32, unconditional" in status and "not in this checkpoint" in status and (row, col) == (16, 16)
     assert client.predict(0, "", 0, 1, 0.0, 16, 16, api_name="/attend")[2]["blocks"][0]["network"] == "G"
     assert len(client.predict(0, "", 0, 1, 0.0, 16, 16, api_name="/attend")[2]["blocks"]) == 1
 
