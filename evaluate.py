@@ -1,6 +1,6 @@
 """Score a generator: `python evaluate.py --checkpoint PATH [--num N] [--metrics fid,kid,coherence] [key=value ...]`.
 
-PATH is a training checkpoint, a run directory (its latest checkpoint) or a generator export. The reference
+PATH is a training checkpoint, a run directory (its latest checkpoint), a generator export or a Hub repo id. The reference
 set is the checkpoint config's training dataset; `key=value` overrides change that config first (e.g.
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
 Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
@@ -26,7 +26,7 @@ def _merge(base: dict, delta: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, run directory or generator export")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, run directory, generator export or Hub repo id (owner/name)")
     parser.add_argument("--num", type=int, default=None, help="generated images (default: the config's eval.num_samples)")
     parser.add_argument("--metrics", default=None, help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)")
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")

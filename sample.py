@@ -1,9 +1,10 @@
 """Sample a trained generator: `python sample.py --checkpoint PATH [--num N] [--seed S] [--grid FILE] ...`.
 
-PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint) or a
-generator export (runs/X/generator). Every z and label is drawn up front from one CPU torch.Generator
-seeded with --seed (z first, then labels, as `Generator.sample` draws them), so the latents depend on
-neither the device's RNG nor --batch-size: the same seed gives the same files, bit for bit, on the same
+PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint), a
+generator export (runs/X/generator) or a Hugging Face Hub repo id `owner/name` (fetched into the usual Hub
+cache). Every z and label is drawn up front (gan.sampling) from one CPU torch.Generator seeded with
+--seed (z first, then labels, as `Generator.sample` draws them), so the latents depend on neither the
+device's RNG nor --batch-size: the same seed gives the same files, bit for bit, on the same
 machine and batch size. (Another batch size can move floats in their last bits, as BLAS picks kernels by
 matrix size; an 8-bit pixel then rarely changes by one level.) Outputs: one grid PNG (--grid, the
 default), one PNG per image (--out), a uint8 NHWC array under key 'arr_0' (--npz, the format the BigGAN /
@@ -36,7 +37,7 @@ DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir (latest checkpoint) or generator export dir")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir (latest checkpoint), generator export dir or Hub repo id (owner/name)")
     p.add_argument("--num", type=int, default=None, help=f"images ({DEFAULT_NUM}), or interpolation rows ({DEFAULT_ROWS})")
     p.add_argument("--seed", type=int, default=0, help="seed of every z and label")
     p.add_argument("--out", default=None, help="directory for one PNG per image (000000.png, ...)")
@@ -75,44 +76,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
-    import torch
+    from gan.sampling import draw_latents as draw
 
-    from gan.models import truncated_normal
-
-    if G.num_classes == 0 and args.label is not None:
-        raise ConfigError("--class is only for class-conditional models; this generator is unconditional")
-    if args.label is not None and not 0 <= args.label < G.num_classes:
-        raise ConfigError(f"--class must lie in [0, {G.num_classes - 1}] for this generator; got {args.label}")
-    rng = torch.Generator().manual_seed(args.seed)
-    n = args.num
-    if args.interpolate:  # endpoints: n starts, then n ends
-        ends = truncated_normal((2 * n, G.z_dim), args.truncation, generator=rng).view(2, n, 1, G.z_dim)  # (2, n, 1, Z)
-        t = torch.linspace(0.0, 1.0, args.interpolate).view(1, -1, 1)  # (1, K, 1)
-        z = torch.lerp(ends[0], ends[1], t).reshape(n * args.interpolate, G.z_dim)  # (n*K, Z), row-major
-    else:
-        z = truncated_normal((n, G.z_dim), args.truncation, generator=rng)
-    if G.num_classes == 0:
-        return z, None
-    if args.label is not None:
-        labels = torch.full((n,), args.label, dtype=torch.long)
-    else:
-        labels = torch.randint(G.num_classes, (n,), generator=rng)
-    return z, labels.repeat_interleave(max(args.interpolate, 1))  # one class per interpolation row
+    return draw(G, seed=args.seed, num=args.num, truncation=args.truncation, label=args.label, interpolate=args.interpolate)
 
 
 def generate(
     G: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device: torch.device | str
 ) -> torch.Tensor:
     """Images (N, C, R, R) in [-1, 1] on the CPU, generated batch by batch in eval mode."""
-    import torch
+    from gan.sampling import generate as run
 
-    G.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, z.shape[0], batch_size):
-            y = None if labels is None else labels[i : i + batch_size].to(device)
-            out.append(G(z[i : i + batch_size].to(device), y).float().cpu())
-    return torch.cat(out)
+    return run(G, z, labels, batch_size, device)
 
 
 def _writable(path: str | Path, write: Callable[[], T]) -> T:

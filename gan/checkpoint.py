@@ -139,10 +139,15 @@ def save_best(root: str | Path, source: Path) -> Path:
 
 
 def export_generator(path: str | Path, generator: torch.nn.Module, config: Config) -> Path:
-    """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`."""
+    """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`, plus a model
+    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
     meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
-    return _write_atomically(Path(path), {"generator.safetensors": tensors, "config.json": meta})
+    path = _write_atomically(Path(path), {"generator.safetensors": tensors, "config.json": meta})
+    from gan.hub import write_model_card  # README.md + samples.png; scores from a run's metrics.jsonl
+
+    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,10 +238,11 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what
 
 
 def load_generator(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"):
-    """(Generator in eval mode, Config) from a training checkpoint, a run directory or an export."""
+    """(Generator in eval mode, Config) from a training checkpoint, a run directory, an export or a Hub id."""
+    from gan.hub import local_path  # a Hub id becomes its snapshot in the Hub cache, read like any export
     from gan.models import Generator  # models import attention/layers; keep this module light to import
 
-    path = resolve(path)
+    path = resolve(local_path(path))
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
@@ -253,6 +259,7 @@ def load_generator(path: str | Path, *, use_ema: bool = True, map_location: str 
         )
     generator = Generator(config.model)
     load_into(generator, weights, what, path)
+    generator.run_config = config  # save_pretrained writes the whole run config back
     return generator.to(map_location).eval(), config
 
 

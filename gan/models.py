@@ -19,9 +19,11 @@ Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from gan.attention import NonLocalBlock
@@ -110,12 +112,24 @@ def truncated_normal(
         z[outside] = torch.randn(count, generator=generator, device=draw_device)
 
 
-class Generator(nn.Module):
-    """z (B, z_dim) [+ labels y (B,)] -> images (B, image_channels, R, R) in [-1, 1]."""
+class Generator(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="sagan",
+    tags=["gan", "sagan", "self-attention"],
+    pipeline_tag="unconditional-image-generation",
+):
+    """z (B, z_dim) [+ labels y (B,)] -> images (B, image_channels, R, R) in [-1, 1].
+
+    `from_pretrained(dir_or_repo_id)`, `save_pretrained(dir)` and `push_to_hub(repo_id)` come from
+    huggingface_hub's mixin but read and write this repository's generator export (gan/checkpoint.py).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         _check_resolution(cfg)
+        self.model_config = cfg
+        self.run_config = None  # the whole Config when loaded from a checkpoint; save_pretrained writes it
         self.z_dim = cfg.z_dim
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
@@ -170,6 +184,35 @@ class Generator(nn.Module):
         elif labels is not None:
             raise ValueError("this generator is unconditional (num_classes=0): sample it without labels")
         return self(z.to(device), y)
+
+    # -- Hugging Face Hub: the mixin's entry points, in the export format ----------------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write `save_directory` as a generator export (replacing it whole) with its model card."""
+        from gan.checkpoint import CheckpointError, export_generator
+        from gan.config import Config
+        from gan.hub import CARD_FILES, EXPORT_FILES
+
+        foreign = sorted(p.name for p in Path(save_directory).iterdir() if p.name not in EXPORT_FILES + CARD_FILES)
+        if foreign:
+            raise CheckpointError(f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory")
+        export_generator(save_directory, self, self.run_config or Config(model=self.model_config))
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        map_location: str | torch.device = "cpu",
+        use_ema: bool = True,
+        **hub_kwargs,
+    ) -> Generator:
+        """A local export / checkpoint / run directory, or a Hub repo's snapshot (hub_kwargs: revision,
+        cache_dir, force_download, local_files_only, token), read by `gan.checkpoint.load_generator`."""
+        from gan.checkpoint import load_generator
+        from gan.hub import local_path
+
+        return load_generator(local_path(model_id, **hub_kwargs), use_ema=use_ema, map_location=map_location)[0]
 
 
 class Discriminator(nn.Module):

@@ -277,14 +277,15 @@ def attention_figure(
     queries: int = 3,
     seed: int | None = 0,
     panel_size: int = 128,
+    points: np.ndarray | None = None,
 ) -> np.ndarray:
     """A (H', W', 3) uint8 figure: one row per image; columns = the image, then per record and query point
     the image overlaid with where that query attends.
 
     `records` are `gan.attention.AttentionRecord`s (.name, .weights (B, Hq*Wq, Hk*Wk), .query_hw, .key_hw)
     for the same batch as `images` (B, C, R, R) in [-1, 1]. Query points are picked per image in pixel space
-    (seeded draws; `seed=None`: the same spread points for every image) and mapped to each block's query
-    cell; overlay markers sit at that cell's centre. Panels are upscaled (nearest) to about `panel_size`
+    (seeded draws; `seed=None`: the same spread points for every image; `points`, a (k, 2) array of pixel
+    (row, col): those k points for every image, `queries` ignored) and mapped to each block's query cell; overlay markers sit at that cell's centre. Panels are upscaled (nearest) to about `panel_size`
     pixels. The header labels each group of columns with its block name. Same inputs -> same bytes.
     """
     u8 = images_to_uint8(images)  # (B, R, R, 3)
@@ -303,18 +304,23 @@ def attention_figure(
     ph, pw = h * scale, w * scale
     big = np.repeat(np.repeat(u8, scale, axis=1), scale, axis=2)  # (B, R*s, R*s, 3)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if points is not None:
+        points = np.asarray(points, dtype=np.int64).reshape(-1, 2)  # (k, 2) pixel (row, col)
+        queries = len(points)
+        if queries == 0 or not ((points >= 0) & (points < (h, w))).all():
+            raise ValueError(f"query points must be (row, col) pixels inside the {h}x{w} image; got {points.tolist()}")
     weights = [torch.as_tensor(rec.weights).detach().to("cpu", torch.float32) for rec in records]
 
     panels = []
     for i in range(b):
-        points = query_points(h, w, queries, generator)  # (queries, 2) in image pixels
+        picked = points if points is not None else query_points(h, w, queries, generator)  # (queries, 2) pixels
         marked = big[i]
-        for j, (pr, pc) in enumerate(points):
+        for j, (pr, pc) in enumerate(picked):
             marked = _mark(marked, ((pr + 0.5) * scale - 0.5, (pc + 0.5) * scale - 0.5), _marker_color(j))
         panels.append(marked)
         for rec, wts in zip(records, weights):
             hq, wq = rec.query_hw
-            for j, (pr, pc) in enumerate(points):
+            for j, (pr, pc) in enumerate(picked):
                 qr, qc = pr * hq // h, pc * wq // w  # the query cell holding this pixel
                 heat = attention_heatmap(wts[i, qr * wq + qc], rec.key_hw, (ph, pw), rec.query_hw)
                 center = (_cell_center(qr, hq, ph), _cell_center(qc, wq, pw))

@@ -164,7 +164,7 @@ def test_export_and_training_checkpoint_load_the_same_generator(tmp_path, cfg):
     torch.manual_seed(0)
     g = Generator(cfg.model)
     export = export_generator(tmp_path / "gen", g, cfg)
-    assert sorted(os.listdir(export)) == ["config.json", "generator.safetensors"]
+    assert sorted(os.listdir(export)) == ["README.md", "config.json", "generator.safetensors", "samples.png"]  # + model card
     save_checkpoint(tmp_path / "run" / "checkpoints", {"G": g.state_dict(), "G_ema": None}, step=3, config=cfg, keep_last=1)
     z = torch.randn(2, cfg.model.z_dim)
     g.eval()
