@@ -9,6 +9,8 @@ import torch
 
 from gan.config import ConfigError
 
+AUTO_THREADS = 1  # train.threads=0 on CPU; see set_threads
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' means CUDA when present, else CPU; asking for CUDA without it is a one-line ConfigError."""
@@ -35,3 +37,16 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op CPU threads: `threads`, or with 0 the automatic choice measured in
+    docs/benchmarks.md (Threads). An OMP_NUM_THREADS in the environment is respected when `threads` is 0."""
+    import os
+
+    if threads == 0:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        threads = AUTO_THREADS
+    torch.set_num_threads(threads)
+    return threads

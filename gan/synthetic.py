@@ -167,6 +167,15 @@ def coherence_score(images: Tensor) -> float:
     return coherence_per_image(images).mean().item()
 
 
+# Chance level (independent halves) per (resolution, channels), measured in docs/coherence.md.
+CHANCE_LEVEL = {(32, 3): 0.0117, (32, 1): 0.0724, (64, 3): 0.0108, (64, 1): 0.0671}
+
+
+def chance_level(resolution: int, channels: int) -> float | None:
+    """The measured chance-level score for images of this size (None where docs/coherence.md has no value)."""
+    return CHANCE_LEVEL.get((resolution, channels))
+
+
 def make_independent_halves(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Images whose right half comes from another image of the batch (the chance-level reference).
 
