@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
     """The exact command that continues this run: same interpreter, config and overrides, `--resume latest`."""
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    words = [python, sys.argv[0] or "train.py", "--config", args.config, "--run-dir", str(run_dir), "--resume", "latest"]
+    short = lambda path: path if os.path.relpath(path).startswith("..") else os.path.relpath(path)  # noqa: E731
+    words = [short(sys.executable), short(__file__), "--config", args.config, "--run-dir", str(run_dir), "--resume", "latest"]
     return shlex.join([*words, *args.overrides])
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from gan import checkpoint as ckpt
 from gan import rundir
 from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset, build_loader
 from gan.ema import EMA
@@ -529,6 +530,9 @@ def train(
     where, notes = resume_point(resume, run_dir / "checkpoints") if resume else (None, [])
     if where is None and not overwrite:
         rundir.refuse_if_taken(run_dir)  # every process: all of them stop, not only the main one
+    if cfg.eval.every > 0 and cfg.eval.feature_extractor == "fashion_classifier" and cfg.data.dataset not in IN_DOMAIN:
+        notes.append(f"note: eval.feature_extractor=fashion_classifier on {cfg.data.dataset!r} data is out of domain: "
+                     "its scores are a generic distribution distance, not image quality (docs/metrics.md)")
     if accelerator.is_main_process:
         step = ckpt.checkpoint_step(where) if where is not None else None
         notes += rundir.discard_after(run_dir, step) if step is not None else rundir.start_fresh(run_dir, overwrite)
