@@ -272,8 +272,10 @@ def _header(labels: Sequence[tuple[str, int, int]], width: int) -> np.ndarray:
 
 
 def _title(text: str, width: int) -> np.ndarray:
-    """A white strip with `text` at its left edge (the figure's title)."""
-    return _header([(text, FIGURE_PADDING, width - FIGURE_PADDING)], width) if width else np.zeros((0, 0, 3), np.uint8)
+    """A white (HEADER_HEIGHT, width, 3) strip with `text` at its left edge (the figure's title)."""
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
+    ImageDraw.Draw(strip).text((FIGURE_PADDING, 1), text, fill=(0, 0, 0), font=ImageFont.load_default_imagefont())
+    return np.asarray(strip)
 
 
 def _colour_bar(width: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """benchmarks/fast_mode_quality.py: one real `run` + `report` on a tiny model (fp32 and bf16, 2 seeds, 2 steps)
-and its one-line errors. The compiled mode's agreement with eager is checked in test_perf_paths."""
+and its one-line errors. The compiled mode's agreement with eager is checked in test_perf_paths. The run reads
+small Fashion-MNIST-format files written here, so it needs no installed dataset."""
 
 import json
 import subprocess
@@ -16,9 +17,13 @@ TINY = ["train.steps=2", "train.batch_size=4", "model.g_width=8", "model.d_width
 
 
 def test_run_and_report_end_to_end(tmp_path):
+    from test_data import _write_idx_gz
+
+    _write_idx_gz(tmp_path / "data" / "FashionMNIST" / "raw", n_train=24, n_test=4)  # the format, not the real images
     out, report = tmp_path / "runs", tmp_path / "fast_mode_quality.md"
+    data = [f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
     cmd = [sys.executable, "benchmarks/fast_mode_quality.py", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
-           "--jobs", "2", "--out", str(out), "--num-samples", "16", *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+           "--jobs", "2", "--out", str(out), "--num-samples", "16", *TINY, *data]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for mode, extra in (("fp32", ["model.attn_fused=false"]),
@@ -26,7 +31,7 @@ def test_run_and_report_end_to_end(tmp_path):
         for seed in (0, 1):
             rd = out / mode / f"seed{seed}"
             run = json.loads((rd / "ablation_run.json").read_text())
-            assert run["overrides"][2:] == [f"train.seed={seed}", *extra, *TINY, f"eval.cache_dir={tmp_path / 'cache'}"]
+            assert run["overrides"][2:] == [f"train.seed={seed}", *extra, *TINY, *data]
             resolved = (rd / "config.yaml").read_text()
             assert ("mixed_precision: bf16" in resolved) == (mode == "bf16")
             assert ("attn_fused: false" in resolved) == (mode == "fp32")
