@@ -144,3 +144,19 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
         counts = ", ".join(f"{n} {what}" for what, n in moved.items())
         lines.append(f"resuming at step {step}: moved what the old run wrote after it ({counts}) to {aside}")
     return lines
+
+
+def outputs_summary(run_dir: Path, step: int, keep_last: int, export: Path) -> list[str]:
+    """The end-of-run lines: where every output of a finished run landed."""
+    from gan.checkpoint import latest_checkpoint
+
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    maps = sorted((run_dir / "attention").glob(f"step_{step:08d}_*.png"))
+    outputs = (
+        ("samples", grids[-1] if grids else None, "fixed-noise grids"),
+        ("attention maps", ", ".join(map(str, maps)), "G on generated, D on real images"),
+        ("metrics", run_dir / "metrics.jsonl", "one JSON object per log step"),
+        ("checkpoint", latest_checkpoint(run_dir / "checkpoints"), f"newest of the last {keep_last} kept"),
+        ("generator export", export, "generator.safetensors + config.json, for sample.py / evaluate.py"),
+    )
+    return [f"step {step}: done; outputs in {run_dir}"] + [f"  {what}: {path} ({note})" for what, path, note in outputs if path]

@@ -468,37 +468,13 @@ class Trainer:
 
     def summary_lines(self, export: Path) -> list[str]:
         """Where every output landed, and for the built-in dataset how coherent the samples are."""
-        newest = lambda folder, pattern: max(folder.glob(pattern), default=None)  # noqa: E731
-        lines = [f"step {self.step}: done; outputs in {self.run_dir}"]
-        outputs = (
-            ("samples", newest(self.run_dir / "samples", "step_*.png"), "fixed-noise grids"),
-            ("attention maps", ", ".join(str(p) for p in sorted((self.run_dir / "attention").glob(f"step_{self.step:08d}_*.png"))), "G on generated, D on real images"),
-            ("metrics", self.run_dir / "metrics.jsonl", "one JSON object per log step"),
-            ("checkpoint", ckpt.latest_checkpoint(self.ckpt_dir), f"newest of the last {self.cfg.train.keep_last} kept"),
-            ("generator export", export, "generator.safetensors + config.json, for sample.py / evaluate.py"),
-        )
-        lines += [f"  {what}: {path} ({note})" for what, path, note in outputs if path]
+        lines = rundir.outputs_summary(self.run_dir, self.step, self.cfg.train.keep_last, export)
         if self.cfg.data.dataset == "builtin":
-            lines.append("  " + self.coherence_line())
+            from gan.synthetic import coherence_report
+
+            with eval_mode(self.sampler_model()) as g:
+                lines.append("  " + coherence_report(g, self.cfg.model, seed=self.cfg.train.seed + 54321, device=self.accelerator.device))
         return lines
-
-    def coherence_line(self, n: int = 1000) -> str:
-        """The built-in dataset's coherence score of n samples, next to real data and chance (docs/coherence.md)."""
-        from gan.synthetic import chance_level, coherence_score
-
-        rng = torch.Generator().manual_seed(self.cfg.train.seed + 54321)
-        z = torch.randn(n, self.cfg.model.z_dim, generator=rng)
-        k = self.cfg.model.num_classes
-        y = torch.randint(k, (n,), generator=rng) if k else None
-        device = self.accelerator.device
-        with eval_mode(self.sampler_model()) as g:
-            images = torch.cat([
-                g(z[i : i + 250].to(device), None if y is None else y[i : i + 250].to(device)).float().cpu()
-                for i in range(0, n, 250)
-            ])
-        chance = chance_level(self.cfg.model.resolution, self.cfg.model.image_channels)
-        at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
-        return f"coherence of {n} samples: {coherence_score(images):.3f} (real data 1.000, {at_chance}; docs/coherence.md)"
 
 
 def resume_point(resume: str, ckpt_dir: Path) -> tuple[Path, list[str]]:
