@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         from gan.runtime import resolve_device
 
         device = resolve_device(args.device)
-        say = lambda line: print(line, file=sys.stderr)  # noqa: E731  (stdout holds only the JSON object)
+        def say(line: str) -> None:  # stdout holds only the JSON object
+            print(line, file=sys.stderr)
+
         generator, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device, say=say)
         cfg = from_dict(_merge(to_dict(cfg), parse_overrides(args.overrides)))
         if args.inception_weights is not None:

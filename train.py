@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
     """The exact command that continues this run: same interpreter, config and overrides, `--resume latest`."""
-    short = lambda path: path if os.path.relpath(path).startswith("..") else os.path.relpath(path)  # noqa: E731
+    def short(path: str) -> str:
+        return path if os.path.relpath(path).startswith("..") else os.path.relpath(path)
+
     words = [short(sys.executable), short(__file__), "--config", args.config, "--run-dir", str(run_dir), "--resume", "latest"]
     return shlex.join([*words, *args.overrides])
 

@@ -460,9 +460,9 @@ class Trainer:
     # -- what the user reads at the end -----------------------------------------------------------
 
     def interrupted_lines(self, export: Path) -> list[str]:
+        saved = ckpt.latest_checkpoint(self.ckpt_dir)
         return [
-            f"interrupted at step {self.step} of {self.cfg.train.steps}: checkpoint saved in "
-            f"{ckpt.latest_checkpoint(self.ckpt_dir)}, generator in {export}",
+            f"interrupted at step {self.step} of {self.cfg.train.steps}: checkpoint saved in {saved}, generator in {export}",
             f"resume with: {self.resume_command}",
         ]
 

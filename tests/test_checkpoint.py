@@ -288,7 +288,9 @@ def test_tensor_files_get_the_json_files_permissions(tmp_path, cfg):
         private = export_generator(tmp_path / "gen2", Generator(cfg.model), cfg)
     finally:
         os.umask(old)
-    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    def mode(p):
+        return p.stat().st_mode & 0o777
+
     for d, tensors, meta in ((path, "state.safetensors", "meta.json"), (best, "state.safetensors", "meta.json"),
                              (export, "generator.safetensors", "config.json")):  # fmt: skip
         assert mode(d / tensors) == mode(d / meta) == 0o644

@@ -395,6 +395,12 @@ def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
     assert written["frechet_classifier_distance"] > 0 and np.isfinite(written["kernel_classifier_distance_mean"])
 
 
+OUT_OF_DOMAIN = (
+    "the fashion_classifier only reads Fashion-MNIST-like images, but this generator's dataset is 'builtin': use "
+    "--feature-extractor inception, or pass --allow-out-of-domain for a generic distance"
+)
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -403,9 +409,7 @@ def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
          "Inception weights file"),  # fmt: skip
         (["--checkpoint", "{export}", "--metrics", "fid,ppl"], "subset of fid, isc, kid"),
         (["--checkpoint", "{export}", "data.bogus=1"], "unknown config key"),
-        (["--checkpoint", "{export}", "--feature-extractor", "fashion_classifier"],
-         "the fashion_classifier only reads Fashion-MNIST-like images, but this generator's dataset is 'builtin': use "
-         "--feature-extractor inception, or pass --allow-out-of-domain for a generic distance"),  # fmt: skip
+        (["--checkpoint", "{export}", "--feature-extractor", "fashion_classifier"], OUT_OF_DOMAIN),
     ],
 )
 def test_evaluate_cli_user_errors_are_one_line_with_status_2(tmp_path, export, capsys, args, words):

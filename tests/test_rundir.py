@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from test_checkpoint import _first_key, _flip, tensor_offset
 
 import train as train_cli
 from gan import rundir
 from gan.checkpoint import list_checkpoints
-from test_checkpoint import _first_key, _flip, tensor_offset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -26,7 +25,7 @@ TINY = [
 
 def cli(script: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
 
 
 def train(capsys, run: Path, *args: str) -> tuple[int, str, str]:
