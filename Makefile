@@ -14,9 +14,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-## The main job on the built-in dataset: no download, a few CPU minutes.
+## The main job on the built-in dataset: no download, a few CPU minutes. A second `make demo` starts afresh:
+## --overwrite moves the previous runs/demo aside to runs/demo.old-<time> (nothing is deleted; `make clean`
+## removes runs/). To continue a run instead: python train.py --config configs/demo.yaml --run-dir runs/demo --resume latest
 demo: $(STAMP)
-	$(BIN)/python train.py --config configs/demo.yaml --run-dir runs/demo $(ARGS)
+	@if [ -e runs/demo/metrics.jsonl ]; then echo "make demo: runs/demo holds an earlier demo; --overwrite moves it aside to runs/demo.old-<time>"; fi
+	$(BIN)/python train.py --config configs/demo.yaml --run-dir runs/demo --overwrite $(ARGS)
 	$(BIN)/python sample.py --checkpoint runs/demo --grid runs/demo/final_samples.png --attention-maps runs/demo/final_attention.png
 
 ## The test suite (CPU, tiny configs). pytest's exit status 5 means nothing was collected: a failure here.

@@ -5,6 +5,8 @@ set is the checkpoint config's training dataset; `key=value` overrides change th
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
 Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
 `--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md).
+Scores from the fashion classifier mean something only on Fashion-MNIST-like data: on other datasets it
+refuses unless --allow-out-of-domain.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default=None, help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)")
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
+    parser.add_argument("--allow-out-of-domain", action="store_true",
+                        help="score with fashion_classifier on a dataset other than Fashion-MNIST (a generic distance, not a quality score)")
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where G and the feature network run")
@@ -40,18 +44,30 @@ def main(argv: list[str] | None = None) -> int:
 
     with fail_cleanly():
         from gan.checkpoint import load_generator
-        from gan.config import from_dict, parse_overrides, to_dict
-        from gan.registry import evaluate
+        from gan.classifier import IN_DOMAIN
+        from gan.config import ConfigError, from_dict, parse_overrides, to_dict
+        from gan.registry import METRICS, evaluate
         from gan.runtime import resolve_device
 
         device = resolve_device(args.device)
-        generator, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device)
+
+        def say(line: str) -> None:  # stdout holds only the JSON object
+            print(line, file=sys.stderr)
+
+        generator, cfg = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device, say=say)
         cfg = from_dict(_merge(to_dict(cfg), parse_overrides(args.overrides)))
         if args.inception_weights is not None:
             cfg.eval.inception_weights = args.inception_weights
         if args.feature_extractor is not None:
             cfg.eval.feature_extractor = args.feature_extractor
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else cfg.eval.metrics
+        uses_features = any("features" in METRICS[m].needs for m in metrics if m in METRICS)  # unknown names: evaluate() says
+        if (cfg.eval.feature_extractor == "fashion_classifier" and uses_features and cfg.data.dataset not in IN_DOMAIN
+                and not args.allow_out_of_domain):
+            raise ConfigError(
+                f"the fashion_classifier only reads Fashion-MNIST-like images, but this generator's dataset is "
+                f"{cfg.data.dataset!r}: use --feature-extractor inception, or pass --allow-out-of-domain for a generic distance"
+            )
         num = args.num if args.num is not None else cfg.eval.num_samples
 
         start = time.time()

@@ -2,11 +2,12 @@
 
 PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint), a
 generator export (runs/X/generator) or a Hugging Face Hub repo id `owner/name` (fetched into the usual Hub
-cache). Every z and label is drawn up front (gan.sampling) from one CPU torch.Generator seeded with
---seed (z first, then labels, as `Generator.sample` draws them), so the latents depend on neither the
-device's RNG nor --batch-size: the same seed gives the same files, bit for bit, on the same
-machine and batch size. (Another batch size can move floats in their last bits, as BLAS picks kernels by
-matrix size; an 8-bit pixel then rarely changes by one level.) Outputs: one grid PNG (--grid, the
+cache). Every z and label is drawn up front (gan.sampling) from one CPU torch.Generator
+seeded with --seed (z first, then labels, as `Generator.sample` draws them), and G always runs on exactly
+CHUNK latents at a time (the last pass padded), so no flag changes the arithmetic: the same seed gives the
+same files, bit for bit, on the same machine, whatever --batch-size says. (BLAS picks kernels by matrix
+size, so a pass of another size could move floats in their last bits and an 8-bit pixel by one level.)
+Outputs: one grid PNG (--grid, the
 default), one PNG per image (--out), a uint8 NHWC array under key 'arr_0' (--npz, the format the BigGAN /
 TF FID scripts read), the SAGAN attention figure for the first four latents (--attention-maps).
 """
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from gan.cli import fail_cleanly
 from gan.config import ConfigError
+from gan.sampling import CHUNK
 
 if TYPE_CHECKING:  # torch loads only once the arguments are known good
     import numpy as np
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--truncation", type=float, default=None, help="redraw every z entry beyond |T| (BigGAN's trick)")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA weights")
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="K-step linear z interpolation per row")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (does not change the images)")
+    p.add_argument("--batch-size", type=int, default=CHUNK, help=f"kept for compatibility, no effect: G always runs on {CHUNK} latents at a time (the last pass padded), so the images are the same bit for bit")
     p.add_argument("--attention-maps", default=None, help="PNG of where G's non-local blocks attend (first 4 latents)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     args = p.parse_args(argv)
@@ -82,12 +84,12 @@ def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, 
 
 
 def generate(
-    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device: torch.device | str
+    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device | str, chunk: int = CHUNK
 ) -> torch.Tensor:
-    """Images (N, C, R, R) in [-1, 1] on the CPU, generated batch by batch in eval mode."""
+    """Images (N, C, R, R) in [-1, 1] on the CPU, `chunk` latents per forward pass (gan.sampling.generate)."""
     from gan.sampling import generate as run
 
-    return run(G, z, labels, batch_size, device)
+    return run(G, z, labels, device, chunk)
 
 
 def _writable(path: str | Path, write: Callable[[], T]) -> T:
@@ -146,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         from gan.attention import attention_blocks
         from gan.checkpoint import load_generator
 
-        G, _ = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device)
+        G, _ = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device, say=print)
         if args.attention_maps and not attention_blocks(G):
             raise ConfigError("--attention-maps: this generator has no non-local block (model.g_attention is empty)")
         z, labels = draw_latents(G, args)
         lines = []
         if args.grid or args.out or args.npz:
-            lines = write_outputs(generate(G, z, labels, args.batch_size, device), args)
+            lines = write_outputs(generate(G, z, labels, device), args)
         if args.attention_maps:
             lines.append(write_attention_maps(G, z, labels, args.attention_maps, device))
         print("\n".join(lines))

@@ -2,21 +2,29 @@
 
 A training checkpoint is a directory `checkpoints/step_00001000/` holding
     state.safetensors  every tensor (G, D, EMA-G, optimiser moments, spectral-norm vectors, RNG bytes)
-    meta.json          everything else (step, config, optimiser hyper-parameters, RNG ints), written last
+    meta.json          everything else (step, config, optimiser hyper-parameters, RNG ints) and the SHA-256
+                       of state.safetensors, written last
 It is written under a hidden temporary name and renamed into place only when complete, so a crash mid-write
 never leaves a directory that `latest_checkpoint` would take. Older checkpoints are pruned only after the new
 one is in place; `best/` (the best evaluation score) is never pruned.
 
-A generator export is a directory with `generator.safetensors` and `config.json`: small enough to share.
+A generator export is a directory with `generator.safetensors` and `config.json` (which records the tensor
+file's SHA-256): small enough to share. Every tensor file is read through `read_tensors`, which checks that
+hash (training resume, sampling, evaluation, `best/` copies, exports from anywhere) and refuses a mismatch in
+one line; files written before hashes were recorded load with a one-time note. Tensor files get the same
+permissions as the JSON files (0666 minus the umask), not safetensors' private 0600.
 Nothing here calls `pickle` or `torch.load`: safetensors holds raw tensors and JSON holds the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +97,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (never the whole file in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(final: Path, files: dict[str, Any]) -> Path:
-    """Write `files` (name -> tensors dict for .safetensors, JSON-able for .json) as directory `final`."""
+    """Write `files` (name -> tensors dict for .safetensors, JSON-able dict for .json) as directory `final`.
+
+    Each .safetensors file's SHA-256 is recorded under "sha256" in every JSON file written after it."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    hashes: dict[str, str] = {}
     try:
         for name, content in files.items():  # callers order the JSON metadata last
             path = tmp / name
             if name.endswith(".safetensors"):
                 save_file(content, str(path))
+                os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600 through a temporary file
+                hashes[name] = sha256_of(path)
             else:
-                path.write_text(json.dumps(content, indent=1))
+                path.write_text(json.dumps({**content, "sha256": hashes}, indent=1))
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
@@ -124,16 +152,21 @@ def save_checkpoint(root: str | Path, state: dict[str, Any], *, step: int, confi
     tree = _encode(state, "state", tensors)
     meta = {"format": FORMAT, "version": VERSION, "step": step, "config": to_dict(config), "state": tree}
     path = _write_atomically(root / f"step_{step:08d}", {"state.safetensors": tensors, "meta.json": meta})
-    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+    # Prune only checkpoints older than this one: the one just written always survives, and so does any
+    # newer one (a run directory never holds those: resuming moves them aside first, see gan/rundir.py).
+    older = [p for p in list_checkpoints(root) if step_of(p) < step]
+    for old in older[: max(len(older) - (keep_last - 1), 0)] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return path
 
 
 def save_best(root: str | Path, source: Path) -> Path:
-    """Copy the complete checkpoint `source` to `root/best` (atomically replacing the previous best)."""
+    """Copy the complete checkpoint `source` to `root/best` (atomically replacing the previous best);
+    the source is verified against its recorded hash on the way."""
+    meta = _read_json(source / "meta.json", FORMAT)
     files: dict[str, Any] = {
-        "state.safetensors": load_file(str(source / "state.safetensors")),
-        "meta.json": json.loads((source / "meta.json").read_text()),
+        "state.safetensors": read_tensors(source / "state.safetensors", _recorded(meta, "state.safetensors")),
+        "meta.json": {k: v for k, v in meta.items() if k != "sha256"},
     }
     return _write_atomically(Path(root) / "best", files)
 
@@ -167,12 +200,44 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_of(path: Path) -> int:
+    """The step number in a `step_XXXXXXXX` directory name."""
+    m = _STEP_DIR.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path} is not a step_XXXXXXXX checkpoint directory")
+    return int(m.group(1))
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint directory's meta.json records."""
+    return int(_read_json(Path(path) / "meta.json", FORMAT)["step"])
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
 
 
+def newest_usable(root: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under `root` that reads back intact (files present, JSON valid, hash matching),
+    and one line per newer `step_*` directory skipped, saying why (e.g. a crash mid-write, flipped bytes)."""
+    root = Path(root)
+    steps = sorted(((step_of(p), p) for p in root.iterdir() if _STEP_DIR.match(p.name)), reverse=True) if root.is_dir() else []
+    skipped: list[str] = []
+    for _, path in steps:
+        try:
+            meta = _read_json(path / "meta.json", FORMAT)
+            _verify(path / "state.safetensors", _recorded(meta, "state.safetensors"))
+        except CheckpointError as exc:
+            skipped.append(f"skipped {path}: {str(exc).removeprefix(str(path) + '/')}")
+            continue
+        return path, skipped
+    return None, skipped
+
+
 def _read_json(path: Path, expected_format: str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, pick another one")
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -184,9 +249,36 @@ def _read_json(path: Path, expected_format: str) -> dict:
     return meta
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _recorded(meta: dict, name: str) -> str | None:
+    """The SHA-256 that `meta` records for tensor file `name` (None: written before hashes were recorded)."""
+    hashes = meta.get("sha256")
+    return hashes.get(name) if isinstance(hashes, dict) else None
+
+
+_said_unverified = False
+
+
+def _verify(path: Path, recorded: str | None) -> None:
+    """Refuse `path` in one line unless its bytes hash to `recorded`; say once per process when nothing is recorded."""
+    global _said_unverified
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, pick another one")
+    if recorded is None:
+        if not _said_unverified:
+            _said_unverified = True
+            print(f"note: {path} carries no checksum (written before checksums were recorded); loaded unverified", file=sys.stderr)
+        return
+    actual = sha256_of(path)
+    if actual != recorded:
+        raise CheckpointError(
+            f"{path} fails its SHA-256 check (recorded {recorded[:12]}..., file {actual[:12]}...): the file is corrupt; "
+            "pick another checkpoint or re-export"
+        )
+
+
+def read_tensors(path: Path, recorded: str | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file after checking its SHA-256 against `recorded` (the JSON metadata's)."""
+    _verify(path, recorded)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -207,7 +299,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, int]:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a directory; pass a checkpoints/step_* directory or a run directory")
     meta = _read_json(path / "meta.json", FORMAT)
-    tensors = _read_tensors(path / "state.safetensors")
+    tensors = read_tensors(path / "state.safetensors", _recorded(meta, "state.safetensors"))
     try:
         state = _decode(meta["state"], tensors)
     except KeyError as exc:
@@ -215,16 +307,22 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, int]:
     return state, _config_of(meta, path), int(meta["step"])
 
 
-def resolve(path: str | Path) -> Path:
-    """A run directory means its latest checkpoint; anything else is returned as is."""
+def resolve(path: str | Path, say: Callable[[str], None] | None = None) -> Path:
+    """A run directory means its newest intact checkpoint (`say` gets one line per newer one skipped and one
+    naming the one used); anything else is returned as is."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if (path / "checkpoints").is_dir():
-        latest = latest_checkpoint(path / "checkpoints")
-        if latest is None:
-            raise CheckpointError(f"run directory {path} has no complete checkpoint yet")
-        return latest
+        newest, skipped = newest_usable(path / "checkpoints")
+        if newest is None:
+            why = f" ({skipped[0]})" if skipped else ""
+            raise CheckpointError(f"run directory {path} has no intact checkpoint{why}")
+        if say is not None:
+            for line in skipped:
+                say(line)
+            say(f"using checkpoint {newest}" + (" (the newest intact one)" if skipped else ""))
+        return newest
     return path
 
 
@@ -237,17 +335,27 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what
         raise CheckpointError(f"{what} in {where} does not fit the model its config describes ({first.strip()})") from None
 
 
-def load_generator(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"):
-    """(Generator in eval mode, Config) from a training checkpoint, a run directory, an export or a Hub id."""
+def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    """(Config, generator state dict) of an export directory (`config.json` + `generator.safetensors`),
+    the tensor file checked against the hash that config.json records."""
+    path = Path(path)
+    meta = _read_json(path / "config.json", EXPORT_FORMAT)
+    return _config_of(meta, path), read_tensors(path / "generator.safetensors", _recorded(meta, "generator.safetensors"))
+
+
+def load_generator(
+    path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu", say: Callable[[str], None] | None = None
+):
+    """(Generator in eval mode, Config) from a training checkpoint, a run directory, an export or a Hub id; `say`
+    hears which checkpoint of a run directory was used and why newer ones were skipped."""
     from gan.hub import local_path  # a Hub id becomes its snapshot in the Hub cache, read like any export
     from gan.models import Generator  # models import attention/layers; keep this module light to import
 
-    path = resolve(local_path(path))
+    path = resolve(local_path(path), say)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
-        meta = _read_json(path / "config.json", EXPORT_FORMAT)
-        config, weights, what = _config_of(meta, path), _read_tensors(path / "generator.safetensors"), "generator"
+        (config, weights), what = read_export(path), "generator"
     elif (path / "meta.json").is_file():
         state, config, _ = load_checkpoint(path)
         key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"

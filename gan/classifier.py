@@ -27,6 +27,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "fashion_c
 INPUT_SIZE = 32
 NUM_CLASSES = 10
 FEATURE_DIM = 128
+IN_DOMAIN = ("fashion_mnist",)  # data.dataset values whose images this classifier was trained to read
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip

@@ -97,6 +97,7 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels_last memory format for G and D")
     compile: bool = _f(False, "torch.compile G and D")
     progress: bool = _f(True, "show a progress bar")
+    threads: int = _f(0, "CPU threads for torch ops (0: automatic; see docs/benchmarks.md, Threads)")
 
 
 @dataclass
@@ -261,6 +262,8 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1")
+    if cfg.train.threads < 0:
+        raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):

@@ -15,7 +15,9 @@ Sources (data.dataset; each one entry of gan/registry.py's DATASETS, built by th
                  by `list_eval_partition.txt` when it sits next to the folder (else every image is used).
                  Images are centre-cropped to 108x108 then resized to R: the crop of DCGAN-era 64x64 CelebA
                  work (crop 140 is the other common choice; at R=128 the 108 crop is upsampled).
-- folder:        every image under <root>, recursively; resize the shorter side to R, then centre crop.
+- folder:        every image under <root>, recursively, each decoded in full when the dataset is built (files
+                 that fail are skipped and counted in one line on stderr); resize the shorter side to R, then
+                 centre crop.
 - builtin:       `gan.synthetic.CoherenceDataset`, generated on the fly, no files needed.
 Grayscale, palette and alpha images are converted (alpha composited onto white) to RGB, or to L when
 model.image_channels == 1; RGB sources replicate gray to three channels.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +51,6 @@ from gan.sampler import Key
 
 class DatasetError(UserError, ValueError):
     """A user-caused dataset problem (missing files, bad split); its message is one line that says what to do."""
-
-
-class UnreadableImageWarning(UserWarning):
-    """Some image files could not be decoded and were skipped."""
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -108,7 +106,7 @@ def build_celeba(cfg: DataConfig, r: int, c: int) -> Dataset:
 
 
 def build_folder(cfg: DataConfig, r: int, c: int) -> Dataset:
-    return ImageFiles(_scan_images(Path(cfg.root), what="image folder"), ImageTransform(r, c))
+    return ImageFiles(_scan_images(Path(cfg.root), what="image folder", decode=True), ImageTransform(r, c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,8 +296,9 @@ def _celeba_partition(path: Path, split: str) -> set[str] | None:
     return {row[0] for row in rows if len(row) == 2 and row[1] == code}
 
 
-def _scan_images(root: Path, *, what: str, keep: set[str] | None = None) -> list[Path]:
-    """Sorted image files under `root` (recursive) that PIL can identify; one warning counts the others."""
+def _scan_images(root: Path, *, what: str, keep: set[str] | None = None, decode: bool = False) -> list[Path]:
+    """Sorted image files under `root` (recursive) that PIL can read: every pixel decoded when `decode` (a
+    truncated JPEG is caught here, not mid-run), else the header checked. One stderr line counts the others."""
     if not root.is_dir():
         raise DatasetError(f"{what} '{root}' does not exist; set data.root to a directory of images")
     candidates = sorted(
@@ -312,7 +311,7 @@ def _scan_images(root: Path, *, what: str, keep: set[str] | None = None) -> list
     for path in candidates:
         try:
             with Image.open(path) as img:
-                img.verify()  # header (and for PNG the chunk CRCs); a truncated JPEG is caught at load time
+                img.load() if decode else img.verify()  # verify: header (and PNG chunk CRCs) only
             good.append(path)
         except _DECODE_ERRORS as exc:
             bad.append((path, exc))
@@ -322,21 +321,23 @@ def _scan_images(root: Path, *, what: str, keep: set[str] | None = None) -> list
             f"{found} under '{root}' could be read ({', '.join(IMAGE_EXTENSIONS)}); set data.root to a directory of images"
         )
     if bad:
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image file(s) under '{root}' (first: '{bad[0][0]}': {_first_line(bad[0][1])})",
-            UnreadableImageWarning,
-            stacklevel=3,
+        names = ", ".join(str(p.relative_to(root)) for p, _ in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(
+            f"note: skipped {len(bad)} unreadable image file(s) of {len(candidates)} under '{root}': {names} "
+            f"(first: {_first_line(bad[0][1])})",
+            file=sys.stderr,
         )
     return good
 
 
 class ImageFiles(Dataset):
-    """Image files as (tensor, 0). A file that fails to decode at load time (e.g. a truncated JPEG) is replaced
-    by the next readable one, with one warning per file, so a long run never stops on a bad image."""
+    """Image files as (tensor, 0). A file that fails to decode at load time anyway (changed on disk since the
+    scan, or a CelebA JPEG, whose scan reads headers only) is replaced by the next readable one and named once
+    through tqdm (above any progress bar), so a long run never stops on a bad image."""
 
     def __init__(self, files: list[Path], transform: ImageTransform) -> None:
         self.files, self.transform = files, transform
-        self._warned: set[Path] = set()
+        self._said: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -349,8 +350,9 @@ class ImageFiles(Dataset):
                 with Image.open(path) as img:
                     return self.transform(ImageOps.exif_transpose(img)), 0  # exif_transpose decodes the pixels
             except _DECODE_ERRORS as exc:
-                if path not in self._warned:
-                    self._warned.add(path)
-                    message = f"could not decode '{path}' ({_first_line(exc)}); using the next image"
-                    warnings.warn(message, UnreadableImageWarning, stacklevel=2)
+                if path not in self._said:
+                    from tqdm.auto import tqdm
+
+                    self._said.add(path)
+                    tqdm.write(f"note: could not decode '{path}' ({_first_line(exc)}); using the next image", file=sys.stderr)
         raise DatasetError(f"none of the {n} image files could be decoded; check the files under data.root")

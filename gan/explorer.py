@@ -147,7 +147,7 @@ class Explorer:
         """(1, C, R, R) in [-1, 1] on the CPU, by the path sample.py takes (no attention recorded)."""
         G = self.models.generator
         with self.lock:
-            return generate(G, z, labels, 1, next(G.parameters()).device)
+            return generate(G, z, labels, next(G.parameters()).device)
 
     def attention(self, row: int, col: int, *latent_args: Any) -> tuple[np.ndarray | None, dict[str, Any]]:
         """Where pixel (row, col) attends in every non-local block of G and D: (figure or None, numbers)."""

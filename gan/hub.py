@@ -170,7 +170,7 @@ def write_model_card(path: Path, generator: torch.nn.Module, config: Config, met
     device = next(generator.parameters()).device
     with eval_mode(generator):
         z, labels = draw_latents(generator, seed=0, num=CARD_SAMPLES)
-        viz.save_image_grid(generate(generator, z, labels, CARD_SAMPLES, device), path / "samples.png")
+        viz.save_image_grid(generate(generator, z, labels, device), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
     text = model_card(config, parameter_counts(generator, config), scores)
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".README.md.")

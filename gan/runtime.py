@@ -47,3 +47,29 @@ def sample_images(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor
     with eval_mode(generator):
         chunks = [generator.sample(min(SAMPLE_CHUNK, n - i), generator=draws).float().cpu() for i in range(0, n, SAMPLE_CHUNK)]
     return torch.cat(chunks)
+
+
+def auto_threads() -> int:
+    """The cores nobody else is using at start: usable cores minus the 1-minute load average, at least 1.
+
+    Measured (docs/benchmarks.md, Threads): with the cores busy, two threads made 8 demo steps 2.5x slower
+    than one (a thread waits at every barrier for a descheduled partner); on a quiet machine two threads
+    were 1.7x faster than one. Counting idle cores picks the faster side of both."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
+    return max(1, min(cores, int(idle + 0.5)))
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op CPU threads to `threads`, or with 0 to `auto_threads()`; an OMP_NUM_THREADS in
+    the environment is respected when `threads` is 0. Returns the number set."""
+    import os
+
+    if threads == 0:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        threads = auto_threads()
+    torch.set_num_threads(threads)
+    return threads

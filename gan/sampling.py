@@ -42,14 +42,27 @@ def draw_latents(
     return z, labels.repeat_interleave(max(interpolate, 1))  # one class per interpolation row
 
 
+CHUNK = 64  # latents per forward pass of G, fixed so that the images never depend on a batch-size flag
+
+
 def generate(
-    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device: torch.device | str
+    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device | str, chunk: int = CHUNK
 ) -> torch.Tensor:
-    """Images (N, C, R, R) in [-1, 1] on the CPU, generated batch by batch in eval mode."""
+    """Images (N, C, R, R) in [-1, 1] on the CPU, generated in eval mode `chunk` latents per forward pass.
+
+    Every pass has exactly `chunk` rows (the last is padded by repeating its final latent, and the padding
+    images are dropped): in eval mode each image depends only on its own latent, and with one matrix shape
+    for every pass the result of image i depends neither on N nor on its position."""
     G.eval()
     out = []
     with torch.no_grad():
-        for i in range(0, z.shape[0], batch_size):
-            y = None if labels is None else labels[i : i + batch_size].to(device)
-            out.append(G(z[i : i + batch_size].to(device), y).float().cpu())
+        for i in range(0, z.shape[0], chunk):
+            zi = z[i : i + chunk]  # (n, Z)
+            yi = None if labels is None else labels[i : i + chunk]
+            n, pad = zi.shape[0], chunk - zi.shape[0]
+            if pad:
+                zi = torch.cat([zi, zi[-1:].expand(pad, -1)])  # (chunk, Z)
+                yi = None if yi is None else torch.cat([yi, yi[-1:].expand(pad)])
+            y = None if yi is None else yi.to(device)
+            out.append(G(zi.to(device), y).float().cpu()[:n])
     return torch.cat(out)

@@ -195,6 +195,32 @@ def coherence_score(images: Tensor) -> float:
     return coherence_per_image(images).mean().item()
 
 
+# Chance level (independent halves) per (resolution, channels), measured in docs/coherence.md.
+CHANCE_LEVEL = {(32, 3): 0.0117, (32, 1): 0.0724, (64, 3): 0.0108, (64, 1): 0.0671}
+
+
+def chance_level(resolution: int, channels: int) -> float | None:
+    """The measured chance-level score for images of this size (None where docs/coherence.md has no value)."""
+    return CHANCE_LEVEL.get((resolution, channels))
+
+
+def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, device: torch.device | str = "cpu", n: int = 1000) -> str:
+    """One line: the coherence score of n samples of `generator` (called as generator(z, labels), in the mode it
+    is in; z and labels from a CPU generator seeded with `seed`) next to the real-data and chance values."""
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model_cfg.z_dim, generator=rng)
+    k = model_cfg.num_classes
+    y = torch.randint(k, (n,), generator=rng) if k else None
+    with torch.no_grad():
+        images = torch.cat([
+            generator(z[i : i + 250].to(device), None if y is None else y[i : i + 250].to(device)).float().cpu()
+            for i in range(0, n, 250)
+        ])
+    chance = chance_level(model_cfg.resolution, model_cfg.image_channels)
+    at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
+    return f"coherence of {n} samples: {coherence_score(images):.3f} (real data 1.000, {at_chance}; docs/coherence.md)"
+
+
 def make_independent_halves(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Images whose right half comes from another image of the batch (the chance-level reference).
 

@@ -24,11 +24,12 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
-from gan import registry
+from gan import registry, rundir
 from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
-from gan.runtime import eval_mode
+from gan.runtime import eval_mode, set_threads
 from gan.sampler import build_loader
 from gan.step import Parts, build_parts, samples_per_step, train_step
 
@@ -173,8 +174,9 @@ def _head(n: int, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
 class Trainer:
     """One run: the step loop plus what happens between steps (logs, samples, maps, evaluation, checkpoints)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, resume_command: str | None = None) -> None:
         self.cfg, self.run_dir, self.accelerator = cfg, run_dir, accelerator
+        self.resume_command = resume_command or f"python train.py --run-dir {run_dir} --resume latest"
         self.ckpt_dir = run_dir / "checkpoints"
         self.dataset = build_dataset(cfg.data, cfg.model)
         self.parts = build_parts(cfg, accelerator)
@@ -194,10 +196,9 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------------
 
-    def resume(self, resume: str) -> None:
-        where = ckpt.latest_checkpoint(self.ckpt_dir) if resume == "latest" else ckpt.resolve(resume)
-        if where is None:
-            raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {self.ckpt_dir}; start without --resume")
+    def resume(self, resume: str | Path) -> None:
+        """Load the state of checkpoint `resume` ('latest': the newest intact one in this run directory)."""
+        where = resume_point(str(resume), self.ckpt_dir)[0] if str(resume) == "latest" else ckpt.resolve(resume)
         state, old_cfg, self.step = ckpt.load_checkpoint(where)
         changed = [k for k, v in to_dict(self.cfg.model).items() if to_dict(old_cfg.model)[k] != v]
         if changed:
@@ -242,7 +243,7 @@ class Trainer:
 
         z, y, real, y_real = _head(4, self.z_fixed, self.y_fixed, *batch)
         figures = viz.attention_figures(self.sampler_model(), self.parts.D_raw, z, y, real, y_real,
-                                        queries=self.cfg.log.attention_queries)  # fmt: skip
+                                        queries=self.cfg.log.attention_queries, step=self.step)  # fmt: skip
         for net, figure in figures.items():
             viz.save_attention_figure(figure, self.run_dir / "attention" / f"step_{self.step:08d}_{net}.png")
             log_image(self.accelerator, f"attention/{net}", figure, self.step)
@@ -318,21 +319,73 @@ class Trainer:
                 self.checkpoint()
         bar.close()
         export = None
+        interrupted = self.step < total
         if self.main:
             export = ckpt.export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
-            acc.print(f"step {self.step}: samples in {self.run_dir / 'samples'}, checkpoint in {self.ckpt_dir}, generator in {export}")
-        return {"step": self.step, "interrupted": self.step < total, "run_dir": str(self.run_dir), "export": str(export) if export else None}
+            acc.print("\n".join(self.interrupted_lines(export) if interrupted else self.summary_lines(export)))
+        return {"step": self.step, "interrupted": interrupted, "run_dir": str(self.run_dir), "export": str(export) if export else None}
+
+    # -- what the user reads at the end -----------------------------------------------------------
+
+    def interrupted_lines(self, export: Path) -> list[str]:
+        saved = ckpt.latest_checkpoint(self.ckpt_dir)
+        return [
+            f"interrupted at step {self.step} of {self.cfg.train.steps}: checkpoint saved in {saved}, generator in {export}",
+            f"resume with: {self.resume_command}",
+        ]
+
+    def summary_lines(self, export: Path) -> list[str]:
+        """Where every output landed, and for the built-in dataset how coherent the samples are."""
+        lines = rundir.outputs_summary(self.run_dir, self.step, self.cfg.train.keep_last, export)
+        if self.cfg.data.dataset == "builtin":
+            from gan.synthetic import coherence_report
+
+            with eval_mode(self.sampler_model()) as g:
+                lines.append("  " + coherence_report(g, self.cfg.model, seed=self.cfg.train.seed + 54321, device=self.accelerator.device))
+        return lines
 
 
-def train(cfg: Config, run_dir: str | Path, resume: str | None = None) -> dict[str, Any]:
-    """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths)."""
+def resume_point(resume: str, ckpt_dir: Path) -> tuple[Path, list[str]]:
+    """The checkpoint `--resume` names ('latest': the newest intact one in `ckpt_dir`), and one line per newer
+    checkpoint skipped with the reason, then one naming the checkpoint used."""
+    if resume != "latest":
+        return ckpt.resolve(resume), []
+    where, skipped = ckpt.newest_usable(ckpt_dir)
+    if where is None:
+        why = f" ({skipped[0]})" if skipped else ""
+        raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {ckpt_dir}{why}; start without --resume")
+    if skipped:
+        skipped.append(f"--resume latest: using {where}, the newest intact checkpoint")
+    return where, skipped
+
+
+def train(
+    cfg: Config, run_dir: str | Path, resume: str | None = None, *, overwrite: bool = False, resume_command: str | None = None
+) -> dict[str, Any]:
+    """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths).
+
+    A fresh run refuses a directory that holds another run unless `overwrite` (which moves it aside); a
+    resume from step k first moves the old run's later outputs aside (gan/rundir.py)."""
     run_dir = Path(run_dir)
+    set_threads(cfg.train.threads)
     log_with = None if cfg.log.backend == "none" else cfg.log.backend
     # cpu=True without CUDA: torchrun / `accelerate launch --multi_gpu` on CPUs then forms a gloo group.
     accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir), cpu=not torch.cuda.is_available())
-    trainer = Trainer(cfg, run_dir, accelerator)
-    if resume:
-        trainer.resume(resume)
+    where, notes = resume_point(resume, run_dir / "checkpoints") if resume else (None, [])
+    if where is None and not overwrite:
+        rundir.refuse_if_taken(run_dir)  # every process: all of them stop, not only the main one
+    if cfg.eval.every > 0 and cfg.eval.feature_extractor == "fashion_classifier" and cfg.data.dataset not in IN_DOMAIN:
+        notes.append(f"note: eval.feature_extractor=fashion_classifier on {cfg.data.dataset!r} data is out of domain: "
+                     "its scores are a generic distribution distance, not image quality (docs/metrics.md)")
+    if accelerator.is_main_process:
+        step = ckpt.checkpoint_step(where) if where is not None else None
+        notes += rundir.discard_after(run_dir, step) if step is not None else rundir.start_fresh(run_dir, overwrite)
+        for line in notes:
+            accelerator.print(line)
+    accelerator.wait_for_everyone()
+    trainer = Trainer(cfg, run_dir, accelerator, resume_command)
+    if where is not None:
+        trainer.resume(where)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

@@ -271,6 +271,29 @@ def _header(labels: Sequence[tuple[str, int, int]], width: int) -> np.ndarray:
     return np.asarray(strip)
 
 
+def _title(text: str, width: int) -> np.ndarray:
+    """A white (HEADER_HEIGHT, width, 3) strip with `text` at its left edge (the figure's title)."""
+    strip = Image.new("RGB", (width, HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
+    ImageDraw.Draw(strip).text((FIGURE_PADDING, 1), text, fill=(0, 0, 0), font=ImageFont.load_default_imagefont())
+    return np.asarray(strip)
+
+
+def _colour_bar(width: int) -> np.ndarray:
+    """A white strip with the overlay's colour scale: 0 ... a query's largest weight, with its meaning."""
+    strip = Image.new("RGB", (width, 2 * HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default_imagefont()
+    bar_left, bar_width = FIGURE_PADDING + 10, max(16, min(256, width // 3))
+    ramp = colormap(np.linspace(0.0, 1.0, bar_width))  # (bar_width, 3)
+    bar = np.repeat(np.clip(np.rint(ramp), 0, 255).astype(np.uint8)[None], HEADER_HEIGHT - 4, axis=0)
+    strip.paste(Image.fromarray(bar), (bar_left, 2))
+    draw.text((FIGURE_PADDING, 2), "0", fill=(0, 0, 0), font=font)
+    draw.text((bar_left + bar_width + 3, 2), "max", fill=(0, 0, 0), font=font)
+    note = "colour: attention weight of each key, relative to the query's largest (ring: the query)"
+    draw.text((FIGURE_PADDING, HEADER_HEIGHT + 1), note, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
 def attention_figure(
     images: ArrayLike,
     records: Sequence[AttentionRecord],
@@ -278,6 +301,7 @@ def attention_figure(
     seed: int | None = 0,
     panel_size: int = 128,
     points: np.ndarray | None = None,
+    title: str | None = None,
 ) -> np.ndarray:
     """A (H', W', 3) uint8 figure: one row per image; columns = the image, then per record and query point
     the image overlaid with where that query attends.
@@ -286,7 +310,8 @@ def attention_figure(
     for the same batch as `images` (B, C, R, R) in [-1, 1]. Query points are picked per image in pixel space
     (seeded draws; `seed=None`: the same spread points for every image; `points`, a (k, 2) array of pixel
     (row, col): those k points for every image, `queries` ignored) and mapped to each block's query cell; overlay markers sit at that cell's centre. Panels are upscaled (nearest) to about `panel_size`
-    pixels. The header labels each group of columns with its block name. Same inputs -> same bytes.
+    pixels. The header labels each group of columns with its block name; with `title`, a title strip goes
+    above it and a colour bar below the panels. Same inputs -> same bytes.
     """
     u8 = images_to_uint8(images)  # (B, R, R, 3)
     b, h, w, _ = u8.shape
@@ -333,7 +358,16 @@ def attention_figure(
     for k, rec in enumerate(records):
         left = FIGURE_PADDING + (1 + k * queries) * step
         labels.append((rec.name, left, left + queries * step - FIGURE_PADDING))
-    return np.concatenate([_header(labels, grid.shape[1]), grid], axis=0)
+    figure = [_header(labels, grid.shape[1]), grid]
+    if title is not None:
+        figure = [_title(title, grid.shape[1]), *figure, _colour_bar(grid.shape[1])]
+    return np.concatenate(figure, axis=0)
+
+
+def attention_title(net: str, step: int | None) -> str:
+    """'G on generated images, step 400' / 'D on real images, step 400': the network the figure shows."""
+    what = {"G": "G (generator) on generated images", "D": "D (discriminator) on real images"}[net]
+    return what + (f", step {step}" if step is not None else "")
 
 
 def _marker_color(j: int) -> tuple[int, int, int]:
@@ -358,10 +392,12 @@ def generator_attention_figure(
     labels: torch.Tensor | None = None,
     queries: int = 3,
     seed: int | None = 0,
+    step: int | None = None,
 ) -> np.ndarray:
-    """Generate from `z` (and `labels`) in eval mode and draw where each G non-local block attends."""
+    """Generate from `z` (and `labels`) in eval mode and draw where each G non-local block attends; the
+    title names G and the training `step` (when given)."""
     images, records = _forward_recorded(generator, z, labels)
-    return attention_figure(images, records, queries=queries, seed=seed)
+    return attention_figure(images, records, queries=queries, seed=seed, title=attention_title("G", step))
 
 
 def discriminator_attention_figure(
@@ -370,10 +406,12 @@ def discriminator_attention_figure(
     labels: torch.Tensor | None = None,
     queries: int = 3,
     seed: int | None = 0,
+    step: int | None = None,
 ) -> np.ndarray:
-    """Run D on `images` (B, C, R, R) in [-1, 1] in eval mode and draw where each D non-local block attends."""
+    """Run D on `images` (B, C, R, R) in [-1, 1] in eval mode and draw where each D non-local block attends;
+    the title names D and the training `step` (when given)."""
     _, records = _forward_recorded(discriminator, images, labels)
-    return attention_figure(images, records, queries=queries, seed=seed)
+    return attention_figure(images, records, queries=queries, seed=seed, title=attention_title("D", step))
 
 
 def attention_figures(
@@ -384,6 +422,7 @@ def attention_figures(
     real: torch.Tensor | None = None,
     real_labels: torch.Tensor | None = None,
     queries: int = 3,
+    step: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The SAGAN-paper figure for each network that has non-local blocks: "G" generated from `z`, "D" on the
     `real` images. Training, the experiments and sample.py all draw their maps through this one function."""
@@ -391,9 +430,9 @@ def attention_figures(
 
     figures = {}
     if generator is not None and attention_blocks(generator):
-        figures["G"] = generator_attention_figure(generator, z, labels, queries=queries)
+        figures["G"] = generator_attention_figure(generator, z, labels, queries=queries, step=step)
     if discriminator is not None and real is not None and attention_blocks(discriminator):
-        figures["D"] = discriminator_attention_figure(discriminator, real, real_labels, queries=queries)
+        figures["D"] = discriminator_attention_figure(discriminator, real, real_labels, queries=queries, step=step)
     return figures
 
 

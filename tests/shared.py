@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -113,3 +114,29 @@ def celeba_images(folder: Path, n: int = 6) -> None:
     rng = np.random.default_rng(4)
     for i in range(1, n + 1):
         Image.fromarray(rng.integers(0, 256, size=(218, 178, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaging safetensors files on purpose
+
+
+def flip_bytes(path: Path, offset: int, n: int = 16) -> None:
+    """XOR n bytes at `offset` with 0xFF: the file keeps its size and still parses as safetensors."""
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def tensor_offset(path: Path, key: str) -> int:
+    """Byte offset in a .safetensors file where tensor `key`'s data starts (header read by hand)."""
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    return 8 + header_len + header[key]["data_offsets"][0]
+
+
+def first_tensor_key(path: Path, prefix: str) -> str:
+    """The first tensor name in a .safetensors file's header that starts with `prefix`."""
+    raw = path.read_bytes()
+    return next(k for k in json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")]) if k.startswith(prefix))

@@ -23,7 +23,7 @@ from gan.checkpoint import (
 from gan.config import load_config
 from gan.models import Generator
 
-from shared import TINY_MODEL
+from shared import TINY_MODEL, first_tensor_key, flip_bytes, tensor_offset
 
 
 @pytest.fixture
@@ -131,6 +131,10 @@ def test_a_planted_pickle_is_refused_and_never_executed(tmp_path, cfg):
     marker = tmp_path / "pwned"
     good = save_checkpoint(tmp_path / "ck", {"x": torch.tensor(1)}, step=1, config=cfg, keep_last=1)
     (good / "state.safetensors").write_bytes(pickle.dumps(_Plant(str(marker))))
+    with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
+        load_checkpoint(good)
+    meta = json.loads((good / "meta.json").read_text())  # without a recorded hash: parsed as safetensors, refused
+    (good / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_checkpoint(good)
     # a torch.save'd file passed as a checkpoint: refused without being opened as a pickle
@@ -183,3 +187,117 @@ def test_mismatched_weights_are_one_line(tmp_path, cfg):
     with pytest.raises(CheckpointError) as info:
         load_generator(export)
     assert "does not fit the model its config describes" in str(info.value) and "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashes, permissions, pruning after a resume
+
+
+def test_recorded_hash_is_the_files_sha256(tmp_path, cfg):
+    import hashlib
+
+    good = save_checkpoint(tmp_path, {"x": torch.arange(5.0)}, step=1, config=cfg, keep_last=1)
+    recorded = json.loads((good / "meta.json").read_text())["sha256"]
+    assert recorded == {"state.safetensors": hashlib.sha256((good / "state.safetensors").read_bytes()).hexdigest()}
+    export = export_generator(tmp_path / "gen", Generator(cfg.model), cfg)
+    recorded = json.loads((export / "config.json").read_text())["sha256"]
+    assert recorded == {"generator.safetensors": hashlib.sha256((export / "generator.safetensors").read_bytes()).hexdigest()}
+
+
+def test_flipped_bytes_in_every_tensor_file_kind_are_refused_in_one_line(tmp_path, cfg):
+    """16 flipped bytes inside G_ema's weights and inside D's optimiser moments (the file still parses as
+    safetensors, so only the hash can notice), in the best/ copy, and in the generator export: each load
+    refuses in one line naming the file."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    g = Generator(cfg.model)
+    opt = torch.optim.Adam(torch.nn.Linear(4, 4).parameters())
+    opt.zero_grad()
+    sum(p.sum() for p in opt.param_groups[0]["params"]).backward()
+    opt.step()
+    state = {"G": g.state_dict(), "G_ema": g.state_dict(), "opt_d": opt.state_dict()}
+    cases = []
+    for name, prefix in (("ema", "state/G_ema/"), ("optd", "state/opt_d/state/0/exp_avg_sq")):
+        path = save_checkpoint(tmp_path / name, state, step=1, config=cfg, keep_last=1)
+        f = path / "state.safetensors"
+        cases.append((f, tensor_offset(f, first_tensor_key(f, prefix)), lambda p=path: load_checkpoint(p)))
+    best = save_best(tmp_path / "b", save_checkpoint(tmp_path / "b", state, step=1, config=cfg, keep_last=1))
+    f = best / "state.safetensors"
+    cases.append((f, tensor_offset(f, first_tensor_key(f, "state/G_ema/")), lambda: load_checkpoint(best)))
+    export = export_generator(tmp_path / "gen", g, cfg)
+    f = export / "generator.safetensors"
+    cases.append((f, tensor_offset(f, next(iter(g.state_dict()))), lambda: load_generator(export)))
+    for f, offset, load in cases:
+        load()  # intact: loads
+        flip_bytes(f, offset)
+        assert len(load_file(str(f))) > 0  # still a well-formed file: without the hash it would load silently
+        with pytest.raises(CheckpointError) as info:
+            load()
+        message = str(info.value)
+        assert "\n" not in message and str(f) in message and "fails its SHA-256 check" in message, message
+
+
+def test_save_best_refuses_a_corrupt_source(tmp_path, cfg):
+    path = save_checkpoint(tmp_path, {"x": torch.arange(64.0)}, step=1, config=cfg, keep_last=1)
+    flip_bytes(path / "state.safetensors", tensor_offset(path / "state.safetensors", "state/x"))
+    with pytest.raises(CheckpointError, match="fails its SHA-256 check"):
+        save_best(tmp_path, path)
+    assert not (tmp_path / "best").exists()
+
+
+def test_old_checkpoints_without_hash_load_with_one_note(tmp_path, cfg, capsys, monkeypatch):
+    monkeypatch.setattr(ckpt, "_said_unverified", False)
+    paths = [save_checkpoint(tmp_path, {"x": torch.tensor(s)}, step=s, config=cfg, keep_last=3) for s in (1, 2)]
+    for p in paths:  # what checkpoints written before hashes were recorded look like
+        meta = json.loads((p / "meta.json").read_text())
+        (p / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    assert [load_checkpoint(p)[0]["x"].item() for p in paths] == [1, 2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "carries no checksum" in err[0] and str(paths[0]) in err[0]
+
+
+def test_tensor_files_get_the_json_files_permissions(tmp_path, cfg):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "a", {"x": torch.tensor(1)}, step=1, config=cfg, keep_last=1)
+        export = export_generator(tmp_path / "gen", Generator(cfg.model), cfg)
+        best = save_best(tmp_path / "a", path)
+        os.umask(0o027)
+        private = export_generator(tmp_path / "gen2", Generator(cfg.model), cfg)
+    finally:
+        os.umask(old)
+    def mode(p):
+        return p.stat().st_mode & 0o777
+
+    for d, tensors, meta in ((path, "state.safetensors", "meta.json"), (best, "state.safetensors", "meta.json"),
+                             (export, "generator.safetensors", "config.json")):  # fmt: skip
+        assert mode(d / tensors) == mode(d / meta) == 0o644
+    assert mode(private / "generator.safetensors") == mode(private / "config.json") == 0o640
+
+
+def test_pruning_never_removes_the_new_checkpoint_or_newer_ones(tmp_path, cfg):
+    """A directory still holding step 400 (an old run) while steps 101..103 are written: keep_last counts only
+    older checkpoints, so each new one survives (resuming also moves later ones aside, see test_rundir)."""
+    for step in (100, 400):
+        save_checkpoint(tmp_path, {"x": torch.tensor(step)}, step=step, config=cfg, keep_last=2)
+    for step in (101, 102, 103):
+        save_checkpoint(tmp_path, {"x": torch.tensor(step)}, step=step, config=cfg, keep_last=2)
+        assert (tmp_path / f"step_{step:08d}").is_dir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000102", "step_00000103", "step_00000400"]
+
+
+def test_newest_usable_skips_damaged_checkpoints_and_says_why(tmp_path, cfg):
+    root = tmp_path / "run" / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(root, {"x": torch.arange(64.0) + step}, step=step, config=cfg, keep_last=3)
+    flip_bytes(root / "step_00000003" / "state.safetensors", tensor_offset(root / "step_00000003" / "state.safetensors", "state/x"))
+    (root / "step_00000002" / "meta.json").unlink()
+    where, skipped = ckpt.newest_usable(root)
+    assert where == root / "step_00000001"
+    assert len(skipped) == 2
+    assert skipped[0].startswith(f"skipped {root / 'step_00000003'}: state.safetensors fails its SHA-256 check")
+    assert skipped[1].startswith(f"skipped {root / 'step_00000002'}: meta.json is missing")
+    said = []  # a run directory resolves to the newest intact checkpoint, saying so
+    assert ckpt.resolve(tmp_path / "run", said.append) == root / "step_00000001"
+    assert said == [*skipped, f"using checkpoint {root / 'step_00000001'} (the newest intact one)"]

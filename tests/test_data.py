@@ -26,7 +26,6 @@ from gan.config import DataConfig, ModelConfig
 from gan.data import (
     DatasetError,
     TrainingImages,
-    UnreadableImageWarning,
     build_dataset,
     num_classes_of,
 )
@@ -235,11 +234,13 @@ def test_fashion_mnist_real_debian_files(tmp_path):
 # Image folders
 
 
-def test_folder_modes_exact_pixels_and_one_warning(tmp_path):
+def test_folder_modes_exact_pixels_and_one_summary_line(tmp_path, capsys):
     arrays = _write_folder(tmp_path)
-    with pytest.warns(UnreadableImageWarning, match=r"skipped 1 unreadable image file\(s\)") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warnings-module output (it echoes a source line)
         dataset = build_dataset(*_cfgs("folder", tmp_path))
-    assert len([w for w in record if issubclass(w.category, UnreadableImageWarning)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: skipped 1 unreadable image file(s) of 7 under '{tmp_path}': sub/broken.png (first: ")
     names = [p.name for p in dataset.source.files]
     assert names == ["a_gray.png", "b_rgba.png", "c_palette.png", "d_wide.png", "f_small.bmp", "e_photo.jpg"]
     assert len(dataset) == 6 and dataset.num_classes == 0
@@ -256,8 +257,7 @@ def test_folder_modes_exact_pixels_and_one_warning(tmp_path):
     np.testing.assert_allclose(dataset[2][0].numpy(), _expected(arrays["palette"]), rtol=0, atol=1e-6)
     np.testing.assert_allclose(dataset[3][0].numpy(), _expected(arrays["wide"][:, 16:48]), rtol=0, atol=1e-6)
 
-    with pytest.warns(UnreadableImageWarning):
-        single = build_dataset(*_cfgs("folder", tmp_path, channels=1))
+    single = build_dataset(*_cfgs("folder", tmp_path, channels=1))
     reference = _luma(arrays["wide"][:, 16:48].astype(np.float64)) / 255.0 * 2.0 - 1.0
     assert single[3][0].shape == (1, 32, 32)
     np.testing.assert_allclose(single[3][0][0].numpy(), reference, rtol=0, atol=1.01 / 127.5)
@@ -279,20 +279,40 @@ def test_folder_resizes_shorter_side_then_centre_crops(tmp_path):
     np.testing.assert_allclose(image[:, interior].numpy(), expected, rtol=0, atol=2 / 127.5)
 
 
-def test_folder_truncated_jpeg_is_replaced_at_load_time(tmp_path):
+def test_folder_truncated_jpeg_is_caught_at_indexing_and_reported_once(tmp_path, capsys):
+    """A truncated JPEG has an intact header: only decoding every pixel finds it, at indexing time, so the run
+    never meets it. One summary line names the count and the first few files; nothing is said mid-run."""
     rng = np.random.default_rng(3)
-    for name in ("a.jpg", "b.png"):
+    for name in ("a.jpg", "b.png", "c.jpg", "d.jpg", "e.jpg", "f.png"):
         Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
-    (tmp_path / "a.jpg").write_bytes(buffer.getvalue()[:-2000])  # header intact, entropy-coded data cut
+    for name in ("a.jpg", "c.jpg", "d.jpg", "e.jpg"):
+        (tmp_path / name).write_bytes(buffer.getvalue()[:-2000])  # header intact, entropy-coded data cut
+        with Image.open(tmp_path / name) as img:
+            img.verify()  # what the header check sees: nothing wrong
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the scan-time check reads headers only: no warning yet
+        warnings.simplefilter("error")
         dataset = build_dataset(*_cfgs("folder", tmp_path))
-    assert len(dataset) == 2
-    with pytest.warns(UnreadableImageWarning, match="a.jpg"):
+        assert [p.name for p in dataset.source.files] == ["b.png", "f.png"]
+        for i in range(len(dataset)):  # the run: no fallback, no message
+            dataset[i]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"note: skipped 4 unreadable image file(s) of 6 under '{tmp_path}': a.jpg, c.jpg, d.jpg, ... (first: ")
+
+
+def test_folder_file_damaged_after_indexing_is_replaced_and_named_once(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    dataset = build_dataset(*_cfgs("folder", tmp_path))
+    (tmp_path / "a.png").write_bytes(b"gone bad")
+    for _ in range(2):
         image, _ = dataset[0]
-    torch.testing.assert_close(image, dataset[1][0], rtol=0, atol=0)
+        torch.testing.assert_close(image, dataset[1][0], rtol=0, atol=0)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: could not decode '{tmp_path / 'a.png'}'")
 
 
 def test_folder_missing_empty_and_unreadable(tmp_path):

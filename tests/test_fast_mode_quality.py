@@ -1,5 +1,6 @@
 """benchmarks/fast_mode_quality.py: one real `run` + `report` on a tiny model (fp32 and bf16, 2 seeds, 2 steps)
-and its one-line errors. The compiled mode's agreement with eager is checked in test_perf_paths."""
+and its one-line errors. The compiled mode's agreement with eager is checked in test_perf_paths. The run reads
+small Fashion-MNIST-format files written here, so it needs no installed dataset."""
 
 import json
 import subprocess

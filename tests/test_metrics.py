@@ -386,7 +386,8 @@ def export(tmp_path) -> Path:
 def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
     out = tmp_path / "eval" / "scores.json"
     command = [sys.executable, "evaluate.py", "--checkpoint", str(export), "--num", "32", "--metrics", "fid,kid",
-               "--feature-extractor", "fashion_classifier", "--json", str(out), f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+               "--feature-extractor", "fashion_classifier", "--allow-out-of-domain", "--json", str(out),
+               f"eval.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     proc = subprocess.run(command, cwd=Path(evaluate.__file__).parent, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     written = json.loads(out.read_text())
@@ -394,6 +395,12 @@ def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
     assert written["feature_extractor"] == "fashion_classifier" and written["num_samples"] == 32
     assert written["dataset"] == "builtin" and "frechet_inception_distance" not in written
     assert written["frechet_classifier_distance"] > 0 and np.isfinite(written["kernel_classifier_distance_mean"])
+
+
+OUT_OF_DOMAIN = (
+    "the fashion_classifier only reads Fashion-MNIST-like images, but this generator's dataset is 'builtin': use "
+    "--feature-extractor inception, or pass --allow-out-of-domain for a generic distance"
+)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +411,7 @@ def test_evaluate_cli_prints_and_writes_the_json_object(tmp_path, export):
          "Inception weights file"),  # fmt: skip
         (["--checkpoint", "{export}", "--metrics", "fid,ppl"], "subset of fid, isc, kid"),
         (["--checkpoint", "{export}", "data.bogus=1"], "unknown config key"),
+        (["--checkpoint", "{export}", "--feature-extractor", "fashion_classifier"], OUT_OF_DOMAIN),
     ],
 )
 def test_evaluate_cli_user_errors_are_one_line_with_status_2(tmp_path, export, capsys, args, words):

@@ -21,7 +21,6 @@ from gan.train_loop import Trainer
 from shared import TINY_MODEL
 
 
-@pytest.mark.filterwarnings("ignore::gan.data.UnreadableImageWarning")  # the folder holds one corrupt file
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_registered_dataset_builds_from_its_files(name, tmp_path, dataset_on_disk):
     entry = DATASETS[name]

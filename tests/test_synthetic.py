@@ -271,3 +271,31 @@ def test_vectorised_score_matches_pixel_loop_reference():
 def test_score_rejects_wrong_shape():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         coherence_score(torch.zeros(3, 32, 32))
+
+
+def test_coherence_report_scores_what_the_generator_draws():
+    """A 'generator' that returns real images scores 1.000; one that returns independent halves of real images
+    scores near the documented chance level; the line names both reference values."""
+    from gan.config import ModelConfig
+    from gan.synthetic import CHANCE_LEVEL, chance_level, coherence_report, make_independent_halves
+
+    real = torch.stack([CoherenceDataset(400, 32, seed=5)[i][0] for i in range(400)])
+    mixed = make_independent_halves(real, torch.Generator().manual_seed(0))
+    cfg = ModelConfig(z_dim=4, num_classes=0)
+    calls = []
+
+    def replay(images):
+        def g(z, y):
+            calls.append((z.shape[0], y))
+            start = sum(n for n, _ in calls[:-1])
+            return images[start : start + z.shape[0]]
+        return g
+
+    line = coherence_report(replay(real), cfg, seed=0, n=400)
+    assert line == "coherence of 400 samples: 1.000 (real data 1.000, chance 0.012; docs/coherence.md)"
+    assert [n for n, _ in calls] == [250, 150] and all(y is None for _, y in calls)
+    calls.clear()
+    score = float(coherence_report(replay(mixed), cfg, seed=0, n=400).split(": ")[1].split()[0])
+    assert abs(score - CHANCE_LEVEL[(32, 3)]) < 5 * 0.0022 * (512 / 400) ** 0.5  # docs/coherence.md: std of a 512 estimate
+    assert chance_level(128, 3) is None
+    assert "chance not measured at this size" in coherence_report(lambda z, y: real[: z.shape[0]], ModelConfig(resolution=128, z_dim=4), seed=0, n=4)
