@@ -55,19 +55,15 @@ class Models:
 
 def load_models(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> Models:
     """G (EMA weights unless `use_ema=False`) and, from a training checkpoint or run directory, D."""
-    from gan.checkpoint import load_checkpoint, load_generator, load_into, resolve
+    from gan.checkpoint import load_discriminator, load_generator, resolve
     from gan.hub import local_path
-    from gan.models import Discriminator
 
     generator, config = load_generator(checkpoint, use_ema=use_ema, map_location=device)
     path = resolve(local_path(checkpoint))
     path = path.parent if path.is_file() else path
     discriminator = None
-    if (path / "meta.json").is_file():
-        state, _, _ = load_checkpoint(path)
-        discriminator = Discriminator(config.model)
-        load_into(discriminator, state["D"], "D", path)
-        discriminator = discriminator.to(device).eval()
+    if (path / "meta.json").is_file():  # exports and Hub repos hold G only
+        discriminator, _, _ = load_discriminator(path, map_location=device)
     return Models(generator, discriminator, config, str(checkpoint))
 
 
