@@ -22,22 +22,41 @@ from gan.cli import fail_cleanly
 
 def _merge(base: dict, delta: dict) -> dict:
     for key, value in delta.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        base[key] = (
+            _merge(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
     return base
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, run directory, generator export or Hub repo id (owner/name)")
-    parser.add_argument("--num", type=int, default=None, help="generated images (default: the config's eval.num_samples)")
-    parser.add_argument("--metrics", default=None, help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory, run directory, generator export or Hub repo id (owner/name)",
+    )
+    parser.add_argument(
+        "--num", type=int, default=None, help="generated images (default: the config's eval.num_samples)"
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)",
+    )
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
-    parser.add_argument("--allow-out-of-domain", action="store_true",
-                        help="score with fashion_classifier on a dataset other than Fashion-MNIST (a generic distance, not a quality score)")
+    parser.add_argument(
+        "--allow-out-of-domain",
+        action="store_true",
+        help="score with fashion_classifier on a dataset other than Fashion-MNIST (a generic distance, not a quality score)",
+    )
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where G and the feature network run")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu or cuda[:N]: where G and the feature network run",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of z, labels, KID subsets and IS splits")
     parser.add_argument("overrides", nargs="*", help="config overrides applied to the checkpoint's config")
     args = parser.parse_intermixed_args(argv)
@@ -61,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.feature_extractor is not None:
             cfg.eval.feature_extractor = args.feature_extractor
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else cfg.eval.metrics
-        uses_features = any("features" in METRICS[m].needs for m in metrics if m in METRICS)  # unknown names: evaluate() says
-        if (cfg.eval.feature_extractor == "fashion_classifier" and uses_features and cfg.data.dataset not in IN_DOMAIN
-                and not args.allow_out_of_domain):
+        uses_features = any(
+            "features" in METRICS[m].needs for m in metrics if m in METRICS
+        )  # unknown names: evaluate() says
+        if (
+            cfg.eval.feature_extractor == "fashion_classifier"
+            and uses_features
+            and cfg.data.dataset not in IN_DOMAIN
+            and not args.allow_out_of_domain
+        ):
             raise ConfigError(
                 f"the fashion_classifier only reads Fashion-MNIST-like images, but this generator's dataset is "
                 f"{cfg.data.dataset!r}: use --feature-extractor inception, or pass --allow-out-of-domain for a generic distance"

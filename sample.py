@@ -39,17 +39,32 @@ DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir (latest checkpoint), generator export dir or Hub repo id (owner/name)")
-    p.add_argument("--num", type=int, default=None, help=f"images ({DEFAULT_NUM}), or interpolation rows ({DEFAULT_ROWS})")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint dir, run dir (latest checkpoint), generator export dir or Hub repo id (owner/name)",
+    )
+    p.add_argument(
+        "--num", type=int, default=None, help=f"images ({DEFAULT_NUM}), or interpolation rows ({DEFAULT_ROWS})"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every z and label")
     p.add_argument("--out", default=None, help="directory for one PNG per image (000000.png, ...)")
-    p.add_argument("--grid", default=None, help="one PNG grid of all images (default samples.png if no output is given)")
+    p.add_argument(
+        "--grid", default=None, help="one PNG grid of all images (default samples.png if no output is given)"
+    )
     p.add_argument("--npz", default=None, help="uint8 (N, H, W, 3) array under key 'arr_0'")
-    p.add_argument("--class", dest="label", type=int, default=None, metavar="C", help="class of every image (conditional models)")
+    p.add_argument(
+        "--class", dest="label", type=int, default=None, metavar="C", help="class of every image (conditional models)"
+    )
     p.add_argument("--truncation", type=float, default=None, help="redraw every z entry beyond |T| (BigGAN's trick)")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA weights")
     p.add_argument("--interpolate", type=int, default=0, metavar="K", help="K-step linear z interpolation per row")
-    p.add_argument("--batch-size", type=int, default=CHUNK, help=f"kept for compatibility, no effect: G always runs on {CHUNK} latents at a time (the last pass padded), so the images are the same bit for bit")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=CHUNK,
+        help=f"kept for compatibility, no effect: G always runs on {CHUNK} latents at a time (the last pass padded), so the images are the same bit for bit",
+    )
     p.add_argument("--attention-maps", default=None, help="PNG of where G's non-local blocks attend (first 4 latents)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     args = p.parse_args(argv)
@@ -69,7 +84,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--interpolate K needs K >= 2 steps (both endpoints); got {args.interpolate}")
     if args.truncation is not None and not args.truncation > 0:
         raise ConfigError(f"--truncation must be a positive number (e.g. 0.5); got {args.truncation}")
-    for flag, path, suffix in (("--grid", args.grid, ".png"), ("--attention-maps", args.attention_maps, ".png"), ("--npz", args.npz, ".npz")):
+    for flag, path, suffix in (
+        ("--grid", args.grid, ".png"),
+        ("--attention-maps", args.attention_maps, ".png"),
+        ("--npz", args.npz, ".npz"),
+    ):
         if path is not None and Path(path).suffix.lower() != suffix:
             raise ConfigError(f"{flag} must name a {suffix} file; got {path!r}")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -80,7 +99,9 @@ def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, 
     """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
     from gan.sampling import draw_latents as draw
 
-    return draw(G, seed=args.seed, num=args.num, truncation=args.truncation, label=args.label, interpolate=args.interpolate)
+    return draw(
+        G, seed=args.seed, num=args.num, truncation=args.truncation, label=args.label, interpolate=args.interpolate
+    )
 
 
 def generate(

@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/demo.yaml", help="YAML file of changes to the defaults")
     parser.add_argument("--run-dir", default=None, help="output directory (default: runs/<config name>)")
     parser.add_argument("--resume", default=None, help="'latest' (in the run directory) or a checkpoint path")
-    parser.add_argument("--overwrite", action="store_true", help="start afresh in a run directory that holds a run, moving it aside to <run-dir>.old-<time>")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run directory that holds a run, moving it aside to <run-dir>.old-<time>",
+    )
     parser.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.g_attention=[16]")
     args = parser.parse_intermixed_args(argv)
@@ -32,17 +36,29 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         from gan.train_loop import train  # torch / accelerate load only once the arguments are known good
 
-        summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, resume_command=resume_command(args, run_dir))
+        summary = train(
+            cfg, run_dir, resume=args.resume, overwrite=args.overwrite, resume_command=resume_command(args, run_dir)
+        )
         return 130 if summary["interrupted"] else 0
     return 2
 
 
 def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
     """The exact command that continues this run: same interpreter, config and overrides, `--resume latest`."""
+
     def short(path: str) -> str:
         return path if os.path.relpath(path).startswith("..") else os.path.relpath(path)
 
-    words = [short(sys.executable), short(__file__), "--config", args.config, "--run-dir", str(run_dir), "--resume", "latest"]
+    words = [
+        short(sys.executable),
+        short(__file__),
+        "--config",
+        args.config,
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        "latest",
+    ]
     return shlex.join([*words, *args.overrides])
 
 

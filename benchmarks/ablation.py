@@ -59,7 +59,10 @@ class Arm:
     d: tuple[int, ...]
 
     def overrides(self) -> list[str]:
-        return [f"model.g_attention=[{','.join(map(str, self.g))}]", f"model.d_attention=[{','.join(map(str, self.d))}]"]
+        return [
+            f"model.g_attention=[{','.join(map(str, self.g))}]",
+            f"model.d_attention=[{','.join(map(str, self.d))}]",
+        ]
 
     @property
     def has_attention(self) -> bool:
@@ -67,7 +70,7 @@ class Arm:
 
 
 def parse_arm(name: str) -> Arm:
-    """"none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8."""
+    """ "none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8."""
     match = _ARM.match(name.strip())
     if not match or not name.strip():
         raise ExperimentError(f"arm '{name}' is not none, g<side>, d<side>, gd<side> or g<side>d<side> (e.g. gd16)")
@@ -90,8 +93,12 @@ def parse_arms(text: str) -> list[Arm]:
     return arms
 
 
-def run(config: str, arms: list[Arm], seeds: list[int], out: Path, jobs: int, extra: list[str], num_samples: int | None) -> None:
-    experiment.run_all(config, arms, seeds, out, jobs, extra, num_samples, MANIFEST, experiment.command_line("benchmarks.ablation"))
+def run(
+    config: str, arms: list[Arm], seeds: list[int], out: Path, jobs: int, extra: list[str], num_samples: int | None
+) -> None:
+    experiment.run_all(
+        config, arms, seeds, out, jobs, extra, num_samples, MANIFEST, experiment.command_line("benchmarks.ablation")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +134,14 @@ def collect(out: Path) -> dict[str, Any]:
     calls = found["calls"]
     commands = [call.get("command", "") for call in reversed(calls)]
     wall = sum(call.get("wall_seconds_this_call", 0.0) for call in calls)
-    return {"out": out, "manifest": found["manifest"], "runs": runs, "commands": commands, "seeds": found["seeds"], "wall": wall}
+    return {
+        "out": out,
+        "manifest": found["manifest"],
+        "runs": runs,
+        "commands": commands,
+        "seeds": found["seeds"],
+        "wall": wall,
+    }
 
 
 def final_gates(run_dir: Path) -> dict[str, float]:
@@ -151,16 +165,23 @@ def uniform_entropy(side: int, subsample: bool) -> float:
 def gates_table(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool) -> list[str]:
     """Markdown: per attention block, the final gamma (mean +/- std and every seed) and the final mean row
     entropy of its attention as a fraction of uniform attention's (1.0 = attends everywhere equally)."""
-    lines = ["| arm | block | final gamma (mean +/- std) | per seed | entropy / uniform (mean) |", "|---|---|---|---|---|"]
+    lines = [
+        "| arm | block | final gamma (mean +/- std) | per seed | entropy / uniform (mean) |",
+        "|---|---|---|---|---|",
+    ]
     for name, by_seed in runs.items():
         blocks = sorted({k.split("/", 1)[1] for r in by_seed.values() for k in r["gates"] if k.startswith("gamma/")})
         for block in blocks:
             gammas = [r["gates"][f"gamma/{block}"] for r in by_seed.values() if f"gamma/{block}" in r["gates"]]
-            entropies = [r["gates"][f"attn_entropy/{block}"] for r in by_seed.values() if f"attn_entropy/{block}" in r["gates"]]
+            entropies = [
+                r["gates"][f"attn_entropy/{block}"] for r in by_seed.values() if f"attn_entropy/{block}" in r["gates"]
+            ]
             side = int(re.search(r"attn(\d+)$", block)[1])
             m, sd = mean_std(gammas)
             rel = mean_std(entropies)[0] / uniform_entropy(side, subsample) if entropies else float("nan")
-            lines.append(f"| `{name}` | {block} | {m:+.4f} +/- {sd:.4f} | {', '.join(f'{g:+.4f}' for g in gammas)} | {rel:.3f} |")
+            lines.append(
+                f"| `{name}` | {block} | {m:+.4f} +/- {sd:.4f} | {', '.join(f'{g:+.4f}' for g in gammas)} | {rel:.3f} |"
+            )
     return lines
 
 
@@ -189,7 +210,19 @@ def per_seed_table(runs: dict[str, dict[int, dict[str, Any]]], keys: Sequence[st
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, by_seed in runs.items():
         for seed, r in sorted(by_seed.items()):
-            lines.append("| " + " | ".join([f"`{name}`", str(seed), *(fmt(r[k], k) for k in keys), f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}"]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"`{name}`",
+                        str(seed),
+                        *(fmt(r[k], k) for k in keys),
+                        f"{r['train_seconds']:.0f}",
+                        f"{r['eval_seconds']:.0f}",
+                    ]
+                )
+                + " |"
+            )
     return lines
 
 
@@ -283,8 +316,10 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
                     c = compare(name, [r[key] for r in by_seed.values()], ctl, higher)
                     found[verdict(c)].append(f"`{name}` ({c.diff:+.3g})")
             parts = [f"{what}: {', '.join(arms)}" for what, arms in found.items() if arms]
-            text.append(f"- {d['title']}, {label} (none: {fmt(mean_std(ctl)[0], key)}; "
-                        f"difference of means per arm): {'; '.join(parts)}.")
+            text.append(
+                f"- {d['title']}, {label} (none: {fmt(mean_std(ctl)[0], key)}; "
+                f"difference of means per arm): {'; '.join(parts)}."
+            )
     text.append("")
     for d in datasets:
         m = d["manifest"]
@@ -335,11 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train and evaluate every (arm, seed) not already done")
     p_run.add_argument("--config", required=True, help="YAML config shared by every arm")
-    p_run.add_argument("--arms", default="none,g16,d16,gd16", help="comma-separated arms: none, g16, d16, gd16, g16d8, ...")
+    p_run.add_argument(
+        "--arms", default="none,g16,d16,gd16", help="comma-separated arms: none, g16, d16, gd16, g16d8, ..."
+    )
     p_run.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p_run.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     p_run.add_argument("--out", required=True, help="directory of the run directories")
-    p_run.add_argument("--num-samples", type=int, default=None, help="generated images per evaluation (default eval.num_samples)")
+    p_run.add_argument(
+        "--num-samples", type=int, default=None, help="generated images per evaluation (default eval.num_samples)"
+    )
     p_run.add_argument("overrides", nargs="*", help="config overrides for every arm, e.g. train.steps=600")
     p_rep = sub.add_parser("report", help="write the Markdown report from one or more --out directories")
     p_rep.add_argument("outs", nargs="+", help="the --out directories of earlier `run` calls")
@@ -350,12 +389,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             if args.jobs < 1:
                 raise ExperimentError("--jobs must be at least 1")
-            bad = [o for o in args.overrides if o.split("=")[0] in ("model.g_attention", "model.d_attention", "train.seed")]
+            bad = [
+                o for o in args.overrides if o.split("=")[0] in ("model.g_attention", "model.d_attention", "train.seed")
+            ]
             if bad:
                 raise ExperimentError(f"{bad[0]} is set per arm / seed by the ablation; use --arms / --seeds instead")
-            run(args.config, parse_arms(args.arms), parse_seeds(args.seeds), Path(args.out), args.jobs, args.overrides, args.num_samples)
+            run(
+                args.config,
+                parse_arms(args.arms),
+                parse_seeds(args.seeds),
+                Path(args.out),
+                args.jobs,
+                args.overrides,
+                args.num_samples,
+            )
         else:
-            print(f"wrote {args.report}" if report([Path(o) for o in args.outs], Path(args.report), Path(args.figures)) else "")
+            print(
+                f"wrote {args.report}"
+                if report([Path(o) for o in args.outs], Path(args.report), Path(args.figures))
+                else ""
+            )
         return 0
     return 2
 

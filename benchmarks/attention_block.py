@@ -156,9 +156,13 @@ def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64, 128], help="feature-map sides")
-    parser.add_argument("--grids", type=parse_grid, nargs="+", help="grids such as 8x32x32 (T, H, W), instead of --sizes")
+    parser.add_argument(
+        "--grids", type=parse_grid, nargs="+", help="grids such as 8x32x32 (T, H, W), instead of --sizes"
+    )
     parser.add_argument("--batch", type=int, help="batch for every row (default: 16 / 8 for maps, 1 for videos)")
-    parser.add_argument("--subsample", choices=("both", "yes", "no"), default="both", help="rows with pooled keys, unpooled, or both")
+    parser.add_argument(
+        "--subsample", choices=("both", "yes", "no"), default="both", help="rows with pooled keys, unpooled, or both"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward pairs per row")
     parser.add_argument("--max-gib", type=float, default=12.0, help="largest predicted explicit peak to run as is")
     parser.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
@@ -177,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     grids = args.grids or [(size, size) for size in args.sizes]
     dims = sorted({len(grid) for grid in grids})
     print(f"machine: {machine_line()}")
-    print(f"NonLocalBlock({CHANNELS}, dim={'/'.join(map(str, dims))}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n")
+    print(
+        f"NonLocalBlock({CHANNELS}, dim={'/'.join(map(str, dims))}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n"
+    )
     rows, seen_kernels = [], {}
     subsamples = {"both": (True, False), "yes": (True,), "no": (False,)}[args.subsample]
     for grid in grids:
@@ -187,10 +193,22 @@ def main(argv: list[str] | None = None) -> int:
             explicit_fits = predicted_explicit_bytes(grid, subsample, batch) <= max_bytes
             time_batches = [batch]
             if not explicit_fits:  # add a row where both paths run
-                time_batches.append(max(b for b in (4, 2, 1) if predicted_explicit_bytes(grid, subsample, b) <= max_bytes))
+                time_batches.append(
+                    max(b for b in (4, 2, 1) if predicted_explicit_bytes(grid, subsample, b) <= max_bytes)
+                )
             for tb in time_batches:
                 with_explicit = tb != batch or explicit_fits  # else: its time is the smaller-batch row's
-                t = run_child(MODULE, ["--child-time", label(grid), str(int(subsample)), str(tb), str(args.repeats), str(int(with_explicit))])
+                t = run_child(
+                    MODULE,
+                    [
+                        "--child-time",
+                        label(grid),
+                        str(int(subsample)),
+                        str(tb),
+                        str(args.repeats),
+                        str(int(with_explicit)),
+                    ],
+                )
                 if t and with_explicit:
                     seen_kernels[(grid, subsample)] = t
                 if tb == batch:
@@ -200,23 +218,34 @@ def main(argv: list[str] | None = None) -> int:
                     mf = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)])
                     me, mf = (me or {}).get("peak_bytes"), (mf or {}).get("peak_bytes")
                     note_e, note_f = "", ""
-                rows.append([
-                    label(grid),
-                    "yes" if subsample else "no",
-                    tb,
-                    n_keys(grid, subsample),
-                    f"{t['explicit_s'] * 1e3:,.1f}" if t and "explicit_s" in t else "-",
-                    f"{t['fused_s'] * 1e3:,.1f}" if t else "-",
-                    f"{t['ratio']:.2f}" if t and "ratio" in t else "-",
-                    mib(me) if me is not None else "-",
-                    mib(mf) if mf is not None else "-",
-                    f"{mf / me:.3f}" if me and mf else "-",
-                    "; ".join(n for n in (note_e, note_f) if n),
-                ])
+                rows.append(
+                    [
+                        label(grid),
+                        "yes" if subsample else "no",
+                        tb,
+                        n_keys(grid, subsample),
+                        f"{t['explicit_s'] * 1e3:,.1f}" if t and "explicit_s" in t else "-",
+                        f"{t['fused_s'] * 1e3:,.1f}" if t else "-",
+                        f"{t['ratio']:.2f}" if t and "ratio" in t else "-",
+                        mib(me) if me is not None else "-",
+                        mib(mf) if mf is not None else "-",
+                        f"{mf / me:.3f}" if me and mf else "-",
+                        "; ".join(n for n in (note_e, note_f) if n),
+                    ]
+                )
                 print(f"  done {label(grid)} subsample={subsample} batch={tb}", file=sys.stderr)
     headers = [
-        "map" if dims == [2] else "grid", "subsample", "batch", "keys N", "explicit ms", "fused ms", "time fused/explicit",
-        "explicit peak MiB", "fused peak MiB", "memory fused/explicit", "note",
+        "map" if dims == [2] else "grid",
+        "subsample",
+        "batch",
+        "keys N",
+        "explicit ms",
+        "fused ms",
+        "time fused/explicit",
+        "explicit peak MiB",
+        "fused peak MiB",
+        "memory fused/explicit",
+        "note",
     ]
     print(table(headers, rows))
     print("\nKernels seen by torch.profiler in one forward + backward:")

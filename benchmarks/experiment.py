@@ -170,7 +170,12 @@ def _subprocess(cmd: list[str], log_path: Path, what: str) -> float:
 
 def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[str]) -> float:
     """Train (arm, seed) through train.py unless run_dir already holds this exact finished run; seconds spent."""
-    record = {"config": str(config), "arm": arm.name, "seed": seed, "overrides": [*arm.overrides(), f"train.seed={seed}", *extra]}
+    record = {
+        "config": str(config),
+        "arm": arm.name,
+        "seed": seed,
+        "overrides": [*arm.overrides(), f"train.seed={seed}", *extra],
+    }
     done = run_dir / "ablation_run.json"
     if done.is_file() and (run_dir / "generator" / "config.json").is_file():
         old = json.loads(done.read_text())
@@ -179,7 +184,15 @@ def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[s
     if run_dir.exists():  # unfinished or a different run: start it again from nothing
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--run-dir", str(run_dir), *record["overrides"]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        *record["overrides"],
+    ]
     seconds = _subprocess(cmd, run_dir / "train.log", f"training {arm.name} seed {seed}")
     done.write_text(json.dumps({**record, "command": cmd, "train_seconds": seconds}, indent=1))
     return seconds
@@ -307,7 +320,9 @@ def evaluate_run(run_dir: Path, num_samples: int) -> dict[str, Any]:
     D, _, step = load_discriminator(run_dir)
     result: dict[str, Any] = {"num_samples": num_samples, "step": step, "dataset": cfg.data.dataset,
                               "params": parameter_counts(cfg.model)}  # fmt: skip
-    own = [n for n, m in registry.METRICS.items() if "features" not in m.needs and cfg.data.dataset in (m.datasets or ())]
+    own = [
+        n for n, m in registry.METRICS.items() if "features" not in m.needs and cfg.data.dataset in (m.datasets or ())
+    ]
     if own:
         result.update(registry.evaluate(G, cfg, own, num_samples=num_samples, seed=SAMPLE_SEED))
     cfg.eval.feature_extractor = "fashion_classifier"

@@ -40,8 +40,14 @@ from gan.cli import fail_cleanly
 CONFIG = "configs/ablation_fashion.yaml"
 MODES = {  # name -> (what it is, overrides)
     "fp32": ("float32, eager, NCHW, explicit attention (reference)", ["model.attn_fused=false"]),
-    "fast": ("fused attention + channels_last + torch.compile, float32", ["model.attn_fused=true", "train.channels_last=true", "train.compile=true"]),
-    "bf16": ("fused attention + channels_last + bf16 autocast", ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"]),
+    "fast": (
+        "fused attention + channels_last + torch.compile, float32",
+        ["model.attn_fused=true", "train.channels_last=true", "train.compile=true"],
+    ),
+    "bf16": (
+        "fused attention + channels_last + bf16 autocast",
+        ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"],
+    ),
 }
 
 
@@ -55,7 +61,15 @@ def parse_modes(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
-PER_MODE_KEYS = ("model.attn_fused", "train.seed", "train.channels_last", "train.compile", "train.mixed_precision", "model.g_attention", "model.d_attention")
+PER_MODE_KEYS = (
+    "model.attn_fused",
+    "train.seed",
+    "train.channels_last",
+    "train.compile",
+    "train.mixed_precision",
+    "model.g_attention",
+    "model.d_attention",
+)
 
 
 MANIFEST = "fast_mode_quality.json"
@@ -100,7 +114,11 @@ def report(out: Path, path: Path) -> str:
         f"width {cfg.model.g_width}, attention G {list(cfg.model.g_attention)} / D {list(cfg.model.d_attention)}, "
         f"{cfg.train.steps} steps, batch {cfg.train.batch_size}), seeds {', '.join(map(str, manifest['seeds']))}; FCD = Frechet distance in the "
         f"repository's Fashion-MNIST classifier features (not FID), {manifest['num_samples']} images from the final EMA generator."
-        + (f" Overrides for every mode: `{' '.join(manifest['extra_overrides'])}`." if manifest["extra_overrides"] else ""),
+        + (
+            f" Overrides for every mode: `{' '.join(manifest['extra_overrides'])}`."
+            if manifest["extra_overrides"]
+            else ""
+        ),
         "",
         "```bash",
         manifest["command"],
@@ -115,7 +133,9 @@ def report(out: Path, path: Path) -> str:
         m, s = mean_std(fcd)
         t = statistics.median(r["train_seconds"] for r in by_seed.values())
         per_seed = ", ".join(f"{v:.1f}" for v in fcd)
-        lines.append(f"| `{mode}` | {MODES[mode][0]} | {len(fcd)} | {m:.1f} +/- {s:.1f} | {per_seed} | {t:.0f} | {t / ref_time:.2f}x |")
+        lines.append(
+            f"| `{mode}` | {MODES[mode][0]} | {len(fcd)} | {m:.1f} +/- {s:.1f} | {per_seed} | {t:.0f} | {t / ref_time:.2f}x |"
+        )
     lines += ["", "**Verdict** (generated): a mode trains as well as float32 when |mean FCD - mean FCD(fp32)| <= "
               f"{SPREAD_FACTOR:g} x pooled std.", ""]  # fmt: skip
     for mode, by_seed in runs.items():
@@ -126,11 +146,17 @@ def report(out: Path, path: Path) -> str:
             lines.append(f"- `{mode}`: one seed only, no spread to compare with, so no verdict.")
             continue
         how = "better" if c.better else "worse"
-        lines.append(f"- `{mode}`: FCD {how} by {c.diff:+.1f} ({100 * c.diff / ref_mean:+.0f}% of fp32's mean), "
-                     f"{spread_clause(c, '.1f')}: it {OUTCOME[verdict(c)]} here (Welch t = {c.welch_t:+.2f}).")
-    lines += ["", "Training times above include torch.compile's compilation (a minute or more per `fast` run on this CPU)"
-              " and come from runs sharing the 2 cores with each other: a side note, not a benchmark. Section 2 of"
-              " docs/benchmarks.md has the controlled step timings.", ""]
+        lines.append(
+            f"- `{mode}`: FCD {how} by {c.diff:+.1f} ({100 * c.diff / ref_mean:+.0f}% of fp32's mean), "
+            f"{spread_clause(c, '.1f')}: it {OUTCOME[verdict(c)]} here (Welch t = {c.welch_t:+.2f})."
+        )
+    lines += [
+        "",
+        "Training times above include torch.compile's compilation (a minute or more per `fast` run on this CPU)"
+        " and come from runs sharing the 2 cores with each other: a side note, not a benchmark. Section 2 of"
+        " docs/benchmarks.md has the controlled step timings.",
+        "",
+    ]
     text = "\n".join(lines)
     path.write_text(text)
     return text
@@ -145,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p_run.add_argument("--num-samples", type=int, default=2000, help="generated images per FCD")
     p_run.add_argument("--out", type=Path, default=Path("runs/fast_mode_quality"))
-    p_run.add_argument("overrides", nargs="*", help="config overrides for every mode (e.g. train.steps=2 for a smoke test)")
+    p_run.add_argument(
+        "overrides", nargs="*", help="config overrides for every mode (e.g. train.steps=2 for a smoke test)"
+    )
     p_rep = sub.add_parser("report", help="write the Markdown report from a finished `run`")
     p_rep.add_argument("out", type=Path)
     p_rep.add_argument("--report", type=Path, default=Path("docs/fast_mode_quality.md"))

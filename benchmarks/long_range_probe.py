@@ -105,7 +105,9 @@ def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
     """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
     block = model.attention
     grads = {
-        name: math.sqrt(sum(float(p.grad.pow(2).sum()) for p in getattr(block, name).parameters() if p.grad is not None))
+        name: math.sqrt(
+            sum(float(p.grad.pow(2).sum()) for p in getattr(block, name).parameters() if p.grad is not None)
+        )
         for name in ("theta", "phi", "g", "out")
     }
     with torch.no_grad():
@@ -114,7 +116,11 @@ def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
         p = torch.softmax(logits, dim=-1)
         entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
     state = {f"grad_{n}": g for n, g in grads.items()}
-    state.update(entropy_ratio=entropy, logit_std=float(logits.std()), logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()))
+    state.update(
+        entropy_ratio=entropy,
+        logit_std=float(logits.std()),
+        logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()),
+    )
     state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
     state["out_weight_norm"] = float(block.out.weight.detach().norm())
     if hasattr(block, "log_tau"):
@@ -146,24 +152,41 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step % args.log_every == 0 or step == 1:
-            entry = {"step": step, "loss": loss.item(), "test_acc_256": accuracy(model, x_test[::4][:256], y_test[::4][:256])}
+            entry = {
+                "step": step,
+                "loss": loss.item(),
+                "test_acc_256": accuracy(model, x_test[::4][:256], y_test[::4][:256]),
+            }
             if model.attention is not None:
                 entry.update(block_state(model, x_test[:16]))
             log.append(entry)
-            print(f"  {arm} depth {depth} seed {seed} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"), flush=True)
+            print(
+                f"  {arm} depth {depth} seed {seed} step {step}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"),
+                flush=True,
+            )
         opt.step()
     cpu_s = time.process_time() - start
 
     save_file(model.state_dict(), str(weights_path))
     erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
     return {
-        "arm": arm, "depth": depth, "seed": seed, "spec": spec, "view": view,
+        "arm": arm,
+        "depth": depth,
+        "seed": seed,
+        "spec": spec,
+        "view": view,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "theoretical_rf": probe_rf(depth), "test_acc": accuracy(model, x_test, y_test),
-        "erf_r90": erf.r90 if erf else None, "erf_mass_beyond_16": erf.mass_beyond(16) if erf else None,
+        "theoretical_rf": probe_rf(depth),
+        "test_acc": accuracy(model, x_test, y_test),
+        "erf_r90": erf.r90 if erf else None,
+        "erf_mass_beyond_16": erf.mass_beyond(16) if erf else None,
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
-        "cpu_s": cpu_s, "log": log,
-        "settings": {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")},
+        "cpu_s": cpu_s,
+        "log": log,
+        "settings": {
+            k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")
+        },
         "machine": machine_line(),
     }
 
@@ -180,8 +203,11 @@ def run(args: argparse.Namespace) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
                 path.write_text(json.dumps(result, indent=1))
-                print(f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, "
-                      f"{result['params']} params, {result['cpu_s']:.0f} CPU s", flush=True)
+                print(
+                    f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, "
+                    f"{result['params']} params, {result['cpu_s']:.0f} CPU s",
+                    flush=True,
+                )
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -191,20 +217,26 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))]
+    results = [
+        json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))
+    ]
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         groups.setdefault((r["arm"], r["depth"]), []).append(r)
-    print("| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond 16 px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |")
+    print(
+        "| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond 16 px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
         rs.sort(key=lambda r: r["seed"])
         erf = [r["erf_r90"] for r in rs if r["erf_r90"] is not None]
         beyond = [r["erf_mass_beyond_16"] for r in rs if r["erf_mass_beyond_16"] is not None]
-        print(f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
-              f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
-              f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
-              f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |")
+        print(
+            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
+            f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
+            f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
+            f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+        )
     print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
     keys = ("gamma", "entropy_ratio", "logit_std", "grad_theta", "grad_phi", "grad_g", "grad_out")
     print("| arm | depth | " + " | ".join(keys) + " |")
@@ -241,8 +273,15 @@ def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
         if not depths:
             continue
         accs = [[r["test_acc"] for r in groups[(arm, d)]] for d in depths]
-        ax.errorbar(depths, [statistics.mean(a) for a in accs],
-                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs], label=arm, color=colour, capsize=3, marker="o")
+        ax.errorbar(
+            depths,
+            [statistics.mean(a) for a in accs],
+            yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs],
+            label=arm,
+            color=colour,
+            capsize=3,
+            marker="o",
+        )
         for d, a in zip(depths, accs):
             ax.scatter([d] * len(a), a, color=colour, s=8, alpha=0.5)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
@@ -279,7 +318,10 @@ def _plot_opening(groups: dict[tuple[str, int], list[dict]], path: Path) -> None
     """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
     plt = _pyplot()
     panels = (
-        ("gate: |gamma| (gamma gate) or |out weight| (zero_init)", lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"]),
+        (
+            "gate: |gamma| (gamma gate) or |out weight| (zero_init)",
+            lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"],
+        ),
         ("|grad theta| / |grad g|", lambda e: e["grad_theta"] / max(e["grad_g"], 1e-12)),
         ("attention entropy / log N", lambda e: e["entropy_ratio"]),
         ("test accuracy (256 images)", lambda e: e["test_acc_256"]),
@@ -311,7 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--train-pairs", type=int, default=2048, help="coherent images (each with its incoherent version)")
+    parser.add_argument(
+        "--train-pairs", type=int, default=2048, help="coherent images (each with its incoherent version)"
+    )
     parser.add_argument("--test-pairs", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", default="runs/long_range")

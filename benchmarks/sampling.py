@@ -68,17 +68,33 @@ def main(argv: list[str] | None = None) -> int:
     for name in VARIANTS:
         s = median(times[name])
         err = (ref[name] - ref[BASELINE]).abs().max().item()
-        rows.append([
-            name,
-            f"{s:.3f}",
-            f"{min(times[name]):.3f}-{max(times[name]):.3f}",
-            f"{args.batch / s:.1f}",
-            f"{paired_ratio(times[BASELINE], times[name]):.2f}x",
-            f"{err:.1e}",
-        ])
+        rows.append(
+            [
+                name,
+                f"{s:.3f}",
+                f"{min(times[name]):.3f}-{max(times[name]):.3f}",
+                f"{args.batch / s:.1f}",
+                f"{paired_ratio(times[BASELINE], times[name]):.2f}x",
+                f"{err:.1e}",
+            ]
+        )
     print(f"machine: {machine_line()}")
-    print(f"configs/cifar10.yaml Generator, eval, no_grad, batch {args.batch}; median of {args.repeats} interleaved rounds\n")
-    print(table(["variant", "s / batch (median)", "min-max", "images/s", "speed vs float32", "max |x - x_fp32| (first batch)"], rows))
+    print(
+        f"configs/cifar10.yaml Generator, eval, no_grad, batch {args.batch}; median of {args.repeats} interleaved rounds\n"
+    )
+    print(
+        table(
+            [
+                "variant",
+                "s / batch (median)",
+                "min-max",
+                "images/s",
+                "speed vs float32",
+                "max |x - x_fp32| (first batch)",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

@@ -52,7 +52,9 @@ def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_file, labels_file = FILES[split]
     for name in (images_file, labels_file):
         if not (root / name).is_file():
-            raise SystemExit(f"error: {root / name} not found; `apt-get install -y dataset-fashion-mnist` or pass --root")
+            raise SystemExit(
+                f"error: {root / name} not found; `apt-get install -y dataset-fashion-mnist` or pass --root"
+            )
     images = torch.from_numpy(read_idx(root / images_file).copy()).unsqueeze(1)
     labels = torch.from_numpy(read_idx(root / labels_file).astype(np.int64))
     return images, labels

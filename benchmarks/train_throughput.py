@@ -105,16 +105,26 @@ def bench_training(names: list[str], repeats: int, warmup: int) -> str:
         s = median(times[name])
         ratio = f"{paired_ratio(times[BASELINE], times[name]):.2f}x" if BASELINE in times else "-"
         finite = all(torch.isfinite(v).all() for v in last[name].values())
-        rows.append([
-            VARIANTS[name][0],
-            f"{s:.2f}",
-            f"{min(times[name]):.2f}-{max(times[name]):.2f}",
-            f"{batch / s:.1f}",
-            ratio,
-            f"{warm_s[name]:.0f}",
-            "yes" if finite else "NO",
-        ])
-    headers = ["variant", "s / iteration (median)", "min-max", "images/s", "speed vs baseline", f"warm-up s ({warmup} it.)", "losses finite"]
+        rows.append(
+            [
+                VARIANTS[name][0],
+                f"{s:.2f}",
+                f"{min(times[name]):.2f}-{max(times[name]):.2f}",
+                f"{batch / s:.1f}",
+                ratio,
+                f"{warm_s[name]:.0f}",
+                "yes" if finite else "NO",
+            ]
+        )
+    headers = [
+        "variant",
+        "s / iteration (median)",
+        "min-max",
+        "images/s",
+        "speed vs baseline",
+        f"warm-up s ({warmup} it.)",
+        "losses finite",
+    ]
     return table(headers, rows)
 
 
@@ -207,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per variant first")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="which rows (default: all)")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="which rows (default: all)"
+    )
     parser.add_argument("--tables", nargs="+", default=["training"], choices=["training", "kernels", "loader"])
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
@@ -217,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFLOPs per iteration (torch.utils.flop_counter, baseline): {flop / 1e12:.2f} TFLOP\n")
         print(bench_kernels(args.repeats))
     if "training" in args.tables:
-        print(f"\nconfigs/cifar10.yaml model, batch 64, one D step + one G step + EMA per iteration; "
-              f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up iterations\n")
+        print(
+            f"\nconfigs/cifar10.yaml model, batch 64, one D step + one G step + EMA per iteration; "
+            f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up iterations\n"
+        )
         print(bench_training(args.variants, args.repeats, args.warmup))
     if "loader" in args.tables:
         print("\nData loader alone (Fashion-MNIST as RGB 32x32, random flips, batch 64, 100 batches):\n")

@@ -222,7 +222,11 @@ def newest_usable(root: str | Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint under `root` that reads back intact (files present, JSON valid, hash matching),
     and one line per newer `step_*` directory skipped, saying why (e.g. a crash mid-write, flipped bytes)."""
     root = Path(root)
-    steps = sorted(((step_of(p), p) for p in root.iterdir() if _STEP_DIR.match(p.name)), reverse=True) if root.is_dir() else []
+    steps = (
+        sorted(((step_of(p), p) for p in root.iterdir() if _STEP_DIR.match(p.name)), reverse=True)
+        if root.is_dir()
+        else []
+    )
     skipped: list[str] = []
     for _, path in steps:
         try:
@@ -241,7 +245,9 @@ def _read_json(path: Path, expected_format: str) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({type(exc).__name__}); pick another checkpoint") from None
+        raise CheckpointError(
+            f"{path} is unreadable or corrupt ({type(exc).__name__}); pick another checkpoint"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         raise CheckpointError(f"{path} is not a {expected_format} file of this repository")
     if meta.get("version", 0) > VERSION:
@@ -266,7 +272,10 @@ def _verify(path: Path, recorded: str | None) -> None:
     if recorded is None:
         if not _said_unverified:
             _said_unverified = True
-            print(f"note: {path} carries no checksum (written before checksums were recorded); loaded unverified", file=sys.stderr)
+            print(
+                f"note: {path} carries no checksum (written before checksums were recorded); loaded unverified",
+                file=sys.stderr,
+            )
         return
     actual = sha256_of(path)
     if actual != recorded:
@@ -297,7 +306,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Config, int]:
     """(state, config, step) of a training checkpoint directory, without executing anything from it."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is not a directory; pass a checkpoints/step_* directory or a run directory")
+        raise CheckpointError(
+            f"checkpoint {path} is not a directory; pass a checkpoints/step_* directory or a run directory"
+        )
     meta = _read_json(path / "meta.json", FORMAT)
     tensors = read_tensors(path / "state.safetensors", _recorded(meta, "state.safetensors"))
     try:
@@ -332,7 +343,9 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc).splitlines()[0]
-        raise CheckpointError(f"{what} in {where} does not fit the model its config describes ({first.strip()})") from None
+        raise CheckpointError(
+            f"{what} in {where} does not fit the model its config describes ({first.strip()})"
+        ) from None
 
 
 def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -340,11 +353,17 @@ def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
     the tensor file checked against the hash that config.json records."""
     path = Path(path)
     meta = _read_json(path / "config.json", EXPORT_FORMAT)
-    return _config_of(meta, path), read_tensors(path / "generator.safetensors", _recorded(meta, "generator.safetensors"))
+    return _config_of(meta, path), read_tensors(
+        path / "generator.safetensors", _recorded(meta, "generator.safetensors")
+    )
 
 
 def load_generator(
-    path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu", say: Callable[[str], None] | None = None
+    path: str | Path,
+    *,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+    say: Callable[[str], None] | None = None,
 ):
     """(Generator in eval mode, Config) from a training checkpoint, a run directory, an export or a Hub id; `say`
     hears which checkpoint of a run directory was used and why newer ones were skipped."""
@@ -377,7 +396,9 @@ def load_discriminator(path: str | Path, *, map_location: str | torch.device = "
 
     path = resolve(path)
     if not (path / "meta.json").is_file():
-        raise CheckpointError(f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there")
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there"
+        )
     state, config, step = load_checkpoint(path)
     discriminator = Discriminator(config.model)
     load_into(discriminator, state["D"], "D", path)

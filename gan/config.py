@@ -50,7 +50,9 @@ class ModelConfig:
     attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
     attn_v_divisor: int = _f(2, "g channels = block channels // this")
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
-    attn_gate: str = _f("gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", ("gamma", "zero_init"))
+    attn_gate: str = _f(
+        "gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", ("gamma", "zero_init")
+    )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
     d_spectral_norm: bool = _f(True, "spectral normalisation on every D conv / linear")
@@ -106,9 +108,7 @@ class EvalConfig:
     num_samples: int = _f(10000, "generated images per evaluation")
     metrics: list[str] = _f(["fid"], f"metrics to compute (gan/registry.py): {', '.join(METRICS)}")
     best_metric: str = _f("fid", "metric whose best value becomes checkpoints/best, when it is among eval.metrics")
-    feature_extractor: str = _f(
-        "inception", "feature network", ("inception", "fashion_classifier")
-    )
+    feature_extractor: str = _f("inception", "feature network", ("inception", "fashion_classifier"))
     inception_weights: str = _f("", "path to pt_inception-2015-12-05 weights; empty: torch hub cache / download")
     batch_size: int = _f(64, "batch size for generating and extracting features")
     use_ema: bool = _f(True, "evaluate the EMA generator")
@@ -192,7 +192,9 @@ def _apply(obj: Any, delta: dict, prefix: str = "") -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{key}' is a section; give it a mapping of {', '.join(_fields(current))}")
+                raise ConfigError(
+                    f"config key '{key}' is a section; give it a mapping of {', '.join(_fields(current))}"
+                )
             _apply(current, value, prefix=f"{key}.")
         else:
             setattr(obj, name, _coerce(key, value, hints[name], fields[name].metadata.get("choices")))
@@ -298,4 +300,3 @@ def describe() -> str:
             extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
             lines.append(f"{section.name}.{f.name} = {getattr(sub, f.name)!r}: {f.metadata['help']}{extra}")
     return "\n".join(lines)
-

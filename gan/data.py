@@ -59,7 +59,6 @@ CELEBA_CROP = 108  # side of the centre crop taken from the 178x218 aligned Cele
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 
-
 def num_classes_of(data_cfg: DataConfig) -> int:
     """Number of label classes the dataset provides (0: unlabelled)."""
     return DATASETS[data_cfg.dataset].num_classes
@@ -75,7 +74,9 @@ def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImage
     classes = entry.num_classes
     if model_cfg.num_classes not in (0, classes):
         fix = f"set model.num_classes={classes} (conditional) or 0" if classes else "set model.num_classes=0"
-        raise DatasetError(f"model.num_classes={model_cfg.num_classes} but dataset '{name}' has {classes or 'no'} classes; {fix}")
+        raise DatasetError(
+            f"model.num_classes={model_cfg.num_classes} but dataset '{name}' has {classes or 'no'} classes; {fix}"
+        )
     if entry.splits is not None and data_cfg.split not in entry.splits:
         choices = ", ".join(entry.splits)
         raise DatasetError(f"dataset '{name}' has no '{data_cfg.split}' split; set data.split to one of {choices}")
@@ -142,7 +143,9 @@ class ImageTransform:
 def convert_mode(img: Image.Image, channels: int) -> Image.Image:
     """8-bit RGB (channels 3) or L (channels 1); 16-bit gray is rescaled, transparency composited onto white."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG gray: PIL's convert would clip
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)).round().clip(0, 255).astype(np.uint8))
+        img = Image.fromarray(
+            (np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)).round().clip(0, 255).astype(np.uint8)
+        )
     if img.has_transparency_data:  # RGBA, LA, PA, or a palette / RGB / L image with a transparent colour
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
     return img.convert("L" if channels == 1 else "RGB")
@@ -354,5 +357,7 @@ class ImageFiles(Dataset):
                     from tqdm.auto import tqdm
 
                     self._said.add(path)
-                    tqdm.write(f"note: could not decode '{path}' ({_first_line(exc)}); using the next image", file=sys.stderr)
+                    tqdm.write(
+                        f"note: could not decode '{path}' ({_first_line(exc)}); using the next image", file=sys.stderr
+                    )
         raise DatasetError(f"none of the {n} image files could be decoded; check the files under data.root")

@@ -107,7 +107,9 @@ class Explorer:
         kind = f"class-conditional, classes 0..{cfg.num_classes - 1}" if cfg.num_classes else "unconditional"
         g_blocks = ", ".join(n for n, _ in attention_blocks(m.generator)) or "none"
         if m.discriminator is None:
-            d_blocks = "not in this checkpoint (an export or Hub repo holds G only; open a training checkpoint to see D)"
+            d_blocks = (
+                "not in this checkpoint (an export or Hub repo holds G only; open a training checkpoint to see D)"
+            )
         else:
             d_blocks = ", ".join(n for n, _ in attention_blocks(m.discriminator)) or "none"
         return f"**{m.source}**: {cfg.resolution}x{cfg.resolution}, {kind}. Non-local blocks of G: {g_blocks}. Of D: {d_blocks}."
@@ -157,7 +159,10 @@ class Explorer:
         y = None if labels is None else labels.to(device)
         named: list[tuple[str, torch.nn.Module, AttentionRecord]] = []
         with self.lock:
-            for tag, net, inputs in (("G", m.generator, (z.to(device), y)), ("D", m.discriminator, (images.to(device), y))):
+            for tag, net, inputs in (
+                ("G", m.generator, (z.to(device), y)),
+                ("D", m.discriminator, (images.to(device), y)),
+            ):
                 if net is None:
                     continue
                 blocks = dict(attention_blocks(net))
@@ -226,6 +231,7 @@ def summary(info: dict[str, Any]) -> str:
 
 def _in_page(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A user mistake becomes one message in the page (gr.Error) and one `error:` line in the terminal."""
+
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -326,7 +332,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         gr.Button(visible=False).click(make_image, latent, [image, image_file], api_name="generate")
         gr.Button(visible=False).click(**attend_io, api_name="attend")
         for trigger in (go.click, t.release, app.load):
-            trigger(make_image, latent, [image, image_file], api_visibility="private").then(**attend_io, api_visibility="private")
+            trigger(make_image, latent, [image, image_file], api_visibility="private").then(
+                **attend_io, api_visibility="private"
+            )
         load_button.click(load, checkpoint, [status, row, col], api_visibility="private").then(
             make_image, latent, [image, image_file], api_visibility="private"
         ).then(**attend_io, api_visibility="private")

@@ -154,4 +154,3 @@ class DBlockOptimized(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = F.avg_pool2d(self.conv2(F.relu(self.conv1(x))), 2)
         return h + self.shortcut(F.avg_pool2d(x, 2))
-

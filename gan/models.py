@@ -78,12 +78,16 @@ def _check_labels(y: Tensor | None, num_classes: int, batch: int, who: str) -> T
     if num_classes == 0:
         return None
     if y is None:
-        raise ValueError(f"this {who} is class-conditional ({num_classes} classes): pass integer labels y of shape ({batch},)")
+        raise ValueError(
+            f"this {who} is class-conditional ({num_classes} classes): pass integer labels y of shape ({batch},)"
+        )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or tuple(y.shape) != (batch,):
         raise ValueError(f"{who} labels must be an integer tensor of shape ({batch},); got {y.dtype} {tuple(y.shape)}")
     if y.device.type == "cpu" and not torch.compiler.is_compiling() and batch > 0:
         if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise ValueError(f"{who} labels must lie in [0, {num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"{who} labels must lie in [0, {num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]"
+            )
     return y
 
 
@@ -195,7 +199,9 @@ class Generator(
 
         foreign = sorted(p.name for p in Path(save_directory).iterdir() if p.name not in EXPORT_FILES + CARD_FILES)
         if foreign:
-            raise CheckpointError(f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory")
+            raise CheckpointError(
+                f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory"
+            )
         export_generator(save_directory, self, self.run_config or Config(model=self.model_config))
 
     @classmethod

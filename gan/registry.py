@@ -35,7 +35,7 @@ class MetricsError(UserError, RuntimeError):
 
 
 def resolve(target: str) -> Callable[..., Any]:
-    """"package.module:function" -> the function (imported now)."""
+    """ "package.module:function" -> the function (imported now)."""
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -150,5 +150,7 @@ def evaluate(
         groups.setdefault(METRICS[name].compute, []).append(name)
     scores: dict[str, float] = {}
     for target, group in groups.items():
-        scores.update(resolve(target)(generator, cfg, group, num_samples=num_samples, device=device, seed=seed, **options))
+        scores.update(
+            resolve(target)(generator, cfg, group, num_samples=num_samples, device=device, seed=seed, **options)
+        )
     return scores

@@ -54,7 +54,9 @@ def remove_stale_temporaries(run_dir: Path) -> list[str]:
                 stale.append(p.name)
     if not stale:
         return []
-    return [f"removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} left by killed writers in {run_dir}: {', '.join(stale)}"]
+    return [
+        f"removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} left by killed writers in {run_dir}: {', '.join(stale)}"
+    ]
 
 
 def holds_a_run(run_dir: Path) -> bool:
@@ -159,4 +161,6 @@ def outputs_summary(run_dir: Path, step: int, keep_last: int, export: Path) -> l
         ("checkpoint", latest_checkpoint(run_dir / "checkpoints"), f"newest of the last {keep_last} kept"),
         ("generator export", export, "generator.safetensors + config.json, for sample.py / evaluate.py"),
     )
-    return [f"step {step}: done; outputs in {run_dir}"] + [f"  {what}: {path} ({note})" for what, path, note in outputs if path]
+    return [f"step {step}: done; outputs in {run_dir}"] + [
+        f"  {what}: {path} ({note})" for what, path, note in outputs if path
+    ]

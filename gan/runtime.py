@@ -45,7 +45,9 @@ def sample_images(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor
     `seed`, in chunks of SAMPLE_CHUNK, under `eval_mode`: the same n and seed give the same images."""
     draws = torch.Generator().manual_seed(seed)
     with eval_mode(generator):
-        chunks = [generator.sample(min(SAMPLE_CHUNK, n - i), generator=draws).float().cpu() for i in range(0, n, SAMPLE_CHUNK)]
+        chunks = [
+            generator.sample(min(SAMPLE_CHUNK, n - i), generator=draws).float().cpu() for i in range(0, n, SAMPLE_CHUNK)
+        ]
     return torch.cat(chunks)
 
 

@@ -125,4 +125,3 @@ def seed_worker(worker_id: int, base_seed: int) -> None:
     torch.manual_seed(s)
     np.random.seed(s)
     random.seed(s)
-

@@ -23,9 +23,13 @@ def draw_latents(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(z, labels or None) on the CPU: `num` samples, or `num` rows of `interpolate` steps (row-major)."""
     if G.num_classes == 0 and label is not None:
-        raise ConfigError(f"class {label} was given, but this generator is unconditional: leave --class / the class empty")
+        raise ConfigError(
+            f"class {label} was given, but this generator is unconditional: leave --class / the class empty"
+        )
     if label is not None and not 0 <= label < G.num_classes:
-        raise ConfigError(f"class {label} is out of range: --class must lie in [0, {G.num_classes - 1}] for this generator")
+        raise ConfigError(
+            f"class {label} is out of range: --class must lie in [0, {G.num_classes - 1}] for this generator"
+        )
     rng = torch.Generator().manual_seed(seed)
     if interpolate:  # endpoints: num starts, then num ends
         ends = truncated_normal((2 * num, G.z_dim), truncation, generator=rng).view(2, num, 1, G.z_dim)  # (2, n, 1, Z)

@@ -204,7 +204,9 @@ def chance_level(resolution: int, channels: int) -> float | None:
     return CHANCE_LEVEL.get((resolution, channels))
 
 
-def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, device: torch.device | str = "cpu", n: int = 1000) -> str:
+def coherence_report(
+    generator: torch.nn.Module, model_cfg, *, seed: int, device: torch.device | str = "cpu", n: int = 1000
+) -> str:
     """One line: the coherence score of n samples of `generator` (called as generator(z, labels), in the mode it
     is in; z and labels from a CPU generator seeded with `seed`) next to the real-data and chance values."""
     rng = torch.Generator().manual_seed(seed)
@@ -212,10 +214,12 @@ def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, device
     k = model_cfg.num_classes
     y = torch.randint(k, (n,), generator=rng) if k else None
     with torch.no_grad():
-        images = torch.cat([
-            generator(z[i : i + 250].to(device), None if y is None else y[i : i + 250].to(device)).float().cpu()
-            for i in range(0, n, 250)
-        ])
+        images = torch.cat(
+            [
+                generator(z[i : i + 250].to(device), None if y is None else y[i : i + 250].to(device)).float().cpu()
+                for i in range(0, n, 250)
+            ]
+        )
     chance = chance_level(model_cfg.resolution, model_cfg.image_channels)
     at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
     return f"coherence of {n} samples: {coherence_score(images):.3f} (real data 1.000, {at_chance}; docs/coherence.md)"

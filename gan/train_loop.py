@@ -202,7 +202,9 @@ class Trainer:
         state, old_cfg, self.step = ckpt.load_checkpoint(where)
         changed = [k for k, v in to_dict(self.cfg.model).items() if to_dict(old_cfg.model)[k] != v]
         if changed:
-            raise ConfigError(f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model")
+            raise ConfigError(
+                f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model"
+            )
         restore(self.parts, state, self.accelerator, where)
         self.consumed, self.best, self.last_ckpt = state["consumed"], state["best"], self.step
         self.accelerator.print(f"resumed from {where} at step {self.step}")
@@ -212,7 +214,9 @@ class Trainer:
         state = training_state(self.parts, self.accelerator, self.consumed, self.best)
         path = None
         if self.main:
-            path = ckpt.save_checkpoint(self.ckpt_dir, state, step=self.step, config=self.cfg, keep_last=self.cfg.train.keep_last)
+            path = ckpt.save_checkpoint(
+                self.ckpt_dir, state, step=self.step, config=self.cfg, keep_last=self.cfg.train.keep_last
+            )
         self.accelerator.wait_for_everyone()
         self.last_ckpt = self.step
         return path
@@ -225,7 +229,9 @@ class Trainer:
         values["images_per_s"] = steps * self.cfg.train.batch_size * self.accelerator.num_processes / seconds
         values["lr_g"] = self.parts.opt_g.param_groups[0]["lr"]
         values["lr_d"] = self.parts.opt_d.param_groups[0]["lr"]
-        values.update(attention_stats(self.parts.G_raw, self.parts.D_raw, *_head(8, self.z_fixed, self.y_fixed, *batch)))
+        values.update(
+            attention_stats(self.parts.G_raw, self.parts.D_raw, *_head(8, self.z_fixed, self.y_fixed, *batch))
+        )
         self.log.write(self.step, values)
         return values
 
@@ -287,10 +293,17 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.accelerator
-        batches = iter(build_loader(
-            self.dataset, cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed, start=self.consumed,
-            rank=acc.process_index, world_size=acc.num_processes,
-        ))
+        batches = iter(
+            build_loader(
+                self.dataset,
+                cfg.data,
+                batch_size=cfg.train.batch_size,
+                seed=cfg.train.seed,
+                start=self.consumed,
+                rank=acc.process_index,
+                world_size=acc.num_processes,
+            )
+        )
         total, per_step = cfg.train.steps, samples_per_step(cfg, acc.num_processes)
         bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress), unit="step")
         running: list[dict[str, torch.Tensor]] = []
@@ -305,7 +318,11 @@ class Trainer:
                 if _due(self.step, cfg.train.log_every, total):
                     now = time.perf_counter()
                     values = self.write_logs(running, now - last_time, self.step - last_step, batch)
-                    bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", img_s=f"{values['images_per_s']:.1f}")
+                    bar.set_postfix(
+                        loss_d=f"{values['loss_d']:.3f}",
+                        loss_g=f"{values['loss_g']:.3f}",
+                        img_s=f"{values['images_per_s']:.1f}",
+                    )
                     running, last_time, last_step = [], now, self.step
                 if self.main and _due(self.step, cfg.train.sample_every, total):
                     self.write_samples()
@@ -323,7 +340,12 @@ class Trainer:
         if self.main:
             export = ckpt.export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
             acc.print("\n".join(self.interrupted_lines(export) if interrupted else self.summary_lines(export)))
-        return {"step": self.step, "interrupted": interrupted, "run_dir": str(self.run_dir), "export": str(export) if export else None}
+        return {
+            "step": self.step,
+            "interrupted": interrupted,
+            "run_dir": str(self.run_dir),
+            "export": str(export) if export else None,
+        }
 
     # -- what the user reads at the end -----------------------------------------------------------
 
@@ -341,7 +363,12 @@ class Trainer:
             from gan.synthetic import coherence_report
 
             with eval_mode(self.sampler_model()) as g:
-                lines.append("  " + coherence_report(g, self.cfg.model, seed=self.cfg.train.seed + 54321, device=self.accelerator.device))
+                lines.append(
+                    "  "
+                    + coherence_report(
+                        g, self.cfg.model, seed=self.cfg.train.seed + 54321, device=self.accelerator.device
+                    )
+                )
         return lines
 
 
@@ -353,14 +380,21 @@ def resume_point(resume: str, ckpt_dir: Path) -> tuple[Path, list[str]]:
     where, skipped = ckpt.newest_usable(ckpt_dir)
     if where is None:
         why = f" ({skipped[0]})" if skipped else ""
-        raise ckpt.CheckpointError(f"--resume latest: no complete checkpoint in {ckpt_dir}{why}; start without --resume")
+        raise ckpt.CheckpointError(
+            f"--resume latest: no complete checkpoint in {ckpt_dir}{why}; start without --resume"
+        )
     if skipped:
         skipped.append(f"--resume latest: using {where}, the newest intact checkpoint")
     return where, skipped
 
 
 def train(
-    cfg: Config, run_dir: str | Path, resume: str | None = None, *, overwrite: bool = False, resume_command: str | None = None
+    cfg: Config,
+    run_dir: str | Path,
+    resume: str | None = None,
+    *,
+    overwrite: bool = False,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths).
 
@@ -375,8 +409,10 @@ def train(
     if where is None and not overwrite:
         rundir.refuse_if_taken(run_dir)  # every process: all of them stop, not only the main one
     if cfg.eval.every > 0 and cfg.eval.feature_extractor == "fashion_classifier" and cfg.data.dataset not in IN_DOMAIN:
-        notes.append(f"note: eval.feature_extractor=fashion_classifier on {cfg.data.dataset!r} data is out of domain: "
-                     "its scores are a generic distribution distance, not image quality (docs/metrics.md)")
+        notes.append(
+            f"note: eval.feature_extractor=fashion_classifier on {cfg.data.dataset!r} data is out of domain: "
+            "its scores are a generic distribution distance, not image quality (docs/metrics.md)"
+        )
     if accelerator.is_main_process:
         step = ckpt.checkpoint_step(where) if where is not None else None
         notes += rundir.discard_after(run_dir, step) if step is not None else rundir.start_fresh(run_dir, overwrite)

@@ -52,10 +52,11 @@ def write_cifar(root: Path, n_per_batch: int = 2, n_test: int = 3) -> dict[str, 
 
 def pin_md5(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """Point torchvision's CIFAR10 checksum table at the fixture files (see the module docstring)."""
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(
+        CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)]
+    )
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(folder / "batches.meta")})
-
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -75,7 +76,6 @@ def write_idx_gz(folder: Path, n_train: int = 5, n_test: int = 3) -> dict[str, t
         (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
         out[prefix] = (images, labels)
     return out
-
 
 
 def write_folder(root: Path) -> dict[str, np.ndarray]:
@@ -100,13 +100,16 @@ def write_folder(root: Path) -> dict[str, np.ndarray]:
     wide = rng.integers(0, 256, size=(32, 64, 3), dtype=np.uint8)  # H=32, W=64: no resize, centre crop only
     Image.fromarray(wide, mode="RGB").save(root / "d_wide.png")
 
-    Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(root / "sub" / "e_photo.jpg", quality=90)
-    Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(root / "sub" / "deeper" / "f_small.bmp")
+    Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(
+        root / "sub" / "e_photo.jpg", quality=90
+    )
+    Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(
+        root / "sub" / "deeper" / "f_small.bmp"
+    )
     (root / "sub" / "broken.png").write_bytes(b"this is not a png at all")
     (root / "notes.txt").write_text("not an image")
     palette_rgb = np.array([[10, 20, 30], [200, 100, 50], [255, 255, 255]], dtype=np.uint8)[indices]
     return {"gray": gray, "rgba": rgba, "palette": palette_rgb, "wide": wide}
-
 
 
 def celeba_images(folder: Path, n: int = 6) -> None:

@@ -26,7 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "name, g, d",
-    [("none", (), ()), ("g16", (16,), ()), ("d8", (), (8,)), ("gd16", (16,), (16,)), ("g16d8", (16,), (8,)), ("g32", (32,), ())],
+    [
+        ("none", (), ()),
+        ("g16", (16,), ()),
+        ("d8", (), (8,)),
+        ("gd16", (16,), (16,)),
+        ("g16d8", (16,), (8,)),
+        ("g32", (32,), ()),
+    ],
 )
 def test_parse_arm(name, g, d):
     arm = parse_arm(name)
@@ -110,7 +117,10 @@ def _fake_runs() -> dict:
 
 def test_results_table_formatting():
     lines = ablation.results_table(_fake_runs(), ["coherence", "fcd"])
-    assert lines[0] == "| arm | G attn | D attn | seeds | G params | D params | coherence score | FCD (Frechet classifier distance) |"
+    assert (
+        lines[0]
+        == "| arm | G attn | D attn | seeds | G params | D params | coherence score | FCD (Frechet classifier distance) |"
+    )
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| `none` | - | - | 3 | 126,593 | 66,337 | 0.2000 +/- 0.1000 | 32.00 +/- 2.00 |"
     assert lines[3] == "| `gd16` | 16 | 16 | 3 | 127,874 | 66,337 | 0.6000 +/- 0.1000 | 21.00 +/- 1.00 |"

@@ -140,7 +140,9 @@ def test_learned_scale_gradient_matches_finite_difference_of_loop(fused):
     gz = _x(1, 16, 4, 5, seed=2, gain=1.0)
     (block(x) * gz).sum().backward()
     eps = 1e-5
-    loss = [float((reference(block, x, kernel=(2, 2), scale=math.exp(0.3 + s))[0] * gz.numpy()).sum()) for s in (eps, -eps)]
+    loss = [
+        float((reference(block, x, kernel=(2, 2), scale=math.exp(0.3 + s))[0] * gz.numpy()).sum()) for s in (eps, -eps)
+    ]
     numeric = (loss[0] - loss[1]) / (2 * eps)
     assert abs(numeric) > 1e-4  # the temperature matters at this input
     assert block.log_tau.grad.item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
@@ -206,7 +208,10 @@ def test_qk_spectral_norm_separately_from_g_and_out(sn, qk_sn):
     block = make_block(spectral_norm=sn, qk_spectral_norm=qk_sn)
     want_qk = sn if qk_sn is None else qk_sn
     assert [parametrize.is_parametrized(getattr(block, m)) for m in ("theta", "phi", "g", "out")] == [
-        want_qk, want_qk, sn, sn,
+        want_qk,
+        want_qk,
+        sn,
+        sn,
     ]
     x = _x(2, 16, 5, 5)
     _check(block, x, *reference(block, x, kernel=(2, 2)))
@@ -245,7 +250,12 @@ def test_nd_matches_float64_loop(grid, pairwise, subsample, gate):
 
 @pytest.mark.parametrize(
     ("grid", "pool", "key_shape"),
-    [((7,), (3,), (3,)), ((3, 5, 7), (2, 2, 2), (2, 3, 4)), ((3, 5, 7), (3, 1, 4), (1, 5, 2)), ((5, 6), (1, 4), (5, 2))],
+    [
+        ((7,), (3,), (3,)),
+        ((3, 5, 7), (2, 2, 2), (2, 3, 4)),
+        ((3, 5, 7), (3, 1, 4), (1, 5, 2)),
+        ((5, 6), (1, 4), (5, 2)),
+    ],
 )
 def test_pool_takes_any_per_axis_kernel(grid, pool, key_shape):
     block = make_block(dim=len(grid), pool=pool)

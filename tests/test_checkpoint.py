@@ -168,8 +168,15 @@ def test_export_and_training_checkpoint_load_the_same_generator(tmp_path, cfg):
     torch.manual_seed(0)
     g = Generator(cfg.model)
     export = export_generator(tmp_path / "gen", g, cfg)
-    assert sorted(os.listdir(export)) == ["README.md", "config.json", "generator.safetensors", "samples.png"]  # + model card
-    save_checkpoint(tmp_path / "run" / "checkpoints", {"G": g.state_dict(), "G_ema": None}, step=3, config=cfg, keep_last=1)
+    assert sorted(os.listdir(export)) == [
+        "README.md",
+        "config.json",
+        "generator.safetensors",
+        "samples.png",
+    ]  # + model card
+    save_checkpoint(
+        tmp_path / "run" / "checkpoints", {"G": g.state_dict(), "G_ema": None}, step=3, config=cfg, keep_last=1
+    )
     z = torch.randn(2, cfg.model.z_dim)
     g.eval()
     for path in (export, tmp_path / "run", tmp_path / "run" / "checkpoints" / "step_00000003"):
@@ -201,7 +208,9 @@ def test_recorded_hash_is_the_files_sha256(tmp_path, cfg):
     assert recorded == {"state.safetensors": hashlib.sha256((good / "state.safetensors").read_bytes()).hexdigest()}
     export = export_generator(tmp_path / "gen", Generator(cfg.model), cfg)
     recorded = json.loads((export / "config.json").read_text())["sha256"]
-    assert recorded == {"generator.safetensors": hashlib.sha256((export / "generator.safetensors").read_bytes()).hexdigest()}
+    assert recorded == {
+        "generator.safetensors": hashlib.sha256((export / "generator.safetensors").read_bytes()).hexdigest()
+    }
 
 
 def test_flipped_bytes_in_every_tensor_file_kind_are_refused_in_one_line(tmp_path, cfg):
@@ -267,6 +276,7 @@ def test_tensor_files_get_the_json_files_permissions(tmp_path, cfg):
         private = export_generator(tmp_path / "gen2", Generator(cfg.model), cfg)
     finally:
         os.umask(old)
+
     def mode(p):
         return p.stat().st_mode & 0o777
 
@@ -291,7 +301,10 @@ def test_newest_usable_skips_damaged_checkpoints_and_says_why(tmp_path, cfg):
     root = tmp_path / "run" / "checkpoints"
     for step in (1, 2, 3):
         save_checkpoint(root, {"x": torch.arange(64.0) + step}, step=step, config=cfg, keep_last=3)
-    flip_bytes(root / "step_00000003" / "state.safetensors", tensor_offset(root / "step_00000003" / "state.safetensors", "state/x"))
+    flip_bytes(
+        root / "step_00000003" / "state.safetensors",
+        tensor_offset(root / "step_00000003" / "state.safetensors", "state/x"),
+    )
     (root / "step_00000002" / "meta.json").unlink()
     where, skipped = ckpt.newest_usable(root)
     assert where == root / "step_00000001"

@@ -26,7 +26,9 @@ def test_committed_weights_are_small_safetensors_with_a_record():
     assert DEFAULT_WEIGHTS.stat().st_size < 2 * 1024 * 1024
     assert DEFAULT_WEIGHTS.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON
     record = json.loads(RECORD.read_text())
-    assert record["test_accuracy"] >= 0.89 and record["command"].startswith("python benchmarks/train_fashion_classifier.py")
+    assert record["test_accuracy"] >= 0.89 and record["command"].startswith(
+        "python benchmarks/train_fashion_classifier.py"
+    )
     model = load_classifier()
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 

@@ -19,8 +19,17 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def test_defaults_and_overrides_with_yaml_values():
-    cfg = load_config(None, ["train.steps=7", "optim.lr_g=1e-3", "model.g_attention=[8, 16]", "log.tags=[a, b]",
-                             "train.channels_last=true", "optim.beta2=1"])
+    cfg = load_config(
+        None,
+        [
+            "train.steps=7",
+            "optim.lr_g=1e-3",
+            "model.g_attention=[8, 16]",
+            "log.tags=[a, b]",
+            "train.channels_last=true",
+            "optim.beta2=1",
+        ],
+    )
     assert cfg.train.steps == 7 and cfg.optim.lr_g == 1e-3
     assert cfg.model.g_attention == [8, 16] and cfg.log.tags == ["a", "b"]
     assert cfg.train.channels_last is True
@@ -133,4 +142,6 @@ def test_readme_config_reference_is_current():
     for line in describe().splitlines():
         key, rest = line.split(" = ", 1)
         default, meaning = rest.split(": ", 1)
-        assert f"| `{key}` | `{default}` | {meaning} |" in readme, f"README's config reference lacks {key}; regenerate it"
+        assert f"| `{key}` | `{default}` | {meaning} |" in readme, (
+            f"README's config reference lacks {key}; regenerate it"
+        )

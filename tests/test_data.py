@@ -40,7 +40,9 @@ from shared import write_idx_gz as _write_idx_gz
 
 
 def _cfgs(dataset: str, root: Path | str, *, resolution: int = 32, channels: int = 3, **data) -> tuple:
-    return DataConfig(dataset=dataset, root=str(root), **data), ModelConfig(resolution=resolution, image_channels=channels)
+    return DataConfig(dataset=dataset, root=str(root), **data), ModelConfig(
+        resolution=resolution, image_channels=channels
+    )
 
 
 def _expected(pixels_hwc: np.ndarray) -> np.ndarray:
@@ -240,7 +242,9 @@ def test_folder_modes_exact_pixels_and_one_summary_line(tmp_path, capsys):
         warnings.simplefilter("error")  # no warnings-module output (it echoes a source line)
         dataset = build_dataset(*_cfgs("folder", tmp_path))
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"note: skipped 1 unreadable image file(s) of 7 under '{tmp_path}': sub/broken.png (first: ")
+    assert len(err) == 1 and err[0].startswith(
+        f"note: skipped 1 unreadable image file(s) of 7 under '{tmp_path}': sub/broken.png (first: "
+    )
     names = [p.name for p in dataset.source.files]
     assert names == ["a_gray.png", "b_rgba.png", "c_palette.png", "d_wide.png", "f_small.bmp", "e_photo.jpg"]
     assert len(dataset) == 6 and dataset.num_classes == 0
@@ -299,7 +303,9 @@ def test_folder_truncated_jpeg_is_caught_at_indexing_and_reported_once(tmp_path,
             dataset[i]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
-    assert err[0].startswith(f"note: skipped 4 unreadable image file(s) of 6 under '{tmp_path}': a.jpg, c.jpg, d.jpg, ... (first: ")
+    assert err[0].startswith(
+        f"note: skipped 4 unreadable image file(s) of 6 under '{tmp_path}': a.jpg, c.jpg, d.jpg, ... (first: "
+    )
 
 
 def test_folder_file_damaged_after_indexing_is_replaced_and_named_once(tmp_path, capsys):

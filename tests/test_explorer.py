@@ -51,7 +51,9 @@ def conditional(tmp_path_factory):
     """A 3-class training checkpoint (G and D) served by the explorer: (models, checkpoint path, client)."""
     G, D, cfg = tiny_models(num_classes=3)
     root = tmp_path_factory.mktemp("explorer") / "checkpoints"
-    path = save_checkpoint(root, {"G": G.state_dict(), "D": D.state_dict(), "G_ema": None}, step=1, config=cfg, keep_last=1)
+    path = save_checkpoint(
+        root, {"G": G.state_dict(), "D": D.state_dict(), "G_ema": None}, step=1, config=cfg, keep_last=1
+    )
     with served(path) as url:
         yield G, D, path, Client(url, verbose=False)
 
@@ -73,7 +75,20 @@ def test_generated_image_is_the_one_sample_py_writes(conditional, tmp_path):
     _, _, path, client = conditional
     shown, download = client.predict(3, "1", 0.8, 7, 0.0, api_name="/generate")
     out = tmp_path / "out"
-    args = ["--checkpoint", str(path), "--num", "1", "--seed", "3", "--class", "1", "--truncation", "0.8", "--out", str(out)]
+    args = [
+        "--checkpoint",
+        str(path),
+        "--num",
+        "1",
+        "--seed",
+        "3",
+        "--class",
+        "1",
+        "--truncation",
+        "0.8",
+        "--out",
+        str(out),
+    ]
     assert sample_cli.main(args) == 0
     assert Path(download).read_bytes() == (out / "000000.png").read_bytes()
     s = display_scale(32)
@@ -118,7 +133,10 @@ def test_a_click_gives_the_query_row_of_every_g_and_d_block(conditional):
         want = expected[b["network"]][0, 10 * 16 + 3]  # (64,) the query row
         torch.testing.assert_close(torch.tensor(b["weights"]), want, rtol=1e-5, atol=1e-7)
         assert b["gamma"] == pytest.approx({"G": 0.8, "D": -0.6}[b["network"]])
-    assert "| G | blocks.attn16 | 16x16 | +0.8000 | (10, 3) |" in table and "| D | blocks.attn16 | 16x16 | -0.6000 |" in table
+    assert (
+        "| G | blocks.attn16 | 16x16 | +0.8000 | (10, 3) |" in table
+        and "| D | blocks.attn16 | 16x16 | -0.6000 |" in table
+    )
 
     # the figure: a label row over the image and one panel per block, 256 px each; the download is the same picture
     assert png(figure).shape == (14 + 2 + PANEL_SIZE + 2, 2 + 3 * (PANEL_SIZE + 2), 3)
@@ -166,7 +184,9 @@ def test_page_in_a_real_browser_loads_shows_an_image_and_a_click_moves_the_atten
 
     _, _, path, _ = conditional
     with served(path) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(HEADLESS_CHROMIUM_ARGS))  # a fresh temporary profile
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=list(HEADLESS_CHROMIUM_ARGS)
+        )  # a fresh temporary profile
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             hosts = set()

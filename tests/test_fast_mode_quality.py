@@ -25,8 +25,10 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
            "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for mode, extra in (("fp32", ["model.attn_fused=false"]),
-                        ("bf16", ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"])):
+    for mode, extra in (
+        ("fp32", ["model.attn_fused=false"]),
+        ("bf16", ["model.attn_fused=true", "train.channels_last=true", "train.mixed_precision=bf16"]),
+    ):
         for seed in (0, 1):
             rd = out / mode / f"seed{seed}"
             run = json.loads((rd / "ablation_run.json").read_text())
@@ -54,7 +56,10 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     [
         (["--modes", "fp32,fp8"], "error: --modes: unknown mode 'fp8'; choose from fp32, fast, bf16"),
         (["--modes", "fast"], "error: --modes must include 'fp32', the reference every mode is compared with"),
-        (["train.compile=true"], "error: train.compile=true is set per mode / seed here; use --modes / --seeds instead"),
+        (
+            ["train.compile=true"],
+            "error: train.compile=true is set per mode / seed here; use --modes / --seeds instead",
+        ),
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):

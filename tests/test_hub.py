@@ -130,7 +130,10 @@ def test_load_from_a_prefilled_hub_cache_offline(tmp_path, offline_cache, capsys
 
     # sample.py with a Hub id writes the same bytes as with the local export
     assert sample_cli.main(["--checkpoint", REPO, "--num", "5", "--npz", str(tmp_path / "hub.npz")]) == 0
-    assert sample_cli.main(["--checkpoint", str(tmp_path / "export"), "--num", "5", "--npz", str(tmp_path / "dir.npz")]) == 0
+    assert (
+        sample_cli.main(["--checkpoint", str(tmp_path / "export"), "--num", "5", "--npz", str(tmp_path / "dir.npz")])
+        == 0
+    )
     assert np.load(tmp_path / "hub.npz")["arr_0"].tobytes() == np.load(tmp_path / "dir.npz")["arr_0"].tobytes()
     capsys.readouterr()
 
@@ -141,7 +144,10 @@ def test_load_from_a_prefilled_hub_cache_offline(tmp_path, offline_cache, capsys
     assert models.discriminator is None and images_u8(models.generator) == images_u8(G)
 
     # a repo that is not in the cache: one line, exit status 2, nothing contacted (sample.py and evaluate.py)
-    for cli, args in ((sample_cli, ["--npz", str(tmp_path / "x.npz")]), (evaluate_cli, ["--json", str(tmp_path / "x.json")])):
+    for cli, args in (
+        (sample_cli, ["--npz", str(tmp_path / "x.npz")]),
+        (evaluate_cli, ["--json", str(tmp_path / "x.json")]),
+    ):
         with pytest.raises(SystemExit) as exc:
             cli.main(["--checkpoint", "sagan-tests/missing", *args])
         assert exc.value.code == 2
@@ -154,7 +160,11 @@ def test_a_damaged_file_in_the_hub_cache_is_refused_by_the_local_loader(tmp_path
     G, cfg = tiny_generator()
     export_generator(tmp_path / "export", G, cfg)
     blob = (tmp_path / "export" / "generator.safetensors").read_bytes()
-    fill_cache(offline_cache, REPO, {"config.json": (tmp_path / "export" / "config.json").read_bytes(), "generator.safetensors": blob[:-40]})
+    fill_cache(
+        offline_cache,
+        REPO,
+        {"config.json": (tmp_path / "export" / "config.json").read_bytes(), "generator.safetensors": blob[:-40]},
+    )
     with pytest.raises(CheckpointError, match="generator.safetensors"):
         load_generator(REPO)
 
@@ -168,8 +178,9 @@ def test_push_to_hub_uploads_the_export_and_card_without_contacting_the_hub(tmp_
         return f"https://huggingface.co/{repo_id}/commit/fake"
 
     created = mock.Mock(return_value=mock.Mock(repo_id=REPO))
-    with mock.patch.object(huggingface_hub.HfApi, "create_repo", created), mock.patch.object(
-        huggingface_hub.HfApi, "upload_folder", upload_folder
+    with (
+        mock.patch.object(huggingface_hub.HfApi, "create_repo", created),
+        mock.patch.object(huggingface_hub.HfApi, "upload_folder", upload_folder),
     ):
         url = G.push_to_hub(REPO)
     assert url.endswith("/commit/fake")
@@ -203,11 +214,19 @@ def test_model_card_has_config_parameter_counts_scores_and_the_sample_grid(tmp_p
     assert "| step | frechet_inception_distance | inception_score_mean |" in card
     assert "| 20 | 123.5 | 2.5 |" in card and "| 40 | 99.5 | 3.25 |" in card
     assert "loss_d" not in card and "images_per_s" not in card  # training values are no evaluation
-    assert json.loads(card.split("```json\n")[1].split("\n```")[0]) == json.loads((run / "generator" / "config.json").read_text())["config"]
+    assert (
+        json.loads(card.split("```json\n")[1].split("\n```")[0])
+        == json.loads((run / "generator" / "config.json").read_text())["config"]
+    )
     assert card.startswith("---\nlibrary_name: sagan\n") and "![samples](samples.png)" in card
 
     # samples.png is what `sample.py --num 16 --seed 0` writes for this export
-    assert sample_cli.main(["--checkpoint", str(run / "generator"), "--num", "16", "--seed", "0", "--grid", str(tmp_path / "s.png")]) == 0
+    assert (
+        sample_cli.main(
+            ["--checkpoint", str(run / "generator"), "--num", "16", "--seed", "0", "--grid", str(tmp_path / "s.png")]
+        )
+        == 0
+    )
     card_grid = np.asarray(Image.open(run / "generator" / "samples.png"))
     assert card_grid.shape == (4 * 34 + 2, 4 * 34 + 2, 3)
     assert np.array_equal(card_grid, np.asarray(Image.open(tmp_path / "s.png")))

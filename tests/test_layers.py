@@ -88,7 +88,12 @@ def test_unconditional_bn_is_affine_batchnorm():
 
 @pytest.mark.parametrize(
     "make",
-    [lambda sn: conv2d(6, 8, 3, sn=sn), lambda sn: conv2d(16, 4, 1, sn=sn), lambda sn: linear(10, 7, sn=sn), lambda sn: embedding(5, 9, sn=sn)],
+    [
+        lambda sn: conv2d(6, 8, 3, sn=sn),
+        lambda sn: conv2d(16, 4, 1, sn=sn),
+        lambda sn: linear(10, 7, sn=sn),
+        lambda sn: embedding(5, 9, sn=sn),
+    ],
     ids=["conv3x3", "conv1x1", "linear", "embedding"],
 )
 def test_helpers_init_orthogonal_and_wrap_by_parameter(make):
@@ -105,7 +110,12 @@ def test_helpers_init_orthogonal_and_wrap_by_parameter(make):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: conv2d(6, 8, 3, sn=True), lambda: conv2d(16, 4, 1, sn=True), lambda: linear(10, 7, sn=True), lambda: embedding(5, 9, sn=True)],
+    [
+        lambda: conv2d(6, 8, 3, sn=True),
+        lambda: conv2d(16, 4, 1, sn=True),
+        lambda: linear(10, 7, sn=True),
+        lambda: embedding(5, 9, sn=True),
+    ],
     ids=["conv3x3", "conv1x1", "linear", "embedding"],
 )
 def test_spectral_norm_bounds_largest_singular_value(make):

@@ -71,6 +71,7 @@ def test_incoherent_right_object_is_independent_and_halves_match_in_distribution
     assert torch.equal(coh[..., :half], inc[..., :half])
     for stat in (lambda x: x.mean((1, 2, 3)), lambda x: x.var((1, 2, 3))):
         assert ks_2samp(stat(coh[..., half:]).numpy(), stat(inc[..., half:]).numpy()).pvalue > 1e-3
+
     # The same statistic does see a real difference: the whole-image correlation of mirrored halves.
     def mirror_corr(x: torch.Tensor) -> np.ndarray:
         a, b = x[..., :half].flatten(1), x[..., half:].flip(-1).flatten(1)
@@ -127,7 +128,20 @@ def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
 def test_script_end_to_end(tmp_path) -> None:
     out, plot = tmp_path / "runs", tmp_path / "plot.png"
     common = ["--depths", "0", "--seeds", "0", "--resolution", "32", "--out", str(out), "--plot", str(plot)]
-    tiny = ["--steps", "3", "--batch", "4", "--width", "8", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "2"]
+    tiny = [
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--width",
+        "8",
+        "--train-pairs",
+        "4",
+        "--test-pairs",
+        "6",
+        "--log-every",
+        "2",
+    ]
     probe.main(["run", "--arms", "conv", "attn", *common, *tiny])
     result = json.loads((out / "r32" / "attn" / "depth0" / "seed0.json").read_text())
     assert result["params"] == _hand_count(0, 8, 3, True)

@@ -230,7 +230,9 @@ def test_second_evaluation_reads_reference_statistics_from_cache(tmp_path, monke
     f_gen, f_ref = features_of(extractor, generated), features_of(extractor, reference)
     # KID subsets hold all n images (subset size = n), so every subset gives the full-set estimate.
     assert first["kernel_classifier_distance_mean"] == pytest.approx(kid_full(f_gen, f_ref), rel=1e-4)
-    assert first["kernel_classifier_distance_std"] < 1e-4 * abs(first["kernel_classifier_distance_mean"])  # float32 sums
+    assert first["kernel_classifier_distance_std"] < 1e-4 * abs(
+        first["kernel_classifier_distance_mean"]
+    )  # float32 sums
 
 
 def test_inception_score_alone_never_builds_the_reference_set(tmp_path, monkeypatch):
@@ -407,8 +409,10 @@ OUT_OF_DOMAIN = (
     "args, words",
     [
         (["--checkpoint", "{tmp}/missing"], "does not exist"),
-        (["--checkpoint", "{export}", "--feature-extractor", "inception", "--inception-weights", "{tmp}/none.pth"],
-         "Inception weights file"),  # fmt: skip
+        (
+            ["--checkpoint", "{export}", "--feature-extractor", "inception", "--inception-weights", "{tmp}/none.pth"],
+            "Inception weights file",
+        ),  # fmt: skip
         (["--checkpoint", "{export}", "--metrics", "fid,ppl"], "subset of fid, isc, kid"),
         (["--checkpoint", "{export}", "data.bogus=1"], "unknown config key"),
         (["--checkpoint", "{export}", "--feature-extractor", "fashion_classifier"], OUT_OF_DOMAIN),

@@ -118,16 +118,27 @@ def test_attention_goes_after_the_block_with_that_output_side():
 
 
 def test_attention_options_come_from_config():
-    cfg = tiny(32, g_width=16, attn_pairwise="dot_product", attn_qk_divisor=4, attn_v_divisor=1,
-               attn_subsample=False, attn_gate="zero_init", g_spectral_norm=False, attn_fused=False)
-    (_, block), = attention_blocks(Generator(cfg))
+    cfg = tiny(
+        32,
+        g_width=16,
+        attn_pairwise="dot_product",
+        attn_qk_divisor=4,
+        attn_v_divisor=1,
+        attn_subsample=False,
+        attn_gate="zero_init",
+        g_spectral_norm=False,
+        attn_fused=False,
+    )
+    ((_, block),) = attention_blocks(Generator(cfg))
     assert isinstance(block, NonLocalBlock)
     assert (block.pairwise, block.qk_channels, block.v_channels) == ("dot_product", 4, 16)
     assert (block.subsample, block.gate, block.fused) == (False, "zero_init", False)
     assert not parametrize.is_parametrized(block.g)
 
 
-@pytest.mark.parametrize("which,sides,valid", [("g", [4], "8, 16, 32"), ("d", [32], "8, 16"), ("g", [16, 64], "8, 16, 32")])
+@pytest.mark.parametrize(
+    "which,sides,valid", [("g", [4], "8, 16, 32"), ("d", [32], "8, 16"), ("g", [16, 64], "8, 16, 32")]
+)
 def test_attention_side_not_in_network_is_a_config_error(which, sides, valid):
     cfg = tiny(32, **{f"{which}_attention": sides})
     model = Generator if which == "g" else Discriminator
@@ -148,9 +159,12 @@ def test_unknown_resolution_is_a_config_error():
 def test_every_weight_is_spectrally_normalised_by_flag(sn):
     cfg = tiny(32, g_spectral_norm=sn, d_spectral_norm=sn)
     for model in (Generator(cfg), Discriminator(cfg)):
-        layers = [(n, m) for n, m in model.named_modules()
-                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding))
-                  and not n.endswith((".gain", ".bias"))]  # conditional-BN tables are never normalised
+        layers = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding))
+            and not n.endswith((".gain", ".bias"))
+        ]  # conditional-BN tables are never normalised
         assert len(layers) >= 11
         assert [n for n, m in layers if parametrize.is_parametrized(m, "weight") != sn] == []
         cbn_tables = [m for m in model.modules() if isinstance(m, ConditionalBatchNorm2d)]
@@ -162,7 +176,10 @@ def test_normalised_weights_have_unit_spectral_norm_after_power_iterations():
     torch.manual_seed(0)
     cfg = tiny(32, g_width=16, d_width=16)
     y = torch.tensor([0, 1, 2, 0])
-    for model, inputs in [(Generator(cfg), (torch.randn(4, cfg.z_dim), y)), (Discriminator(cfg), (torch.randn(4, 3, 32, 32), y))]:
+    for model, inputs in [
+        (Generator(cfg), (torch.randn(4, cfg.z_dim), y)),
+        (Discriminator(cfg), (torch.randn(4, 3, 32, 32), y)),
+    ]:
         layers = [(n, m) for n, m in model.named_modules() if parametrize.is_parametrized(m, "weight")]
         with torch.no_grad():
             for _, m in layers:

@@ -44,7 +44,9 @@ class _AutocastAtMv(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("make", [lambda: conv2d(8, 6, 3, sn=True), lambda: linear(10, 7, sn=True)], ids=["conv", "linear"])
+@pytest.mark.parametrize(
+    "make", [lambda: conv2d(8, 6, 3, sn=True), lambda: linear(10, 7, sn=True)], ids=["conv", "linear"]
+)
 def test_spectral_norm_is_float32_and_identical_under_autocast(make):
     torch.manual_seed(0)
     plain = make().train()

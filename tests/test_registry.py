@@ -52,7 +52,11 @@ class DatasetImages(torch.nn.Module):
 
     def __init__(self, blank: bool = False) -> None:
         super().__init__()
-        self.data, self.blank, self.w = CoherenceDataset(size=64, resolution=32), blank, torch.nn.Parameter(torch.zeros(1))
+        self.data, self.blank, self.w = (
+            CoherenceDataset(size=64, resolution=32),
+            blank,
+            torch.nn.Parameter(torch.zeros(1)),
+        )
         self.seen = 0
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -85,7 +89,9 @@ def test_every_registered_metric_scores_a_generator(name, tmp_path):
 
 def test_metrics_on_the_wrong_dataset_or_unknown_are_one_line():
     cfg = load_config(None, ["data.dataset=fashion_mnist", "model.image_channels=1"])
-    with pytest.raises(MetricsError, match="metric 'coherence' is defined only on data.dataset builtin, not 'fashion_mnist'"):
+    with pytest.raises(
+        MetricsError, match="metric 'coherence' is defined only on data.dataset builtin, not 'fashion_mnist'"
+    ):
         evaluate(torch.nn.Identity(), cfg, ["coherence"])
     with pytest.raises(MetricsError, match="subset of fid, isc, kid, coherence"):
         evaluate(torch.nn.Identity(), cfg, ["ppl"])

@@ -25,7 +25,15 @@ TINY = [
 
 def cli(script: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, script, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
 
 
 def train(capsys, run: Path, *args: str) -> tuple[int, str, str]:
@@ -108,7 +116,10 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path, 
     status, out, _ = train(capsys, run, "train.steps=3", "--resume", "latest")
     assert status == 0
     lines = [line for line in out.splitlines() if "temporary" in line]
-    assert lines == [f"removed 3 temporary directories left by killed writers in {run}: " + ", ".join(sorted(p.name for p in stale[2:]) + sorted(p.name for p in stale[:2]))]
+    assert lines == [
+        f"removed 3 temporary directories left by killed writers in {run}: "
+        + ", ".join(sorted(p.name for p in stale[2:]) + sorted(p.name for p in stale[:2]))
+    ]
     assert not any(p.exists() for p in stale) and alive.is_dir()
     assert rundir.remove_stale_temporaries(run) == []  # nothing left to say
 
@@ -153,7 +164,9 @@ def test_flipped_bytes_refused_by_every_cli_in_one_line(tmp_path, capsys):
                 cli("evaluate.py", "--checkpoint", run / "generator", "--num", 8, "--allow-out-of-domain",
                     "--feature-extractor", "fashion_classifier", f"eval.cache_dir={tmp_path / 'cache'}")):  # fmt: skip
         lines = res.stderr.splitlines()
-        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {export} fails its SHA-256 check")
+        assert (
+            res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {export} fails its SHA-256 check")
+        )
     assert not (tmp_path / "g.png").exists()
     state = run / "checkpoints" / "step_00000002" / "state.safetensors"
     flip_bytes(state, tensor_offset(state, first_tensor_key(state, "state/opt_d/state/")))
@@ -179,7 +192,10 @@ def test_sigterm_names_the_step_the_checkpoint_and_the_exact_resume_command(tmp_
     (ckpt,) = list_checkpoints(run / "checkpoints")[-1:]
     step = int(ckpt.name.split("_")[1])
     lines = out.strip().splitlines()[-2:]
-    assert lines[0] == f"interrupted at step {step} of 100000: checkpoint saved in {ckpt}, generator in {run / 'generator'}"
+    assert (
+        lines[0]
+        == f"interrupted at step {step} of 100000: checkpoint saved in {ckpt}, generator in {run / 'generator'}"
+    )
     assert lines[1].startswith("resume with: ")
     command = shlex.split(lines[1].removeprefix("resume with: "))
     assert (ROOT / command[0]).resolve() == Path(sys.executable).resolve()

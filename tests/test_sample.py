@@ -30,9 +30,13 @@ from shared import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--config", "configs/demo.yaml", *TINY_RUN, "train.steps=2",
+    "--config",
+    "configs/demo.yaml",
+    *TINY_RUN,
+    "train.steps=2",
     # big G steps and a fast EMA: after 2 steps, EMA vs raw weights and the classes visibly differ
-    "optim.lr_g=0.02", "optim.ema_decay=0.5",
+    "optim.lr_g=0.02",
+    "optim.ema_decay=0.5",
 ]
 N, SEED = 6, 3  # the baseline run: 6 images (a 3x2 grid), seed 3
 
@@ -43,15 +47,31 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     assert train_cli.main([*TINY, "--run-dir", str(root / "uncond")]) == 0
     assert train_cli.main([*TINY, "--run-dir", str(root / "cond"), "model.num_classes=4"]) == 0
-    return {"uncond": root / "uncond", "cond": root / "cond", "step": latest_checkpoint(root / "uncond" / "checkpoints")}
+    return {
+        "uncond": root / "uncond",
+        "cond": root / "cond",
+        "step": latest_checkpoint(root / "uncond" / "checkpoints"),
+    }
 
 
 @pytest.fixture(scope="module")
 def baseline(runs, tmp_path_factory) -> dict:
     """One CLI run from the unconditional step directory writing all three outputs."""
     out = tmp_path_factory.mktemp("baseline")
-    res = ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--grid", out / "g.png",
-             "--out", out / "out", "--npz", out / "a.npz")
+    res = ok(
+        "--checkpoint",
+        runs["step"],
+        "--num",
+        N,
+        "--seed",
+        SEED,
+        "--grid",
+        out / "g.png",
+        "--out",
+        out / "out",
+        "--npz",
+        out / "a.npz",
+    )
     return {"dir": out, "stdout": res.stdout, "grid": (out / "g.png").read_bytes(), "arr": npz(out / "a.npz")}
 
 
@@ -59,7 +79,11 @@ def sample(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "sample.py", "--device", "cpu", *map(str, args)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -139,7 +163,18 @@ def test_grid_out_npz_match_generator_sample_and_each_other(runs, baseline):
 
 @pytest.mark.slow
 def test_same_seed_same_bytes_across_runs(runs, baseline, tmp_path):
-    ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--grid", tmp_path / "g.png", "--npz", tmp_path / "a.npz")
+    ok(
+        "--checkpoint",
+        runs["step"],
+        "--num",
+        N,
+        "--seed",
+        SEED,
+        "--grid",
+        tmp_path / "g.png",
+        "--npz",
+        tmp_path / "a.npz",
+    )
     assert (tmp_path / "g.png").read_bytes() == baseline["grid"]
     assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
 
@@ -149,7 +184,18 @@ def test_batch_size_changes_no_image_bit_for_bit(runs, baseline, tmp_path):
     """G always runs on CHUNK latents per pass (the last padded), so --batch-size 1, 3 and the default give the
     same bytes, and so does any number of images: image i is the same whether 6 or 70 are drawn."""
     for batch_size in (1, 3):
-        ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--batch-size", batch_size, "--npz", tmp_path / "a.npz")
+        ok(
+            "--checkpoint",
+            runs["step"],
+            "--num",
+            N,
+            "--seed",
+            SEED,
+            "--batch-size",
+            batch_size,
+            "--npz",
+            tmp_path / "a.npz",
+        )
         assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
     G, _ = load_generator(runs["step"])
     z = torch.randn(70, G.z_dim, generator=torch.Generator().manual_seed(SEED))  # two passes: 64 + 6 padded
@@ -192,8 +238,20 @@ def test_truncation_follows_generator_sample_and_narrows_the_spread(runs, baseli
 
 @pytest.mark.slow
 def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
-    ok("--checkpoint", runs["step"], "--num", 2, "--interpolate", 5, "--seed", 1, "--grid", tmp_path / "i.png",
-       "--npz", tmp_path / "i.npz")
+    ok(
+        "--checkpoint",
+        runs["step"],
+        "--num",
+        2,
+        "--interpolate",
+        5,
+        "--seed",
+        1,
+        "--grid",
+        tmp_path / "i.png",
+        "--npz",
+        tmp_path / "i.npz",
+    )
     G, _ = load_generator(runs["step"])
     z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(1))  # 2 starts, then 2 ends
     t = torch.linspace(0, 1, 5)
@@ -209,8 +267,18 @@ def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
 
 @pytest.mark.slow
 def test_conditional_class_and_attention_maps(runs, tmp_path):
-    res = ok("--checkpoint", runs["cond"], "--num", 5, "--class", 2, "--npz", tmp_path / "c.npz",
-             "--attention-maps", tmp_path / "attn.png")
+    res = ok(
+        "--checkpoint",
+        runs["cond"],
+        "--num",
+        5,
+        "--class",
+        2,
+        "--npz",
+        tmp_path / "c.npz",
+        "--attention-maps",
+        tmp_path / "attn.png",
+    )
     G, _ = load_generator(runs["cond"])
     arr = npz(tmp_path / "c.npz")
     assert_close_u8(arr, expected(G, 5, seed=0, labels=2))
@@ -283,13 +351,18 @@ def test_planted_pickle_is_never_unpickled(runs, tmp_path):
 def test_attention_maps_of_a_generator_without_attention_fail_in_one_line(capsys, tmp_path):
     cfg = load_config("configs/demo.yaml", ["model.g_width=16", "model.g_attention=[]"])
     export_generator(tmp_path / "generator", Generator(cfg.model), cfg)
-    main_fails_in_one_line(capsys, ["--checkpoint", tmp_path / "generator", "--attention-maps", tmp_path / "a.png"],
-                           "no non-local block")
+    main_fails_in_one_line(
+        capsys, ["--checkpoint", tmp_path / "generator", "--attention-maps", tmp_path / "a.png"], "no non-local block"
+    )
     assert not (tmp_path / "a.png").exists()
 
 
 @pytest.mark.slow
 def test_unwritable_output_fails_in_one_line(runs, capsys, tmp_path):
     (tmp_path / "a_file").write_text("")
-    main_fails_in_one_line(capsys, ["--checkpoint", runs["step"], "--num", 2, "--out", tmp_path / "a_file" / "sub"],
-                           "cannot write", "a_file")
+    main_fails_in_one_line(
+        capsys,
+        ["--checkpoint", runs["step"], "--num", 2, "--out", tmp_path / "a_file" / "sub"],
+        "cannot write",
+        "a_file",
+    )

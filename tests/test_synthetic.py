@@ -289,6 +289,7 @@ def test_coherence_report_scores_what_the_generator_draws():
             calls.append((z.shape[0], y))
             start = sum(n for n, _ in calls[:-1])
             return images[start : start + z.shape[0]]
+
         return g
 
     line = coherence_report(replay(real), cfg, seed=0, n=400)
@@ -296,6 +297,10 @@ def test_coherence_report_scores_what_the_generator_draws():
     assert [n for n, _ in calls] == [250, 150] and all(y is None for _, y in calls)
     calls.clear()
     score = float(coherence_report(replay(mixed), cfg, seed=0, n=400).split(": ")[1].split()[0])
-    assert abs(score - CHANCE_LEVEL[(32, 3)]) < 5 * 0.0022 * (512 / 400) ** 0.5  # docs/coherence.md: std of a 512 estimate
+    assert (
+        abs(score - CHANCE_LEVEL[(32, 3)]) < 5 * 0.0022 * (512 / 400) ** 0.5
+    )  # docs/coherence.md: std of a 512 estimate
     assert chance_level(128, 3) is None
-    assert "chance not measured at this size" in coherence_report(lambda z, y: real[: z.shape[0]], ModelConfig(resolution=128, z_dim=4), seed=0, n=4)
+    assert "chance not measured at this size" in coherence_report(
+        lambda z, y: real[: z.shape[0]], ModelConfig(resolution=128, z_dim=4), seed=0, n=4
+    )

@@ -12,9 +12,19 @@ from shared import TINY_RUN
 
 TINY = ["--config", "configs/demo.yaml", *TINY_RUN, "train.log_every=2", "train.sample_every=2", "log.attention_every=2",
         "train.steps=2"]  # fmt: skip
-SCALARS = {"loss_d", "loss_g", "d_real", "d_fake", "lr_g", "lr_d", "images_per_s",
-           "gamma/G.blocks.attn16", "gamma/D.blocks.attn16",
-           "attn_entropy/G.blocks.attn16", "attn_entropy/D.blocks.attn16"}
+SCALARS = {
+    "loss_d",
+    "loss_g",
+    "d_real",
+    "d_fake",
+    "lr_g",
+    "lr_d",
+    "images_per_s",
+    "gamma/G.blocks.attn16",
+    "gamma/D.blocks.attn16",
+    "attn_entropy/G.blocks.attn16",
+    "attn_entropy/D.blocks.attn16",
+}
 
 
 def read_wandb_records(path: Path) -> list[bytes]:

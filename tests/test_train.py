@@ -23,9 +23,7 @@ TINY = [*TINY_RUN, "train.log_every=2"]
 
 def run_cli(*args: str, timeout: int = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -35,14 +33,33 @@ def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_cli_trains_and_writes_run_directory(tmp_path):
     run = tmp_path / "run"
-    res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY,
-                  "train.steps=4", "train.sample_every=2", "log.attention_every=4")
+    res = run_cli(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--run-dir",
+        str(run),
+        *TINY,
+        "train.steps=4",
+        "train.sample_every=2",
+        "log.attention_every=4",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "config.yaml").is_file() and "g_width: 16" in (run / "config.yaml").read_text()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
-    for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "lr_g", "gamma/G.blocks.attn16",
-                "attn_entropy/G.blocks.attn16", "gamma/D.blocks.attn16", "attn_entropy/D.blocks.attn16"):
+    for key in (
+        "loss_d",
+        "loss_g",
+        "d_real",
+        "d_fake",
+        "images_per_s",
+        "lr_g",
+        "gamma/G.blocks.attn16",
+        "attn_entropy/G.blocks.attn16",
+        "gamma/D.blocks.attn16",
+        "attn_entropy/D.blocks.attn16",
+    ):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key]  # present and not NaN
     # the entropy of an (8x8 query) x (8x8 pooled key) softmax is at most log(64)
     assert 0 < rows[-1]["attn_entropy/G.blocks.attn16"] <= torch.log(torch.tensor(64.0)).item() + 1e-5
@@ -105,8 +122,18 @@ def test_resume_is_exact(tmp_path, overrides, n):
 def test_resume_refuses_a_different_model(tmp_path):
     run = tmp_path / "run"
     assert train_cli.main(["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run), "train.steps=1"]) == 0
-    res = run_cli("train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(run),
-                  "train.steps=2", "model.g_width=32", "--resume", "latest")
+    res = run_cli(
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        *TINY,
+        "--run-dir",
+        str(run),
+        "train.steps=2",
+        "model.g_width=32",
+        "--resume",
+        "latest",
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "error: the model config differs from the checkpoint's in g_width; resume with the same model"
@@ -115,7 +142,9 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 @pytest.mark.slow
 def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
-    res = run_cli("train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest")
+    res = run_cli(
+        "train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest"
+    )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no complete checkpoint" in res.stderr
 
@@ -152,9 +181,22 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY,
-         "train.steps=100000", "train.log_every=1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/demo.yaml",
+            "--run-dir",
+            str(run),
+            *TINY,
+            "train.steps=100000",
+            "train.log_every=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 240
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
@@ -175,9 +217,24 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     """gloo on CPU: both replicas end with identical weights; only one process writes files."""
     run = tmp_path / "run"
     res = run_cli(
-        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, "train.steps=3",
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        "--run-dir",
+        str(run),
+        *TINY,
+        "train.steps=3",
         timeout=400,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -194,11 +251,26 @@ def test_two_processes_under_accelerate_launch(tmp_path):
 @pytest.mark.slow
 def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_cli.main([
-        "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, "train.steps=4", "eval.every=2",
-        "eval.num_samples=16", "eval.batch_size=8", "eval.metrics=[fid]", "eval.feature_extractor=fashion_classifier",
-        f"eval.cache_dir={tmp_path / 'cache'}", "train.keep_last=1",
-    ]) == 0
+    assert (
+        train_cli.main(
+            [
+                "--config",
+                "configs/demo.yaml",
+                "--run-dir",
+                str(run),
+                *TINY,
+                "train.steps=4",
+                "eval.every=2",
+                "eval.num_samples=16",
+                "eval.batch_size=8",
+                "eval.metrics=[fid]",
+                "eval.feature_extractor=fashion_classifier",
+                f"eval.cache_dir={tmp_path / 'cache'}",
+                "train.keep_last=1",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[0] == (
         "note: eval.feature_extractor=fashion_classifier on 'builtin' data is out of domain: its scores are a generic "
         "distribution distance, not image quality (docs/metrics.md)"
@@ -221,8 +293,21 @@ def test_evaluation_during_training_logs_scores_and_keeps_the_best(tmp_path, cap
 def test_trains_on_each_dataset_kind(tmp_path, dataset_on_disk, name):
     run = tmp_path / "run"
     extra = dataset_on_disk(name, tmp_path / "data")
-    assert train_cli.main(["--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, *extra,
-                           "train.steps=2", "train.sample_every=2"]) == 0
+    assert (
+        train_cli.main(
+            [
+                "--config",
+                "configs/demo.yaml",
+                "--run-dir",
+                str(run),
+                *TINY,
+                *extra,
+                "train.steps=2",
+                "train.sample_every=2",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and all(torch.isfinite(torch.tensor(rows[-1][k])) for k in ("loss_d", "loss_g"))
     assert (run / "samples" / "step_00000002.png").is_file()

@@ -272,7 +272,10 @@ def test_discriminator_attention_figure_matches_manual_recording():
     assert [(r.name, r.query_hw, r.key_hw) for r in records] == [("blocks.attn16", (16, 16), (8, 8))]
     want = viz.attention_figure(images, records, queries=1, seed=None, title="D (discriminator) on real images, step 7")
     assert viz.discriminator_attention_figure(d, images, y, queries=1, seed=None, step=7).tobytes() == want.tobytes()
-    assert fig.tobytes() == viz.attention_figure(images, records, queries=1, seed=None, title=viz.attention_title("D", None)).tobytes()
+    assert (
+        fig.tobytes()
+        == viz.attention_figure(images, records, queries=1, seed=None, title=viz.attention_title("D", None)).tobytes()
+    )
 
 
 def test_attention_figure_title_names_the_network_and_step_and_has_a_colour_bar():
@@ -281,17 +284,23 @@ def test_attention_figure_title_names_the_network_and_step_and_has_a_colour_bar(
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     records = _hand_records(2)
     plain = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64)
-    titled = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 400")
+    titled = viz.attention_figure(
+        images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 400"
+    )
     h = viz.HEADER_HEIGHT
     assert titled.shape == (plain.shape[0] + 3 * h, plain.shape[1], 3)
     np.testing.assert_array_equal(titled[h : h + plain.shape[0]], plain)  # title above, colour bar below
     title = titled[:h]
     assert (title[:, :20] < 128).any() and (title[:, -100:] == 255).all()  # text, left-aligned
-    other = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 401")
+    other = viz.attention_figure(
+        images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 401"
+    )
     assert other[:h].tobytes() != title.tobytes() and np.array_equal(other[h:], titled[h:])  # the step is drawn
     bar = titled[h + plain.shape[0] :]
     row = bar[h // 2, :, :].astype(int)  # the gradient row: colormap from 0 (left) to 1 (right)
-    ramp = np.where((row != 255).any(axis=1) & (np.abs(np.diff(np.vstack([row, row[-1:]]), axis=0)).sum(axis=1) < 40))[0]
+    ramp = np.where((row != 255).any(axis=1) & (np.abs(np.diff(np.vstack([row, row[-1:]]), axis=0)).sum(axis=1) < 40))[
+        0
+    ]
     start = 2 + 10  # FIGURE_PADDING + room for the "0" label
     np.testing.assert_array_equal(row[start], np.rint(viz.colormap(np.array(0.0))).astype(int))
     width = max(16, min(256, titled.shape[1] // 3))
