@@ -155,7 +155,8 @@ def write_attention_maps(
     from gan import viz
 
     head = None if labels is None else labels[:4].to(device)
-    figure = viz.attention_figures(G, None, z[:4].to(device), head)["G"]  # main() checked that G has blocks
+    step = getattr(G, "checkpoint_step", None)  # None for exports: the title then names no step
+    figure = viz.attention_figures(G, None, z[:4].to(device), head, step=step)["G"]  # main() checked G has blocks
     return f"attention maps: {_writable(path, lambda: viz.save_attention_figure(figure, path))}"
 
 

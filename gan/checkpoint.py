@@ -373,10 +373,11 @@ def load_generator(
     path = resolve(local_path(path), say)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
+    step = None  # training step of a checkpoint; exports do not record one
     if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
         (config, weights), what = read_export(path), "generator"
     elif (path / "meta.json").is_file():
-        state, config, _ = load_checkpoint(path)
+        state, config, step = load_checkpoint(path)
         key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"
         weights, what = state[key], key
     else:
@@ -387,6 +388,7 @@ def load_generator(
     generator = Generator(config.model)
     load_into(generator, weights, what, path)
     generator.run_config = config  # save_pretrained writes the whole run config back
+    generator.checkpoint_step = step  # figure titles name it
     return generator.to(map_location).eval(), config
 
 

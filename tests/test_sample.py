@@ -366,3 +366,21 @@ def test_unwritable_output_fails_in_one_line(runs, capsys, tmp_path):
         "cannot write",
         "a_file",
     )
+
+
+@pytest.mark.slow
+def test_attention_figure_title_names_the_checkpoint_step(runs, monkeypatch, tmp_path):
+    """From a training checkpoint the figure's title names G and that checkpoint's step; from an export,
+    which records no step, it names G alone."""
+    from gan import viz
+
+    titles = []
+    real_title = viz.attention_title
+    monkeypatch.setattr(viz, "attention_title", lambda net, step: titles.append((net, step)) or real_title(net, step))
+    step = int(latest_checkpoint(runs["uncond"] / "checkpoints").name.removeprefix("step_"))
+    for source, out in ((runs["uncond"], "a.png"), (runs["uncond"] / "generator", "b.png")):  # in-process: patched
+        assert (
+            sample_cli.main(["--checkpoint", str(source), "--num", "4", "--attention-maps", str(tmp_path / out)]) == 0
+        )
+    assert titles == [("G", step), ("G", None)]
+    assert real_title("G", step) == f"G (generator) on generated images, step {step}"
