@@ -44,7 +44,9 @@ ARMS: dict[str, dict] = {
     "attn": {"attention": {}},
     "attn_zero_init": {"attention": {"gate": "zero_init"}},
     "attn_gamma0.1": {"attention": {"gamma_init": 0.1}},
-    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},
+    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},  # d_qk = W/8 = 1 at W = 8: the default exactly
+    "attn_qk4": {"attention": {"qk_channels": 4}},  # the wider-query reference for the next arm
+    "attn_qk4_inv_sqrt_d": {"attention": {"qk_channels": 4, "logit_scale": "inv_sqrt_d"}},
     "attn_learned_temp": {"attention": {"logit_scale": "learned"}},
     "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
     "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
@@ -214,6 +216,15 @@ def report(args: argparse.Namespace) -> None:
             continue
         last = [r["log"][-1] for r in rs]
         print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
+    print("\nPer run of the attention arms (the block at the last logged step):\n")
+    print("| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g | ERF mass beyond 16 px | CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        for r in rs if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            gate = f"gamma {e['gamma']:+.4f}" if e["gamma"] == e["gamma"] else f"norm(out) {e['out_weight_norm']:.3f}"
+            print(f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
+                  f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {r['erf_mass_beyond_16']:.4f} | {r['cpu_s']:.0f} |")
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     _plot(groups, Path(args.plot))

@@ -138,3 +138,23 @@ def test_script_end_to_end(tmp_path) -> None:
     assert 0.0 < result["erf_r90"] <= 16
     probe.main(["report", *common])
     assert plot.stat().st_size > 0
+
+
+def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queries() -> None:
+    """The probe's 1/sqrt(d) lever: d_qk = W/8 = 1 at W = 8, so the arm is the default arm exactly; with
+    4 query channels its weights are softmax(q k^T / 2), checked against a float64 softmax."""
+    x = torch.randn(2, 3, 64, 64)
+    models = {}
+    for arm in ("attn", "attn_inv_sqrt_d", "attn_qk4", "attn_qk4_inv_sqrt_d"):
+        torch.manual_seed(0)
+        models[arm] = probe.Probe(1, width=8, attention=probe.ARMS[arm]["attention"]).eval()
+        models[arm].attention.gamma.data.fill_(0.5)  # open the gate so the block's output counts
+    assert models["attn"].attention.qk_channels == 1
+    assert torch.equal(models["attn"](x), models["attn_inv_sqrt_d"](x))
+    block = models["attn_qk4_inv_sqrt_d"].attention
+    assert block.qk_channels == 4
+    with torch.no_grad():
+        q, k, _, _ = block._project(models["attn_qk4_inv_sqrt_d"].stem(x))  # (B, 1024, 4), (B, 256, 4)
+        expected = torch.softmax(q.double() @ k.double().transpose(1, 2) / 2.0, dim=-1)
+        torch.testing.assert_close(block._weights(q, k).double(), expected, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(models["attn_qk4"](x), models["attn_qk4_inv_sqrt_d"](x))
