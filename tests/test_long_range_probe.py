@@ -124,7 +124,7 @@ def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
     assert int(rows[-1] - rows[0] + 1) == probe.probe_rf(depth)
 
 
-def test_script_end_to_end(tmp_path) -> None:
+def test_script_end_to_end(tmp_path, capsys) -> None:
     out, plot = tmp_path / "runs", tmp_path / "plot.png"
     common = ["--depths", "0", "--seeds", "0", "--resolution", "32", "--out", str(out), "--plot", str(plot)]
     tiny = ["--steps", "3", "--batch", "4", "--width", "8", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "2"]
@@ -136,8 +136,13 @@ def test_script_end_to_end(tmp_path) -> None:
     assert {"gamma", "grad_theta", "grad_phi", "grad_g", "entropy_ratio", "logit_std"} <= set(result["log"][0])
     assert 0.0 <= result["test_acc"] <= 1.0 and (result["test_acc"] * 12) % 1 == 0  # 12 test images
     assert 0.0 < result["erf_r90"] <= 16
+    capsys.readouterr()
     probe.main(["report", *common])
     assert plot.stat().st_size > 0
+    printed = capsys.readouterr().out
+    # one seed per arm: the verdict table names the comparison and refuses a verdict
+    assert "| `attn` depth 0 | `conv` depth 0 |" in printed and "no verdict (one seed)" in printed
+    assert f"| `attn` | 0 | 0 | {result['test_acc']:.3f} | gamma " in printed  # the per-run table
 
 
 def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queries() -> None:
