@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from benchmarks.common import machine_line
+from benchmarks.experiment import compare, verdict
 from gan.attention import NonLocalBlock
 from gan.erf import effective_rf, theoretical_rf
 from gan.layers import DBlock, DBlockOptimized, linear
@@ -38,13 +39,16 @@ from gan.viz import save_image_grid
 
 # Arms as plain data. `attention`: None (no block) or NonLocalBlock options (the levers: gate, gamma_init,
 # logit_scale, qk_spectral_norm); `attn_lr_mult`: the block's learning rate over the base one; `view`: the part
-# of the image the model sees ("full", or one half only: the chance-level control).
+# of the image the model sees ("full", or one half only: the chance-level control); `reference`: the attention
+# arm a lever is judged against in the report (default "attn").
 ARMS: dict[str, dict] = {
     "conv": {"attention": None},
     "attn": {"attention": {}},
     "attn_zero_init": {"attention": {"gate": "zero_init"}},
     "attn_gamma0.1": {"attention": {"gamma_init": 0.1}},
-    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},
+    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},  # d_qk = W/8 = 1 at W = 8: the default exactly
+    "attn_qk4": {"attention": {"qk_channels": 4}},  # the wider-query reference for the next arm
+    "attn_qk4_inv_sqrt_d": {"attention": {"qk_channels": 4, "logit_scale": "inv_sqrt_d"}, "reference": "attn_qk4"},
     "attn_learned_temp": {"attention": {"logit_scale": "learned"}},
     "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
     "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
@@ -246,6 +250,20 @@ def report(args: argparse.Namespace) -> None:
             continue
         last = [r["log"][-1] for r in rs]
         print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
+    print("\nPer run of the attention arms (the block at the last logged step):\n")
+    print(
+        "| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g | ERF mass beyond 16 px | CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        for r in rs if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            gate = f"gamma {e['gamma']:+.4f}" if e["gamma"] == e["gamma"] else f"norm(out) {e['out_weight_norm']:.3f}"
+            print(
+                f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {r['erf_mass_beyond_16']:.4f} | {r['cpu_s']:.0f} |"
+            )
+    _print_verdicts(groups)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     _plot(groups, Path(args.plot))
@@ -253,6 +271,27 @@ def report(args: argparse.Namespace) -> None:
     _plot_opening(groups, Path(args.plot).with_name("block_opening.png"))
     x, _ = pairs(args.resolution, TEST_SEED, 6)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
+
+
+def _print_verdicts(groups: dict[tuple[str, int], list[dict]]) -> None:
+    """Test accuracy against a control, by the repository's rule (|diff| > 2 x pooled std): each conv depth
+    against depth 0, each attention arm against `conv` and each lever against its reference at the same depth."""
+    pairs_ = [(("conv", d), ("conv", 0)) for a, d in sorted(groups) if a == "conv" and d > 0]
+    for arm, depth in sorted(groups, key=lambda k: (list(ARMS).index(k[0]), k[1])):
+        if ARMS[arm]["attention"] is not None:
+            controls = ("conv", ARMS[arm].get("reference", "attn"))
+            pairs_ += [((arm, depth), (control, depth)) for control in controls if control != arm]
+    print("\nTest accuracy against a control (rule: the difference counts when |diff| > 2 x pooled std):\n")
+    print("| arm | control | diff of means | pooled std | Welch t | verdict |")
+    print("|---|---|---|---|---|---|")
+    for (arm, depth), control in pairs_:
+        if control not in groups:
+            continue
+        c = compare(arm, [r["test_acc"] for r in groups[(arm, depth)]], [r["test_acc"] for r in groups[control]], True)
+        print(
+            f"| `{arm}` depth {depth} | `{control[0]}` depth {control[1]} | {c.diff:+.3f} | {c.pooled_std:.3f} | "
+            f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
+        )
 
 
 def _pyplot():

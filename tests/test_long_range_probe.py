@@ -125,7 +125,7 @@ def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
     assert int(rows[-1] - rows[0] + 1) == probe.probe_rf(depth)
 
 
-def test_script_end_to_end(tmp_path) -> None:
+def test_script_end_to_end(tmp_path, capsys) -> None:
     out, plot = tmp_path / "runs", tmp_path / "plot.png"
     common = ["--depths", "0", "--seeds", "0", "--resolution", "32", "--out", str(out), "--plot", str(plot)]
     tiny = [
@@ -150,5 +150,30 @@ def test_script_end_to_end(tmp_path) -> None:
     assert {"gamma", "grad_theta", "grad_phi", "grad_g", "entropy_ratio", "logit_std"} <= set(result["log"][0])
     assert 0.0 <= result["test_acc"] <= 1.0 and (result["test_acc"] * 12) % 1 == 0  # 12 test images
     assert 0.0 < result["erf_r90"] <= 16
+    capsys.readouterr()
     probe.main(["report", *common])
     assert plot.stat().st_size > 0
+    printed = capsys.readouterr().out
+    # one seed per arm: the verdict table names the comparison and refuses a verdict
+    assert "| `attn` depth 0 | `conv` depth 0 |" in printed and "no verdict (one seed)" in printed
+    assert f"| `attn` | 0 | 0 | {result['test_acc']:.3f} | gamma " in printed  # the per-run table
+
+
+def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queries() -> None:
+    """The probe's 1/sqrt(d) lever: d_qk = W/8 = 1 at W = 8, so the arm is the default arm exactly; with
+    4 query channels its weights are softmax(q k^T / 2), checked against a float64 softmax."""
+    x = torch.randn(2, 3, 64, 64)
+    models = {}
+    for arm in ("attn", "attn_inv_sqrt_d", "attn_qk4", "attn_qk4_inv_sqrt_d"):
+        torch.manual_seed(0)
+        models[arm] = probe.Probe(1, width=8, attention=probe.ARMS[arm]["attention"]).eval()
+        models[arm].attention.gamma.data.fill_(0.5)  # open the gate so the block's output counts
+    assert models["attn"].attention.qk_channels == 1
+    assert torch.equal(models["attn"](x), models["attn_inv_sqrt_d"](x))
+    block = models["attn_qk4_inv_sqrt_d"].attention
+    assert block.qk_channels == 4
+    with torch.no_grad():
+        q, k, _, _ = block._project(models["attn_qk4_inv_sqrt_d"].stem(x))  # (B, 1024, 4), (B, 256, 4)
+        expected = torch.softmax(q.double() @ k.double().transpose(1, 2) / 2.0, dim=-1)
+        torch.testing.assert_close(block._weights(q, k).double(), expected, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(models["attn_qk4"](x), models["attn_qk4_inv_sqrt_d"](x))
