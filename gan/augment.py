@@ -152,7 +152,9 @@ def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(op for n in names for op in POLICIES[n])
 
 
-def draw(ops: Sequence[str], shape: Sequence[int], p: float, rng: torch.Generator, device: torch.device) -> list[OpDraw]:
+def draw(
+    ops: Sequence[str], shape: Sequence[int], p: float, rng: torch.Generator, device: torch.device
+) -> list[OpDraw]:
     """All random draws for a batch of `shape` (B, C, H, W), in the documented order."""
     b, _, h, w = shape
     out = []
@@ -195,3 +197,75 @@ class DiffAugment:
 
 def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ADA's adaptive probability
+
+
+class AdaptiveProbability:
+    """ADA's heuristic for p (Karras et al. 2020, section 3; stylegan2-ada's ada_target / ada_interval / ada_kimg).
+
+    Feed D's logits on real images with `observe` after every D step and call `step` once per D step. Every
+    `interval` steps, r_t = E[sign(D(real))] over everything observed since the last adjustment, and
+    p <- clamp(p + sign(r_t - target) * images_per_step * interval / speed_images, 0, 1): p moves from 0 to 1
+    in `speed_images` images at the fastest. `images_per_step` counts the real images of one step over all
+    processes. r_t = target (sign 0) leaves p alone; so does an interval with nothing observed.
+
+    Differences from stylegan2-ada: it adjusts after step `interval`, 2 * interval, ... (it adjusts after
+    step 1, 1 + interval, ...), and clamps p at 1 as well as at 0. The running sign sum stays on the device,
+    so the host waits for the device only at an adjustment (and in `state_dict`).
+    """
+
+    def __init__(
+        self,
+        images_per_step: int,
+        target: float = 0.6,
+        interval: int = 4,
+        speed_images: int = 500_000,
+        p: float = 0.0,
+    ) -> None:
+        if images_per_step < 1 or interval < 1 or speed_images < 1 or not 0.0 <= p <= 1.0:
+            raise ValueError(
+                f"AdaptiveProbability needs images_per_step, interval, speed_images >= 1 and p in [0, 1]; "
+                f"got {images_per_step}, {interval}, {speed_images}, {p}"
+            )
+        self.target, self.interval, self.p = target, interval, p
+        self.rate = images_per_step * interval / speed_images  # the size of one adjustment of p
+        self._steps, self._count = 0, 0
+        self._sign_sum: int | Tensor = 0  # sum of sign(D(real)) since the last adjustment (int64 on the device)
+
+    def observe(self, real_logits: Tensor) -> None:
+        """Add one batch of D's real logits (any shape) to the running E[sign(D(real))]."""
+        logits = real_logits.detach()
+        self._sign_sum = self._sign_sum + ((logits > 0).sum() - (logits < 0).sum())
+        self._count += logits.numel()
+
+    def step(self, reduce: Callable[[Tensor], Tensor] | None = None) -> float:
+        """Count one step; at every `interval`-th, adjust p. Returns p.
+
+        `reduce` sums a tensor over processes (e.g. `lambda t: accelerator.reduce(t, "sum")`), so that every
+        process computes the same r_t and keeps the same p."""
+        self._steps += 1
+        if self._steps % self.interval == 0:
+            sign_sum = torch.as_tensor(self._sign_sum, dtype=torch.long)  # on the logits' device
+            totals = torch.stack([sign_sum, torch.full_like(sign_sum, self._count)])
+            if reduce is not None:
+                totals = reduce(totals)
+            sign_sum, count = (int(v) for v in totals.tolist())
+            if count > 0:
+                r_t = sign_sum / count
+                direction = (r_t > self.target) - (r_t < self.target)
+                self.p = min(max(self.p + direction * self.rate, 0.0), 1.0)
+            self._sign_sum, self._count = 0, 0
+        return self.p
+
+    def state_dict(self) -> dict[str, float | int]:
+        """Plain numbers (JSON-safe): p, the step count and the statistics of the unfinished interval."""
+        return {"p": float(self.p), "steps": self._steps, "sign_sum": int(self._sign_sum), "count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {"p": float, "steps": int, "sign_sum": int, "count": int}
+        if set(state) != set(expected) or any(not isinstance(state[k], t) for k, t in expected.items()):
+            raise ValueError(f"adaptive-probability state must hold {expected} exactly, got {state!r}")
+        self.p, self._steps, self._sign_sum, self._count = state["p"], state["steps"], state["sign_sum"], state["count"]

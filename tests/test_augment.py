@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan.augment import OPS, DiffAugment, apply, draw, parse_policy
+from gan.augment import OPS, AdaptiveProbability, DiffAugment, apply, draw, parse_policy
 
 ALL = parse_policy("color,translation,cutout")
 
@@ -228,3 +230,71 @@ def test_bad_policy_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown augmentation policy 'colour'"):
         DiffAugment("colour,translation")
     assert parse_policy(" color , cutout ") == ("brightness", "saturation", "contrast", "cutout")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adaptive probability
+
+
+def _ada() -> AdaptiveProbability:
+    return AdaptiveProbability(images_per_step=100, target=0.6, interval=2, speed_images=1000)  # steps of 0.2
+
+
+def test_adaptive_probability_follows_the_hand_computed_sequence() -> None:
+    ada = _ada()
+    steps = [
+        ([1.0, 2.0, -1.0, 3.0], 0.0),  # mid-interval: no change
+        ([-1.0, -2.0, 0.0, 5.0], 0.0),  # signs +2 and -1 over 8 logits: r = 0.125 < 0.6, p = max(0 - 0.2, 0)
+        ([1.0, 1.0, 1.0, 1.0], 0.0),
+        ([1.0, 1.0, 1.0, -1.0], 0.2),  # r = 6 / 8 = 0.75 > 0.6: p + 0.2
+        ([1.0], 0.2),
+        ([1.0], 0.4),  # r = 1
+        ([1.0, 1.0, 1.0], 0.4),
+        ([1.0, -1.0], 0.4),  # r = 3 / 5 = 0.6 exactly: no change
+    ]
+    for logits, p in steps:
+        ada.observe(torch.tensor(logits))
+        assert ada.step() == pytest.approx(p, abs=1e-12)
+    ada.p = 0.9
+    for _ in range(2):
+        ada.observe(torch.ones(3))
+        ada.step()
+    assert ada.p == 1.0  # 0.9 + 0.2, clamped
+    ada.step()
+    assert ada.step() == 1.0  # an interval with nothing observed leaves p alone
+
+
+def test_adaptive_probability_sums_over_processes() -> None:
+    ada = _ada()
+    for _ in range(2):
+        ada.observe(torch.ones(4))  # this process: 8 of 8 positive
+        p = ada.step(reduce=lambda t: t + torch.tensor([-8, 8]))  # another process: 8 of 8 negative -> r = 0
+    assert p == 0.0 and ada.state_dict()["count"] == 0
+    ada.p = 0.5
+    for _ in range(2):
+        ada.observe(torch.ones(4))
+        p = ada.step(reduce=lambda t: t + torch.tensor([4, 8]))  # other process: 6 of 8 positive -> r = 0.75
+    assert p == pytest.approx(0.7, abs=1e-12)
+
+
+def test_adaptive_probability_resumes_bit_exactly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = [torch.randn(16, generator=gen) + 1.0 for _ in range(23)]  # r_t near 0.68: p moves both ways
+    straight, first = _ada(), _ada()
+    seen = set()
+    for x in logits:
+        straight.observe(x)
+        seen.add(straight.step())
+    for x in logits[:11]:  # stops mid-interval
+        first.observe(x)
+        first.step()
+    resumed = _ada()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for x in logits[11:]:
+        resumed.observe(x)
+        resumed.step()
+    assert resumed.state_dict() == straight.state_dict() and len(seen) > 2
+    with pytest.raises(ValueError, match="adaptive-probability state"):
+        resumed.load_state_dict({"p": 0.5})
+    with pytest.raises(ValueError, match="p in"):
+        AdaptiveProbability(images_per_step=64, p=1.5)
