@@ -17,6 +17,8 @@ Sources (data.dataset):
                  work (crop 140 is the other common choice; at R=128 the 108 crop is upsampled).
 - folder:        every image under <root>, recursively; resize the shorter side to R, then centre crop.
 - builtin:       `gan.synthetic.CoherenceDataset`, generated on the fly, no files needed.
+data.subset = N keeps the first N images of one fixed permutation of the source (see `subset_indices`), so
+subsets are nested (the 1,000 are among the 5,000) and the same for every train.seed.
 Grayscale, palette and alpha images are converted (alpha composited onto white) to RGB, or to L when
 model.image_channels == 1; RGB sources replicate gray to three channels.
 
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -59,6 +61,7 @@ class UnreadableImageWarning(UserWarning):
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # from `apt-get install dataset-fashion-mnist`
+SUBSET_SEED = 314_159  # seed of data.subset's permutation: a constant, so the subset never follows train.seed
 CELEBA_CROP = 108  # side of the centre crop taken from the 178x218 aligned CelebA images before resizing
 _LABELLED = {"cifar10": 10, "fashion_mnist": 10, "celeba": 0, "folder": 0}
 _SPLITS = {
@@ -102,7 +105,19 @@ def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImage
         source = _celeba(data_cfg, ImageTransform(r, c, crop=CELEBA_CROP))
     else:
         source = ImageFiles(_scan_images(Path(data_cfg.root), what="image folder"), ImageTransform(r, c))
+    if data_cfg.subset:
+        source = Subset(source, subset_indices(len(source), data_cfg.subset))  # type: ignore[arg-type]
     return TrainingImages(source, name=name, num_classes=classes, resolution=r, channels=c)
+
+
+def subset_indices(size: int, n: int) -> list[int]:
+    """The first n of torch.randperm(size) drawn from a generator seeded with SUBSET_SEED. Raises DatasetError.
+
+    The permutation is torch's: torch does not promise the same stream across versions, so a recorded
+    experiment names its torch version (or stores these indices)."""
+    if n > size:
+        raise DatasetError(f"data.subset={n} but the dataset has only {size} images; set data.subset to at most {size} (0: all)")
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].tolist()
 
 
 # ----------------------------------------------------------------------------------------------
