@@ -298,3 +298,21 @@ def test_adaptive_probability_resumes_bit_exactly() -> None:
         resumed.load_state_dict({"p": 0.5})
     with pytest.raises(ValueError, match="p in"):
         AdaptiveProbability(images_per_step=64, p=1.5)
+
+
+def test_the_hook_in_a_sagan_step_passes_gradients_to_g_and_d() -> None:
+    from gan.config import ModelConfig
+    from gan.losses import d_hinge, g_hinge, lecam_regularizer
+    from gan.models import Discriminator, Generator
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(z_dim=8, g_width=8, d_width=8, g_attention=[16], d_attention=[16])
+    G, D = Generator(cfg), Discriminator(cfg)
+    augment, rng = DiffAugment("color,translation,cutout"), torch.Generator().manual_seed(0)
+    real, z = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 8)
+    real_logits, fake_logits = D(augment(real, rng)), D(augment(G(z).detach(), rng))  # D step
+    (d_hinge(real_logits, fake_logits) + 0.3 * lecam_regularizer(real_logits, fake_logits, 0.0, 0.0)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.parameters() if p.requires_grad)
+    g_hinge(D(augment(G(z), rng))).backward()  # G step: through the augmentation
+    grads = [p.grad for p in G.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
