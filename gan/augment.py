@@ -183,12 +183,14 @@ class DiffAugment:
         self.p = p
 
     def __call__(self, images: Tensor, rng: torch.Generator) -> Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"DiffAugment expects images (B, C, H, W), got shape {tuple(images.shape)}")
         if not self.ops:
             return images
         draws = draw(self.ops, images.shape, self.p, rng, images.device)
         if self.p <= 0.0:  # the draws above still happen, so the rng advances the same for every p
             return images
-        fmt = torch.channels_last if images.dim() == 4 and _is_channels_last(images) else torch.contiguous_format
+        fmt = torch.channels_last if _is_channels_last(images) else torch.contiguous_format
         return apply(images, draws).contiguous(memory_format=fmt)
 
     def __repr__(self) -> str:

@@ -70,9 +70,16 @@ class LeCamAnchors:
         self.updates = 0
         self.anchors: Tensor | None = None  # (2,) float32: alpha_R, alpha_F
 
-    def update(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Move the anchors towards this batch's mean logits; returns (alpha_R, alpha_F), detached."""
+    def update(
+        self, real_logits: Tensor, fake_logits: Tensor, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Move the anchors towards this batch's mean logits; returns (alpha_R, alpha_F), detached.
+
+        `reduce` averages a tensor over processes (e.g. `lambda t: accelerator.reduce(t, "mean")`), so that
+        every process holds the same anchors."""
         means = torch.stack([real_logits.detach().float().mean(), fake_logits.detach().float().mean()])
+        if reduce is not None:
+            means = reduce(means)
         if self.anchors is None or self.updates < self.start:
             self.anchors = means
         else:

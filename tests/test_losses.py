@@ -92,6 +92,9 @@ def test_lecam_anchors_are_emas_that_copy_until_start():
         a_r, a_f = anchors.update(torch.tensor(real, requires_grad=True), torch.tensor(fake))
         assert (a_r.item(), a_f.item()) == (alpha_r, alpha_f)
         assert not a_r.requires_grad
+    other = torch.tensor([0.25, 1.25])  # another process's batch means
+    a_r, a_f = anchors.update(torch.tensor([1.75]), torch.tensor([0.25]), reduce=lambda t: (t + other) / 2)
+    assert (a_r.item(), a_f.item()) == (0.5 * 1.25 + 0.5 * 1.0, 0.5 * -0.75 + 0.5 * 0.75)
     assert LeCamAnchors().decay == 0.99 and LeCamAnchors().state_dict() == {"anchor_real": None, "anchor_fake": None, "updates": 0}
 
 
