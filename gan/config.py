@@ -64,6 +64,7 @@ class DataConfig:
     split: str = _f("train", "dataset split", ("train", "test", "valid", "all"))
     random_flip: bool = _f(False, "random horizontal flips")
     builtin_size: int = _f(8192, "number of images in the built-in generated dataset")
+    subset: int = _f(0, "train on the first N images of a fixed permutation of the dataset (not seeded by train.seed); 0: all")
     num_workers: int = _f(0, "DataLoader worker processes")
     pin_memory: bool = _f(False, "pin host memory for faster GPU copies")
     persistent_workers: bool = _f(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
@@ -261,6 +262,8 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1")
+    if cfg.data.subset < 0:
+        raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):

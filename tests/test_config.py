@@ -62,6 +62,7 @@ def test_parse_overrides_nests_and_rejects_malformed_words():
         (["model.g_attention=[12]"], "attention resolution 12 is not a feature-map side of a 32x32 model"),
         (["train.batch_size=0"], "config key 'train.batch_size' must be at least 1"),
         (["optim.ema_decay=1.0"], "config key 'optim.ema_decay' must be in [0, 1)"),
+        (["data.subset=-5"], "config key 'data.subset' must be 0 (every image) or a number of images"),
         (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, coherence; got 'pr'"),
     ],
 )
