@@ -4,7 +4,8 @@ PATH is a training checkpoint, a run directory (its latest checkpoint) or a gene
 set is the checkpoint config's training dataset; `key=value` overrides change that config first (e.g.
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
 Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
-`--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md).
+`--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md). With `copy` among the
+metrics, the closest (sample, training image) pairs are drawn into a PNG: --pairs-grid, or beside --json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
+    parser.add_argument("--pairs-grid", default=None, help="with the copy metric: PNG of the closest sample/training pairs (default: beside --json)")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where G and the feature network run")
     parser.add_argument("--seed", type=int, default=0, help="seed of z, labels, KID subsets and IS splits")
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         num = args.num if args.num is not None else cfg.eval.num_samples
 
         start = time.time()
-        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed)
+        pairs = args.pairs_grid or (str(Path(args.json).with_suffix(".pairs.png")) if args.json else None)
+        pairs = pairs if "copy" in metrics else None
+        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed, pairs_grid=pairs)
         result = {
             "checkpoint": str(args.checkpoint),
             "feature_extractor": cfg.eval.feature_extractor,
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "use_ema": not args.no_ema,
             "seed": args.seed,
             **scores,
+            **({"pairs_grid": pairs} if pairs else {}),
             "seconds": round(time.time() - start, 2),
         }
         text = json.dumps(result, indent=2)

@@ -35,6 +35,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from gan.viz import save_image_grid
 
 Features = Tensor | np.ndarray  # (N, D)
+PRC_NEIGHBOURS = 3  # k of the k-NN balls (the paper's and torch-fidelity's default)
 
 
 def _as_2d(features: Features, name: str) -> Tensor:
@@ -44,7 +45,7 @@ def _as_2d(features: Features, name: str) -> Tensor:
     return x
 
 
-def precision_recall(generated: Features, real: Features, k: int = 3, batch_size: int = 10000) -> dict[str, float]:
+def precision_recall(generated: Features, real: Features, k: int = PRC_NEIGHBOURS, batch_size: int = 10000) -> dict[str, float]:
     """Improved precision and recall (k-NN balls) and their F-score, as torch-fidelity's `prc` computes them."""
     gen, ref = _as_2d(generated, "generated"), _as_2d(real, "real")
     if gen.shape[1] != ref.shape[1] or min(len(gen), len(ref)) <= k:
@@ -76,13 +77,22 @@ def nearest_neighbours(
     return torch.cat(distances), torch.cat(indices)
 
 
-def copy_fraction(generated: Features, train: Features, quantile: float = 0.05) -> dict[str, float]:
-    """Fraction of samples closer to a training feature than the `quantile` of train-to-nearest-other distances."""
+def copy_threshold(train: Features, quantile: float = 0.05) -> float:
+    """The `quantile` of train-to-nearest-other-train distances (M^2 * D work: cache it for large M)."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    d_gen, _ = nearest_neighbours(generated, train)
     d_train, _ = nearest_neighbours(train, train, exclude_self=True)
-    threshold = torch.quantile(d_train, quantile).item()  # linear interpolation, as numpy's default
+    return torch.quantile(d_train, quantile).item()  # linear interpolation, as numpy's default
+
+
+def copy_fraction(
+    generated: Features, train: Features, quantile: float = 0.05, threshold: float | None = None
+) -> dict[str, float]:
+    """Fraction of samples closer to a training feature than the `quantile` of train-to-nearest-other distances
+    (`threshold`: that distance, computed earlier by `copy_threshold(train, quantile)`)."""
+    if threshold is None:
+        threshold = copy_threshold(train, quantile)
+    d_gen, _ = nearest_neighbours(generated, train)
     return {
         "copy_fraction": (d_gen < threshold).double().mean().item(),
         "copy_threshold": threshold,

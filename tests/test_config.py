@@ -66,7 +66,7 @@ def test_parse_overrides_nests_and_rejects_malformed_words():
         (["train.ada_target=1.5"], "config key 'train.ada_target' must be in [0, 1]"),
         (["optim.lecam=-1"], "config key 'optim.lecam' must be 0 (off) or a positive weight"),
         (["data.subset=-5"], "config key 'data.subset' must be 0 (every image) or a number of images"),
-        (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, coherence; got 'pr'"),
+        (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, prc, copy, coherence; got 'pr'"),
     ],
 )
 def test_errors_are_one_line_naming_the_key(words, message):
