@@ -52,7 +52,9 @@ def parse_list(text: str, choices, what: str, cast=str) -> list:
     return list(dict.fromkeys(items))
 
 
-def run(sizes: list[int], methods: list[str], seeds: list[int], out: Path, jobs: int, num_samples: int, extra: list[str]) -> None:
+def run(
+    sizes: list[int], methods: list[str], seeds: list[int], out: Path, jobs: int, num_samples: int, extra: list[str]
+) -> None:
     if "none" not in methods:
         raise ExperimentError("--methods must include 'none', the control of every size")
     experiment.run_all(CONFIG, arms_for(sizes, methods), seeds, out, jobs, extra, num_samples, MANIFEST,
@@ -87,7 +89,11 @@ def report(out: Path, path: Path) -> str:
         "Fashion-MNIST classifier features (not FID) against the full 60,000 training images; precision / recall "
         "(k = 3) against a fixed sample of as many of them; copy fraction = share of samples nearer a training-subset "
         "image than 95% of those images are to each other (about 0.05 for a model that does not copy)."
-        + (f" Overrides for every arm: `{' '.join(manifest['extra_overrides'])}`." if manifest["extra_overrides"] else ""),
+        + (
+            f" Overrides for every arm: `{' '.join(manifest['extra_overrides'])}`."
+            if manifest["extra_overrides"]
+            else ""
+        ),
         "",
         "```bash",
         *(call["command"] for call in reversed(found["calls"])),
@@ -132,14 +138,18 @@ def report(out: Path, path: Path) -> str:
             for src, tag in ((run_dir / "samples.png", "samples"), (run_dir / "closest_pairs.png", "pairs")):
                 if src.is_file():
                     shutil.copyfile(src, figures / f"{size_name(n)}-{m}-{tag}.png")
-            lines.append(f"- {n or 60000} images, `{m}`: ![samples]({figures.name}/{size_name(n)}-{m}-samples.png) "
-                         f"![closest pairs: sample, then its nearest training image]({figures.name}/{size_name(n)}-{m}-pairs.png)")
+            lines.append(
+                f"- {n or 60000} images, `{m}`: ![samples]({figures.name}/{size_name(n)}-{m}-samples.png) "
+                f"![closest pairs: sample, then its nearest training image]({figures.name}/{size_name(n)}-{m}-pairs.png)"
+            )
     helped = [v for v in verdicts if v[4] == "helped"]
     hurt = [v for v in verdicts if v[4] == "hurt"]
     lines += ["", f"Of {len(verdicts)} (size, method, metric) cells, {len(helped)} helped and {len(hurt)} hurt beyond the seed "
               "spread; the rest are within it.", ""]  # fmt: skip
     for n, m, label, c, v in helped + hurt:
-        lines.append(f"- {n or 60000} images, `{m}`, {label}: {v} (diff {c.diff:+.3g}, pooled std {c.pooled_std:.2g}, Welch t {c.welch_t:+.2f})")
+        lines.append(
+            f"- {n or 60000} images, `{m}`, {label}: {v} (diff {c.diff:+.3g}, pooled std {c.pooled_std:.2g}, Welch t {c.welch_t:+.2f})"
+        )
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -150,12 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train and score every (size, method, seed), reusing finished runs")
     p_run.add_argument("--sizes", default="1000,5000,0", help="data.subset values (0: all 60,000)")
-    p_run.add_argument("--methods", default="none,diffaug,diffaug_lecam", help=f"comma-separated, from {', '.join(METHODS)}")
+    p_run.add_argument(
+        "--methods", default="none,diffaug,diffaug_lecam", help=f"comma-separated, from {', '.join(METHODS)}"
+    )
     p_run.add_argument("--seeds", default="0,1,2")
     p_run.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p_run.add_argument("--num-samples", type=int, default=1000, help="generated images per evaluation")
     p_run.add_argument("--out", type=Path, default=Path("runs/data_efficient"))
-    p_run.add_argument("overrides", nargs="*", help="config overrides for every arm (e.g. data.root=DIR, train.steps=2)")
+    p_run.add_argument(
+        "overrides", nargs="*", help="config overrides for every arm (e.g. data.root=DIR, train.steps=2)"
+    )
     p_rep = sub.add_parser("report", help="write the Markdown report from a finished `run`")
     p_rep.add_argument("out", type=Path)
     p_rep.add_argument("--report", type=Path, default=Path("docs/data_efficient.md"))

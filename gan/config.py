@@ -20,7 +20,6 @@ import yaml
 from gan.errors import UserError
 from gan.registry import DATASETS, METRICS
 
-
 # DiffAugment's policy names (gan/augment.py's POLICIES; kept here so the config loads without torch; a test checks).
 AUGMENT_POLICIES = ("color", "translation", "cutout")
 
