@@ -163,13 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument(
         "--methods", default="none,diffaug,diffaug_lecam", help=f"comma-separated, from {', '.join(METHODS)}"
     )
-    p_run.add_argument("--seeds", default="0,1,2")
-    p_run.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    p_run.add_argument("--num-samples", type=int, default=1000, help="generated images per evaluation")
-    p_run.add_argument("--out", type=Path, default=Path("runs/data_efficient"))
-    p_run.add_argument(
-        "overrides", nargs="*", help="config overrides for every arm (e.g. data.root=DIR, train.steps=2)"
-    )
+    experiment.add_run_arguments(p_run, "runs/data_efficient", 1000, "arm")
     p_rep = sub.add_parser("report", help="write the Markdown report from a finished `run`")
     p_rep.add_argument("out", type=Path)
     p_rep.add_argument("--report", type=Path, default=Path("docs/data_efficient.md"))

@@ -71,6 +71,15 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, num_samples: int, what: str) -> None:
+    """The `run` arguments every experiment script shares: --seeds, --jobs, --num-samples, --out, overrides."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="generated images per evaluation")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("overrides", nargs="*", help=f"config overrides for every {what} (e.g. train.steps=2 for a smoke test)")
+
+
 def command_line(module: str) -> str:
     """How this process was started, as a command to paste: `python -m module args...`."""
     return " ".join(["python", "-m", module, *sys.argv[1:]])
