@@ -13,6 +13,7 @@ precision / recall against a fixed sample of it, and the copy fraction against t
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def report(out: Path, path: Path) -> str:
     from benchmarks.common import machine_line
     from gan.config import load_config
 
-    found = experiment.collect(out, MANIFEST, f"{size_name(SIZES[0])}-none", "python -m benchmarks.data_efficient run")
+    arms = json.loads((out / MANIFEST).read_text())["arms"] if (out / MANIFEST).is_file() else []
+    control = next((a for a in arms if a.endswith("-none")), f"{size_name(SIZES[0])}-none")  # the first size's
+    found = experiment.collect(out, MANIFEST, control, "python -m benchmarks.data_efficient run")
     manifest, runs = found["manifest"], found["runs"]
     cfg = load_config(manifest["config"], manifest["extra_overrides"])
     sizes = [n for n in SIZES if f"{size_name(n)}-none" in runs]
