@@ -4,7 +4,8 @@ PATH is a training checkpoint, a run directory (its latest checkpoint), a genera
 set is the checkpoint config's training dataset; `key=value` overrides change that config first (e.g.
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
 Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
-`--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md).
+`--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md). With `copy` among the
+metrics, the closest (sample, training image) pairs are drawn into a PNG: --pairs-grid, or beside --json.
 Scores from the fashion classifier mean something only on Fashion-MNIST-like data: on other datasets it
 refuses unless --allow-out-of-domain.
 """
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics",
         default=None,
-        help="comma-separated names from gan/registry.py: fid,isc,kid,coherence,... (default: eval.metrics)",
+        help="comma-separated names from gan/registry.py: fid,isc,kid,prc,copy,coherence (default: eval.metrics)",
     )
     parser.add_argument("--inception-weights", default=None, help="path to weights-inception-2015-12-05-6726825d.pth")
     parser.add_argument("--feature-extractor", choices=("inception", "fashion_classifier"), default=None)
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         help="score with fashion_classifier on a dataset other than Fashion-MNIST (a generic distance, not a quality score)",
     )
     parser.add_argument("--json", default=None, help="also write the JSON object to this file")
+    parser.add_argument(
+        "--pairs-grid",
+        default=None,
+        help="with the copy metric: PNG of the closest sample/training pairs (default: beside --json)",
+    )
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw generator, not its EMA weights")
     parser.add_argument(
         "--device",
@@ -80,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.feature_extractor is not None:
             cfg.eval.feature_extractor = args.feature_extractor
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else cfg.eval.metrics
-        uses_features = any(
-            "features" in METRICS[m].needs for m in metrics if m in METRICS
-        )  # unknown names: evaluate() says
+        uses_features = any("features" in METRICS[m].needs for m in metrics if m in METRICS)  # unknown: evaluate() says
         if (
             cfg.eval.feature_extractor == "fashion_classifier"
             and uses_features
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         num = args.num if args.num is not None else cfg.eval.num_samples
 
         start = time.time()
-        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed)
+        pairs = args.pairs_grid or (str(Path(args.json).with_suffix(".pairs.png")) if args.json else None)
+        pairs = pairs if "copy" in metrics else None
+        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed, pairs_grid=pairs)
         result = {
             "checkpoint": str(args.checkpoint),
             "feature_extractor": cfg.eval.feature_extractor,
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             "use_ema": not args.no_ema,
             "seed": args.seed,
             **scores,
+            **({"pairs_grid": pairs} if pairs else {}),
             "seconds": round(time.time() - start, 2),
         }
         text = json.dumps(result, indent=2)

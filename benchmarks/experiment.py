@@ -71,6 +71,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, num_samples: int, what: str) -> None:
+    """The `run` arguments every experiment script shares: --seeds, --jobs, --num-samples, --out, overrides."""
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="generated images per evaluation")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument(
+        "overrides", nargs="*", help=f"config overrides for every {what} (e.g. train.steps=2 for a smoke test)"
+    )
+
+
 def command_line(module: str) -> str:
     """How this process was started, as a command to paste: `python -m module args...`."""
     return " ".join(["python", "-m", module, *sys.argv[1:]])
@@ -198,18 +209,25 @@ def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[s
     return seconds
 
 
-def evaluate_one(run_dir: Path, num_samples: int) -> float:
-    """Evaluate run_dir in a subprocess unless ablation_eval.json already holds it for num_samples; seconds spent."""
+def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -> float:
+    """Evaluate run_dir in a subprocess unless ablation_eval.json already holds it for num_samples (and the
+    extra feature `metrics`, e.g. prc, copy); seconds spent."""
     done = run_dir / "ablation_eval.json"
-    if done.is_file() and json.loads(done.read_text()).get("num_samples") == num_samples:
-        return 0.0
+    if done.is_file():
+        old = json.loads(done.read_text())
+        if old.get("num_samples") == num_samples and old.get("metrics", []) == list(metrics):
+            return 0.0
     cmd = [sys.executable, "-m", "benchmarks.experiment", "evaluate", str(run_dir), "--num-samples", str(num_samples)]
+    if metrics:
+        cmd += ["--metrics", ",".join(metrics)]
     return _subprocess(cmd, run_dir / "eval.log", f"evaluating {run_dir}")
 
 
 def run_all(config: str, arms: Sequence[ArmLike], seeds: list[int], out: Path, jobs: int, extra: list[str],
-            num_samples: int | None, manifest: str, command: str) -> dict[str, Any]:  # fmt: skip
-    """Train and evaluate every (arm, seed) not already done; write OUT/<manifest> (keeping earlier calls')."""
+            num_samples: int | None, manifest: str, command: str, metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate every (arm, seed) not already done; write OUT/<manifest> (keeping earlier calls').
+
+    `metrics`: registry metrics scored in the classifier features besides FCD (e.g. prc, copy)."""
     from gan.config import load_config  # checks the config and every arm's overrides before anything runs
     from gan.data import build_dataset
 
@@ -228,7 +246,7 @@ def run_all(config: str, arms: Sequence[ArmLike], seeds: list[int], out: Path, j
         arm, seed = pair
         rd = run_dir_of(out, arm.name, seed)
         t = train_one(config, arm, seed, rd, extra)
-        e = evaluate_one(rd, num_samples)
+        e = evaluate_one(rd, num_samples, metrics)
         print(f"{arm.name} seed {seed}: trained {t:.0f} s, evaluated {e:.0f} s", flush=True)
 
     # Seeds outermost: if the budget runs out, every arm has the same seeds done.
@@ -300,12 +318,12 @@ def parameter_counts(model_cfg: Any) -> dict[str, int]:
     return counts
 
 
-def evaluate_run(run_dir: Path, num_samples: int) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Scores, parameter counts and figures of a finished run (its final EMA G and its D); writes ablation_eval.json.
 
     Scores: every registered metric defined on the run's dataset without a feature network (the coherence
     score on the built-in dataset), and the Frechet classifier distance `fcd` (registry `fid` under the
-    Fashion-MNIST classifier features; not FID)."""
+    Fashion-MNIST classifier features; not FID), plus the registry `metrics` asked for (same features, same samples)."""
     import torch
 
     from gan import registry, viz
@@ -319,7 +337,7 @@ def evaluate_run(run_dir: Path, num_samples: int) -> dict[str, Any]:
     G, cfg = load_generator(run_dir / "generator")
     D, _, step = load_discriminator(run_dir)
     result: dict[str, Any] = {"num_samples": num_samples, "step": step, "dataset": cfg.data.dataset,
-                              "params": parameter_counts(cfg.model)}  # fmt: skip
+                              "params": parameter_counts(cfg.model), "metrics": list(metrics)}  # fmt: skip
     own = [
         n for n, m in registry.METRICS.items() if "features" not in m.needs and cfg.data.dataset in (m.datasets or ())
     ]
@@ -329,6 +347,9 @@ def evaluate_run(run_dir: Path, num_samples: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     with _file_lock(cache_root(cfg) / "ablation.lock"):
         scores = registry.evaluate(G, cfg, ["fid"], num_samples=num_samples, seed=SAMPLE_SEED)
+        if metrics:
+            result.update(registry.evaluate(G, cfg, list(metrics), num_samples=num_samples, seed=SAMPLE_SEED,
+                                            pairs_grid=run_dir / "ablation" / "closest_pairs.png"))  # fmt: skip
     result["fcd"] = scores[registry.result_key("fid", "fashion_classifier")]
     result["fcd_seconds"] = time.perf_counter() - t0
 
@@ -353,9 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("evaluate", help="scores and figures of one finished run directory")
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--num-samples", type=int, required=True)
+    p_eval.add_argument("--metrics", default="", help="comma-separated registry metrics besides FCD (e.g. prc,copy)")
     args = parser.parse_args(argv)
     with fail_cleanly():
-        evaluate_run(Path(args.run_dir), args.num_samples)
+        evaluate_run(Path(args.run_dir), args.num_samples, [m for m in args.metrics.split(",") if m])
         return 0
     return 2
 

@@ -167,13 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train and score every (mode, seed), reusing finished runs")
     p_run.add_argument("--modes", default="fp32,fast,bf16", help=f"comma-separated, from {', '.join(MODES)}")
-    p_run.add_argument("--seeds", default="0,1,2")
-    p_run.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    p_run.add_argument("--num-samples", type=int, default=2000, help="generated images per FCD")
-    p_run.add_argument("--out", type=Path, default=Path("runs/fast_mode_quality"))
-    p_run.add_argument(
-        "overrides", nargs="*", help="config overrides for every mode (e.g. train.steps=2 for a smoke test)"
-    )
+    experiment.add_run_arguments(p_run, "runs/fast_mode_quality", 2000, "mode")
     p_rep = sub.add_parser("report", help="write the Markdown report from a finished `run`")
     p_rep.add_argument("out", type=Path)
     p_rep.add_argument("--report", type=Path, default=Path("docs/fast_mode_quality.md"))

@@ -20,6 +20,9 @@ import yaml
 from gan.errors import UserError
 from gan.registry import DATASETS, METRICS
 
+# DiffAugment's policy names (gan/augment.py's POLICIES; kept here so the config loads without torch; a test checks).
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+
 
 class ConfigError(UserError, ValueError):
     """A user-caused configuration problem; its message is one line that says what to do."""
@@ -66,6 +69,9 @@ class DataConfig:
     split: str = _f("train", "dataset split", ("train", "test", "valid", "all"))
     random_flip: bool = _f(False, "random horizontal flips")
     builtin_size: int = _f(8192, "number of images in the built-in generated dataset")
+    subset: int = _f(
+        0, "train on the first N images of a fixed permutation of the dataset (not seeded by train.seed); 0: all"
+    )
     num_workers: int = _f(0, "DataLoader worker processes")
     pin_memory: bool = _f(False, "pin host memory for faster GPU copies")
     persistent_workers: bool = _f(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
@@ -83,6 +89,10 @@ class OptimConfig:
     grad_accum: int = _f(1, "micro-batches accumulated into one optimiser step")
     ema_decay: float = _f(0.9999, "decay of the EMA generator weights (0 disables EMA)")
     ema_start: int = _f(0, "generator step at which the EMA starts tracking (copies weights until then)")
+    lecam: float = _f(
+        0.0, "weight of LeCam's regulariser on D (anchors: EMAs of D's mean real / fake output); 0 disables"
+    )
+    lecam_decay: float = _f(0.99, "decay of the LeCam anchors' EMA")
 
 
 @dataclass
@@ -100,6 +110,17 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile G and D")
     progress: bool = _f(True, "show a progress bar")
     threads: int = _f(0, "CPU threads for torch ops (0: automatic; see docs/benchmarks.md, Threads)")
+    augment: str = _f(
+        "", f"DiffAugment policies on every image D sees, a comma list of {', '.join(AUGMENT_POLICIES)}; empty: none"
+    )
+    augment_p: float = _f(
+        1.0, "probability of each augmentation op per image, fixed (ADA, train.ada_target > 0, starts at 0 instead)"
+    )
+    ada_target: float = _f(
+        0.0, "ADA's target for E[sign(D(real))] steering the probability (e.g. 0.6); 0: fixed train.augment_p"
+    )
+    ada_interval: int = _f(4, "D steps between ADA's adjustments of the probability")
+    ada_speed_images: int = _f(500_000, "real images over which ADA can move the probability from 0 to 1")
 
 
 @dataclass
@@ -266,12 +287,34 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be at least 1")
     if cfg.train.threads < 0:
         raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
+    if cfg.data.subset < 0:
+        raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
+    _validate_augmentation(cfg)
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):
         for metric in names:
             if metric not in METRICS:
                 raise ConfigError(f"config key '{key}' accepts {', '.join(METRICS)}; got {metric!r}")
+
+
+def _validate_augmentation(cfg: Config) -> None:
+    t, o = cfg.train, cfg.optim
+    unknown = [n for n in (p.strip() for p in t.augment.split(",")) if n and n not in AUGMENT_POLICIES]
+    if unknown:
+        raise ConfigError(
+            f"config key 'train.augment' accepts a comma list of {', '.join(AUGMENT_POLICIES)} (empty: none); got {unknown[0]!r}"
+        )
+    for key, value in (("train.augment_p", t.augment_p), ("train.ada_target", t.ada_target)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1]")
+    for key, value in (("train.ada_interval", t.ada_interval), ("train.ada_speed_images", t.ada_speed_images)):
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1")
+    if o.lecam < 0:
+        raise ConfigError("config key 'optim.lecam' must be 0 (off) or a positive weight")
+    if not 0.0 <= o.lecam_decay < 1.0:
+        raise ConfigError("config key 'optim.lecam_decay' must be in [0, 1)")
 
 
 def to_dict(cfg: Config) -> dict:

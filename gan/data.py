@@ -19,6 +19,8 @@ Sources (data.dataset; each one entry of gan/registry.py's DATASETS, built by th
                  that fail are skipped and counted in one line on stderr); resize the shorter side to R, then
                  centre crop.
 - builtin:       `gan.synthetic.CoherenceDataset`, generated on the fly, no files needed.
+data.subset = N keeps the first N images of one fixed permutation of the source (see `subset_indices`), so
+subsets are nested (the 1,000 are among the 5,000) and the same for every train.seed.
 Grayscale, palette and alpha images are converted (alpha composited onto white) to RGB, or to L when
 model.image_channels == 1; RGB sources replicate gray to three channels.
 
@@ -37,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -55,6 +58,7 @@ class DatasetError(UserError, ValueError):
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # from `apt-get install dataset-fashion-mnist`
+SUBSET_SEED = 314_159  # seed of data.subset's permutation: a constant, so the subset never follows train.seed
 CELEBA_CROP = 108  # side of the centre crop taken from the 178x218 aligned CelebA images before resizing
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on bad files
 
@@ -82,7 +86,21 @@ def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImage
         raise DatasetError(f"dataset '{name}' has no '{data_cfg.split}' split; set data.split to one of {choices}")
     r, c = model_cfg.resolution, model_cfg.image_channels
     source = resolve(entry.build)(data_cfg, r, c)
+    if data_cfg.subset:
+        source = Subset(source, subset_indices(len(source), data_cfg.subset))  # type: ignore[arg-type]
     return TrainingImages(source, name=name, num_classes=classes, resolution=r, channels=c)
+
+
+def subset_indices(size: int, n: int) -> list[int]:
+    """The first n of torch.randperm(size) drawn from a generator seeded with SUBSET_SEED. Raises DatasetError.
+
+    The permutation is torch's: torch does not promise the same stream across versions, so a recorded
+    experiment names its torch version (or stores these indices)."""
+    if n > size:
+        raise DatasetError(
+            f"data.subset={n} but the dataset has only {size} images; set data.subset to at most {size} (0: all)"
+        )
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:n].tolist()
 
 
 # The registry's builders: (data_cfg, resolution, channels) -> Dataset of (image, label or None).

@@ -44,6 +44,9 @@ INCEPTION_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inceptio
 METRICS = ("fid", "isc", "kid")  # torch-fidelity's flags
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the number of images when there are fewer
 ISC_SPLITS = 10  # torch-fidelity's default, lowered to keep at least 2 images per split
+PRC_REAL_SEED = 271_828  # the fixed sample of real images that precision/recall compares with
+COPY_QUANTILE = 0.05  # gan/memorisation.py's copy_fraction quantile
+PAIRS_IN_GRID = 16  # closest (sample, training image) pairs in evaluate.py's grid
 REFERENCE_CACHE_VERSION = 1  # bump when the reference pipeline changes meaning, to orphan old caches
 
 # cfg.eval.feature_extractor -> torch-fidelity extractor name (its keys are renamed by registry.CLASSIFIER_KEYS).
@@ -175,10 +178,14 @@ class GeneratorSource(GenerativeModelBase):
 
 
 class ReferenceImages(Dataset):
-    """The training dataset as uint8 (3, R, R) tensors; built on first use, so a cache hit never builds it."""
+    """The training dataset as uint8 (3, R, R) tensors; built on first use, so a cache hit never builds it.
 
-    def __init__(self, cfg: Config) -> None:
-        self.data_cfg = dataclasses.replace(cfg.data, random_flip=False)  # the reference is the data itself
+    The whole dataset, without flips, whatever data.subset says (FID/FCD and precision/recall compare with the
+    data distribution, and share one cache however many images a run trained on); `subset=True` keeps
+    data.subset: the images the model saw, for the copy check."""
+
+    def __init__(self, cfg: Config, subset: bool = False) -> None:
+        self.data_cfg = dataclasses.replace(cfg.data, random_flip=False, subset=cfg.data.subset if subset else 0)
         self.model_cfg = cfg.model
         self._dataset: Dataset | None = None
 
@@ -196,11 +203,14 @@ class ReferenceImages(Dataset):
         return to_uint8(image[None])[0]  # (3, R, R)
 
 
-def reference_cache_name(cfg: Config, weights_sha256: str) -> str:
-    """torch-fidelity's input2_cache_name: one per dataset, split, resolution, channels and feature weights."""
+def reference_cache_name(cfg: Config, weights_sha256: str, subset: bool = False) -> str:
+    """torch-fidelity's input2_cache_name: one per dataset, split, resolution, channels and feature weights
+    (and data.subset for `ReferenceImages(cfg, subset=True)`; the full set keeps its old name)."""
     d, m = cfg.data, cfg.model
     identity = {"version": REFERENCE_CACHE_VERSION, "dataset": d.dataset, "split": d.split,
                 "resolution": m.resolution, "channels": m.image_channels}  # fmt: skip
+    if subset and d.subset:
+        identity["subset"] = d.subset
     if d.dataset == "builtin":
         identity["builtin_size"] = d.builtin_size
     if d.dataset == "folder":
@@ -284,4 +294,80 @@ def compute_metrics(
 
 def fidelity_scores(generator: nn.Module, cfg: Config, names: list[str], **kwargs) -> dict[str, float]:
     """The registry's entry for fid, isc and kid (gan/registry.py): one torch-fidelity call for all of them."""
+    kwargs.pop("pairs_grid", None)  # the copy metric's option
     return compute_metrics(generator, cfg, metrics=names, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Precision / recall and the copy check (gan/memorisation.py) on the same features
+
+
+def memorisation_scores(
+    generator: nn.Module,
+    cfg: Config,
+    names: list[str],
+    *,
+    num_samples: int,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    inception_sha256: str | None = INCEPTION_SHA256,
+    verbose: bool = False,
+    pairs_grid: str | Path | None = None,
+) -> dict[str, float]:
+    """The registry's `prc` and `copy`: `num_samples` generated images (gan.runtime.sample_images, fixed by `seed`)
+    in the FID feature space of cfg.eval.feature_extractor.
+
+    prc: precision / recall / f_score against a fixed sample (PRC_REAL_SEED) of `num_samples` images of the full
+    training set. copy: copy_fraction against every image of the training subset (data.subset), the
+    train-to-train threshold cached beside the features. `pairs_grid`: also write the closest pairs there (PNG)."""
+    from gan import memorisation
+    from gan.runtime import sample_images
+
+    if num_samples <= memorisation.PRC_NEIGHBOURS:
+        raise MetricsError(
+            f"prc/copy need more than {memorisation.PRC_NEIGHBOURS} generated images; got num_samples={num_samples}"
+        )
+    weights = _extractor_weights(cfg, inception_sha256)
+    cuda = torch.device(device).type == "cuda"
+    name = _FIDELITY_NAMES[cfg.eval.feature_extractor]
+    layer = torch_fidelity.utils.resolve_feature_layer_for_metric("prc", feature_extractor=name)
+    extractor = torch_fidelity.utils.create_feature_extractor(
+        name, [layer], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=verbose
+    )
+    images = sample_images(generator, num_samples, seed)  # (N, C, R, R) in [-1, 1], CPU
+    with torch.no_grad():
+        generated = torch.cat([
+            extractor.convert_features_tuple_to_dict(extractor(to_uint8(chunk).to("cuda" if cuda else "cpu")))[layer].cpu()
+            for chunk in images.split(cfg.eval.batch_size)
+        ])  # fmt: skip
+    sha = file_sha256(weights)
+    options = {"batch_size": cfg.eval.batch_size, "cuda": cuda, "save_cpu_ram": True, "verbose": verbose,
+               "cache_root": str(cache_root(cfg))}  # fmt: skip
+
+    def reference(subset: bool) -> tuple[Tensor, str]:
+        cache_name = reference_cache_name(cfg, sha, subset=subset)
+        features = torch_fidelity.utils.extract_featuresdict_from_input_id_cached(
+            1, extractor, input1=ReferenceImages(cfg, subset=subset), input1_cache_name=cache_name, **options
+        )[layer]
+        return features, cache_name
+
+    scores: dict[str, float] = {}
+    if "prc" in names:
+        real, _ = reference(subset=False)
+        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(PRC_REAL_SEED))[:num_samples]
+        scores.update(memorisation.precision_recall(generated, real[pick]))
+    if "copy" in names:
+        train, cache_name = reference(subset=True)
+        threshold_file = cache_root(cfg) / f"{cache_name}-{name}-copy-threshold-q{COPY_QUANTILE}.json"
+        if threshold_file.is_file():
+            threshold = json.loads(threshold_file.read_text())["threshold"]
+        else:
+            threshold = memorisation.copy_threshold(train, COPY_QUANTILE)
+            threshold_file.write_text(json.dumps({"threshold": threshold}))
+        scores.update(memorisation.copy_fraction(generated, train, threshold=threshold))
+        if pairs_grid is not None:
+            order, nearest, _ = memorisation.closest_pairs(generated, train, k=min(PAIRS_IN_GRID, num_samples))
+            reference_images = ReferenceImages(cfg, subset=True).dataset
+            neighbours = torch.stack([reference_images[int(i)][0] for i in nearest])
+            memorisation.save_pairs_grid(images[order], neighbours.to(images.dtype), pairs_grid)
+    return scores

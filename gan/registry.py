@@ -96,6 +96,10 @@ METRICS: dict[str, MetricEntry] = {
                        "Inception Score (torch-fidelity)"),
     "kid": MetricEntry(FIDELITY, "kernel_inception_distance_mean", "lower", ("generator", "reference", "features"),
                        None, "Kernel Inception Distance (torch-fidelity)"),
+    "prc": MetricEntry("gan.metrics:memorisation_scores", "precision", "higher", ("generator", "reference", "features"),
+                       None, "precision (and recall, f_score) of k-NN balls against a fixed sample of the full training set"),
+    "copy": MetricEntry("gan.metrics:memorisation_scores", "copy_fraction", "lower", ("generator", "reference", "features"),
+                        None, "fraction of samples nearer a training-subset image than 95% of training images are to each other"),
     "coherence": MetricEntry("gan.synthetic:coherence_scores", "coherence", "higher", ("generator",), ("builtin",),
                              "mirrored-object coherence of the built-in dataset (docs/coherence.md)"),
 }  # fmt: skip

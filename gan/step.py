@@ -8,6 +8,12 @@ Augmentation hook: `Parts.augment(images, rng) -> images` is applied to every im
 fake together in the D step, the fakes in the G step, where gradients flow through it into G), with `rng` the
 step's checkpointed per-process generator, so an augmented run resumes bit-exactly. The default,
 `no_augment`, returns its input and draws nothing (the pattern of EDM's `augment_pipe`).
+
+From the config (`augmentation`): `train.augment` builds a `DiffAugment` (gan/augment.py) with probability
+`train.augment_p`, or, with `train.ada_target > 0`, one whose p is steered by ADA's `AdaptiveProbability` from 0
+(observing D's real logits of every micro-batch, adjusting after each D optimiser step). `optim.lecam > 0` adds
+LeCam's regulariser to D's loss with anchors (`LeCamAnchors`) averaged over processes. With `train.augment=""`
+and `optim.lecam=0` the step is exactly the plain one (no extra draws, no extra terms).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
+from gan.augment import AdaptiveProbability, DiffAugment
 from gan.config import Config
 from gan.ema import EMA
-from gan.losses import LOSSES
+from gan.losses import LOSSES, LeCamAnchors, lecam_regularizer
 from gan.models import Discriminator, Generator
 
 PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,9 +65,25 @@ class Parts:
     scaler_d: torch.amp.GradScaler
     rng: torch.Generator  # z, fake labels and augmentation draws of this process
     augment: Augment = no_augment
+    ada: AdaptiveProbability | None = None  # steers augment.p (train.ada_target > 0)
+    lecam: LeCamAnchors | None = None  # optim.lecam > 0
 
 
-def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment = no_augment) -> Parts:
+def augmentation(cfg: Config, world_size: int) -> tuple[Augment, AdaptiveProbability | None]:
+    """The hook and ADA's controller that the config asks for: (no_augment, None) with train.augment empty."""
+    t = cfg.train
+    if not t.augment.strip():
+        return no_augment, None
+    if t.ada_target <= 0:
+        return DiffAugment(t.augment, t.augment_p), None
+    images_per_step = t.batch_size * cfg.optim.grad_accum * world_size  # real images of one D step
+    ada = AdaptiveProbability(images_per_step, target=t.ada_target, interval=t.ada_interval,
+                              speed_images=t.ada_speed_images, p=0.0)  # fmt: skip
+    return DiffAugment(t.augment, ada.p), ada
+
+
+def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment | None = None) -> Parts:
+    """G, D, optimisers, EMA and the step's generator; `augment` overrides the config's augmentation (tests)."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
     G_raw, D_raw = Generator(cfg.model), Discriminator(cfg.model)
     G_raw.to(accelerator.device)
@@ -76,6 +99,9 @@ def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment = no_aug
     fp16 = cfg.train.mixed_precision == "fp16"
     device_type = accelerator.device.type
     rng = torch.Generator(accelerator.device).manual_seed(cfg.train.seed * 1009 + accelerator.process_index)
+    ada = None
+    if augment is None:
+        augment, ada = augmentation(cfg, accelerator.num_processes)
     return Parts(
         G=G,
         D=D,
@@ -90,6 +116,8 @@ def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment = no_aug
         scaler_d=torch.amp.GradScaler(device_type, enabled=fp16),
         rng=rng,
         augment=augment,
+        ada=ada,
+        lecam=LeCamAnchors(o.lecam_decay) if o.lecam > 0 else None,
     )
 
 
@@ -126,6 +154,12 @@ class _Step:
             y = torch.randint(self.cfg.model.num_classes, (self.n,), device=self.device, generator=self.parts.rng)
         return z, y
 
+    def sum_over_processes(self, t: Tensor) -> Tensor:
+        return self.accelerator.reduce(t, "sum") if self.accelerator.num_processes > 1 else t
+
+    def mean_over_processes(self, t: Tensor) -> Tensor:
+        return self.accelerator.reduce(t, "mean") if self.accelerator.num_processes > 1 else t
+
     def backward(self, scaler: torch.amp.GradScaler, loss: Tensor) -> None:
         scaler.scale(loss / self.accum).backward()
 
@@ -153,9 +187,19 @@ def d_step(s: _Step, batches: Iterator) -> tuple[dict[str, Tensor], tuple[Tensor
             logits = parts.D(both, labels).float()
             real_logits, fake_logits = logits[: s.n], logits[s.n :]
             loss_d = s.d_loss(real_logits, fake_logits)
+            if parts.lecam is not None:
+                anchors = parts.lecam.update(real_logits, fake_logits, reduce=s.mean_over_processes)
+                lecam = lecam_regularizer(real_logits, fake_logits, *anchors)
+                loss_d = loss_d + s.cfg.optim.lecam * lecam
+        if parts.ada is not None:
+            parts.ada.observe(real_logits)
         s.backward(parts.scaler_d, loss_d)
     _optimizer_step(parts.scaler_d, parts.opt_d)
     stats = {"loss_d": loss_d.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+    if parts.lecam is not None:
+        stats["lecam"] = lecam.detach()
+    if parts.ada is not None:
+        parts.augment.p = parts.ada.step(reduce=s.sum_over_processes)  # type: ignore[attr-defined]
     return stats, (x, y_real)
 
 
@@ -187,4 +231,6 @@ def train_step(
     stats.update(g_step(s))
     if parts.ema:
         parts.ema.update(parts.G_raw, step)
+    if parts.ada is not None:
+        stats["augment_p"] = torch.tensor(parts.ada.p)
     return stats, batch

@@ -74,6 +74,10 @@ def training_state(parts: Parts, accelerator: Accelerator, consumed: int, best: 
         "rng": rng_all,
         "replica_checksums": gather_object([checksum]),
         "best": best,
+        # ADA's unfinished-interval statistics are per process (reduced only at an adjustment); LeCam's anchors
+        # are the same everywhere (averaged over processes). Plain numbers: they land in meta.json.
+        "ada": gather_object([parts.ada.state_dict()]) if parts.ada else None,
+        "lecam": parts.lecam.state_dict() if parts.lecam else None,
     }
 
 
@@ -87,6 +91,12 @@ def restore(parts: Parts, state: dict[str, Any], accelerator: Accelerator, where
     for name in ("scaler_g", "scaler_d"):
         if state[name]:
             getattr(parts, name).load_state_dict(state[name])
+    if parts.lecam is not None and state.get("lecam"):  # .get: checkpoints from before LeCam load too
+        parts.lecam.load_state_dict(state["lecam"])
+    if parts.ada is not None and state.get("ada"):
+        ada_states = state["ada"]
+        parts.ada.load_state_dict(ada_states[min(accelerator.process_index, len(ada_states) - 1)])
+        parts.augment.p = parts.ada.p  # type: ignore[attr-defined]
     if state["world_size"] == accelerator.num_processes:
         _set_rng_state(parts, state["rng"][accelerator.process_index])
     else:

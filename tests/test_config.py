@@ -71,7 +71,14 @@ def test_parse_overrides_nests_and_rejects_malformed_words():
         (["model.g_attention=[12]"], "attention resolution 12 is not a feature-map side of a 32x32 model"),
         (["train.batch_size=0"], "config key 'train.batch_size' must be at least 1"),
         (["optim.ema_decay=1.0"], "config key 'optim.ema_decay' must be in [0, 1)"),
-        (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, coherence; got 'pr'"),
+        (
+            ["train.augment=color,flip"],
+            "config key 'train.augment' accepts a comma list of color, translation, cutout (empty: none); got 'flip'",
+        ),
+        (["train.ada_target=1.5"], "config key 'train.ada_target' must be in [0, 1]"),
+        (["optim.lecam=-1"], "config key 'optim.lecam' must be 0 (off) or a positive weight"),
+        (["data.subset=-5"], "config key 'data.subset' must be 0 (every image) or a number of images"),
+        (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, prc, copy, coherence; got 'pr'"),
     ],
 )
 def test_errors_are_one_line_naming_the_key(words, message):
@@ -145,3 +152,10 @@ def test_readme_config_reference_is_current():
         assert f"| `{key}` | `{default}` | {meaning} |" in readme, (
             f"README's config reference lacks {key}; regenerate it"
         )
+
+
+def test_augment_policy_names_are_gan_augments():
+    from gan.augment import POLICIES
+    from gan.config import AUGMENT_POLICIES
+
+    assert AUGMENT_POLICIES == tuple(POLICIES)

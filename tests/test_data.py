@@ -28,6 +28,7 @@ from gan.data import (
     TrainingImages,
     build_dataset,
     num_classes_of,
+    subset_indices,
 )
 from gan.sampler import ResumableSampler, build_loader, seed_worker
 
@@ -411,6 +412,27 @@ def test_builtin_dispatch_and_classes():
     assert num_classes_of(DataConfig(dataset="cifar10")) == 10
     assert num_classes_of(DataConfig(dataset="fashion_mnist")) == 10
     assert num_classes_of(DataConfig(dataset="celeba")) == num_classes_of(DataConfig(dataset="folder")) == 0
+
+
+def test_subset_is_a_fixed_nested_prefix_of_one_permutation():
+    from gan.synthetic import CoherenceDataset
+
+    reference = CoherenceDataset(size=20, resolution=32, channels=1)
+    torch.manual_seed(1)  # the global RNG (which train.seed seeds) plays no part
+    six = build_dataset(*_cfgs("builtin", "unused", channels=1, builtin_size=20, subset=6))
+    torch.manual_seed(2)
+    again = subset_indices(20, 6)
+    indices = subset_indices(20, 12)
+    assert len(six) == 6 and again == indices[:6]  # same draw every time; the 6 are the first of the 12
+    assert len(set(indices)) == 12 and set(indices) <= set(range(20)) and indices != list(range(12))
+    for position, index in enumerate(again):
+        torch.testing.assert_close(six[position][0], reference[index][0], rtol=0, atol=0)
+        assert six[position][1] == reference[index][1]
+    torch.testing.assert_close(six[0, True][0], reference[again[0]][0].flip(-1), rtol=0, atol=0)
+    assert len(build_dataset(*_cfgs("builtin", "unused", channels=1, builtin_size=20, subset=0))) == 20
+    with pytest.raises(DatasetError) as excinfo:
+        build_dataset(*_cfgs("builtin", "unused", channels=1, builtin_size=20, subset=21))
+    assert "data.subset=21 but the dataset has only 20 images" in _one_line_error(excinfo)
 
 
 def test_user_errors_are_one_line(tmp_path):

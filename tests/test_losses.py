@@ -1,12 +1,13 @@
 """Losses against hand-computed values (plain Python math, not torch)."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from gan.config import OptimConfig
-from gan.losses import LOSSES, d_hinge, d_nonsaturating, g_hinge, g_nonsaturating
+from gan.losses import LOSSES, LeCamAnchors, d_hinge, d_nonsaturating, g_hinge, g_nonsaturating, lecam_regularizer
 
 REAL = [2.0, 0.5, -1.0]
 FAKE = [-2.0, 0.0, 0.5]
@@ -69,3 +70,50 @@ def test_registry_covers_config_choices():
     assert set(LOSSES) == set(choices)
     assert LOSSES["hinge"] == (d_hinge, g_hinge)
     assert LOSSES["nonsaturating"] == (d_nonsaturating, g_nonsaturating)
+
+
+def test_lecam_regularizer_value_and_gradient():
+    real, fake = torch.tensor(REAL, requires_grad=True), torch.tensor(FAKE, requires_grad=True)
+    # alpha_R = 1, alpha_F = 0: relu(real - 0) = [2, 0.5, 0] -> 4.25 / 3; relu(1 - fake) = [3, 1, 0.5] -> 10.25 / 3
+    reg = lecam_regularizer(real, fake, torch.tensor(1.0), torch.tensor(0.0))
+    assert reg.item() == pytest.approx(14.5 / 3.0, abs=1e-6)
+    reg.backward()  # d/dreal = 2 relu(real) / 3, d/dfake = -2 relu(1 - fake) / 3
+    assert real.grad.tolist() == pytest.approx([4 / 3, 1 / 3, 0.0], abs=1e-6)
+    assert fake.grad.tolist() == pytest.approx([-2.0, -2 / 3, -1 / 3], abs=1e-6)
+    assert lecam_regularizer(real.bfloat16(), fake, 1.0, 0.0).dtype == torch.float32
+
+
+def test_lecam_anchors_are_emas_that_copy_until_start():
+    anchors = LeCamAnchors(decay=0.5, start=2)
+    batches = [([0.5], [-0.5]), ([1.0, 3.0], [0.0, -4.0]), ([3.0], [-3.0]), ([0.0], [1.0])]
+    # updates 1 and 2 copy the means; then alpha <- 0.5 alpha + 0.5 mean
+    expected = [(0.5, -0.5), (2.0, -2.0), (2.5, -2.5), (1.25, -0.75)]
+    for (real, fake), (alpha_r, alpha_f) in zip(batches, expected, strict=True):
+        a_r, a_f = anchors.update(torch.tensor(real, requires_grad=True), torch.tensor(fake))
+        assert (a_r.item(), a_f.item()) == (alpha_r, alpha_f)
+        assert not a_r.requires_grad
+    other = torch.tensor([0.25, 1.25])  # another process's batch means
+    a_r, a_f = anchors.update(torch.tensor([1.75]), torch.tensor([0.25]), reduce=lambda t: (t + other) / 2)
+    assert (a_r.item(), a_f.item()) == (0.5 * 1.25 + 0.5 * 1.0, 0.5 * -0.75 + 0.5 * 0.75)
+    assert LeCamAnchors().decay == 0.99 and LeCamAnchors().state_dict() == {
+        "anchor_real": None,
+        "anchor_fake": None,
+        "updates": 0,
+    }
+
+
+def test_lecam_anchor_state_round_trips_through_json_bit_exactly():
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, generator=gen), torch.randn(8, generator=gen)) for _ in range(6)]
+    straight, first = LeCamAnchors(), LeCamAnchors()
+    for real, fake in batches:
+        straight.update(real, fake)
+    for real, fake in batches[:3]:
+        first.update(real, fake)
+    resumed = LeCamAnchors()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for real, fake in batches[3:]:
+        resumed.update(real, fake)
+    assert torch.equal(resumed.anchors, straight.anchors) and resumed.updates == 6
+    with pytest.raises(ValueError, match="LeCam anchor state"):
+        resumed.load_state_dict({"anchor_real": 1.0, "anchor_fake": None, "updates": 0})

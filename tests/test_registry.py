@@ -93,9 +93,9 @@ def test_metrics_on_the_wrong_dataset_or_unknown_are_one_line():
         MetricsError, match="metric 'coherence' is defined only on data.dataset builtin, not 'fashion_mnist'"
     ):
         evaluate(torch.nn.Identity(), cfg, ["coherence"])
-    with pytest.raises(MetricsError, match="subset of fid, isc, kid, coherence"):
+    with pytest.raises(MetricsError, match="subset of fid, isc, kid, prc, copy, coherence"):
         evaluate(torch.nn.Identity(), cfg, ["ppl"])
-    with pytest.raises(ConfigError, match="'eval.best_metric' accepts fid, isc, kid, coherence; got 'psnr'"):
+    with pytest.raises(ConfigError, match="'eval.best_metric' accepts fid, isc, kid, prc, copy, coherence; got 'psnr'"):
         load_config(None, ["eval.best_metric=psnr"])
     assert load_config(None, ["eval.metrics=[coherence,fid]"]).eval.metrics == ["coherence", "fid"]
 
@@ -141,3 +141,23 @@ def test_best_checkpoint_follows_the_registered_direction(best_metric, metrics, 
         if improved:
             trainer.best = {"metric": k, "value": value, "step": step}
     assert got == expected
+
+
+def test_copy_metric_flags_a_generator_that_returns_training_images_and_draws_the_pairs(tmp_path):
+    """A 'generator' whose samples ARE training images copies everything (distance 0 < the 5% threshold);
+    fresh random G is not a copier. FID/prc's reference is the full set, copy's the data.subset."""
+    from gan.metrics import ReferenceImages, memorisation_scores, reference_cache_name
+
+    cfg = load_config(None, [*TINY_MODEL, "data.builtin_size=64", "eval.feature_extractor=fashion_classifier",
+                             f"eval.cache_dir={tmp_path}"])  # fmt: skip
+    grid = tmp_path / "pairs.png"
+    copier = memorisation_scores(DatasetImages(), cfg, ["copy", "prc"], num_samples=32, pairs_grid=grid)
+    assert copier["copy_fraction"] == 1.0 and copier["nn_distance_median"] < 1e-4 < copier["copy_threshold"]
+    assert 0 <= copier["precision"] <= 1 and 0 <= copier["recall"] <= 1
+    assert grid.is_file() and grid.stat().st_size > 0
+    torch.manual_seed(0)
+    assert evaluate(Generator(cfg.model), cfg, ["copy"], num_samples=32)["copy_fraction"] < 0.5
+    subset = load_config(None, [*TINY_MODEL, "data.builtin_size=64", "data.subset=16"])
+    assert len(ReferenceImages(subset)) == 64 and len(ReferenceImages(subset, subset=True)) == 16
+    assert reference_cache_name(subset, "ab" * 32) == reference_cache_name(cfg, "ab" * 32)  # FID shares the cache
+    assert reference_cache_name(subset, "ab" * 32, subset=True) != reference_cache_name(cfg, "ab" * 32)

@@ -79,3 +79,24 @@ def test_identity_default_draws_nothing_and_equals_an_explicit_identity():
     for a, b in zip(s0, s1):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1)) and torch.equal(r0, r1)
+
+
+def test_config_builds_diffaugment_ada_and_lecam_and_the_step_uses_them():
+    """train.augment / ada_* / optim.lecam reach the step: ADA counts batch x accum real images per D step and
+    starts at p = 0; the first LeCam update copies the batch means, so the anchors equal that step's d_real/d_fake."""
+    from gan.augment import AdaptiveProbability, DiffAugment
+    from gan.losses import LeCamAnchors
+
+    cfg = load_config(None, [*TINY, "optim.n_dis=1", "optim.grad_accum=1", "train.augment=translation,cutout",
+                             "train.ada_target=0.6", "train.ada_interval=1", "train.ada_speed_images=8", "optim.lecam=0.5"])  # fmt: skip
+    accelerator = Accelerator(cpu=True)
+    parts = build_parts(cfg, accelerator)
+    assert isinstance(parts.augment, DiffAugment) and parts.augment.ops == ("translation", "cutout")
+    assert isinstance(parts.ada, AdaptiveProbability) and parts.ada.p == 0.0 and parts.ada.rate == 4 * 1 / 8
+    assert isinstance(parts.lecam, LeCamAnchors) and parts.lecam.decay == 0.99
+    stats, _ = train_step(parts, cfg, iter(_batches()), accelerator, 1)
+    torch.testing.assert_close(parts.lecam.anchors, torch.stack([stats["d_real"], stats["d_fake"]]), rtol=0, atol=0)
+    assert stats["lecam"] >= 0 and stats["augment_p"].item() == parts.augment.p == parts.ada.p in (0.0, 0.5)
+    fixed = build_parts(load_config(None, [*TINY, "train.augment=color", "train.augment_p=0.25"]), accelerator)
+    assert fixed.augment.p == 0.25 and fixed.ada is None and fixed.lecam is None
+    assert build_parts(load_config(None, TINY), accelerator).augment is no_augment

@@ -83,14 +83,22 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
 
 
 RECIPE = ["optim.n_dis=2", "optim.grad_accum=2", "model.num_classes=4"]
+# ADA adjusts after D steps 3, 6, ...: the resume at step 2 cuts an interval in two, and step 4 leaves one open.
+AUGMENTED = [
+    "train.augment=color,translation,cutout",
+    "train.ada_target=0.6",
+    "train.ada_interval=3",
+    "train.ada_speed_images=24",
+    "optim.lecam=0.3",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, n",
     # fp16 starts at scale 2**16 and skips its first ~5 overflowing steps; the recipe does 4 D micro-steps a step
-    [([], 4), (["train.mixed_precision=fp16"], 7), (RECIPE, 3)],
-    ids=["plain", "fp16", "ndis-accum-conditional"],
+    [([], 4), (["train.mixed_precision=fp16"], 7), (RECIPE, 3), (AUGMENTED, 4), (AUGMENTED[:1] + AUGMENTED[-1:], 3)],
+    ids=["plain", "fp16", "ndis-accum-conditional", "augment-ada-lecam", "augment-p1-lecam"],
 )
 def test_resume_is_exact(tmp_path, overrides, n):
     """n steps in one go == 2 steps, then --resume latest to n: every tensor and scaler bit for bit."""
@@ -116,6 +124,11 @@ def test_resume_is_exact(tmp_path, overrides, n):
     rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss_d"] for r in rows] == [r["loss_d"] for r in ref]
+    if overrides == AUGMENTED:  # ADA's state (with the open interval's sign sum) and the LeCam anchors resumed too
+        assert (state["ada"], state["lecam"]) == (reference["ada"], reference["lecam"])
+        assert state["lecam"]["updates"] == n and state["ada"][0]["steps"] == n and state["ada"][0]["count"] == 4
+        assert [r["augment_p"] for r in rows] == [r["augment_p"] for r in ref]
+        assert [r["lecam"] for r in rows] == [r["lecam"] for r in ref]
 
 
 @pytest.mark.slow
