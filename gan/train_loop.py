@@ -10,9 +10,7 @@ Scalars are read on the host only at log intervals.
 
 from __future__ import annotations
 
-import json
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,13 @@ from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
 from gan import registry, rundir
-from gan.attention import attention_blocks, attention_entropy, record_attention
 from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
 from gan.runtime import eval_mode, set_threads
 from gan.sampler import build_loader
 from gan.step import Parts, build_parts, samples_per_step, train_step
+from gan.tracking import RunLog, StopSignal, attention_stats, log_image
 
 # ----------------------------------------------------------------------------------------------
 # State for checkpoints
@@ -108,65 +106,6 @@ def restore(parts: Parts, state: dict[str, Any], accelerator: Accelerator, where
 
 # ----------------------------------------------------------------------------------------------
 # Periodic work: logs, samples, attention maps, evaluation
-
-
-def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
-    """gamma and mean row entropy of every attention block of G (on z) and D (on real images)."""
-    out: dict[str, float] = {}
-    for tag, net, args in (("G", G, (z, y)), ("D", D, (real, y_real))):
-        blocks = attention_blocks(net)
-        if not blocks:
-            continue
-        with eval_mode(net), record_attention(net) as records:
-            net(*args)
-        for (name, block), record in zip(blocks, records):
-            if block.gate == "gamma":
-                out[f"gamma/{tag}.{name}"] = block.gamma.item()
-            out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
-    return out
-
-
-def log_image(accelerator: Accelerator, key: str, image: np.ndarray, step: int) -> None:
-    """Send an (H, W, 3) uint8 image to every tracker."""
-    for tracker in accelerator.trackers:
-        if tracker.name == "wandb":
-            tracker.log_images({key: [image]}, step=step)
-        elif tracker.name == "tensorboard":
-            tracker.log_images({key: image[None]}, step=step, dataformats="NHWC")
-
-
-class RunLog:
-    """metrics.jsonl in the run directory (main process) mirrored to the trackers."""
-
-    def __init__(self, run_dir: Path, accelerator: Accelerator) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.accelerator = accelerator
-
-    def write(self, step: int, values: dict[str, Any]) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.path, "a") as fh:
-                fh.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-        self.accelerator.log(values, step=step)
-
-
-class StopSignal:
-    """SIGINT / SIGTERM ask the loop to checkpoint and return at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _due(step: int, every: int, last: int) -> bool:

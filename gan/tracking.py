@@ -1,0 +1,76 @@
+"""What a run writes and hears between steps: attention statistics, images for the trackers, the metrics log
+(metrics.jsonl mirrored to the trackers) and the stop signal. Used by gan/train_loop.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.runtime import eval_mode
+
+
+def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
+    """gamma and mean row entropy of every attention block of G (on z) and D (on real images)."""
+    out: dict[str, float] = {}
+    for tag, net, args in (("G", G, (z, y)), ("D", D, (real, y_real))):
+        blocks = attention_blocks(net)
+        if not blocks:
+            continue
+        with eval_mode(net), record_attention(net) as records:
+            net(*args)
+        for (name, block), record in zip(blocks, records):
+            if block.gate == "gamma":
+                out[f"gamma/{tag}.{name}"] = block.gamma.item()
+            out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
+    return out
+
+
+def log_image(accelerator: Accelerator, key: str, image: np.ndarray, step: int) -> None:
+    """Send an (H, W, 3) uint8 image to every tracker."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.log_images({key: [image]}, step=step)
+        elif tracker.name == "tensorboard":
+            tracker.log_images({key: image[None]}, step=step, dataformats="NHWC")
+
+
+class RunLog:
+    """metrics.jsonl in the run directory (main process) mirrored to the trackers."""
+
+    def __init__(self, run_dir: Path, accelerator: Accelerator) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self.accelerator.log(values, step=step)
+
+
+class StopSignal:
+    """SIGINT / SIGTERM ask the loop to checkpoint and return at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
