@@ -27,7 +27,10 @@ METHODS = {  # name -> (what it is, overrides)
     "none": ("no augmentation", []),
     "diffaug": ("DiffAugment color,translation,cutout, p = 1", [POLICY]),
     "diffaug_lecam": ("DiffAugment + LeCam (weight 0.3, anchor decay 0.99)", [POLICY, "optim.lecam=0.3"]),
-    "ada": ("DiffAugment with ADA's adaptive p (target 0.6)", [POLICY, "train.ada_target=0.6"]),
+    "ada": (  # ADA's published speed (p 0 -> 1 in 500k images) cannot move p in a run of ~16k real images
+        "DiffAugment with ADA's adaptive p (target 0.6; p can move 0 -> 1 in 10,000 real images)",
+        [POLICY, "train.ada_target=0.6", "train.ada_speed_images=10000"],
+    ),
 }
 SIZES = (1000, 5000, 0)  # data.subset; 0: all 60,000
 EVAL_METRICS = ("prc", "copy")
@@ -192,6 +195,45 @@ def report(out: Path, path: Path) -> str:
     return text
 
 
+def overfit(run_dirs: list[Path], images: int) -> str:
+    """A Markdown table per run: at every checkpoint, D's mean output on `images` of its training images and on as
+    many held-out (test-split) images, their gap, ADA's r_t, and the FCD logged at that step (when evaluated)."""
+    import dataclasses
+
+    import torch
+
+    from gan.checkpoint import list_checkpoints, load_checkpoint, load_discriminator
+    from gan.data import build_dataset
+    from gan.memorisation import discriminator_gap
+
+    def first(data_cfg, model_cfg) -> tuple:
+        ds = build_dataset(data_cfg, model_cfg)
+        items = [ds[i] for i in range(min(images, len(ds)))]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]) if ds.num_classes else None
+
+    lines = []
+    for run_dir in run_dirs:
+        checkpoints = list_checkpoints(run_dir / "checkpoints")
+        if not checkpoints:
+            raise ExperimentError(f"{run_dir} has no checkpoints; train with train.checkpoint_every > 0 first")
+        _, cfg, _ = load_checkpoint(checkpoints[-1])
+        train = first(cfg.data, cfg.model)
+        heldout = first(dataclasses.replace(cfg.data, split="test", subset=0), cfg.model)
+        logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        fcd = {row["step"]: row[k] for row in logged for k in ("fid", "fcd") if k in row}
+        lines += [f"`{run_dir}` ({len(train[0])} training / {len(heldout[0])} held-out images)", "",
+                  "| step | D(train) | D(held-out) | gap | r_t = E[sign D(train)] | E[sign D(held-out)] | FCD |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for path in checkpoints:
+            discriminator, _, step = load_discriminator(path)
+            g = discriminator_gap(discriminator, train, heldout)
+            f = f"{fcd[step]:.1f}" if step in fcd else "-"
+            lines.append(f"| {step} | {g['train']:+.3f} | {g['heldout']:+.3f} | {g['gap']:+.3f} | "
+                         f"{g['train_sign']:+.3f} | {g['heldout_sign']:+.3f} | {f} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,8 +246,14 @@ def main(argv: list[str] | None = None) -> None:
     p_rep = sub.add_parser("report", help="write the Markdown report from a finished `run`")
     p_rep.add_argument("out", type=Path)
     p_rep.add_argument("--report", type=Path, default=Path("docs/data_efficient.md"))
+    p_over = sub.add_parser("overfit", help="D's output on training vs held-out images at every checkpoint of runs")
+    p_over.add_argument("runs", type=Path, nargs="+", help="run directories (their checkpoints/)")
+    p_over.add_argument("--images", type=int, default=1000, help="training and held-out images each")
     args = parser.parse_args(argv)
     with fail_cleanly():
+        if args.command == "overfit":
+            print(overfit(args.runs, args.images))
+            return
         if args.command == "run":
             if args.num_samples < 4:
                 raise ExperimentError("--num-samples must be at least 4 (precision/recall uses k = 3 neighbours)")

@@ -41,6 +41,14 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     m, s = mean_std(scores["full-diffaug_lecam"])
     assert "| 60000 | " in text and f"{m:.3g} +/- {s:.2g} (" in text and "## copy fraction (lower is better)" in text
     assert (report.parent / "data_efficient" / "full-none-pairs.png").is_file()
+    # D's training-vs-held-out gap at each checkpoint of a run (12 training / 3 test images on disk)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.data_efficient", "overfit", str(out / "full-none" / "seed0")],
+                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 2 |")]  # the one checkpoint, step 2
+    assert "(12 training / 3 held-out images)" in proc.stdout and len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert float(cells[3]) == pytest.approx(float(cells[1]) - float(cells[2]), abs=2e-3)
 
 
 @pytest.mark.parametrize(
