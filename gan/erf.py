@@ -96,6 +96,8 @@ def effective_rf(
     the middle of the input patch under (i, j) (half-integer for even strides) when the input is finer than
     the output, from the input cell holding (i, j), in output pixels, when it is coarser.
     """
+    if isinstance(position, str) and position != "middle":
+        raise ValueError(f"position must be (i, j), None or 'middle'; got {position!r}")
     x = inputs.detach().clone().requires_grad_(True)
     out = features(x)
     h, w = out.shape[-2:]

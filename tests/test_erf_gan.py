@@ -18,7 +18,7 @@ from benchmarks import gan_erf
 from benchmarks.common import machine_line
 from gan.attention import NonLocalBlock
 from gan.config import load_config
-from gan.erf import attention_off, d_effective_rf, d_score_map, g_effective_rf, gates
+from gan.erf import attention_off, d_effective_rf, d_score_map, effective_rf, g_effective_rf, gates
 from gan.models import Discriminator, Generator
 from gan.synthetic import FOREGROUND_THRESHOLD, CoherenceDataset
 
@@ -78,10 +78,12 @@ def test_d_score_terms_sum_to_the_logit(conditional: bool) -> None:
             d_score_map(d, x)
 
 
-def test_d_erf_needs_eval_mode() -> None:
+def test_d_erf_needs_eval_mode_and_a_known_position() -> None:
     d = Discriminator(model_cfg())
     with pytest.raises(ValueError, match=r"call \.eval\(\) first"):
         d_effective_rf(d.train(), torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="'middle'"):
+        effective_rf(nn.Identity(), torch.randn(1, 1, 4, 4), "centre")
 
 
 @pytest.mark.parametrize(
