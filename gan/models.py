@@ -157,7 +157,14 @@ class Generator(
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"generator expects z of shape (B, {self.z_dim}); got {tuple(z.shape)}")
         y = _check_labels(y, self.num_classes, z.shape[0], "generator")
-        h = self.linear(z).view(z.shape[0], self.bottom_channels, _BOTTOM, _BOTTOM)  # (B, C, 4, 4)
+        return self.from_first_stage(self.first_stage(z), y)
+
+    def first_stage(self, z: Tensor) -> Tensor:
+        """The first feature map, the linear layer's output: (B, C, 4, 4)."""
+        return self.linear(z).view(z.shape[0], self.bottom_channels, _BOTTOM, _BOTTOM)  # (B, C, 4, 4)
+
+    def from_first_stage(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images from a first-stage map h (B, C, 4, 4): the up-blocks and the output layer (labels as in forward)."""
         for block in self.blocks.values():
             h = block(h, y) if isinstance(block, GBlock) else block(h)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
@@ -258,11 +265,14 @@ class Discriminator(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"discriminator expects images (B, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
         y = _check_labels(y, self.num_classes, x.shape[0], "discriminator")
-        h = x
-        for block in self.blocks.values():
-            h = block(h)
-        h = F.relu(h).sum(dim=(2, 3))  # (B, C): global sum pooling
+        h = F.relu(self.features(x)).sum(dim=(2, 3))  # (B, C): global sum pooling
         out = self.linear(h).squeeze(1)  # (B,)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(dim=1)  # projection <embed(y), h>
         return out
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last feature map, before the final ReLU and the global sum pooling: (B, C, h, w)."""
+        for block in self.blocks.values():
+            x = block(x)
+        return x
