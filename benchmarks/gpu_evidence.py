@@ -12,11 +12,12 @@ Stages, in this order, each one or two commands of the existing benchmark script
    This script adds gamma over training (OUT/summary.md), read from each run's metrics.jsonl.
 2. `throughput`: benchmarks/train_throughput.py, the eager rows (fp32, fused attention, channels_last,
    bf16 with and without channels_last) of the CIFAR-10 model's training step on the device.
-3. `attention`: benchmarks/attention_block.py, time and peak memory of one block at 16x16 ... 128x128.
+3. `attention`: benchmarks/attention_block.py, time and peak memory of one block at 32x32, 64x64 and
+   128x128, keys pooled and not (16x16 left out: each cell costs three fresh processes, ~3 s each).
 4. `throughput_compile`: train_throughput.py's torch.compile row against the fp32 baseline (last: a cold
    compile is the least predictable cost).
 
-The budget: a stage may run for its share of the time left (shares in STAGES, renormalised over the stages
+The budget: a stage may run for its share of the time left (shares in SHARES, renormalised over the stages
 not yet run, so time an early stage leaves unused goes to the later ones); at that limit its process group
 gets SIGTERM (train_throughput.py then prints the rounds it finished), then SIGKILL. A stage whose limit
 would fall under MIN_STAGE_SECONDS is not started, nor is any stage after it: the summary names them in one
@@ -25,12 +26,14 @@ line. Everything goes under --out: the run directories, each stage's output and 
 
 How the ablation's default size was estimated (docs/benchmarks.md, "Evidence from a GPU"): one training
 step of the 64x64 model at width 16, batch 32, attention at 32 in G and D, is 145 GFLOP (144 without
-attention; torch.utils.flop_counter, measured on the CPU). Six runs sharing the GPU at an assumed 25 TFLOP/s
+attention; torch.utils.flop_counter, counted on the CPU). Six runs sharing the GPU at an assumed 25 TFLOP/s
 in all (a few per cent of an H200's dense TF32/bf16 peak: the convolutions of a width-16 model are small and
-the step is partly bound by kernel launches) take 6 x 145 GFLOP / 25 TFLOP/s = 35 ms per step each, so 4,000
-steps take about 140 s of the ablation's ~290 s share, leaving room for start-up (~15 s), the six
-evaluations on the CPU (2,000 samples each, in parallel, ~60 s) and the report. The assumption is the weak
-part: the summary prints the images/s each run measured, and --steps adjusts the next attempt.
+the step is partly bound by kernel launches) take 6 x 145 GFLOP / 25 TFLOP/s = 35 ms per step each, so 3,000
+steps take about 105 s of the ablation's ~310 s share, and twice that if the assumption is 2x too kind.
+The rest: start-up (~15 s), the six evaluations, which run on the CPU, one thread each, in parallel
+(experiment.evaluate_run: G forward is 0.86 GFLOP per image, 11.5 CPU s per 250 images on the development
+machine's loaded core, so 1,000 samples for each score plus the grid cost ~40-100 s), and the report (~10 s).
+The assumption is the weak part: the summary prints the images/s each run measured, and --steps adjusts.
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 480.0  # the issue's 8 minutes
 MIN_STAGE_SECONDS = 5.0  # a stage that would get less than this is not started
 GRACE_S = 10.0  # between SIGTERM and SIGKILL at a stage's limit
-GPU_STEPS = 4000  # see the module docstring for the estimate
+GPU_STEPS = 3000  # see the module docstring for the estimate
 ARMS = "none,gd32"  # benchmarks/ablation.py's names: no attention; attention at the 32x32 stage of G and D
-SHARES = {"ablation": 0.58, "throughput": 0.09, "attention": 0.20, "throughput_compile": 0.13}
+SHARES = {"ablation": 0.65, "throughput": 0.08, "attention": 0.15, "throughput_compile": 0.12}  # of 480 s:
+# 312, 38, 72 and 58 s when every stage takes its whole share (an early finish leaves more for the later ones)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +106,11 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
         model = ["model.g_width=8", "model.d_width=8", "train.batch_size=4"]  # the CIFAR-10 model, narrowed
         attention = ["--sizes", 8, "--subsample", "yes", "--repeats", 1]
     else:
-        seeds, jobs, samples = "0,1,2", 6, 2000
+        seeds, jobs, samples = "0,1,2", 6, 1000  # 1,000 samples (not the ablation's usual 2,000): see above
         ablation = [*shared, "model.g_width=16", "model.d_width=16"]
         variants, rounds = ["baseline", "fused", "channels_last", "bf16", "bf16_nchw"], ["--repeats", 20, "--warmup", 3]
         model = []
-        attention = ["--sizes", 16, 32, 64, 128, "--repeats", 5, "--max-gib", 100]
+        attention = ["--sizes", 32, 64, 128, "--repeats", 5, "--max-gib", 100]  # 128x128 unpooled: 32 GiB
     ablation_run = python_m("benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
                             "--arms", ARMS, "--seeds", seeds, "--jobs", jobs, "--out", runs,
                             "--num-samples", samples, *ablation)  # fmt: skip
