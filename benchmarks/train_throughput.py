@@ -31,7 +31,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, device_line, interleaved, machine_line, median, paired_ratio, table, timed
+from benchmarks.common import (
+    ROOT,
+    device_line,
+    interleaved,
+    machine_line,
+    median,
+    paired_ratio,
+    synchronize,
+    table,
+    timed,
+)
 from gan.cli import fail_cleanly
 from gan.config import Config, load_config
 from gan.runtime import resolve_device
@@ -99,8 +109,10 @@ def bench_training(
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         for r in range(repeats):
             for name, trainer in trainers.items():
+                synchronize()  # on a GPU: the time of the work, not of queueing it
                 start = time.perf_counter()
                 last[name] = trainer()
+                synchronize()
                 times[name].append(time.perf_counter() - start)
             rounds += 1
             print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names), file=sys.stderr)
