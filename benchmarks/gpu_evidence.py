@@ -19,7 +19,8 @@ Stages, in this order, each one or two commands of the existing benchmark script
 
 The budget: a stage may run for its share of the time left (shares in SHARES, renormalised over the stages
 not yet run, so time an early stage leaves unused goes to the later ones); at that limit its process group
-gets SIGTERM (train_throughput.py then prints the rounds it finished), then SIGKILL. A stage whose limit
+gets SIGTERM (train_throughput.py then prints the rounds it finished), then SIGKILL GRACE_S later (kept
+back from the budget, so the last stage's grace also ends within it). A stage whose limit
 would fall under MIN_STAGE_SECONDS is not started, nor is any stage after it: the summary names them in one
 line. Everything goes under --out: the run directories, each stage's output and log, and summary.md
 (device, torch version, date, the exact commands, every table).
@@ -124,7 +125,7 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
             (Command(ablation_run, "logs/ablation_run.out"), Command(ablation_report, "logs/ablation_report.out")),
             SHARES["ablation"],
             "ablation/report.md",
-        ),  # fmt: skip
+        ),
         Stage("throughput", (Command(throughput, "throughput.md"),), SHARES["throughput"], "throughput.md"),
         Stage(
             "attention",
@@ -142,7 +143,7 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
                 (Command(compiled, "throughput_compile.md"),),
                 SHARES["throughput_compile"],
                 "throughput_compile.md",
-            )  # fmt: skip
+            )
         )
     return stages
 
@@ -178,7 +179,7 @@ def run_stages(stages: Sequence[Stage], budget: float, out: Path, env: dict[str,
     (out / "logs").mkdir(parents=True, exist_ok=True)
     start, outcomes, stopped = time.monotonic(), [], False
     for i, stage in enumerate(stages):
-        left = budget - (time.monotonic() - start)
+        left = budget - GRACE_S - (time.monotonic() - start)  # the last stage's grace still ends in the budget
         limit = left * stage.share / sum(s.share for s in stages[i:])
         if stopped or limit < MIN_STAGE_SECONDS:
             stopped = True
