@@ -30,7 +30,7 @@ step of the 64x64 model at width 16, batch 32, attention at 32 in G and D, is 14
 attention; torch.utils.flop_counter, counted on the CPU). Six runs sharing the GPU at an assumed 25 TFLOP/s
 in all (a few per cent of an H200's dense TF32/bf16 peak: the convolutions of a width-16 model are small and
 the step is partly bound by kernel launches) take 6 x 145 GFLOP / 25 TFLOP/s = 35 ms per step each, so 3,000
-steps take about 105 s of the ablation's ~305 s share, and twice that if the assumption is 2x too kind.
+steps take about 105 s of the ablation's ~305 s share (210 s if the assumption is 2x too kind).
 The rest: start-up (~15 s), the six evaluations, which run on the CPU, one thread each, in parallel
 (experiment.evaluate_run: G forward is 0.86 GFLOP per image, 11.5 CPU s per 250 images on the development
 machine's loaded core, so 1,000 samples for each score plus the grid cost ~40-100 s), and the report (~10 s).
