@@ -1,7 +1,7 @@
 """Evidence from one GPU in one command, within a time budget (default 8 minutes):
 
     python -m benchmarks.gpu_evidence --out runs/gpu_evidence            # on the GPU (cuda when present)
-    python -m benchmarks.gpu_evidence --tiny --out /tmp/gpu_evidence     # the CPU smoke test, about a minute
+    python -m benchmarks.gpu_evidence --tiny --out /tmp/gpu_evidence     # the CPU smoke test (~100 CPU s)
 
 Stages, in this order, each one or two commands of the existing benchmark scripts run as subprocesses
 (nothing here measures anything itself):
@@ -238,7 +238,8 @@ def images_per_second(runs: Path) -> list[str]:
     for path in sorted(runs.glob("*/seed*/metrics.jsonl")):
         rates = sorted(json.loads(x)["images_per_s"] for x in path.read_text().splitlines() if '"images_per_s"' in x)
         if rates:
-            lines.append(f"- `{path.parent.parent.name}` {path.parent.name}: {rates[len(rates) // 2]:,.0f} images/s (median of {len(rates)} log steps)")  # fmt: skip
+            run = f"`{path.parent.parent.name}` {path.parent.name}"
+            lines.append(f"- {run}: {rates[len(rates) // 2]:,.0f} images/s (median of {len(rates)} log steps)")
     return lines
 
 
@@ -292,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for everything this writes")
     parser.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu or cuda")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all stages together")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps per ablation run (default {GPU_STEPS}; --tiny: 4)")  # fmt: skip
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke-test sizes (about a minute on one core)")
+    parser.add_argument("--steps", type=int, help=f"training steps per ablation run (default {GPU_STEPS}; --tiny: 4)")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke-test sizes (about 100 CPU seconds)")
     args = parser.parse_args(argv)
     with fail_cleanly():
         from gan.runtime import resolve_device
@@ -310,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cpu":  # train.py takes CUDA whenever it sees it
             env["CUDA_VISIBLE_DEVICES"] = ""
         outcomes = run_stages(stages, args.budget, out, env)
-        summary = write_summary(out, stages, outcomes, args.budget, device, command_line("benchmarks.gpu_evidence"), started)  # fmt: skip
-        print(f"wrote {summary}" + (f"; {skipped_line(outcomes, args.budget)}" if skipped_line(outcomes, args.budget) else ""))  # fmt: skip
+        command = command_line("benchmarks.gpu_evidence")
+        summary = write_summary(out, stages, outcomes, args.budget, device, command, started)
+        print(" ".join([f"wrote {summary}", skipped_line(outcomes, args.budget)]).strip())
         return 0 if all(o.status == "done" for o in outcomes) else 1
     return 2
 
