@@ -46,6 +46,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -236,10 +237,10 @@ def images_per_second(runs: Path) -> list[str]:
     """One line per run: the median training images/s over its logged steps (what sizes the next --steps)."""
     lines = []
     for path in sorted(runs.glob("*/seed*/metrics.jsonl")):
-        rates = sorted(json.loads(x)["images_per_s"] for x in path.read_text().splitlines() if '"images_per_s"' in x)
+        rates = [json.loads(x)["images_per_s"] for x in path.read_text().splitlines() if '"images_per_s"' in x]
         if rates:
             run = f"`{path.parent.parent.name}` {path.parent.name}"
-            lines.append(f"- {run}: {rates[len(rates) // 2]:,.0f} images/s (median of {len(rates)} log steps)")
+            lines.append(f"- {run}: {statistics.median(rates):,.0f} images/s (median of {len(rates)} log steps)")
     return lines
 
 
