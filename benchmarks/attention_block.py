@@ -2,6 +2,7 @@
 
     python benchmarks/attention_block.py [--sizes 16 32 64 128] [--repeats 5] [--max-gib 12]
     python benchmarks/attention_block.py --grids 8x32x32 16x56x56 --subsample yes   # video: (T, H, W)
+    python benchmarks/attention_block.py --device cuda --max-gib 100                # on a GPU
 
 One `NonLocalBlock(256)` (embedded Gaussian, theta/phi 32 channels, g 128, spectral norm, training mode)
 at batch 16 on 16x16 ... 64x64 maps and batch 8 on 128x128, with and without 2x2 subsampling of the keys.
@@ -21,6 +22,8 @@ batch 1 unless `--batch` says otherwise.
   measured at two smaller batches and extrapolated linearly (peak is affine in the batch size); only the
   fused path is timed at the full batch, and an extra row compares both paths at the smaller batch.
 - The SDPA kernel that runs is read from torch.profiler's op names in the fused forward + backward.
+- `--device cuda`: the same cells on the GPU; times are synchronised before and after every call, and the
+  peak is the CUDA memory allocated above the level at entry (torch.cuda.max_memory_allocated), not RSS.
 """
 
 from __future__ import annotations
@@ -32,8 +35,20 @@ import sys
 
 import torch
 
-from benchmarks.common import PeakRSS, interleaved, machine_line, median, mib, paired_ratio, run_child, table
+from benchmarks.common import (
+    device_line,
+    interleaved,
+    machine_line,
+    median,
+    mib,
+    paired_ratio,
+    peak_memory,
+    run_child,
+    table,
+)
 from gan.attention import NonLocalBlock
+from gan.cli import fail_cleanly
+from gan.runtime import resolve_device
 
 CHANNELS = 256
 MODULE = "benchmarks.attention_block"  # children run as `python -m` from the repository root
@@ -67,16 +82,18 @@ def predicted_explicit_bytes(grid: Grid, subsample: bool, batch: int) -> int:
     return 4 * batch * math.prod(grid) * n_keys(grid, subsample) * 4
 
 
-def make(grid: Grid, subsample: bool, batch: int, seed: int = 0):
-    """A block pair (explicit, fused) with equal weights, an input and an output gradient."""
+def make(grid: Grid, subsample: bool, batch: int, seed: int = 0, device: str = "cpu"):
+    """A block pair (explicit, fused) with equal weights, an input and an output gradient, on `device`
+    (drawn on the CPU, so every device gets the same numbers)."""
     torch.manual_seed(seed)
     explicit = NonLocalBlock(CHANNELS, dim=len(grid), subsample=subsample, fused=False)
     fused = NonLocalBlock(CHANNELS, dim=len(grid), subsample=subsample, fused=True)
     fused.load_state_dict(explicit.state_dict())
     for block in (explicit, fused):
         block.gamma.data.fill_(0.5)  # a trained-looking gate, so the attention branch gets gradients
-    x = torch.randn(batch, CHANNELS, *grid, requires_grad=True)
-    gz = torch.randn(batch, CHANNELS, *grid)
+        block.to(device)
+    x = torch.randn(batch, CHANNELS, *grid).to(device).requires_grad_()
+    gz = torch.randn(batch, CHANNELS, *grid).to(device)
     return explicit, fused, x, gz
 
 
@@ -99,17 +116,19 @@ def kernels(block: NonLocalBlock, x: torch.Tensor, gz: torch.Tensor) -> list[str
 # Child processes
 
 
-def child_memory(grid: Grid, subsample: bool, path: str, batch: int) -> dict:
-    explicit, fused, x, gz = make(grid, subsample, batch)
+def child_memory(grid: Grid, subsample: bool, path: str, batch: int, device: str = "cpu") -> dict:
+    explicit, fused, x, gz = make(grid, subsample, batch, device=device)
     block = fused if path == "fused" else explicit
     del explicit, fused
-    with PeakRSS() as peak:
+    with peak_memory(device) as peak:
         step(block, x, gz)
     return {"peak_bytes": peak.bytes, "exact": peak.exact}
 
 
-def child_time(grid: Grid, subsample: bool, batch: int, repeats: int, with_explicit: bool = True) -> dict:
-    explicit, fused, x, gz = make(grid, subsample, batch)
+def child_time(
+    grid: Grid, subsample: bool, batch: int, repeats: int, with_explicit: bool = True, device: str = "cpu"
+) -> dict:
+    explicit, fused, x, gz = make(grid, subsample, batch, device=device)
     fns = {"explicit": lambda: step(explicit, x, gz), "fused": lambda: step(fused, x, gz)}
     if not with_explicit:
         del fns["explicit"]
@@ -126,10 +145,17 @@ def child_time(grid: Grid, subsample: bool, batch: int, repeats: int, with_expli
 # Parent
 
 
-def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float) -> tuple[float | None, str]:
+def child(args: list[str], device: str) -> dict | None:
+    """One measurement in a fresh process on `device` (see run_child)."""
+    return run_child(MODULE, [*args, "--device", device])
+
+
+def memory(
+    grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float, device: str = "cpu"
+) -> tuple[float | None, str]:
     """Peak bytes of one cell, measured, or extrapolated from two smaller batches when predicted too large."""
     if path == "fused" or predicted_explicit_bytes(grid, subsample, batch) <= max_bytes:
-        out = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), path, str(batch)])
+        out = child(["--child-memory", label(grid), str(int(subsample)), path, str(batch)], device)
         return (out["peak_bytes"], "") if out else (None, "failed (out of memory?)")
     small = batch
     while small > 1 and predicted_explicit_bytes(grid, subsample, small) > max_bytes:
@@ -138,7 +164,7 @@ def memory(grid: Grid, subsample: bool, path: str, batch: int, max_bytes: float)
         return None, "skipped: even batch 2 predicted above the limit"
     points = {}
     for b in (small // 2, small):
-        out = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), path, str(b)])
+        out = child(["--child-memory", label(grid), str(int(subsample)), path, str(b)], device)
         if out is None:
             return None, f"failed at batch {b}"
         points[b] = out["peak_bytes"]
@@ -165,22 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward pairs per row")
     parser.add_argument("--max-gib", type=float, default=12.0, help="largest predicted explicit peak to run as is")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every measurement runs there)")
     parser.add_argument("--child-memory", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--child-time", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_memory:
         grid, sub, path, batch = args.child_memory
-        print(json.dumps(child_memory(parse_grid(grid), bool(int(sub)), path, int(batch))))
+        print(json.dumps(child_memory(parse_grid(grid), bool(int(sub)), path, int(batch), args.device)))
         return 0
     if args.child_time:
         grid, (sub, batch, repeats, with_explicit) = parse_grid(args.child_time[0]), map(int, args.child_time[1:])
-        print(json.dumps(child_time(grid, bool(sub), batch, repeats, bool(with_explicit))))
+        print(json.dumps(child_time(grid, bool(sub), batch, repeats, bool(with_explicit), args.device)))
         return 0
 
+    with fail_cleanly():
+        resolve_device(args.device)  # asking for CUDA without it: one line, before any child starts
     max_bytes = args.max_gib * 2**30
     grids = args.grids or [(size, size) for size in args.sizes]
     dims = sorted({len(grid) for grid in grids})
-    print(f"machine: {machine_line()}")
+    print(f"machine: {machine_line()}\ndevice: {device_line(args.device)}")
     print(
         f"NonLocalBlock({CHANNELS}, dim={'/'.join(map(str, dims))}), forward + backward, float32; time: median of {args.repeats} interleaved pairs\n"
     )
@@ -189,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for grid in grids:
         for subsample in subsamples:
             batch = args.batch or batch_for(grid)
-            mem = {p: memory(grid, subsample, p, batch, max_bytes) for p in ("explicit", "fused")}
+            mem = {p: memory(grid, subsample, p, batch, max_bytes, args.device) for p in ("explicit", "fused")}
             explicit_fits = predicted_explicit_bytes(grid, subsample, batch) <= max_bytes
             time_batches = [batch]
             if not explicit_fits:  # add a row where both paths run
@@ -198,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             for tb in time_batches:
                 with_explicit = tb != batch or explicit_fits  # else: its time is the smaller-batch row's
-                t = run_child(
-                    MODULE,
+                t = child(
                     [
                         "--child-time",
                         label(grid),
@@ -208,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
                         str(args.repeats),
                         str(int(with_explicit)),
                     ],
+                    args.device,
                 )
                 if t and with_explicit:
                     seen_kernels[(grid, subsample)] = t
                 if tb == batch:
                     (me, note_e), (mf, note_f) = mem["explicit"], mem["fused"]
                 else:
-                    me = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), "explicit", str(tb)])
-                    mf = run_child(MODULE, ["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)])
+                    me = child(["--child-memory", label(grid), str(int(subsample)), "explicit", str(tb)], args.device)
+                    mf = child(["--child-memory", label(grid), str(int(subsample)), "fused", str(tb)], args.device)
                     me, mf = (me or {}).get("peak_bytes"), (mf or {}).get("peak_bytes")
                     note_e, note_f = "", ""
                 rows.append(

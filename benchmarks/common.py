@@ -48,11 +48,28 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def synchronize() -> None:
+    """Wait for the queued CUDA work, if this process ever used CUDA (CPU work is synchronous already)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of `fn` takes (CPU work is synchronous, so the wall clock is the cost)."""
+    """Seconds one call of `fn` takes, queued CUDA work included (synchronised before and after)."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
+
+
+def device_line(device: str | torch.device) -> str:
+    """The accelerator a benchmark ran on: 'NVIDIA H200 (cuda, 139 GiB; CUDA 12.x)' or 'cpu'."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} (cuda, {props.total_memory / 2**30:.0f} GiB; CUDA {torch.version.cuda})"
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -107,6 +124,29 @@ class PeakRSS:
             self.bytes = _status_kib("VmHWM") * 1024 - self._base
         else:
             self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self._base
+
+
+class PeakCUDA:
+    """Peak CUDA memory (bytes) allocated above the level at entry by the work inside the `with`: the caching
+    allocator's count of live tensors (torch.cuda.max_memory_allocated), not the pool it keeps reserved."""
+
+    exact = True
+
+    def __enter__(self) -> PeakCUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self._base = torch.cuda.memory_allocated()
+        self.bytes = 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize()
+        self.bytes = torch.cuda.max_memory_allocated() - self._base
+
+
+def peak_memory(device: str | torch.device) -> PeakRSS | PeakCUDA:
+    """The peak-memory reader for work on `device`: resident memory on the CPU, allocated memory on CUDA."""
+    return PeakCUDA() if torch.device(device).type == "cuda" else PeakRSS()
 
 
 # ----------------------------------------------------------------------------------------------

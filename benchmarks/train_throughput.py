@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the CIFAR-10 SAGAN-32 for each speed option, and of the data loader.
 
     python benchmarks/train_throughput.py [--tables training kernels loader] [--repeats 5] [--warmup 2]
-                                          [--variants NAME ...]
+                                          [--variants NAME ...] [--device cpu|cuda] [--config YAML] [overrides]
 
 The model is configs/cifar10.yaml's (class-conditional SAGAN-32: G width 256, D width 128, attention at
 16x16 in G and D, spectral norm everywhere, batch 64, EMA). One iteration is what one training step does:
@@ -13,6 +13,8 @@ of one iteration and the GFLOP/s of its two kernels, matmul and 3x3 convolution,
 Every variant is built in one process and the variants run in turn, one iteration each (A B C ... A B C
 ...), after --warmup iterations each (compilation happens there); the table gives the median seconds per
 iteration, images/s = batch / median, and the median of the per-round ratios against the baseline.
+`--device cuda` runs the training table on the GPU (every iteration synchronised before and after);
+`--config` and config overrides change the model (the tests use a tiny one).
 """
 
 from __future__ import annotations
@@ -24,12 +26,25 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table, timed
+from benchmarks.common import (
+    ROOT,
+    device_line,
+    interleaved,
+    machine_line,
+    median,
+    paired_ratio,
+    synchronize,
+    table,
+    timed,
+)
+from gan.cli import fail_cleanly
 from gan.config import Config, load_config
+from gan.runtime import resolve_device
 
 CONFIG = ROOT / "configs" / "cifar10.yaml"
 
@@ -51,21 +66,22 @@ COMMON = ["train.seed=0", "train.progress=false", "optim.ema_start=0",
           "train.channels_last=false", "train.compile=false", "train.mixed_precision=no"]  # fmt: skip
 
 
-def synthetic_batches(cfg: Config, seed: int = 0):
-    """An endless iterator over one fixed (images in [-1, 1], labels) batch of the config's shape."""
+def synthetic_batches(cfg: Config, seed: int = 0, device: torch.device | str = "cpu"):
+    """An endless iterator over one fixed (images in [-1, 1], labels) batch of the config's shape, on `device`."""
     g = torch.Generator().manual_seed(seed)
     m = cfg.model
     x = torch.rand(cfg.train.batch_size, m.image_channels, m.resolution, m.resolution, generator=g) * 2 - 1
     y = torch.randint(max(m.num_classes, 1), (cfg.train.batch_size,), generator=g)
-    return itertools.repeat((x, y))
+    return itertools.repeat((x.to(device), y.to(device)))
 
 
-def make_iteration(overrides: list[str], accelerator) -> Callable[[], dict[str, torch.Tensor]]:
+def make_iteration(overrides: list[str], accelerator, config: Path = CONFIG) -> Callable[[], dict[str, torch.Tensor]]:
     """One variant's iteration: `gan.step.train_step` (D step, G step, EMA update) on its own parts and batches."""
     from gan.step import build_parts, train_step
 
-    cfg = load_config(CONFIG, [*COMMON, *overrides])
-    parts, batches, steps = build_parts(cfg, accelerator), synthetic_batches(cfg), itertools.count(1)
+    cfg = load_config(config, [*COMMON, *overrides])
+    batches, steps = synthetic_batches(cfg, device=accelerator.device), itertools.count(1)
+    parts = build_parts(cfg, accelerator)
 
     def iteration() -> dict[str, torch.Tensor]:
         return train_step(parts, cfg, batches, accelerator, next(steps))[0]
@@ -73,12 +89,15 @@ def make_iteration(overrides: list[str], accelerator) -> Callable[[], dict[str, 
     return iteration
 
 
-def bench_training(names: list[str], repeats: int, warmup: int) -> str:
+def bench_training(
+    names: list[str], repeats: int, warmup: int, device: str = "cpu", config: Path = CONFIG, extra: Sequence[str] = ()
+) -> str:
+    """The training table: every variant of `names` on `config` + `extra` overrides, on `device`."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=True)
-    trainers = {name: make_iteration(VARIANTS[name][1], accelerator) for name in names}
-    batch = load_config(CONFIG, COMMON).train.batch_size
+    accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
+    trainers = {name: make_iteration([*VARIANTS[name][1], *extra], accelerator, config) for name in names}
+    batch = load_config(config, [*COMMON, *extra]).train.batch_size
     warm_s = {}
     for name, trainer in trainers.items():
         warm_s[name] = sum(timed(trainer) for _ in range(warmup))
@@ -90,8 +109,10 @@ def bench_training(names: list[str], repeats: int, warmup: int) -> str:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         for r in range(repeats):
             for name, trainer in trainers.items():
+                synchronize()  # on a GPU: the time of the work, not of queueing it
                 start = time.perf_counter()
                 last[name] = trainer()
+                synchronize()
                 times[name].append(time.perf_counter() - start)
             rounds += 1
             print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{times[n][-1]:.2f}" for n in names), file=sys.stderr)
@@ -221,19 +242,28 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="which rows (default: all)"
     )
     parser.add_argument("--tables", nargs="+", default=["training"], choices=["training", "kernels", "loader"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the training table runs")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the model and batch of the training table")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every variant (e.g. model.g_width=8)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    print(f"machine: {machine_line()}")
+    with fail_cleanly():
+        load_config(args.config, [*COMMON, *args.overrides])  # a bad config or override: one line, first
+        resolve_device(args.device)
+    print(f"machine: {machine_line()}\ndevice (training table): {device_line(args.device)}")
     if "kernels" in args.tables:
         flop = flops_per_iteration(BASELINE)
         print(f"\nFLOPs per iteration (torch.utils.flop_counter, baseline): {flop / 1e12:.2f} TFLOP\n")
         print(bench_kernels(args.repeats))
     if "training" in args.tables:
+        config = args.config.resolve().relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config
+        batch = load_config(args.config, [*COMMON, *args.overrides]).train.batch_size
         print(
-            f"\nconfigs/cifar10.yaml model, batch 64, one D step + one G step + EMA per iteration; "
+            f"\n{config} model{' with ' + ' '.join(args.overrides) if args.overrides else ''}, batch {batch}, "
+            f"one D step + one G step + EMA per iteration; "
             f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up iterations\n"
         )
-        print(bench_training(args.variants, args.repeats, args.warmup))
+        print(bench_training(args.variants, args.repeats, args.warmup, args.device, args.config, args.overrides))
     if "loader" in args.tables:
         print("\nData loader alone (Fashion-MNIST as RGB 32x32, random flips, batch 64, 100 batches):\n")
         print(bench_loader(100, [0, 1, 2]))
