@@ -220,7 +220,7 @@ def overfit(run_dirs: list[Path], images: int) -> str:
         train = first(cfg.data, cfg.model)
         heldout = first(dataclasses.replace(cfg.data, split="test", subset=0), cfg.model)
         logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        fcd = {row["step"]: row[k] for row in logged for k in ("fid", "fcd") if k in row}
+        fcd = {row["step"]: row[k] for row in logged for k in ("fid", "fcd", "frechet_classifier_distance") if k in row}
         lines += [f"`{run_dir}` ({len(train[0])} training / {len(heldout[0])} held-out images)", "",
                   "| step | D(train) | D(held-out) | gap | r_t = E[sign D(train)] | E[sign D(held-out)] | FCD |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
