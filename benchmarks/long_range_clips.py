@@ -33,7 +33,17 @@ from gan.erf import theoretical_rf
 from gan.layers import DBlockOptimized, _init, linear
 from gan.viz import save_image_grid
 
-ARMS = {name: probe.ARMS[name] for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
+# The 2D probe's arms; the block's keys are max-pooled over (2, 2, 2) (frame pairs and 2x2 pixels): 256 keys from
+# the 8 x 16 x 16 grid, as many as the 2D probe's block has, at half the cost of the video default (1, 2, 2).
+KEY_POOL = (2, 2, 2)
+
+
+def _clip_arm(name: str) -> dict:
+    spec = probe.ARMS[name]
+    return spec if spec["attention"] is None else {**spec, "attention": {**spec["attention"], "pool": KEY_POOL}}
+
+
+ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
 
 
 class FrameStem(nn.Module):
@@ -183,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", default=["conv", "attn_zero_init"], choices=list(ARMS))
     parser.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=32, help="clips per step, half coherent, half incoherent")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=16, help="clips per step, half coherent, half incoherent")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--frames", type=int, default=8)
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "--train-pairs", type=int, default=512, help="coherent clips (each with its incoherent version)"
     )
     parser.add_argument("--test-pairs", type=int, default=250)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--out", default="runs/long_range_clips")
     parser.add_argument("--plot", default="docs/long_range/clips_8.png")
     args = parser.parse_args(argv)
