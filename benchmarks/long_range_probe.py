@@ -99,13 +99,13 @@ def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tenso
     return x, torch.cat([torch.ones(n), torch.zeros(n)])
 
 
-def accuracy(model: Probe, x: Tensor, y: Tensor, batch: int = 250) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 250) -> float:
     with torch.no_grad():
         logits = torch.cat([model(x[k : k + batch]) for k in range(0, len(x), batch)])
     return float(((logits > 0).float() == y).float().mean())
 
 
-def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
+def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
     """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
     block = model.attention
     grads = {

@@ -28,6 +28,14 @@ DISTRACTOR_GREY = (0.25, 0.40)  # its grey level: above the background (< 0.22),
 DISTRACTOR_MAX_SPEED = 3  # pixels per frame along each axis
 
 
+def _paint(frame: np.ndarray, obj: tuple[int, int, int, int, np.ndarray]) -> np.ndarray:
+    """A copy of frame (C, R, R) with the object (shape, side, x0, y0, colour) drawn on it."""
+    shape, s, x0, y0, colour = obj
+    mask = np.zeros(frame.shape[1:], dtype=bool)
+    mask[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
+    return np.where(mask[None], colour[:, None, None], frame)
+
+
 class CoherentClips(Dataset):
     """`size` clips of `frames` frames of side `resolution`; clip i depends only on (seed, i).
 
@@ -61,12 +69,6 @@ class CoherentClips(Dataset):
         """Clip `index` with the last frame's object redrawn independently; frames 0..T-2 unchanged."""
         return self._render(index, coherent=False)
 
-    def _paint(self, frame: np.ndarray, obj: tuple[int, int, int, int, np.ndarray]) -> np.ndarray:
-        shape, s, x0, y0, colour = obj
-        mask = np.zeros(frame.shape[1:], dtype=bool)
-        mask[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
-        return np.where(mask[None], colour[:, None, None], frame)
-
     def _render(self, index: int, coherent: bool) -> tuple[Tensor, int]:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} clips")
@@ -83,8 +85,8 @@ class CoherentClips(Dataset):
         last = first if coherent else draw_object(rng, r, self.channels)  # drawn last: clip i is unchanged
 
         clip = np.repeat(background[:, None], t, axis=1)  # (C, T, R, R)
-        clip[:, 0] = self._paint(background, first)
-        clip[:, t - 1] = self._paint(background, last)
+        clip[:, 0] = _paint(background, first)
+        clip[:, t - 1] = _paint(background, last)
         for k in range(1, t - 1):
             y, x = (start + velocity * k) % span
             clip[:, k, y : y + DISTRACTOR_SIDE, x : x + DISTRACTOR_SIDE] = grey
