@@ -99,13 +99,13 @@ def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tenso
     return x, torch.cat([torch.ones(n), torch.zeros(n)])
 
 
-def accuracy(model: Probe, x: Tensor, y: Tensor, batch: int = 250) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 250) -> float:
     with torch.no_grad():
         logits = torch.cat([model(x[k : k + batch]) for k in range(0, len(x), batch)])
     return float(((logits > 0).float() == y).float().mean())
 
 
-def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
+def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
     """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
     block = model.attention
     grads = {
@@ -132,11 +132,18 @@ def block_state(model: Probe, probe_x: Tensor) -> dict[str, float]:
     return state
 
 
-def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
-    spec = ARMS[arm]
-    view = spec.get("view", "full")
-    torch.manual_seed(seed)
-    model = Probe(depth, args.width, attention=spec["attention"])
+def fit(
+    model: nn.Module,
+    spec: dict,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    args: argparse.Namespace,
+    seed: int,
+    name: str,
+) -> tuple[list[dict], float]:
+    """The loop every probe shares; returns (log, CPU s). `train` and `test` hold n coherent items, then
+    their n incoherent versions (`pairs`); each step draws batch / 2 items (order fixed by `seed`) with their
+    own incoherent versions. Adam at args.lr, the block (`model.attention`, if any) at spec's `attn_lr_mult` x."""
     attn_params = list(model.attention.parameters()) if model.attention is not None else []
     attn_ids = {id(p) for p in attn_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in attn_ids], "lr": args.lr}]
@@ -144,13 +151,13 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         groups.append({"params": attn_params, "lr": args.lr * spec.get("attn_lr_mult", 1.0)})
     opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
 
-    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
-    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    (x_train, y_train), (x_test, y_test) = train, test
+    n_train = len(x_train) // 2
     order = torch.Generator().manual_seed(seed)
     log, start = [], time.process_time()
     for step in range(1, args.steps + 1):
-        k = torch.randint(args.train_pairs, (args.batch // 2,), generator=order)
-        k = torch.cat([k, k + args.train_pairs])  # each drawn item with its own incoherent version
+        k = torch.randint(n_train, (args.batch // 2,), generator=order)
+        k = torch.cat([k, k + n_train])  # each drawn item with its own incoherent version
         x, y = x_train[k], y_train[k]
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -165,12 +172,22 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
                 entry.update(block_state(model, x_test[:16]))
             log.append(entry)
             print(
-                f"  {arm} depth {depth} seed {seed} step {step}: "
-                + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"),
+                f"  {name} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"),
                 flush=True,
             )
         opt.step()
-    cpu_s = time.process_time() - start
+    return log, time.process_time() - start
+
+
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
+    spec = ARMS[arm]
+    view = spec.get("view", "full")
+    torch.manual_seed(seed)
+    model = Probe(depth, args.width, attention=spec["attention"])
+    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    name = f"{arm} depth {depth} seed {seed}"
+    log, cpu_s = fit(model, spec, (x_train, y_train), (x_test, y_test), args, seed, name)
 
     save_file(model.state_dict(), str(weights_path))
     erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
@@ -273,13 +290,15 @@ def report(args: argparse.Namespace) -> None:
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 
-def _print_verdicts(groups: dict[tuple[str, int], list[dict]]) -> None:
+def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
     """Test accuracy against a control, by the repository's rule (|diff| > 2 x pooled std): each conv depth
-    against depth 0, each attention arm against `conv` and each lever against its reference at the same depth."""
-    pairs_ = [(("conv", d), ("conv", 0)) for a, d in sorted(groups) if a == "conv" and d > 0]
-    for arm, depth in sorted(groups, key=lambda k: (list(ARMS).index(k[0]), k[1])):
-        if ARMS[arm]["attention"] is not None:
-            controls = ("conv", ARMS[arm].get("reference", "attn"))
+    against the shallowest, each attention arm against `conv` and each lever against its reference at the
+    same depth."""
+    base = min((d for a, d in groups if a == "conv"), default=0)
+    pairs_ = [(("conv", d), ("conv", base)) for a, d in sorted(groups) if a == "conv" and d > base]
+    for arm, depth in sorted(groups, key=lambda k: (list(arms).index(k[0]), k[1])):
+        if arms[arm]["attention"] is not None:
+            controls = ("conv", arms[arm].get("reference", "attn"))
             pairs_ += [((arm, depth), (control, depth)) for control in controls if control != arm]
     print("\nTest accuracy against a control (rule: the difference counts when |diff| > 2 x pooled std):\n")
     print("| arm | control | diff of means | pooled std | Welch t | verdict |")

@@ -53,6 +53,36 @@ def _shape_mask(shape: int, s: int) -> np.ndarray:
     raise ValueError(f"shape index {shape} is not in 0..{len(SHAPES) - 1}")
 
 
+def draw_object(
+    rng: np.random.Generator, resolution: int, channels: int, x0_max: int | None = None
+) -> tuple[int, int, int, int, np.ndarray]:
+    """shape, side s, left edge x0, top row y0 and colour (C,) of one object, drawn in that order.
+
+    x0 is drawn in [1, x0_max] (None: anywhere the object fits, like y0). The hue/saturation and the grey
+    level are both drawn whatever `channels` is, so that the RGB and grayscale geometry agree.
+    """
+    r = resolution
+    shape = int(rng.integers(len(SHAPES)))
+    s = int(rng.integers(round(SIZE_RANGE[0] * r), round(SIZE_RANGE[1] * r) + 1))
+    x0 = int(rng.integers(1, x0_max + 1)) if x0_max is not None else int(rng.integers(1, r - s))
+    y0 = int(rng.integers(1, r - s))  # rows [y0, y0 + s) stay inside [1, r - 1)
+    hue, sat = rng.random(), rng.uniform(*SATURATION_RANGE)
+    grey = rng.uniform(*GREY_RANGE)
+    colour = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0)) if channels == 3 else np.array([grey])
+    return shape, s, x0, y0, colour
+
+
+def draw_background(rng: np.random.Generator, resolution: int, channels: int) -> np.ndarray:
+    """(C, R, R) in [0, 1]: base + amplitude * (linear ramp in a random direction, rescaled to [0, 1])."""
+    base = rng.uniform(0.0, BACKGROUND_BASE, size=3)
+    amplitude, angle = rng.uniform(0.0, BACKGROUND_GRADIENT), rng.uniform(0.0, 2 * np.pi)
+    coords = (np.arange(resolution) + 0.5) / resolution
+    ys, xs = np.meshgrid(coords, coords, indexing="ij")
+    ramp = xs * np.cos(angle) + ys * np.sin(angle)
+    ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+    return base[:channels, None, None] + amplitude * ramp[None]
+
+
 class CoherenceDataset(Dataset):
     """`size` generated images of side `resolution`; item i depends only on (seed, i).
 
@@ -92,15 +122,7 @@ class CoherenceDataset(Dataset):
 
     def _draw_object(self, rng: np.random.Generator) -> tuple[int, int, int, int, np.ndarray]:
         """shape, side s, left edge x0, top row y0 and colour (C,) of one left-side object."""
-        r = self.resolution
-        shape = int(rng.integers(len(SHAPES)))
-        s = int(rng.integers(round(SIZE_RANGE[0] * r), round(SIZE_RANGE[1] * r) + 1))
-        x0 = int(rng.integers(1, max(1, round(MAX_EDGE_OFFSET * r)) + 1))
-        y0 = int(rng.integers(1, r - s))  # rows [y0, y0 + s) stay inside [1, r - 1)
-        hue, sat = rng.random(), rng.uniform(*SATURATION_RANGE)
-        grey = rng.uniform(*GREY_RANGE)
-        colour = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0)) if self.channels == 3 else np.array([grey])
-        return shape, s, x0, y0, colour
+        return draw_object(rng, self.resolution, self.channels, max(1, round(MAX_EDGE_OFFSET * self.resolution)))
 
     def _render(self, index: int, coherent: bool) -> tuple[Tensor, int]:
         if not -self.size <= index < self.size:
@@ -112,15 +134,7 @@ class CoherenceDataset(Dataset):
         # Draw every attribute in a fixed order, whatever `channels` is, so that the geometry of item i is
         # the same in the RGB and the grayscale dataset.
         shape, s, x0, y0, colour = self._draw_object(rng)
-        base = rng.uniform(0.0, BACKGROUND_BASE, size=3)
-        amplitude, angle = rng.uniform(0.0, BACKGROUND_GRADIENT), rng.uniform(0.0, 2 * np.pi)
-
-        # Background: base + amplitude * (linear ramp in direction `angle`, rescaled to [0, 1]).
-        coords = (np.arange(r) + 0.5) / r
-        ys, xs = np.meshgrid(coords, coords, indexing="ij")
-        ramp = xs * np.cos(angle) + ys * np.sin(angle)
-        ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
-        img = base[: self.channels, None, None] + amplitude * ramp[None]  # (C, R, R)
+        img = draw_background(rng, r, self.channels)  # (C, R, R)
 
         # Objects: the left one at columns [x0, x0 + s); the right one the mirror image of the left one
         # (coherent) or of an independently drawn one (incoherent, drawn last so item i itself is unchanged).

@@ -1,0 +1,213 @@
+"""The long-range probe in time: can a 3D conv ladder tell clips whose last frame repeats the first from
+clips whose last object was redrawn, and does one space-time non-local block change the depth it needs?
+
+Clips are `gan.clips.CoherentClips` (T = 8 frames of 32x32; coherent: frame T-1's object is frame 0's) and
+their incoherent versions. The classifier reuses the 2D probe's pieces (benchmarks/long_range_probe.py: the
+arms, the training loop `fit`, `accuracy`, `block_state`, the verdict rule): the repository's first D block
+applied to every frame alone, optionally ONE `NonLocalBlock(dim=3)` on the whole (T, H, W) grid, then
+`depth` residual blocks ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2) (each widens the temporal field by 2
+frames: 1 + 2 depth in all), ReLU, global sum pooling and a linear head, spectral norm everywhere.
+See docs/long_range.md ("The probe in time (3D)").
+
+    python -m benchmarks.long_range_clips run --arms conv attn_zero_init --depths 1 2 4 --seeds 0 1 2
+    python -m benchmarks.long_range_clips report
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks import long_range_probe as probe
+from benchmarks.common import machine_line
+from gan.attention import NonLocalBlock
+from gan.clips import CoherentClips
+from gan.erf import theoretical_rf
+from gan.layers import DBlockOptimized, _init, linear
+from gan.viz import save_image_grid
+
+# The 2D probe's arms; the block's keys are max-pooled over (2, 2, 2) (frame pairs and 2x2 pixels): 256 keys from
+# the 8 x 16 x 16 grid, as many as the 2D probe's block has, at half the cost of the video default (1, 2, 2).
+KEY_POOL = (2, 2, 2)
+
+
+def _clip_arm(name: str) -> dict:
+    spec = probe.ARMS[name]
+    return spec if spec["attention"] is None else {**spec, "attention": {**spec["attention"], "pool": KEY_POOL}}
+
+
+ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
+
+
+class FrameStem(nn.Module):
+    """The repository's first D block on every frame alone: (B, C, T, H, W) -> (B, W, T, H/2, W/2)."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.block = DBlockOptimized(channels, width, sn=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, t = x.shape[:3]
+        h = self.block(x.transpose(1, 2).flatten(0, 1))  # (B T, W, H/2, W/2)
+        return h.unflatten(0, (b, t)).transpose(1, 2)  # (B, W, T, H/2, W/2)
+
+
+class ClipBlock(nn.Module):
+    """DBlock in space-time: ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2), shortcut conv1x1x1-avgpool(1,2,2).
+
+    One temporal tap of 3 per block: the temporal field grows by exactly 2 frames; time is never pooled."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = _init(nn.Conv3d(width, width, 3, padding=1), sn=True)
+        self.conv2 = _init(nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), sn=True)
+        self.shortcut = _init(nn.Conv3d(width, width, 1), sn=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(F.relu(self.conv1(F.relu(x))))
+        return F.avg_pool3d(h, (1, 2, 2)) + F.avg_pool3d(self.shortcut(x), (1, 2, 2))
+
+
+class ClipProbe(nn.Module):
+    """clips (B, C, T, H, W) -> logit (B,): FrameStem [-> NonLocalBlock(dim=3)] -> depth x ClipBlock -> ReLU,
+    sum over (T, H, W), linear. At depth 0 it is a per-frame classifier whose scores are summed over frames."""
+
+    def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
+        super().__init__()
+        self.stem = FrameStem(channels, width)
+        self.attention = NonLocalBlock(width, dim=3, **attention) if attention is not None else None
+        self.blocks = nn.Sequential(*[ClipBlock(width) for _ in range(depth)])
+        self.head = linear(width, 1, sn=True)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The map before the final ReLU: (B, width, T, H / 2^(depth+1), W / 2^(depth+1))."""
+        h = self.stem(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        return self.blocks(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3, 4))).squeeze(1)
+
+
+def temporal_rf(depth: int) -> int:
+    """Theoretical temporal receptive field (frames) of the conv path: 1 + 2 depth."""
+    stem = [(1, 1)] * 3  # conv, conv, pool: per frame
+    block = [(3, 1), (1, 1), (1, 1)]  # conv3x3x3, conv1x3x3, avgpool(1,2,2)
+    return theoretical_rf(stem + block * depth)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def clip_pairs(seed: int, n: int, frames: int = 8, resolution: int = 32) -> tuple[Tensor, Tensor]:
+    """n coherent clips and their incoherent versions, stacked: (2n, 3, T, R, R), labels 1 then 0."""
+    data = CoherentClips(n, resolution, frames, seed=seed)
+    x = torch.stack([data[i][0] for i in range(n)] + [data.incoherent(i)[0] for i in range(n)])
+    return x, torch.cat([torch.ones(n), torch.zeros(n)])
+
+
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
+    spec = ARMS[arm]
+    torch.manual_seed(seed)
+    model = ClipProbe(depth, args.width, attention=spec["attention"])
+    train = clip_pairs(probe.TRAIN_SEED, args.train_pairs, args.frames)
+    test = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
+    log, cpu_s = probe.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
+    return {
+        "arm": arm,
+        "depth": depth,
+        "seed": seed,
+        "spec": spec,
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "temporal_rf": temporal_rf(depth),
+        "test_acc": probe.accuracy(model, *test),
+        "cpu_s": cpu_s,
+        "log": log,
+        "settings": {
+            k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs")
+        },
+        "machine": machine_line(),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    for arm in args.arms:
+        for depth in args.depths:
+            for seed in args.seeds:
+                path = Path(args.out) / f"t{args.frames}" / arm / f"depth{depth}" / f"seed{seed}.json"
+                if path.exists():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                result = train_one(arm, depth, seed, args)
+                path.write_text(json.dumps(result, indent=1))
+                print(
+                    f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, {result['cpu_s']:.0f} CPU s"
+                )
+
+
+def report(args: argparse.Namespace) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"t{args.frames}/*/depth*/seed*.json"))]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["arm"], r["depth"]), []).append(r)
+    order = sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1]))
+    print(
+        "| arm | depth | params | temporal RF (frames) | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in order:
+        rs.sort(key=lambda r: r["seed"])
+        accs = [r["test_acc"] for r in rs]
+        print(
+            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['temporal_rf']} | {probe._mean_std(accs)} | "
+            f"{', '.join(f'{a:.3f}' for a in accs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+        )
+    print("\nPer run of the attention arms (the block at the last logged step):\n")
+    print("| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g |")
+    print("|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in order:
+        for r in rs if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            gate = f"gamma {e['gamma']:+.4f}" if e["gamma"] == e["gamma"] else f"norm(out) {e['out_weight_norm']:.3f}"
+            print(
+                f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
+            )
+    probe._print_verdicts(groups, ARMS)
+    if results:
+        print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
+    x, _ = clip_pairs(probe.TEST_SEED, 3, args.frames)  # top 3 rows coherent, bottom 3 their incoherent versions
+    save_image_grid(x.transpose(1, 2).flatten(0, 1), Path(args.plot), nrow=args.frames)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--arms", nargs="+", default=["conv", "attn_zero_init"], choices=list(ARMS))
+    parser.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=16, help="clips per step, half coherent, half incoherent")
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument(
+        "--train-pairs", type=int, default=512, help="coherent clips (each with its incoherent version)"
+    )
+    parser.add_argument("--test-pairs", type=int, default=250)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--out", default="runs/long_range_clips")
+    parser.add_argument("--plot", default="docs/long_range/clips_8.png")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
