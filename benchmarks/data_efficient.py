@@ -83,7 +83,7 @@ NOTES = [  # fixed text below the generated tables
     "falling without augmentation (66 at the end) and augmentation cost more than it saved (87; one seed each, "
     "no seed spread, so no verdict). The grid above, at 150 steps, sits where D's gap is about 0.05: it could "
     "not show the published effect, and a grid that can needs runs past the point where `none`'s FCD turns "
-    "upward, i.e. well beyond 2,000 steps at this size (27 runs x 3 seeds of >= 4,000 steps is more than 5 "
+    "upward, i.e. well beyond 2,000 steps at this size (27 runs, 3 sizes x 3 methods x 3 seeds, of >= 4,000 steps is about 10 "
     "CPU-hours at width 16: a GPU job, not a 2-core one).",
     "",
     "## A folder of real photographs",

@@ -55,8 +55,9 @@ def auto_threads() -> int:
     """The cores nobody else is using at start: usable cores minus the 1-minute load average, at least 1.
 
     Measured (docs/benchmarks.md, Threads): with the cores busy, two threads made 8 demo steps 2.5x slower
-    than one (a thread waits at every barrier for a descheduled partner); on a quiet machine two threads
-    were 1.7x faster than one. Counting idle cores picks the faster side of both."""
+    than one (a thread waits at every barrier for a descheduled partner); on quiet machines two threads
+    were faster (1.23x for the demo on an AMD EPYC, 1.7x for the CIFAR-10 model on an Intel Xeon). Counting
+    idle cores picks the faster side of both."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
