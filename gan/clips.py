@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gan.synthetic import SHAPES, _shape_mask, draw_background, draw_object
+from gan.synthetic import SHAPES, _shape_mask, check_arguments, draw_background, draw_object
 
 DISTRACTOR_SIDE = 2  # pixels
 DISTRACTOR_GREY = (0.25, 0.40)  # its grey level: above the background (< 0.22), below the objects (>= 0.55)
@@ -47,16 +47,9 @@ class CoherentClips(Dataset):
     num_classes = len(SHAPES)
 
     def __init__(self, size: int, resolution: int = 32, frames: int = 8, channels: int = 3, seed: int = 0) -> None:
-        if size < 1:
-            raise ValueError(f"CoherentClips size must be at least 1, got {size}")
-        if resolution < 16:
-            raise ValueError(f"CoherentClips resolution must be at least 16, got {resolution}")
+        check_arguments("CoherentClips", size, resolution, channels, seed)
         if frames < 2:
             raise ValueError(f"CoherentClips needs at least 2 frames (first and last), got {frames}")
-        if channels not in (1, 3):
-            raise ValueError(f"CoherentClips channels must be 1 or 3, got {channels}")
-        if seed < 0:
-            raise ValueError(f"CoherentClips seed must be non-negative, got {seed}")
         self.size, self.resolution, self.frames, self.channels, self.seed = size, resolution, frames, channels, seed
 
     def __len__(self) -> int:

@@ -83,6 +83,18 @@ def draw_background(rng: np.random.Generator, resolution: int, channels: int) ->
     return base[:channels, None, None] + amplitude * ramp[None]
 
 
+def check_arguments(what: str, size: int, resolution: int, channels: int, seed: int) -> None:
+    """The argument checks every generated dataset shares (`what` names it in the message). Raises ValueError."""
+    if size < 1:
+        raise ValueError(f"{what} size must be at least 1, got {size}")
+    if resolution < 16:
+        raise ValueError(f"{what} resolution must be at least 16, got {resolution}")
+    if channels not in (1, 3):
+        raise ValueError(f"{what} channels must be 1 or 3, got {channels}")
+    if seed < 0:
+        raise ValueError(f"{what} seed must be non-negative, got {seed}")
+
+
 class CoherenceDataset(Dataset):
     """`size` generated images of side `resolution`; item i depends only on (seed, i).
 
@@ -94,14 +106,7 @@ class CoherenceDataset(Dataset):
     num_classes = len(SHAPES)
 
     def __init__(self, size: int, resolution: int, channels: int = 3, seed: int = 0) -> None:
-        if size < 1:
-            raise ValueError(f"CoherenceDataset size must be at least 1, got {size}")
-        if resolution < 16:
-            raise ValueError(f"CoherenceDataset resolution must be at least 16, got {resolution}")
-        if channels not in (1, 3):
-            raise ValueError(f"CoherenceDataset channels must be 1 or 3, got {channels}")
-        if seed < 0:
-            raise ValueError(f"CoherenceDataset seed must be non-negative, got {seed}")
+        check_arguments("CoherenceDataset", size, resolution, channels, seed)
         self.size, self.resolution, self.channels, self.seed = size, resolution, channels, seed
 
     def __len__(self) -> int:
