@@ -175,7 +175,7 @@ def report(args: argparse.Namespace) -> None:
     for (arm, depth), rs in order:
         for r in rs if ARMS[arm]["attention"] is not None else []:
             e = r["log"][-1]
-            gate = f"gamma {e['gamma']:+.4f}" if e["gamma"] == e["gamma"] else f"norm(out) {e['out_weight_norm']:.3f}"
+            gate = probe.gate_label(e)
             print(
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"

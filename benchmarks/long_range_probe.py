@@ -275,7 +275,7 @@ def report(args: argparse.Namespace) -> None:
     for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
         for r in rs if ARMS[arm]["attention"] is not None else []:
             e = r["log"][-1]
-            gate = f"gamma {e['gamma']:+.4f}" if e["gamma"] == e["gamma"] else f"norm(out) {e['out_weight_norm']:.3f}"
+            gate = gate_label(e)
             print(
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {r['erf_mass_beyond_16']:.4f} | {r['cpu_s']:.0f} |"
@@ -288,6 +288,14 @@ def report(args: argparse.Namespace) -> None:
     _plot_opening(groups, Path(args.plot).with_name("block_opening.png"))
     x, _ = pairs(args.resolution, TEST_SEED, 6)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
+
+
+def gate_label(entry: dict) -> str:
+    """A logged block state's gate for the reports: gamma under the gamma gate, else the norm of `out`'s weight
+    (gamma is logged as NaN under the zero-initialised gate)."""
+    if entry["gamma"] == entry["gamma"]:
+        return f"gamma {entry['gamma']:+.4f}"
+    return f"norm(out) {entry['out_weight_norm']:.3f}"
 
 
 def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
