@@ -12,7 +12,8 @@ directory. `report` reads any number of OUT directories and writes one Markdown 
 table, per-seed values, parameter counts, a plot and a verdict computed from the numbers (experiment.verdict).
 
 Arms: `none`, `g<S>` (G only), `d<S>` (D only), `gd<S>` (both at S), or `g<S>d<T>`; S, T are feature-map
-sides (32x32 models: G has 8, 16, 32; D has 16, 8).
+sides (32x32 models: G has 8, 16, 32; D has 16, 8; 64x64 models add 32 and 64). A `-zero` suffix (`gd32-zero`)
+gives the arm's blocks the non-local paper's zero-initialised output conv instead of SAGAN's gamma gate.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from gan.cli import fail_cleanly  # (light: no torch)
 from gan.registry import higher_is_better
 
 MANIFEST = "ablation.json"
-_ARM = re.compile(r"^(?:none|gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)$")
+_ARM = re.compile(r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?)$")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,16 +53,19 @@ _ARM = re.compile(r"^(?:none|gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)$"
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One ablation arm: the feature-map sides with a non-local block in G and in D."""
+    """One ablation arm: the feature-map sides with a non-local block in G and in D, and the blocks' gate."""
 
     name: str
     g: tuple[int, ...]
     d: tuple[int, ...]
+    gate: str = "gamma"
 
     def overrides(self) -> list[str]:
+        gate = [f"model.attn_gate={self.gate}"] if self.gate != "gamma" else []  # gamma: the config's own value
         return [
             f"model.g_attention=[{','.join(map(str, self.g))}]",
             f"model.d_attention=[{','.join(map(str, self.d))}]",
+            *gate,
         ]
 
     @property
@@ -70,16 +74,21 @@ class Arm:
 
 
 def parse_arm(name: str) -> Arm:
-    """ "none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8."""
+    """ "none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8;
+    "gd32-zero" -> both at 32 with the zero-initialised output gate."""
     match = _ARM.match(name.strip())
-    if not match or not name.strip():
-        raise ExperimentError(f"arm '{name}' is not none, g<side>, d<side>, gd<side> or g<side>d<side> (e.g. gd16)")
+    if not match or name.strip() in ("", "-zero"):
+        raise ExperimentError(
+            f"arm '{name}' is not none, g<side>, d<side>, gd<side> or g<side>d<side>, optionally with -zero "
+            "(e.g. gd16, gd32-zero)"
+        )
+    gate = "zero_init" if match["zero"] else "gamma"
     if match["both"]:
         side = int(match["both"])
-        return Arm(name.strip(), (side,), (side,))
+        return Arm(name.strip(), (side,), (side,), gate)
     g = (int(match["g"]),) if match["g"] else ()
     d = (int(match["d"]),) if match["d"] else ()
-    return Arm(name.strip(), g, d)
+    return Arm(name.strip(), g, d, gate)
 
 
 def parse_arms(text: str) -> list[Arm]:
@@ -121,7 +130,7 @@ def _arm_order(name: str) -> tuple:
     """none first, then G only, D only, both; smaller sides first within each."""
     arm = parse_arm(name)
     kind = 0 if not arm.has_attention else 1 if not arm.d else 2 if not arm.g else 3
-    return (kind, arm.g, arm.d)
+    return (kind, arm.g, arm.d, arm.gate != "gamma")
 
 
 def collect(out: Path) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from gan.runtime import eval_mode
 
 
 def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
-    """gamma and mean row entropy of every attention block of G (on z) and D (on real images)."""
+    """How far every attention block of G (on z) and D (on real images) has opened: its gamma (SAGAN's gate) or,
+    under the zero-initialised output gate, the Frobenius norm of `out`'s weight (`out_norm/`, 0 at init), and
+    the mean row entropy of its attention."""
     out: dict[str, float] = {}
     for tag, net, args in (("G", G, (z, y)), ("D", D, (real, y_real))):
         blocks = attention_blocks(net)
@@ -29,6 +31,8 @@ def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) 
         for (name, block), record in zip(blocks, records):
             if block.gate == "gamma":
                 out[f"gamma/{tag}.{name}"] = block.gamma.item()
+            else:
+                out[f"out_norm/{tag}.{name}"] = block.out.weight.detach().norm().item()
             out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
     return out
 

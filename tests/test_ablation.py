@@ -50,7 +50,20 @@ def test_arm_overrides_are_valid_config_overrides():
     assert (cfg.model.g_attention, cfg.model.d_attention) == ([], [])
 
 
-@pytest.mark.parametrize("bad", ["", "x16", "gd", "g", "16", "dg16", "none16", "g16g8"])
+def test_zero_suffix_selects_the_zero_initialised_gate():
+    from gan.config import load_config
+
+    arm = parse_arm("gd32-zero")
+    assert (arm.g, arm.d, arm.gate, arm.has_attention) == ((32,), (32,), "zero_init", True)
+    assert (parse_arm("d8-zero").d, parse_arm("g16d8-zero").g) == ((8,), (16,))
+    cfg = load_config("configs/ablation_coherence.yaml", ["model.resolution=64", *arm.overrides()])
+    assert (cfg.model.g_attention, cfg.model.d_attention, cfg.model.attn_gate) == ([32], [32], "zero_init")
+    assert "model.attn_gate" not in " ".join(parse_arm("gd32").overrides())  # the config's own gate
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x16", "gd", "g", "16", "dg16", "none16", "g16g8", "none-zero", "-zero", "gd32zero"]
+)
 def test_parse_arm_rejects(bad):
     with pytest.raises(ExperimentError, match="is not none"):
         parse_arm(bad)

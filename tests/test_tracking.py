@@ -1,12 +1,16 @@
 """Trackers: an offline W&B run and a TensorBoard run hold the scalars, sample grids and attention maps."""
 
+import math
 import struct
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train as train_cli
+from gan.attention import NonLocalBlock
+from gan.tracking import attention_stats
 
 from shared import TINY_RUN
 
@@ -104,3 +108,42 @@ def test_tensorboard_run_holds_scalars_and_images(tmp_path):
     assert SCALARS <= set(acc.Tags()["scalars"])
     assert {"samples", "attention/G", "attention/D"} <= set(acc.Tags()["images"])
     assert acc.Scalars("loss_d")[0].step == 2
+
+
+class _TwoArgs(torch.nn.Module):
+    """A stand-in G or D: one non-local block on a fixed 4x4 map, called as net(x, y) like the real ones."""
+
+    def __init__(self, gate: str) -> None:
+        super().__init__()
+        self.attn = NonLocalBlock(8, gate=gate, subsample=False, spectral_norm=False)
+
+    def forward(self, x, y):  # noqa: ARG002
+        return self.attn(x)
+
+
+@pytest.mark.parametrize("gate", ["gamma", "zero_init"])
+def test_attention_stats_logs_each_gate_and_entropy(gate):
+    torch.manual_seed(0)
+    G, D = _TwoArgs(gate), _TwoArgs(gate)
+    with torch.no_grad():
+        for net in (G, D):
+            if gate == "gamma":
+                net.attn.gamma.fill_(0.25)
+            else:
+                net.attn.out.weight.copy_(torch.arange(net.attn.out.weight.numel()).view_as(net.attn.out.weight))
+    x = torch.randn(2, 8, 4, 4)
+    stats = attention_stats(G, D, x, None, x, None)
+    for tag in ("G", "D"):
+        if gate == "gamma":
+            assert stats[f"gamma/{tag}.attn"] == 0.25 and f"out_norm/{tag}.attn" not in stats
+        else:  # the Frobenius norm of out's weight, by hand: sqrt(0^2 + 1^2 + ... + (n-1)^2)
+            n = 8 * (8 // 2)
+            assert stats[f"out_norm/{tag}.attn"] == pytest.approx(math.sqrt(sum(i * i for i in range(n))))
+            assert f"gamma/{tag}.attn" not in stats
+        # entropy of the softmax rows of theta^T phi over the 16 positions, from the block's own projections
+        block = (G if tag == "G" else D).attn
+        theta = block.theta(x).flatten(2).double()
+        phi = block.phi(x).flatten(2).double()
+        p = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
+        expected = -(p * p.log()).sum(-1).mean().item()
+        assert stats[f"attn_entropy/{tag}.attn"] == pytest.approx(expected, rel=1e-5)
