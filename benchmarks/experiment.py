@@ -323,7 +323,9 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
 
     Scores: every registered metric defined on the run's dataset without a feature network (the coherence
     score on the built-in dataset), and the Frechet classifier distance `fcd` (registry `fid` under the
-    Fashion-MNIST classifier features; not FID), plus the registry `metrics` asked for (same features, same samples)."""
+    Fashion-MNIST classifier features; not FID), plus the registry `metrics` asked for (same features, same samples).
+    On the built-in dataset also D's own view: `d_auc` of its outputs on `num_samples` unseen coherent images
+    against their incoherent versions (gan.synthetic.mismatch_auc)."""
     import torch
 
     from gan import registry, viz
@@ -352,6 +354,10 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
                                             pairs_grid=run_dir / "ablation" / "closest_pairs.png"))  # fmt: skip
     result["fcd"] = scores[registry.result_key("fid", "fashion_classifier")]
     result["fcd_seconds"] = time.perf_counter() - t0
+    if cfg.data.dataset == "builtin":  # does the trained D notice a broken long-range tie? (0.5: it cannot)
+        from gan.synthetic import mismatch_auc
+
+        result.update(mismatch_auc(D, cfg.model, num=num_samples))
 
     figures = run_dir / "ablation"
     images = sample_images(G, min(SAMPLE_CHUNK, num_samples), SAMPLE_SEED)  # the first images the scores saw

@@ -153,22 +153,25 @@ def test_results_table_formatting():
 def test_run_and_report_end_to_end(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     cmd = [sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
-           "--arms", "none,gd16", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
+           "--arms", "none,gd16,gd16-zero", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
            "train.steps=2", "train.batch_size=4", "data.builtin_size=64", "model.g_width=16", "model.d_width=16",
            f"eval.cache_dir={cache}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for arm in ("none", "gd16"):
+    for arm in ("none", "gd16", "gd16-zero"):
         rd = out / arm / "seed0"
         ev = json.loads((rd / "ablation_eval.json").read_text())
         assert ev["step"] == 2 and ev["num_samples"] == 16 and ev["dataset"] == "builtin"
         assert 0.0 <= ev["coherence"] <= 1.0 and ev["fcd"] >= 0.0
         assert set(ev) >= {"valid", "shape_iou", "colour_agreement", "fcd_seconds", "eval_seconds"}
+        assert 0.0 <= ev["d_auc"] <= 1.0 and 0.0 <= ev["d_paired"] <= 1.0  # D on 16 unseen coherent/incoherent pairs
+        assert {"d_coherent", "d_incoherent"} <= set(ev)
         assert (rd / "ablation" / "samples.png").is_file()
-        assert (rd / "ablation" / "attention_G.png").is_file() == (arm == "gd16")
-        assert (rd / "ablation" / "attention_D.png").is_file() == (arm == "gd16")
+        assert (rd / "ablation" / "attention_G.png").is_file() == (arm != "none")
+        assert (rd / "ablation" / "attention_D.png").is_file() == (arm != "none")
         run = json.loads((rd / "ablation_run.json").read_text())
-        assert run["overrides"][:3] == [*parse_arm(arm).overrides(), "train.seed=0"]
+        expected = [*parse_arm(arm).overrides(), "train.seed=0"]
+        assert run["overrides"][: len(expected)] == expected
     # parameter counts: the attention arm has exactly its blocks' parameters more, in G and in D
     none, gd = (json.loads((out / a / "seed0" / "ablation_eval.json").read_text())["params"] for a in ("none", "gd16"))
     assert none["G_attention"] == none["D_attention"] == 0
@@ -186,12 +189,15 @@ def test_run_and_report_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
     assert "| `none` | - | - | 1 |" in text and "| `gd16` | 16 | 16 | 1 |" in text
+    assert "| `gd16-zero` | 16 | 16 | 1 |" in text and "D's AUC, coherent vs incoherent" in text
     assert "one seed has no spread to compare with, so no verdict" in text
     assert "coherence score (none: " in text and "no verdict (one seed): `gd16`" in text
     assert "FID" not in text  # the classifier distance is never called FID
     # the gates table: one row per block of the attention arm, none for `none`
-    assert "| `gd16` | G.blocks.attn16 | " in text and "| `gd16` | D.blocks.attn16 | " in text
+    assert "| `gd16` | G.blocks.attn16 | gamma " in text and "| `gd16` | D.blocks.attn16 | gamma " in text
+    assert "| `gd16-zero` | G.blocks.attn16 | norm(out) " in text  # the zero-initialised gate's own measure
     assert "| `none` | G.blocks" not in text
+    assert "(ablation/coherence_gates.png)" in text and (figures / "coherence_gates.png").is_file()
     assert "old generated part" not in text and text.endswith(f"{ablation.KEEP_MARKER}\n## Design\n\nwritten by hand\n")
     for name in ("ablation_plot.png", "coherence_none_samples.png", "coherence_gd16_samples.png",
                  "coherence_gd16_attention_G.png", "coherence_gd16_attention_D.png"):  # fmt: skip
@@ -212,6 +218,13 @@ def test_final_gates_and_uniform_entropy(tmp_path):
     )
     assert ablation.final_gates(tmp_path) == {"gamma/G.blocks.attn16": -0.25, "attn_entropy/G.blocks.attn16": 2.0}
     assert ablation.final_gates(tmp_path / "missing") == {}
+    assert ablation.gate_history(tmp_path) == {
+        "gamma/G.blocks.attn16": [(50, 0.5), (100, -0.25)],
+        "attn_entropy/G.blocks.attn16": [(50, 3.0), (100, 2.0)],
+    }
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "out_norm/D.blocks.attn8": 0.125, "loss_g": 1.0}\n')
+    assert ablation.final_gates(tmp_path) == {"out_norm/D.blocks.attn8": 0.125}
+    assert ablation.gate_history(tmp_path) == {"out_norm/D.blocks.attn8": [(10, 0.125)]}
     assert ablation.uniform_entropy(16, subsample=True) == pytest.approx(math.log(64))  # 8 x 8 pooled keys
     assert ablation.uniform_entropy(7, subsample=True) == pytest.approx(math.log(16))  # ceil: 4 x 4 keys
     assert ablation.uniform_entropy(8, subsample=False) == pytest.approx(math.log(64))
