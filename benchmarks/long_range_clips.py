@@ -10,6 +10,7 @@ frames: 1 + 2 depth in all), ReLU, global sum pooling and a linear head, spectra
 See docs/long_range.md ("The probe in time (3D)").
 
     python -m benchmarks.long_range_clips run --arms conv attn_zero_init --depths 1 2 4 --seeds 0 1 2
+    python -m benchmarks.long_range_clips run --fresh ...    # new training clips every step, no fixed set
     python -m benchmarks.long_range_clips report
 """
 
@@ -112,11 +113,28 @@ def clip_pairs(seed: int, n: int, frames: int = 8, resolution: int = 32) -> tupl
     return x, torch.cat([torch.ones(n), torch.zeros(n)])
 
 
+def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: int = 32):
+    """Fresh training clips: step s (1, 2, ...) gets clips (s - 1) half .. s half - 1 of one CoherentClips
+    sequence and their incoherent versions, (2 half, 3, T, R, R) with labels 1 then 0; no clip is ever seen
+    twice, and the stream is the same for every run (a function of `seed` alone)."""
+    data = CoherentClips(steps * half, resolution, frames, seed=seed)
+    labels = torch.cat([torch.ones(half), torch.zeros(half)])
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
+        idx = range((step - 1) * half, step * half)
+        return torch.stack([data[i][0] for i in idx] + [data.incoherent(i)[0] for i in idx]), labels
+
+    return batch
+
+
 def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
     spec = ARMS[arm]
     torch.manual_seed(seed)
     model = ClipProbe(depth, args.width, attention=spec["attention"])
-    train = clip_pairs(probe.TRAIN_SEED, args.train_pairs, args.frames)
+    if args.fresh:  # every step draws new clips: the model cannot fit a fixed set instead of the rule
+        train = clip_stream(probe.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
+    else:
+        train = clip_pairs(probe.TRAIN_SEED, args.train_pairs, args.frames)
     test = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
     log, cpu_s = probe.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
     return {
@@ -130,7 +148,8 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         "cpu_s": cpu_s,
         "log": log,
         "settings": {
-            k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs")
+            k: getattr(args, k)
+            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh")
         },
         "machine": machine_line(),
     }
@@ -200,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument(
         "--train-pairs", type=int, default=512, help="coherent clips (each with its incoherent version)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="new training clips every step (--train-pairs is then not used)"
     )
     parser.add_argument("--test-pairs", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=100)

@@ -143,7 +143,9 @@ def fit(
 ) -> tuple[list[dict], float]:
     """The loop every probe shares; returns (log, CPU s). `train` and `test` hold n coherent items, then
     their n incoherent versions (`pairs`); each step draws batch / 2 items (order fixed by `seed`) with their
-    own incoherent versions. Adam at args.lr, the block (`model.attention`, if any) at spec's `attn_lr_mult` x."""
+    own incoherent versions. `train` may instead be a function of the step (1, 2, ...) returning that step's
+    batch (x, y): a stream of fresh items, nothing to memorise. Adam at args.lr, the block (`model.attention`,
+    if any) at spec's `attn_lr_mult` x."""
     attn_params = list(model.attention.parameters()) if model.attention is not None else []
     attn_ids = {id(p) for p in attn_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in attn_ids], "lr": args.lr}]
@@ -151,14 +153,22 @@ def fit(
         groups.append({"params": attn_params, "lr": args.lr * spec.get("attn_lr_mult", 1.0)})
     opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
 
-    (x_train, y_train), (x_test, y_test) = train, test
-    n_train = len(x_train) // 2
-    order = torch.Generator().manual_seed(seed)
+    x_test, y_test = test
+    if callable(train):
+        draw = train
+    else:
+        x_train, y_train = train
+        n_train = len(x_train) // 2
+        order = torch.Generator().manual_seed(seed)
+
+        def draw(step: int) -> tuple[Tensor, Tensor]:  # noqa: ARG001 (the order generator advances instead)
+            k = torch.randint(n_train, (args.batch // 2,), generator=order)
+            k = torch.cat([k, k + n_train])  # each drawn item with its own incoherent version
+            return x_train[k], y_train[k]
+
     log, start = [], time.process_time()
     for step in range(1, args.steps + 1):
-        k = torch.randint(n_train, (args.batch // 2,), generator=order)
-        k = torch.cat([k, k + n_train])  # each drawn item with its own incoherent version
-        x, y = x_train[k], y_train[k]
+        x, y = draw(step)
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -173,3 +173,23 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
     )
     assert "| `attn_zero_init` depth 1 | `conv` depth 1 |" in printed and "no verdict (one seed)" in printed
     assert plot.stat().st_size > 0
+
+
+def test_fresh_stream_never_repeats_a_clip_and_is_the_same_for_every_run(tmp_path) -> None:
+    batch = clips_probe.clip_stream(seed=7, half=2, steps=3, frames=4, resolution=16)
+    again = clips_probe.clip_stream(seed=7, half=2, steps=3, frames=4, resolution=16)
+    data = CoherentClips(6, 16, 4, seed=7)
+    seen = []
+    for step in (1, 2, 3):
+        x, y = batch(step)
+        assert x.shape == (4, 3, 4, 16, 16) and y.tolist() == [1.0, 1.0, 0.0, 0.0]
+        assert torch.equal(x, again(step)[0])
+        for j, i in enumerate((2 * step - 2, 2 * step - 1)):  # clips 2(s-1), 2(s-1)+1 and their incoherent versions
+            assert torch.equal(x[j], data[i][0]) and torch.equal(x[2 + j], data.incoherent(i)[0])
+        seen += list(x[:2])
+    assert all(not torch.equal(a, b) for k, a in enumerate(seen) for b in seen[k + 1 :])
+    out = tmp_path / "runs"
+    tiny = ["--steps", "2", "--batch", "4", "--test-pairs", "4", "--log-every", "1", "--fresh"]
+    clips_probe.main(["run", "--arms", "conv", "--depths", "1", "--seeds", "0", "--out", str(out), *tiny])
+    result = json.loads((out / "t8" / "conv" / "depth1" / "seed0.json").read_text())
+    assert result["settings"]["fresh"] is True and [e["step"] for e in result["log"]] == [1, 2]
