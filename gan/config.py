@@ -93,6 +93,9 @@ class OptimConfig:
         0.0, "weight of LeCam's regulariser on D (anchors: EMAs of D's mean real / fake output); 0 disables"
     )
     lecam_decay: float = _f(0.99, "decay of the LeCam anchors' EMA")
+    attn_lr_mult: float = _f(
+        1.0, "learning-rate multiplier of the non-local blocks' parameters in G and D (docs/long_range.md, Levers)"
+    )
 
 
 @dataclass
@@ -315,6 +318,8 @@ def _validate_augmentation(cfg: Config) -> None:
         raise ConfigError("config key 'optim.lecam' must be 0 (off) or a positive weight")
     if not 0.0 <= o.lecam_decay < 1.0:
         raise ConfigError("config key 'optim.lecam_decay' must be in [0, 1)")
+    if not o.attn_lr_mult > 0:
+        raise ConfigError("config key 'optim.attn_lr_mult' must be positive (1: the blocks learn at lr_g / lr_d)")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
+from gan.attention import attention_blocks
 from gan.augment import AdaptiveProbability, DiffAugment
 from gan.config import Config
 from gan.ema import EMA
@@ -82,6 +83,18 @@ def augmentation(cfg: Config, world_size: int) -> tuple[Augment, AdaptiveProbabi
     return DiffAugment(t.augment, ada.p), ada
 
 
+def param_groups(net: torch.nn.Module, lr: float, attn_lr_mult: float) -> list[dict]:
+    """Adam's parameter groups: every parameter at `lr`, except, when `attn_lr_mult` != 1, the non-local blocks'
+    own (theta, phi, g, out, gamma) in a second group at lr * attn_lr_mult (after the first, so group 0 is the
+    network's rate as before and a multiplier of 1 leaves the optimiser exactly as it was)."""
+    block_ids = {id(p) for _, block in attention_blocks(net) for p in block.parameters()}
+    if attn_lr_mult == 1.0 or not block_ids:
+        return [{"params": list(net.parameters()), "lr": lr}]
+    rest = [p for p in net.parameters() if id(p) not in block_ids]
+    blocks = [p for p in net.parameters() if id(p) in block_ids]
+    return [{"params": rest, "lr": lr}, {"params": blocks, "lr": lr * attn_lr_mult}]
+
+
 def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment | None = None) -> Parts:
     """G, D, optimisers, EMA and the step's generator; `augment` overrides the config's augmentation (tests)."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights in every process
@@ -92,8 +105,8 @@ def build_parts(cfg: Config, accelerator: Accelerator, augment: Augment | None =
         G_raw.to(memory_format=torch.channels_last)
         D_raw.to(memory_format=torch.channels_last)
     o = cfg.optim
-    opt_g = torch.optim.Adam(G_raw.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2), eps=o.eps)
-    opt_d = torch.optim.Adam(D_raw.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=o.eps)
+    opt_g = torch.optim.Adam(param_groups(G_raw, o.lr_g, o.attn_lr_mult), betas=(o.beta1, o.beta2), eps=o.eps)
+    opt_d = torch.optim.Adam(param_groups(D_raw, o.lr_d, o.attn_lr_mult), betas=(o.beta1, o.beta2), eps=o.eps)
     G_local, D_local = (torch.compile(G_raw), torch.compile(D_raw)) if cfg.train.compile else (G_raw, D_raw)
     G, D = accelerator.prepare(G_local, D_local)  # DDP when several processes
     fp16 = cfg.train.mixed_precision == "fp16"

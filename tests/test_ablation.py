@@ -59,10 +59,35 @@ def test_zero_suffix_selects_the_zero_initialised_gate():
     cfg = load_config("configs/ablation_coherence.yaml", ["model.resolution=64", *arm.overrides()])
     assert (cfg.model.g_attention, cfg.model.d_attention, cfg.model.attn_gate) == ([32], [32], "zero_init")
     assert "model.attn_gate" not in " ".join(parse_arm("gd32").overrides())  # the config's own gate
+    fast = parse_arm("gd32-lr10")
+    assert (fast.gate, fast.lr_mult, fast.overrides()[-1]) == ("gamma", 10.0, "optim.attn_lr_mult=10")
+    both = parse_arm("d32-zero-lr2.5")
+    assert (both.d, both.gate, both.lr_mult) == ((32,), "zero_init", 2.5)
+    cfg = load_config("configs/ablation_coherence.yaml", both.overrides())
+    assert (cfg.model.attn_gate, cfg.optim.attn_lr_mult) == ("zero_init", 2.5)
+    assert "attn_lr_mult" not in " ".join(parse_arm("gd32").overrides())
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "x16", "gd", "g", "16", "dg16", "none16", "g16g8", "none-zero", "-zero", "gd32zero"]
+    "bad",
+    [
+        "",
+        "x16",
+        "gd",
+        "g",
+        "16",
+        "dg16",
+        "none16",
+        "g16g8",
+        "none-zero",
+        "-zero",
+        "gd32zero",
+        "-lr10",
+        "none-lr10",
+        "gd32-lr",
+        "gd32-lr0",
+        "gd32-lr10-zero",
+    ],
 )
 def test_parse_arm_rejects(bad):
     with pytest.raises(ExperimentError, match="is not none"):

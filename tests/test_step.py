@@ -4,10 +4,11 @@ G step, and the identity default changes nothing (the bit-exact resume tests in 
 import copy
 import itertools
 
+import pytest
 import torch
 from accelerate import Accelerator
 
-from gan.config import load_config
+from gan.config import ConfigError, load_config
 from gan.step import build_parts, no_augment, train_step
 
 from shared import TINY_MODEL
@@ -100,3 +101,29 @@ def test_config_builds_diffaugment_ada_and_lecam_and_the_step_uses_them():
     fixed = build_parts(load_config(None, [*TINY, "train.augment=color", "train.augment_p=0.25"]), accelerator)
     assert fixed.augment.p == 0.25 and fixed.ada is None and fixed.lecam is None
     assert build_parts(load_config(None, TINY), accelerator).augment is no_augment
+
+
+def test_attention_lr_multiplier_moves_only_the_blocks_faster():
+    """optim.attn_lr_mult: the blocks' parameters (and only they) in a second Adam group at lr x mult; with
+    Adam's first step moving every parameter by lr * g / (|g| + eps) ~ lr for g = 1, they move mult x as far."""
+    base = [*TINY_MODEL, "model.g_attention=[16]", "model.d_attention=[16]", "optim.lr_g=1e-3", "optim.lr_d=2e-3"]
+    one = build_parts(load_config(None, base), Accelerator(cpu=True))
+    assert [len(o.param_groups) for o in (one.opt_g, one.opt_d)] == [1, 1]  # x1: the optimiser as it always was
+    parts = build_parts(load_config(None, [*base, "optim.attn_lr_mult=10"]), Accelerator(cpu=True))
+    for net, opt, lr in ((parts.G_raw, parts.opt_g, 1e-3), (parts.D_raw, parts.opt_d, 2e-3)):
+        named = dict(net.named_parameters())
+        in_block = {n for n in named if ".attn16." in f".{n}"}  # the blocks are registered as `attn16`
+        assert in_block and len(in_block) < len(named)
+        rest, blocks = opt.param_groups
+        assert (rest["lr"], blocks["lr"]) == (lr, pytest.approx(10 * lr))
+        assert {id(named[n]) for n in in_block} == {id(p) for p in blocks["params"]}
+        assert {id(named[n]) for n in set(named) - in_block} == {id(p) for p in rest["params"]}
+        before = {n: p.detach().clone() for n, p in named.items()}
+        for p in named.values():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        for n, p in named.items():
+            expected = (10 * lr if n in in_block else lr) * (1 / (1 + 1e-8))
+            assert torch.allclose(before[n] - p.detach(), torch.full_like(p, expected), rtol=1e-5), n
+    with pytest.raises(ConfigError, match="attn_lr_mult' must be positive"):
+        load_config(None, ["optim.attn_lr_mult=0"])

@@ -97,8 +97,15 @@ AUGMENTED = [
 @pytest.mark.parametrize(
     "overrides, n",
     # fp16 starts at scale 2**16 and skips its first ~5 overflowing steps; the recipe does 4 D micro-steps a step
-    [([], 4), (["train.mixed_precision=fp16"], 7), (RECIPE, 3), (AUGMENTED, 4), (AUGMENTED[:1] + AUGMENTED[-1:], 3)],
-    ids=["plain", "fp16", "ndis-accum-conditional", "augment-ada-lecam", "augment-p1-lecam"],
+    [
+        ([], 4),
+        (["train.mixed_precision=fp16"], 7),
+        (RECIPE, 3),
+        (AUGMENTED, 4),
+        (AUGMENTED[:1] + AUGMENTED[-1:], 3),
+        (["optim.attn_lr_mult=10", "model.attn_gate=zero_init"], 3),
+    ],
+    ids=["plain", "fp16", "ndis-accum-conditional", "augment-ada-lecam", "augment-p1-lecam", "attn-lr10-zero-gate"],
 )
 def test_resume_is_exact(tmp_path, overrides, n):
     """n steps in one go == 2 steps, then --resume latest to n: every tensor and scaler bit for bit."""
