@@ -9,7 +9,7 @@ Stages, in this order, each one or two commands of the existing benchmark script
 1. `ablation`: benchmarks/ablation.py on the 64x64 coherence GAN, arms `none` (no attention) and `gd32`
    (a non-local block at the 32x32 stage of G and of D), 3 seeds, all six runs at once on the one device
    (`--jobs 6`), then its report (coherence, FCD, final gamma and entropy) into OUT/ablation/report.md.
-   This script adds gamma over training (OUT/summary.md), read from each run's metrics.jsonl.
+   This script adds the gates over training (OUT/summary.md), read from each run's metrics.jsonl.
 2. `throughput`: benchmarks/train_throughput.py, the eager rows (fp32, fused attention, channels_last,
    bf16 with and without channels_last) of the CIFAR-10 model's training step on the device.
 3. `attention`: benchmarks/attention_block.py, time and peak memory of one block at 32x32, 64x64 and
@@ -53,7 +53,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.experiment import command_line, mean_std
+from benchmarks import gates
+from benchmarks.experiment import command_line
 from gan.cli import fail_cleanly  # (light: no torch)
 from gan.errors import UserError
 
@@ -207,32 +208,6 @@ def skipped_line(outcomes: Sequence[Outcome], budget: float) -> str:
 # The summary
 
 
-def cell(values: Sequence[float]) -> str:
-    m, s = mean_std(values)
-    return f"{m:+.4f} +/- {s:.4f} ({len(values)})"
-
-
-def gamma_over_training(runs: Path, points: int = 6) -> list[str]:
-    """Markdown: every attention block's gamma (mean +/- std over seeds) at `points` evenly spread logged
-    steps, one row per (arm, block), from the runs' metrics.jsonl (train.py logs gamma at every log step)."""
-    gammas: dict[tuple[str, str], dict[int, list[float]]] = {}  # (arm, block) -> step -> gamma of each seed
-    for path in sorted(runs.glob("*/seed*/metrics.jsonl")):
-        arm = path.parent.parent.name
-        for line in filter(str.strip, path.read_text().splitlines()):
-            record = json.loads(line)
-            for key in (k for k in record if k.startswith("gamma/")):
-                gammas.setdefault((arm, key.split("/", 1)[1]), {}).setdefault(record["step"], []).append(record[key])
-    if not gammas:
-        return ["(no gamma was logged: no attention run reached a log step)"]
-    steps = sorted({step for by_step in gammas.values() for step in by_step})
-    shown = sorted({steps[round(i * (len(steps) - 1) / max(points - 1, 1))] for i in range(points)})
-    lines = ["| arm | block | " + " | ".join(f"step {s}" for s in shown) + " |", "|---|---|" + "---|" * len(shown)]
-    for (arm, block), by_step in sorted(gammas.items()):
-        cells = [cell(by_step[s]) if s in by_step else "-" for s in shown]
-        lines.append(f"| `{arm}` | {block} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def images_per_second(runs: Path) -> list[str]:
     """One line per run: the median training images/s over its logged steps (what sizes the next --steps)."""
     lines = []
@@ -271,8 +246,8 @@ def write_summary(out: Path, stages: Sequence[Stage], outcomes: Sequence[Outcome
              "```bash", *(shown_command(c) for s in stages for c in s.commands), "```", ""]  # fmt: skip
     runs = out / "ablation" / "runs"
     if runs.is_dir():
-        text += ["## Ablation: gamma over training", "", "Mean +/- std over seeds (number of seeds):", "",
-                 *gamma_over_training(runs), "",
+        text += ["## Ablation: the gates over training", "", "Mean +/- std over seeds (number of seeds):", "",
+                 *gates.over_training_table(runs), "",
                  "Training speed of each run (all runs shared the device):", "", *images_per_second(runs), ""]  # fmt: skip
     for stage in stages:
         path = out / stage.output

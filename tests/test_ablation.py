@@ -234,27 +234,6 @@ def test_run_and_report_end_to_end(tmp_path):
     assert (tmp_path / "twice" / "coherence_2steps_gd16_samples.png").is_file()
 
 
-def test_final_gates_and_uniform_entropy(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"step": 50, "gamma/G.blocks.attn16": 0.5, "attn_entropy/G.blocks.attn16": 3.0}\n'
-        '{"step": 60, "eval/fid": 12.0}\n'
-        '{"step": 100, "gamma/G.blocks.attn16": -0.25, "attn_entropy/G.blocks.attn16": 2.0, "loss_d": 1.0}\n'
-        '{"step": 110, "loss_d": 0.5}\n'
-    )
-    assert ablation.final_gates(tmp_path) == {"gamma/G.blocks.attn16": -0.25, "attn_entropy/G.blocks.attn16": 2.0}
-    assert ablation.final_gates(tmp_path / "missing") == {}
-    assert ablation.gate_history(tmp_path) == {
-        "gamma/G.blocks.attn16": [(50, 0.5), (100, -0.25)],
-        "attn_entropy/G.blocks.attn16": [(50, 3.0), (100, 2.0)],
-    }
-    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "out_norm/D.blocks.attn8": 0.125, "loss_g": 1.0}\n')
-    assert ablation.final_gates(tmp_path) == {"out_norm/D.blocks.attn8": 0.125}
-    assert ablation.gate_history(tmp_path) == {"out_norm/D.blocks.attn8": [(10, 0.125)]}
-    assert ablation.uniform_entropy(16, subsample=True) == pytest.approx(math.log(64))  # 8 x 8 pooled keys
-    assert ablation.uniform_entropy(7, subsample=True) == pytest.approx(math.log(16))  # ceil: 4 x 4 keys
-    assert ablation.uniform_entropy(8, subsample=False) == pytest.approx(math.log(64))
-
-
 def test_user_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
                            "--arms", "g16", "--out", "/nonexistent/x"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip

@@ -8,7 +8,6 @@ processes are gone.
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -110,27 +109,6 @@ def test_a_stage_is_stopped_at_its_limit_with_its_children(tmp_path, monkeypatch
         time.sleep(0.1)
     else:
         pytest.fail(f"the stage's grandchild {grandchild} survived the stage's limit")
-
-
-def test_gamma_over_training_against_statistics(tmp_path):
-    logs = {  # seed -> [(step, G gamma, D gamma)]
-        0: [(10, 0.01, -0.02), (20, 0.03, -0.05), (30, 0.07, -0.04)],
-        1: [(10, 0.02, -0.01), (20, 0.05, -0.02), (30, 0.02, -0.09)],
-    }
-    for seed, rows in logs.items():
-        rd = tmp_path / "gd32" / f"seed{seed}"
-        rd.mkdir(parents=True)
-        lines = [{"step": s, "loss_d": 1.0, "gamma/G.blocks.attn32": g, "gamma/D.blocks.attn32": d} for s, g, d in rows]
-        (rd / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    (tmp_path / "none" / "seed0").mkdir(parents=True)
-    (tmp_path / "none" / "seed0" / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss_d": 1.0}) + "\n")
-    table = gpu_evidence.gamma_over_training(tmp_path, points=2)  # the first and the last logged step
-    assert table[0] == "| arm | block | step 10 | step 30 |"
-    g30 = [0.07, 0.02]
-    expected = f"{statistics.mean(g30):+.4f} +/- {statistics.stdev(g30):.4f} (2)"
-    assert table[3] == f"| `gd32` | G.blocks.attn32 | +0.0150 +/- 0.0071 (2) | {expected} |"
-    assert table[2].startswith("| `gd32` | D.blocks.attn32 | -0.0150 +/- 0.0071 (2) | -0.0650 +/- 0.0354 (2)")
-    assert len(table) == 4  # `none` has no blocks, so no rows
 
 
 @pytest.mark.slow
