@@ -257,6 +257,11 @@ class NonLocalBlock(nn.Module):
             self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
 
+    def gate_value(self) -> float:
+        """How far the residual gate is open: gamma (gate "gamma") or the Frobenius norm of `out`'s weight
+        ("zero_init"); at 0 the block is the identity."""
+        return float(self.gamma.detach()) if self.gate == "gamma" else float(self.out.weight.detach().norm())
+
 
 # ----------------------------------------------------------------------------------------------
 # Inspection helpers

@@ -174,10 +174,7 @@ def g_effective_rf(generator: nn.Module, z: Tensor, labels: Tensor | None = None
 
 def gates(module: nn.Module) -> dict[str, float]:
     """Each non-local block's gate by name: gamma (gate "gamma") or the norm of its `out` weight ("zero_init")."""
-    return {
-        name: float(block.gamma.detach()) if block.gate == "gamma" else float(block.out.weight.detach().norm())
-        for name, block in attention_blocks(module)
-    }
+    return {name: block.gate_value() for name, block in attention_blocks(module)}
 
 
 @contextlib.contextmanager

@@ -29,10 +29,7 @@ def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) 
         with eval_mode(net), record_attention(net) as records:
             net(*args)
         for (name, block), record in zip(blocks, records):
-            if block.gate == "gamma":
-                out[f"gamma/{tag}.{name}"] = block.gamma.item()
-            else:
-                out[f"out_norm/{tag}.{name}"] = block.out.weight.detach().norm().item()
+            out[f"{'gamma' if block.gate == 'gamma' else 'out_norm'}/{tag}.{name}"] = block.gate_value()
             out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
     return out
 

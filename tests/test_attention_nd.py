@@ -372,3 +372,18 @@ def test_readme_video_example_runs():
     assert scope["attn"].shape == (2, 8 * 16 * 16, 8 * 8 * 8)
     torch.testing.assert_close(scope["attn"].sum(-1), torch.ones(2, 2048))
     torch.testing.assert_close(scope["z"], scope["h"])  # gamma = 0: the identity at initialisation
+
+
+@pytest.mark.parametrize("gate", ["gamma", "zero_init"])
+def test_gate_value_is_zero_exactly_when_the_block_is_the_identity(gate):
+    torch.manual_seed(0)
+    block = NonLocalBlock(8, dim=1, gate=gate, subsample=False, spectral_norm=False)
+    x = torch.randn(2, 8, 5)
+    assert block.gate_value() == 0.0 and torch.equal(block(x), x)
+    with torch.no_grad():
+        if gate == "gamma":
+            block.gamma.fill_(-0.375)
+        else:  # out's weight (8, 4, 1) set to 0, 1, ..., 31: Frobenius norm sqrt(sum of squares), by hand
+            block.out.weight.copy_(torch.arange(32.0).view(8, 4, 1))
+    expected = -0.375 if gate == "gamma" else math.sqrt(sum(i * i for i in range(32)))
+    assert block.gate_value() == pytest.approx(expected) and not torch.equal(block(x), x)
