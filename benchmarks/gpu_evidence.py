@@ -6,9 +6,11 @@
 Stages, in this order, each one or two commands of the existing benchmark scripts run as subprocesses
 (nothing here measures anything itself):
 
-1. `ablation`: benchmarks/ablation.py on the 64x64 coherence GAN, arms `none` (no attention) and `gd32`
-   (a non-local block at the 32x32 stage of G and of D), 3 seeds, all six runs at once on the one device
-   (`--jobs 6`), then its report (coherence, FCD, final gamma and entropy) into OUT/ablation/report.md.
+1. `ablation`: benchmarks/ablation.py on the 64x64 coherence GAN, arms `none` (no attention), `gd32`
+   (a non-local block at the 32x32 stage of G and of D) and `gd32-lr10` (the same blocks learning 10x faster,
+   the lever that opened the long-range probe's block), 3 seeds, all nine runs at once on the one device
+   (`--jobs 9`), then its report (coherence, FCD, D's AUC on incoherent images, final gates and entropy)
+   into OUT/ablation/report.md.
    This script adds the gates over training (OUT/summary.md), read from each run's metrics.jsonl.
 2. `throughput`: benchmarks/train_throughput.py, the eager rows (fp32, fused attention, channels_last,
    bf16 with and without channels_last) of the CIFAR-10 model's training step on the device.
@@ -27,10 +29,10 @@ line. Everything goes under --out: the run directories, each stage's output and 
 
 How the ablation's default size was estimated (docs/benchmarks.md, "Evidence from a GPU"): one training
 step of the 64x64 model at width 16, batch 32, attention at 32 in G and D, is 145 GFLOP (144 without
-attention; torch.utils.flop_counter, counted on the CPU). Six runs sharing the GPU at an assumed 25 TFLOP/s
+attention; torch.utils.flop_counter, counted on the CPU). Nine runs sharing the GPU at an assumed 25 TFLOP/s
 in all (a few per cent of an H200's dense TF32/bf16 peak: the convolutions of a width-16 model are small and
-the step is partly bound by kernel launches) take 6 x 145 GFLOP / 25 TFLOP/s = 35 ms per step each, so 3,000
-steps take about 105 s of the ablation's ~305 s share (210 s if the assumption is 2x too kind).
+the step is partly bound by kernel launches) take 9 x 145 GFLOP / 25 TFLOP/s = 52 ms per step each, so 2,500
+steps take about 130 s of the ablation's ~305 s share (260 s if the assumption is 2x too kind).
 The rest: start-up (~15 s), the six evaluations, which run on the CPU, one thread each, in parallel
 (experiment.evaluate_run: G forward is 0.86 GFLOP per image, 11.5 CPU s per 250 images on the development
 machine's loaded core, so 1,000 samples for each score plus the grid cost ~40-100 s), and the report (~10 s).
@@ -62,8 +64,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 480.0  # the issue's 8 minutes
 MIN_STAGE_SECONDS = 5.0  # a stage that would get less than this is not started
 GRACE_S = 10.0  # between SIGTERM and SIGKILL at a stage's limit
-GPU_STEPS = 3000  # see the module docstring for the estimate
-ARMS = "none,gd32"  # benchmarks/ablation.py's names: no attention; attention at the 32x32 stage of G and D
+GPU_STEPS = 2500  # see the module docstring for the estimate
+# benchmarks/ablation.py's names: no attention; attention at the 32x32 stage of G and D; the same, 10x block rate
+ARMS = "none,gd32,gd32-lr10"
 SHARES = {"ablation": 0.65, "throughput": 0.08, "attention": 0.15, "throughput_compile": 0.12}  # of 480 s:
 # 305, 38, 70 and 56 s of the 470 s left after the grace, when every stage takes its whole share
 
@@ -103,13 +106,13 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
     shared = ["model.resolution=64", f"train.log_every={max(1, steps // 20)}", f"train.steps={steps}",
               f"eval.cache_dir={out / 'cache'}", "data.num_workers=1", "data.persistent_workers=true"]  # fmt: skip
     if tiny:  # width 4, batch 4, 64 images, 16 samples: seconds per run on one CPU core
-        seeds, jobs, samples = "0", 2, 16
+        seeds, jobs, samples = "0", 3, 16
         ablation = [*shared, "model.g_width=4", "model.d_width=4", "train.batch_size=4", "data.builtin_size=64"]
         variants, rounds = ["baseline", "channels_last", "bf16"], ["--repeats", 2, "--warmup", 1]
         model = ["model.g_width=8", "model.d_width=8", "train.batch_size=4"]  # the CIFAR-10 model, narrowed
         attention = ["--sizes", 8, "--subsample", "yes", "--repeats", 1]
     else:
-        seeds, jobs, samples = "0,1,2", 6, 1000  # 1,000 samples (not the ablation's usual 2,000): see above
+        seeds, jobs, samples = "0,1,2", 9, 1000  # 1,000 samples (not the ablation's usual 2,000): see above
         ablation = [*shared, "model.g_width=16", "model.d_width=16"]
         variants, rounds = ["baseline", "fused", "channels_last", "bf16", "bf16_nchw"], ["--repeats", 20, "--warmup", 3]
         model = []

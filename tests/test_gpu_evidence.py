@@ -36,14 +36,15 @@ def test_gpu_plan_is_the_issues_experiment():
     assert sum(s.share for s in stages) == pytest.approx(1.0)
     run = list(stages[0].commands[0].argv)
     assert run[1:4] == ["-m", "benchmarks.ablation", "run"]
-    assert (_option(run, "--arms"), _option(run, "--seeds"), _option(run, "--jobs")) == ("none,gd32", "0,1,2", "6")
+    assert (_option(run, "--arms"), _option(run, "--seeds"), _option(run, "--jobs")) == ("none,gd32,gd32-lr10", "0,1,2", "9")
     overrides = run[run.index("--num-samples") + 2 :]
     for arm in parse_arms(_option(run, "--arms")):  # every arm is a valid 64x64 model with blocks where it says
         cfg = load_config(ROOT / _option(run, "--config"), [*arm.overrides(), *overrides])
-        assert (cfg.model.resolution, cfg.train.steps, cfg.model.g_width) == (64, 3000, 16)
-        assert cfg.train.log_every == 150  # 20 gamma readings over the run
+        assert (cfg.model.resolution, cfg.train.steps, cfg.model.g_width) == (64, 2500, 16)
+        assert cfg.train.log_every == 125  # 20 gate readings over the run
+        assert cfg.optim.attn_lr_mult == (10.0 if arm.name == "gd32-lr10" else 1.0)
         for net in (Generator(cfg.model), Discriminator(cfg.model)):
-            assert sorted(n for n in net.blocks if n.startswith("attn")) == (["attn32"] if arm.name == "gd32" else [])
+            assert sorted(n for n in net.blocks if n.startswith("attn")) == (["attn32"] if arm.has_attention else [])
     throughput = list(stages[1].commands[0].argv)
     rows = throughput[throughput.index("--variants") + 1 :]
     assert set(rows) <= set(VARIANTS) and {"baseline", "channels_last", "bf16"} <= set(rows)
@@ -128,14 +129,15 @@ def test_tiny_run_end_to_end(tmp_path):
         assert re.search(rf"^\| {name} \| done \| \d+ \| \d+ \|", summary, re.M), name
     assert "Every stage was started." in summary and "throughput_compile" not in summary
 
-    # the ablation: both arms, seed 0, 4 steps each, evaluated; its report; gamma over training
-    for arm in ("none", "gd32"):
+    # the ablation: the three arms, seed 0, 4 steps each, evaluated; its report; gamma over training
+    for arm in ("none", "gd32", "gd32-lr10"):
         ev = json.loads((out / "ablation" / "runs" / arm / "seed0" / "ablation_eval.json").read_text())
         assert (ev["step"], ev["num_samples"], ev["dataset"]) == (4, 16, "builtin")
-        assert (ev["params"]["G_attention"] > 0) == (arm == "gd32")
+        assert (ev["params"]["G_attention"] > 0) == (arm != "none") and 0.0 <= ev["d_auc"] <= 1.0
     report = (out / "ablation" / "report.md").read_text()
     assert "| `none` | - | - | 1 |" in report and "| `gd32` | 32 | 32 | 1 |" in report
     assert "| `gd32` | G.blocks.attn32 | " in report and "| `gd32` | D.blocks.attn32 | " in report
+    assert "| `gd32-lr10` | 32 | 32 | 1 |" in report and "D's AUC, coherent vs incoherent" in report
     assert (out / "ablation" / "figures" / "ablation_plot.png").is_file()
     records = [json.loads(x) for x in (out / "ablation/runs/gd32/seed0/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
