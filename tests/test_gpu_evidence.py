@@ -36,7 +36,11 @@ def test_gpu_plan_is_the_issues_experiment():
     assert sum(s.share for s in stages) == pytest.approx(1.0)
     run = list(stages[0].commands[0].argv)
     assert run[1:4] == ["-m", "benchmarks.ablation", "run"]
-    assert (_option(run, "--arms"), _option(run, "--seeds"), _option(run, "--jobs")) == ("none,gd32,gd32-lr10", "0,1,2", "9")
+    assert (_option(run, "--arms"), _option(run, "--seeds"), _option(run, "--jobs")) == (
+        "none,gd32,gd32-lr10",
+        "0,1,2",
+        "9",
+    )
     overrides = run[run.index("--num-samples") + 2 :]
     for arm in parse_arms(_option(run, "--arms")):  # every arm is a valid 64x64 model with blocks where it says
         cfg = load_config(ROOT / _option(run, "--config"), [*arm.overrides(), *overrides])
