@@ -108,9 +108,7 @@ def temporal_rf(depth: int) -> int:
 @functools.lru_cache(maxsize=4)
 def clip_pairs(seed: int, n: int, frames: int = 8, resolution: int = 32) -> tuple[Tensor, Tensor]:
     """n coherent clips and their incoherent versions, stacked: (2n, 3, T, R, R), labels 1 then 0."""
-    data = CoherentClips(n, resolution, frames, seed=seed)
-    x = torch.stack([data[i][0] for i in range(n)] + [data.incoherent(i)[0] for i in range(n)])
-    return x, torch.cat([torch.ones(n), torch.zeros(n)])
+    return probe.stacked_pairs(CoherentClips(n, resolution, frames, seed=seed), range(n))
 
 
 def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: int = 32):
@@ -118,11 +116,9 @@ def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: i
     sequence and their incoherent versions, (2 half, 3, T, R, R) with labels 1 then 0; no clip is ever seen
     twice, and the stream is the same for every run (a function of `seed` alone)."""
     data = CoherentClips(steps * half, resolution, frames, seed=seed)
-    labels = torch.cat([torch.ones(half), torch.zeros(half)])
 
     def batch(step: int) -> tuple[Tensor, Tensor]:
-        idx = range((step - 1) * half, step * half)
-        return torch.stack([data[i][0] for i in idx] + [data.incoherent(i)[0] for i in idx]), labels
+        return probe.stacked_pairs(data, range((step - 1) * half, step * half))
 
     return batch
 

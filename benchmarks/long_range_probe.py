@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from benchmarks.common import machine_line
 from benchmarks.experiment import compare, verdict
 from gan.attention import NonLocalBlock
+from gan.clips import CoherentClips
 from gan.erf import effective_rf, theoretical_rf
 from gan.layers import DBlock, DBlockOptimized, linear
 from gan.synthetic import CoherenceDataset
@@ -92,11 +93,16 @@ def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tenso
 
     Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
     """
-    data = CoherenceDataset(n, resolution, seed=seed)
-    x = torch.stack([data[i][0] for i in range(n)] + [data.incoherent(i)[0] for i in range(n)])
+    x, y = stacked_pairs(CoherenceDataset(n, resolution, seed=seed), range(n))
     half = x.shape[-1] // 2
-    x = {"full": x, "left": x[..., :half], "right": x[..., half:]}[view]
-    return x, torch.cat([torch.ones(n), torch.zeros(n)])
+    return {"full": x, "left": x[..., :half], "right": x[..., half:]}[view], y
+
+
+def stacked_pairs(data: CoherenceDataset | CoherentClips, indices: range) -> tuple[Tensor, Tensor]:
+    """Items `indices` of a coherence dataset (images or clips), then their incoherent versions, stacked,
+    with labels 1 then 0."""
+    x = torch.stack([data[i][0] for i in indices] + [data.incoherent(i)[0] for i in indices])
+    return x, torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))])
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 250) -> float:
