@@ -5,12 +5,16 @@ Clips are `gan.clips.CoherentClips` (T = 8 frames of 32x32; coherent: frame T-1'
 their incoherent versions. The classifier reuses the 2D probe's pieces (benchmarks/long_range_probe.py: the
 arms, the training loop `fit`, `accuracy`, `block_state`, the verdict rule): the repository's first D block
 applied to every frame alone, optionally ONE `NonLocalBlock(dim=3)` on the whole (T, H, W) grid, then
-`depth` residual blocks ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2) (each widens the temporal field by 2
-frames: 1 + 2 depth in all), ReLU, global sum pooling and a linear head, spectral norm everywhere.
-See docs/long_range.md ("The probe in time (3D)").
+`depth` residual blocks, ReLU, global sum pooling and a linear head, spectral norm everywhere. Two ladders:
+`--ladder space` (the first design): ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2) blocks, each widening the
+temporal field by 2 frames (1 + 2 depth) while halving the spatial side; `--ladder time`: the same convolutions
+with the temporal tap dilated 1, 2, 4, ... and no pooling at all, so the field doubles in time
+(2^(depth+1) - 1 frames) while every block keeps the 16x16 map. See docs/long_range.md ("The probe in time
+(3D)").
 
     python -m benchmarks.long_range_clips run --arms conv attn_zero_init --depths 1 2 4 --seeds 0 1 2
     python -m benchmarks.long_range_clips run --fresh ...    # new training clips every step, no fixed set
+    python -m benchmarks.long_range_clips run --ladder time ...   # dilated in time, space never pooled
     python -m benchmarks.long_range_clips report
 """
 
@@ -45,6 +49,7 @@ def _clip_arm(name: str) -> dict:
 
 
 ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
+LADDERS = ("space", "time")
 
 
 class FrameStem(nn.Module):
@@ -63,32 +68,46 @@ class FrameStem(nn.Module):
 class ClipBlock(nn.Module):
     """DBlock in space-time: ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2), shortcut conv1x1x1-avgpool(1,2,2).
 
-    One temporal tap of 3 per block: the temporal field grows by exactly 2 frames; time is never pooled."""
+    One temporal tap of 3 per block: the temporal field grows by exactly 2 frames; time is never pooled.
+    With `pool=False` the block keeps the spatial side, and `dilation` spaces its temporal taps (t - d, t, t + d):
+    the field then grows by 2 d frames."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, dilation: int = 1, pool: bool = True) -> None:
         super().__init__()
-        self.conv1 = _init(nn.Conv3d(width, width, 3, padding=1), sn=True)
+        self.conv1 = _init(nn.Conv3d(width, width, 3, padding=(dilation, 1, 1), dilation=(dilation, 1, 1)), sn=True)
         self.conv2 = _init(nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), sn=True)
         self.shortcut = _init(nn.Conv3d(width, width, 1), sn=True)
+        self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv2(F.relu(self.conv1(F.relu(x))))
-        return F.avg_pool3d(h, (1, 2, 2)) + F.avg_pool3d(self.shortcut(x), (1, 2, 2))
+        s = self.shortcut(x)
+        return F.avg_pool3d(h, (1, 2, 2)) + F.avg_pool3d(s, (1, 2, 2)) if self.pool else h + s
 
 
 class ClipProbe(nn.Module):
     """clips (B, C, T, H, W) -> logit (B,): FrameStem [-> NonLocalBlock(dim=3)] -> depth x ClipBlock -> ReLU,
-    sum over (T, H, W), linear. At depth 0 it is a per-frame classifier whose scores are summed over frames."""
+    sum over (T, H, W), linear. At depth 0 it is a per-frame classifier whose scores are summed over frames.
+    `ladder="space"`: each block halves the spatial side; `"time"`: block i dilates its temporal tap by 2^i and
+    nothing is pooled."""
 
-    def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
+    def __init__(
+        self, depth: int, width: int, channels: int = 3, attention: dict | None = None, ladder: str = "space"
+    ) -> None:
         super().__init__()
+        if ladder not in LADDERS:
+            raise ValueError(f"ladder must be one of {LADDERS}, got {ladder!r}")
         self.stem = FrameStem(channels, width)
         self.attention = NonLocalBlock(width, dim=3, **attention) if attention is not None else None
-        self.blocks = nn.Sequential(*[ClipBlock(width) for _ in range(depth)])
+        in_time = ladder == "time"
+        self.blocks = nn.Sequential(
+            *[ClipBlock(width, dilation=2**i if in_time else 1, pool=not in_time) for i in range(depth)]
+        )
         self.head = linear(width, 1, sn=True)
 
     def trunk(self, x: Tensor) -> Tensor:
-        """The map before the final ReLU: (B, width, T, H / 2^(depth+1), W / 2^(depth+1))."""
+        """The map before the final ReLU: (B, width, T, H / 2^(depth+1), W / 2^(depth+1)) for the space ladder,
+        (B, width, T, H / 2, W / 2) for the time ladder."""
         h = self.stem(x)
         if self.attention is not None:
             h = self.attention(h)
@@ -98,11 +117,14 @@ class ClipProbe(nn.Module):
         return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3, 4))).squeeze(1)
 
 
-def temporal_rf(depth: int) -> int:
-    """Theoretical temporal receptive field (frames) of the conv path: 1 + 2 depth."""
+def temporal_rf(depth: int, ladder: str = "space") -> int:
+    """Theoretical temporal receptive field (frames) of the conv path: 1 + 2 depth (space ladder),
+    2^(depth+1) - 1 (time ladder: block i's 3-tap conv dilated by 2^i spans 1 + 2^(i+1) frames)."""
     stem = [(1, 1)] * 3  # conv, conv, pool: per frame
-    block = [(3, 1), (1, 1), (1, 1)]  # conv3x3x3, conv1x3x3, avgpool(1,2,2)
-    return theoretical_rf(stem + block * depth)[0]
+    layers = []
+    for i in range(depth):  # conv3x3x3 (dilated in time), conv1x3x3, [avgpool(1,2,2)]
+        layers += [(1 + 2 * (2**i if ladder == "time" else 1), 1), (1, 1), (1, 1)]
+    return theoretical_rf(stem + layers)[0]
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,7 +148,7 @@ def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: i
 def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
     spec = ARMS[arm]
     torch.manual_seed(seed)
-    model = ClipProbe(depth, args.width, attention=spec["attention"])
+    model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder)
     if args.fresh:  # every step draws new clips: the model cannot fit a fixed set instead of the rule
         train = clip_stream(probe.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
     else:
@@ -139,16 +161,21 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         "seed": seed,
         "spec": spec,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "temporal_rf": temporal_rf(depth),
+        "temporal_rf": temporal_rf(depth, args.ladder),
         "test_acc": probe.accuracy(model, *test),
         "cpu_s": cpu_s,
         "log": log,
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh")
+            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh", "ladder")
         },
         "machine": machine_line(),
     }
+
+
+def _tag(args: argparse.Namespace) -> str:
+    """The results folder of one clip length and ladder: t8 (space ladder, the first design), t8-time."""
+    return f"t{args.frames}" + ("" if args.ladder == "space" else f"-{args.ladder}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -156,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
     for arm in args.arms:
         for depth in args.depths:
             for seed in args.seeds:
-                path = Path(args.out) / f"t{args.frames}" / arm / f"depth{depth}" / f"seed{seed}.json"
+                path = Path(args.out) / _tag(args) / arm / f"depth{depth}" / f"seed{seed}.json"
                 if path.exists():
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"t{args.frames}/*/depth*/seed*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"{_tag(args)}/*/depth*/seed*.json"))]
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         groups.setdefault((r["arm"], r["depth"]), []).append(r)
@@ -218,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--fresh", action="store_true", help="new training clips every step (--train-pairs is then not used)"
+    )
+    parser.add_argument(
+        "--ladder", choices=LADDERS, default="space", help="space: pool space per block; time: dilate time, no pooling"
     )
     parser.add_argument("--test-pairs", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=100)

@@ -253,7 +253,20 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
 
 
+def object_gap(resolution: int) -> int:
+    """About the smallest distance between the two objects' facing edges: 16 px at 64x64, scaling with R."""
+    return resolution // 4
+
+
+def mass_beyond(result: dict, distance: float) -> float | None:
+    """The fraction of a run's recorded ERF gradient mass farther than `distance` px (None without an ERF)."""
+    if result["erf_profile"] is None:
+        return None
+    return sum(m for d, m in result["erf_profile"] if d > distance)
+
+
 def report(args: argparse.Namespace) -> None:
+    gap = object_gap(args.resolution)
     results = [
         json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))
     ]
@@ -261,13 +274,13 @@ def report(args: argparse.Namespace) -> None:
     for r in results:
         groups.setdefault((r["arm"], r["depth"]), []).append(r)
     print(
-        "| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond 16 px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |"
+        f"| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond {gap} px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
         rs.sort(key=lambda r: r["seed"])
         erf = [r["erf_r90"] for r in rs if r["erf_r90"] is not None]
-        beyond = [r["erf_mass_beyond_16"] for r in rs if r["erf_mass_beyond_16"] is not None]
+        beyond = [b for b in (mass_beyond(r, gap) for r in rs) if b is not None]
         print(
             f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
             f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
@@ -285,7 +298,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
     print("\nPer run of the attention arms (the block at the last logged step):\n")
     print(
-        "| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g | ERF mass beyond 16 px | CPU s |"
+        f"| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g | ERF mass beyond {gap} px | CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
@@ -294,7 +307,7 @@ def report(args: argparse.Namespace) -> None:
             gate = gate_label(e)
             print(
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
-                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {r['erf_mass_beyond_16']:.4f} | {r['cpu_s']:.0f} |"
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {mass_beyond(r, gap):.4f} | {r['cpu_s']:.0f} |"
             )
     _print_verdicts(groups)
     if results:

@@ -139,6 +139,30 @@ def test_temporal_field_is_one_plus_two_per_block(depth: int) -> None:
     assert spans == (depth >= 4)
 
 
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_time_ladder_doubles_the_temporal_field_and_keeps_the_map(depth: int) -> None:
+    reach = 2**depth - 1  # by hand: block i's taps at t - 2^i, t, t + 2^i; 1 + 2 + ... + 2^(depth-1) each side
+    assert clips_probe.temporal_rf(depth, "time") == 1 + 2 * reach
+    torch.manual_seed(0)
+    model = clips_probe.ClipProbe(depth, width=8, ladder="time")
+    assert model.trunk(torch.randn(1, 3, T, 32, 32)).shape == (1, 8, T, 16, 16)  # space never pooled
+    # which input frames reach output frame 3: dilated taps skip frames, so the set is computed by hand
+    reached = {3}
+    for i in range(depth):
+        reached = {t + o for t in reached for o in (-(2**i), 0, 2**i) if 0 <= t + o < T}
+    assert _frames_reached(model, 3) == sorted(reached)
+    # depth 2 reaches 3 frames each side (7 in all): no unit sees frames 0 and T-1; depth 3 reaches 7
+    spans = any({0, T - 1} <= set(_frames_reached(model, t)) for t in range(T))
+    assert spans == (depth >= 3)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == _hand_count(depth, 8, False)  # dilation and no pooling change no parameter count
+
+
+def test_unknown_ladder_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="ladder must be one of"):
+        clips_probe.ClipProbe(1, width=8, ladder="spiral")
+
+
 def test_space_time_attention_reaches_the_last_frame_once_its_gate_is_open() -> None:
     torch.manual_seed(0)
     model = clips_probe.ClipProbe(1, width=8, attention={})
@@ -193,3 +217,19 @@ def test_fresh_stream_never_repeats_a_clip_and_is_the_same_for_every_run(tmp_pat
     clips_probe.main(["run", "--arms", "conv", "--depths", "1", "--seeds", "0", "--out", str(out), *tiny])
     result = json.loads((out / "t8" / "conv" / "depth1" / "seed0.json").read_text())
     assert result["settings"]["fresh"] is True and [e["step"] for e in result["log"]] == [1, 2]
+
+
+def test_time_ladder_end_to_end_is_kept_apart_from_the_space_ladder(tmp_path, capsys) -> None:
+    out = tmp_path / "runs"
+    tiny = ["--steps", "2", "--batch", "4", "--test-pairs", "4", "--log-every", "1", "--fresh", "--seeds", "0"]
+    common = ["--out", str(out), "--plot", str(tmp_path / "clips.png")]
+    clips_probe.main(["run", "--arms", "conv", "--depths", "3", "--ladder", "time", *common, *tiny])
+    result = json.loads((out / "t8-time" / "conv" / "depth3" / "seed0.json").read_text())
+    assert result["settings"]["ladder"] == "time" and result["temporal_rf"] == 15
+    assert not (out / "t8").exists()  # the space ladder's results stay where the first design wrote them
+    capsys.readouterr()
+    clips_probe.main(["report", "--ladder", "time", *common])
+    assert (
+        f"| `conv` | 3 | {_hand_count(3, 8, False):,} | 15 | {result['test_acc']:.3f} (1 seed) |"
+        in capsys.readouterr().out
+    )
