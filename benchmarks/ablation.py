@@ -224,10 +224,9 @@ def verdicts(runs: dict[str, dict[int, dict[str, Any]]], keys: Sequence[str]) ->
 
 def plot(datasets: list[dict[str, Any]], path: Path) -> None:
     """One panel per (dataset, verdict metric): every seed as a dot, mean with +/- std error bars."""
-    import matplotlib
+    from benchmarks.common import pyplot  # (late: it imports torch)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(d, k) for d in datasets for k in metric_keys(d, VERDICT_METRICS)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)

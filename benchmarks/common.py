@@ -26,6 +26,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported late: the run paths never need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def machine_line() -> str:
     """CPU model, cores this process may use, memory, torch version and threads, the date (UTC)."""
     model = platform.processor() or "unknown CPU"

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.common import machine_line, table
+from benchmarks.common import machine_line, pyplot, table
 from gan.checkpoint import load_discriminator, load_generator
 from gan.cli import fail_cleanly
 from gan.data import build_dataset
@@ -177,10 +177,7 @@ def report_table(results: list[dict]) -> str:
 
 def plot(results: list[dict], path: Path) -> None:
     """Cumulative gradient mass against distance: D (input px) and G (output px); dashed: attention off."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

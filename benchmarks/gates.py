@@ -87,10 +87,9 @@ def plot_gates(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool, path
     rows = [(prefix, label) for prefix, label in GATE_ROWS if any(k.startswith(prefix) for k in keys)]
     if not blocks:
         return False
-    import matplotlib
+    from benchmarks.common import pyplot  # (late: it imports torch)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = {name: f"C{i}" for i, name in enumerate(runs)}
     fig, axes = plt.subplots(len(rows), len(blocks), figsize=(4.2 * len(blocks), 2.6 * len(rows)), squeeze=False)

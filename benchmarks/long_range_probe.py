@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from benchmarks import long_range_plots
 from benchmarks.common import machine_line
 from benchmarks.experiment import compare, verdict
 from gan.attention import NonLocalBlock
@@ -312,9 +313,11 @@ def report(args: argparse.Namespace) -> None:
     _print_verdicts(groups)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
-    _plot(groups, Path(args.plot))
-    _plot_erf(groups, Path(args.plot).with_name("erf_profile.png"))
-    _plot_opening(groups, Path(args.plot).with_name("block_opening.png"))
+    plot = Path(args.plot)
+    long_range_plots.accuracy_vs_depth(groups, plot, probe_rf)
+    long_range_plots.erf_profiles(groups, plot.with_name("erf_profile.png"), probe_rf)
+    has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
+    long_range_plots.block_opening(groups, plot.with_name("block_opening.png"), has_block)
     x, _ = pairs(args.resolution, TEST_SEED, 6)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
@@ -348,93 +351,6 @@ def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, d
             f"| `{arm}` depth {depth} | `{control[0]}` depth {control[1]} | {c.diff:+.3f} | {c.pooled_std:.3f} | "
             f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
         )
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported late: `run` does not need it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, colour in (("conv", "tab:blue"), ("attn", "tab:orange"), ("attn_zero_init", "tab:green")):
-        depths = sorted(d for a, d in groups if a == arm)
-        if not depths:
-            continue
-        accs = [[r["test_acc"] for r in groups[(arm, d)]] for d in depths]
-        ax.errorbar(
-            depths,
-            [statistics.mean(a) for a in accs],
-            yerr=[statistics.stdev(a) if len(a) > 1 else 0 for a in accs],
-            label=arm,
-            color=colour,
-            capsize=3,
-            marker="o",
-        )
-        for d, a in zip(depths, accs):
-            ax.scatter([d] * len(a), a, color=colour, s=8, alpha=0.5)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(sorted({d for _, d in groups}))
-    ax.set_xticklabels([f"{d}\nRF {probe_rf(d)}" for d in sorted({d for _, d in groups})])
-    ax.set_xlabel("residual down-blocks before pooling (theoretical RF, px)")
-    ax.set_ylabel("test accuracy (coherent vs incoherent)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-
-
-def _plot_erf(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
-    """Cumulative ERF gradient mass against distance, seed 0 of each full-image arm and depth."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (arm, depth), rs in sorted(groups.items()):
-        r = min(rs, key=lambda r: r["seed"])
-        if r["erf_profile"] is None or arm not in ("conv", "attn"):
-            continue
-        d, m = zip(*r["erf_profile"])
-        cum = [sum(m[: k + 1]) for k in range(len(m))]
-        ax.plot(d, cum, ls="-" if arm == "conv" else "--", label=f"{arm} depth {depth} (RF {probe_rf(depth)})")
-    ax.axhline(0.9, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("Chebyshev distance from the output cell's centre (input px)")
-    ax.set_ylabel("cumulative |d out / d in| mass")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def _plot_opening(groups: dict[tuple[str, int], list[dict]], path: Path) -> None:
-    """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
-    plt = _pyplot()
-    panels = (
-        (
-            "gate: |gamma| (gamma gate) or |out weight| (zero_init)",
-            lambda e: abs(e["gamma"]) if e["gamma"] == e["gamma"] else e["out_weight_norm"],
-        ),
-        ("|grad theta| / |grad g|", lambda e: e["grad_theta"] / max(e["grad_g"], 1e-12)),
-        ("attention entropy / log N", lambda e: e["entropy_ratio"]),
-        ("test accuracy (256 images)", lambda e: e["test_acc_256"]),
-    )
-    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.5))
-    for (arm, depth), rs in sorted(groups.items()):
-        if ARMS[arm]["attention"] is None:
-            continue
-        log = min(rs, key=lambda r: r["seed"])["log"][1:]  # step 1 has no gradient through the closed gate
-        for ax, (title, value) in zip(axes, panels):
-            ax.plot([e["step"] for e in log], [value(e) for e in log], label=f"{arm} d{depth}")
-            ax.set_title(title, fontsize=8)
-            ax.set_xlabel("step")
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    axes[-1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
 
 
 def main(argv: list[str] | None = None) -> None:
