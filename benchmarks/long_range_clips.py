@@ -50,6 +50,7 @@ def _clip_arm(name: str) -> dict:
 
 ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
 LADDERS = ("space", "time")
+POOLS = ("sum", "mean")  # sum: SAGAN's D; mean: the same linear read-out over N positions, 1/N the logit scale
 
 
 class FrameStem(nn.Module):
@@ -92,11 +93,20 @@ class ClipProbe(nn.Module):
     nothing is pooled."""
 
     def __init__(
-        self, depth: int, width: int, channels: int = 3, attention: dict | None = None, ladder: str = "space"
+        self,
+        depth: int,
+        width: int,
+        channels: int = 3,
+        attention: dict | None = None,
+        ladder: str = "space",
+        pool: str = "sum",
     ) -> None:
         super().__init__()
         if ladder not in LADDERS:
             raise ValueError(f"ladder must be one of {LADDERS}, got {ladder!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.pool = pool
         self.stem = FrameStem(channels, width)
         self.attention = NonLocalBlock(width, dim=3, **attention) if attention is not None else None
         in_time = ladder == "time"
@@ -114,7 +124,8 @@ class ClipProbe(nn.Module):
         return self.blocks(h)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3, 4))).squeeze(1)
+        h = F.relu(self.trunk(x))
+        return self.head(h.sum(dim=(2, 3, 4)) if self.pool == "sum" else h.mean(dim=(2, 3, 4))).squeeze(1)
 
 
 def temporal_rf(depth: int, ladder: str = "space") -> int:
@@ -148,7 +159,7 @@ def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: i
 def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
     spec = ARMS[arm]
     torch.manual_seed(seed)
-    model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder)
+    model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder, pool=args.pool)
     if args.fresh:  # every step draws new clips: the model cannot fit a fixed set instead of the rule
         train = clip_stream(probe.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
     else:
@@ -167,15 +178,18 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         "log": log,
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh", "ladder")
+            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh", "ladder", "pool")
         },
         "machine": machine_line(),
     }
 
 
 def _tag(args: argparse.Namespace) -> str:
-    """The results folder of one clip length and ladder: t8 (space ladder, the first design), t8-time."""
-    return f"t{args.frames}" + ("" if args.ladder == "space" else f"-{args.ladder}")
+    """The results folder of one clip length, ladder and pooling: t8 (space ladder and sum, the first design),
+    t8-time, t8-time-mean, ..."""
+    return f"t{args.frames}" + "".join(
+        f"-{v}" for v, default in ((args.ladder, "space"), (args.pool, "sum")) if v != default
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -248,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--ladder", choices=LADDERS, default="space", help="space: pool space per block; time: dilate time, no pooling"
+    )
+    parser.add_argument(
+        "--pool", choices=POOLS, default="sum", help="the read-out over (T, H, W): sum (as SAGAN's D) or mean"
     )
     parser.add_argument("--test-pairs", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=100)
