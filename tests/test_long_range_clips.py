@@ -158,9 +158,22 @@ def test_time_ladder_doubles_the_temporal_field_and_keeps_the_map(depth: int) ->
     assert params == _hand_count(depth, 8, False)  # dilation and no pooling change no parameter count
 
 
-def test_unknown_ladder_is_one_clear_error() -> None:
+def test_unknown_ladder_or_pool_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match="ladder must be one of"):
         clips_probe.ClipProbe(1, width=8, ladder="spiral")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        clips_probe.ClipProbe(1, width=8, pool="max")
+
+
+def test_mean_read_out_is_the_sum_read_out_over_the_number_of_positions() -> None:
+    torch.manual_seed(0)
+    summed = clips_probe.ClipProbe(2, width=8, ladder="time").eval()  # eval: spectral norm's vectors stay put
+    meaned = clips_probe.ClipProbe(2, width=8, ladder="time", pool="mean").eval()
+    meaned.load_state_dict(summed.state_dict())
+    x = torch.randn(3, 3, T, 32, 32)
+    bias = summed.head.bias.detach()
+    n = T * 16 * 16  # the time ladder's positions: 8 frames of 16x16
+    torch.testing.assert_close((meaned(x) - bias) * n, summed(x) - bias, rtol=1e-4, atol=1e-3)
 
 
 def test_space_time_attention_reaches_the_last_frame_once_its_gate_is_open() -> None:
@@ -233,3 +246,6 @@ def test_time_ladder_end_to_end_is_kept_apart_from_the_space_ladder(tmp_path, ca
         f"| `conv` | 3 | {_hand_count(3, 8, False):,} | 15 | {result['test_acc']:.3f} (1 seed) |"
         in capsys.readouterr().out
     )
+    clips_probe.main(["run", "--arms", "conv", "--depths", "3", "--ladder", "time", "--pool", "mean", *common, *tiny])
+    meaned = json.loads((out / "t8-time-mean" / "conv" / "depth3" / "seed0.json").read_text())
+    assert meaned["settings"]["pool"] == "mean" and meaned["log"][0]["loss"] < result["log"][0]["loss"]
