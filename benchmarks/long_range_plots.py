@@ -68,7 +68,10 @@ def erf_profiles(groups: Groups, path: Path, rf: Callable[[int], int]) -> None:
 
 
 def block_opening(groups: Groups, path: Path, has_block: set[str]) -> None:
-    """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy."""
+    """Over training, per attention arm (seed 0): gate, theta's share of the gradient, entropy, accuracy. Draws
+    nothing when no arm has a block."""
+    if not any(arm in has_block for arm, _ in groups):
+        return
     plt = pyplot()
     panels = (
         (
