@@ -157,6 +157,17 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
     # one seed per arm: the verdict table names the comparison and refuses a verdict
     assert "| `attn` depth 0 | `conv` depth 0 |" in printed and "no verdict (one seed)" in printed
     assert f"| `attn` | 0 | 0 | {result['test_acc']:.3f} | gamma " in printed  # the per-run table
+    # the ERF column is the mass beyond the object gap at this resolution (R / 4 = 8 px), from the stored profile
+    beyond = sum(m for d, m in result["erf_profile"] if d > 8)
+    assert "| ERF mass beyond 8 px |" in printed and f"| {beyond:.4f} |" in printed
+
+
+def test_object_gap_scales_with_resolution_and_mass_beyond_reads_the_profile() -> None:
+    # the facing edges' smallest distance, by hand from the dataset's ranges: R - 2 (x0_max + s_max)
+    assert (probe.object_gap(64), probe.object_gap(128)) == (16, 32)  # about 14 and 26 px
+    result = {"erf_profile": [[0.0, 0.5], [16.0, 0.3], [16.5, 0.15], [40.0, 0.05]]}
+    assert probe.mass_beyond(result, 16) == pytest.approx(0.2)  # strictly farther than 16 px
+    assert probe.mass_beyond({"erf_profile": None}, 16) is None
 
 
 def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queries() -> None:
