@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks import long_range_plots
 from benchmarks import long_range_probe as probe
 from benchmarks.common import machine_line
 from gan.attention import NonLocalBlock
@@ -241,6 +242,9 @@ def report(args: argparse.Namespace) -> None:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     x, _ = clip_pairs(probe.TEST_SEED, 3, args.frames)  # top 3 rows coherent, bottom 3 their incoherent versions
     save_image_grid(x.transpose(1, 2).flatten(0, 1), Path(args.plot), nrow=args.frames)
+    has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
+    opening = Path(args.plot).with_name(f"block_opening_{_tag(args)}.png")  # the gates over training, seed 0
+    long_range_plots.block_opening(groups, opening, has_block)
 
 
 def main(argv: list[str] | None = None) -> None:

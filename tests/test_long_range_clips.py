@@ -209,7 +209,7 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
         f"| `attn_zero_init` | 1 | {_hand_count(1, 8, True) - 1:,} | 3 | {result['test_acc']:.3f} (1 seed) |" in printed
     )
     assert "| `attn_zero_init` depth 1 | `conv` depth 1 |" in printed and "no verdict (one seed)" in printed
-    assert plot.stat().st_size > 0
+    assert plot.stat().st_size > 0 and (tmp_path / "block_opening_t8.png").stat().st_size > 0
 
 
 def test_fresh_stream_never_repeats_a_clip_and_is_the_same_for_every_run(tmp_path) -> None:
