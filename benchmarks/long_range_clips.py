@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from benchmarks import long_range_plots
@@ -157,7 +158,8 @@ def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: i
     return batch
 
 
-def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
+    """Train one (arm, depth, seed), save its weights (safetensors) to `weights_path`; returns the result."""
     spec = ARMS[arm]
     torch.manual_seed(seed)
     model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder, pool=args.pool)
@@ -167,6 +169,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace) -> dict
         train = clip_pairs(probe.TRAIN_SEED, args.train_pairs, args.frames)
     test = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
     log, cpu_s = probe.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
+    save_file(model.state_dict(), str(weights_path))
     return {
         "arm": arm,
         "depth": depth,
@@ -202,7 +205,7 @@ def run(args: argparse.Namespace) -> None:
                 if path.exists():
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
-                result = train_one(arm, depth, seed, args)
+                result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
                 path.write_text(json.dumps(result, indent=1))
                 print(
                     f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, {result['cpu_s']:.0f} CPU s"

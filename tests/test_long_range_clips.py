@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from scipy.stats import ks_2samp
 
 from benchmarks import long_range_clips as clips_probe
@@ -239,6 +240,10 @@ def test_time_ladder_end_to_end_is_kept_apart_from_the_space_ladder(tmp_path, ca
     clips_probe.main(["run", "--arms", "conv", "--depths", "3", "--ladder", "time", *common, *tiny])
     result = json.loads((out / "t8-time" / "conv" / "depth3" / "seed0.json").read_text())
     assert result["settings"]["ladder"] == "time" and result["temporal_rf"] == 15
+    weights = load_file(out / "t8-time" / "conv" / "depth3" / "seed0.safetensors")  # the trained model, reloadable
+    model = clips_probe.ClipProbe(3, width=8, ladder="time")
+    model.load_state_dict(weights)  # kept in training mode: the same power iterations as the run's own evaluation
+    assert probe.accuracy(model, *clips_probe.clip_pairs(probe.TEST_SEED, 4)) == result["test_acc"]
     assert not (out / "t8").exists()  # the space ladder's results stay where the first design wrote them
     capsys.readouterr()
     clips_probe.main(["report", "--ladder", "time", *common])
