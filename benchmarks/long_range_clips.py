@@ -38,6 +38,7 @@ from gan.attention import NonLocalBlock
 from gan.clips import CoherentClips
 from gan.erf import theoretical_rf
 from gan.layers import DBlockOptimized, _init, linear
+from gan.synthetic import FOREGROUND_THRESHOLD
 from gan.viz import save_image_grid
 
 # The 2D probe's arms; the block's keys are max-pooled over (2, 2, 2) (frame pairs and 2x2 pixels): 256 keys from
@@ -138,6 +139,28 @@ def temporal_rf(depth: int, ladder: str = "space") -> int:
     for i in range(depth):  # conv3x3x3 (dilated in time), conv1x3x3, [avgpool(1,2,2)]
         layers += [(1 + 2 * (2**i if ladder == "time" else 1), 1), (1, 1), (1, 1)]
     return theoretical_rf(stem + layers)[0]
+
+
+def first_object_cells(x: Tensor, cell: int = 2) -> Tensor:
+    """(B, H / cell, W / cell) bool: the cells of frame 0 that hold its object. Frame 0 is the background and
+    the object only (no distractor), and only the object is foreground (`FOREGROUND_THRESHOLD`: objects have
+    value 1, the background stays below 0.22)."""
+    pixels = (x[:, :, 0].amax(1) > FOREGROUND_THRESHOLD).float()  # (B, H, W)
+    return F.max_pool2d(pixels.unsqueeze(1), cell).squeeze(1) > 0  # (B, H / cell, W / cell)
+
+
+def frame_attention(model: ClipProbe, x: Tensor) -> Tensor:
+    """Where frame 0's object looks: the attention mass that the block's queries at frame 0's object cells put on
+    each temporal slot of keys, averaged over those cells: (B, T_k), rows summing to 1 (uniform: 1 / T_k each)."""
+    with torch.no_grad():
+        h = model.stem(x)  # (B, W, T, H', W')
+        _, attn = model.attention(h, return_attention=True)  # (B, Nq, N), keys flattened in (t, h, w) order
+    t, hq, wq = h.shape[2:]
+    slots = -(-t // model.attention.pool[0])  # ceil(T / pool_t) temporal key slots
+    mass = attn.unflatten(2, (slots, -1)).sum(-1)  # (B, Nq, T_k)
+    mass = mass.unflatten(1, (t, hq, wq))[:, 0]  # (B, H', W', T_k): the queries of frame 0
+    cells = first_object_cells(x, x.shape[-1] // hq).float()  # (B, H', W')
+    return (mass * cells.unsqueeze(-1)).sum((1, 2)) / cells.sum((1, 2)).unsqueeze(-1)
 
 
 @functools.lru_cache(maxsize=4)

@@ -254,3 +254,43 @@ def test_time_ladder_end_to_end_is_kept_apart_from_the_space_ladder(tmp_path, ca
     clips_probe.main(["run", "--arms", "conv", "--depths", "3", "--ladder", "time", "--pool", "mean", *common, *tiny])
     meaned = json.loads((out / "t8-time-mean" / "conv" / "depth3" / "seed0.json").read_text())
     assert meaned["settings"]["pool"] == "mean" and meaned["log"][0]["loss"] < result["log"][0]["loss"]
+
+
+def test_first_object_cells_find_frame_zeros_object_and_nothing_else() -> None:
+    data = CoherentClips(6, 32, T, seed=3)
+    x = torch.stack([data[i][0] for i in range(6)] + [data.incoherent(i)[0] for i in range(6)])
+    pixels = clips_probe.first_object_cells(x, cell=1)  # (12, 32, 32)
+    for i in range(12):
+        on = pixels[i]
+        assert 7 * 7 // 2 <= int(on.sum()) <= 10 * 10  # one object of side 7-10 px (a triangle or cross fills less)
+        # everywhere else frame 0 is the static background: frame 1 where frame 1 shows no distractor (grey >= 0.25)
+        background = ~on & (x[i, :, 1].amax(0) < 0.25 * 2 - 1)
+        assert torch.equal(x[i, :, 0][:, background], x[i, :, 1][:, background])
+        if i < 6:  # coherent: frame 7 repeats the object
+            assert torch.equal(x[i, :, 0][:, on], x[i, :, T - 1][:, on])
+    assert torch.equal(pixels[:6], pixels[6:])  # frame 0 is the same in a clip and its incoherent version
+    cells = clips_probe.first_object_cells(x)  # (12, 16, 16): a 2x2 cell counts when any of its pixels does
+    assert torch.equal(cells, F.max_pool2d(pixels.float().unsqueeze(1), 2).squeeze(1) > 0)
+
+
+def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None:
+    torch.manual_seed(0)
+    model = clips_probe.ClipProbe(2, width=8, attention=clips_probe.ARMS["attn_zero_init"]["attention"], ladder="time")
+    x, _ = clips_probe.clip_pairs(probe.TEST_SEED, 3)
+    mass = clips_probe.frame_attention(model, x)  # (6, 4): 8 frames in key slots of 2, the trained-free block
+    assert mass.shape == (6, 4)
+    torch.testing.assert_close(mass.sum(1), torch.ones(6))
+    # hand-made weights: uniform over the 256 keys -> 1/4 per slot
+    model.attention._weights = lambda q, k: torch.full((q.shape[0], q.shape[1], k.shape[1]), 1 / k.shape[1])
+    torch.testing.assert_close(clips_probe.frame_attention(model, x), torch.full((6, 4), 0.25))
+    # frame 0's object cells look at slot 3 (frames 6-7), every other query at slot 0 (or 1 for frame 0's background)
+    cells = clips_probe.first_object_cells(x)  # (6, 16, 16)
+
+    def weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        target = torch.zeros(q.shape[0], T, 16, 16, dtype=torch.long)  # slot per query
+        target[:, 0] = torch.where(cells, 3, 1)
+        onehot = F.one_hot(target.flatten(1), 4).float()  # (B, Nq, 4)
+        return onehot.repeat_interleave(k.shape[1] // 4, dim=2) / (k.shape[1] // 4)  # (B, Nq, N)
+
+    model.attention._weights = weights
+    torch.testing.assert_close(clips_probe.frame_attention(model, x), torch.tensor([[0.0, 0, 0, 1]]).expand(6, 4))
