@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from benchmarks import long_range_plots
@@ -264,6 +264,7 @@ def report(args: argparse.Namespace) -> None:
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
             )
     probe._print_verdicts(groups, ARMS)
+    _print_frame_attention(groups, args)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     x, _ = clip_pairs(probe.TEST_SEED, 3, args.frames)  # top 3 rows coherent, bottom 3 their incoherent versions
@@ -271,6 +272,33 @@ def report(args: argparse.Namespace) -> None:
     has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
     opening = Path(args.plot).with_name(f"block_opening_{_tag(args)}.png")  # the gates over training, seed 0
     long_range_plots.block_opening(groups, opening, has_block)
+
+
+def _print_frame_attention(groups: dict[tuple[str, int], list[dict]], args: argparse.Namespace) -> None:
+    """For every attention run whose weights were saved: where the queries at frame 0's object look, on the test
+    clips (coherent and incoherent apart), as the share of attention per temporal key slot."""
+    rows = []
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        for r in rs if ARMS[arm]["attention"] is not None else []:
+            weights = Path(args.out) / _tag(args) / arm / f"depth{depth}" / f"seed{r['seed']}.safetensors"
+            if not weights.exists():  # runs from before the weights were saved
+                continue
+            model = ClipProbe(depth, r["settings"]["width"], attention=ARMS[arm]["attention"], ladder=args.ladder)
+            model.load_state_dict(load_file(weights))
+            x, _ = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
+            n = len(x) // 2
+            mass = frame_attention(model.eval(), x)  # (2n, T_k)
+            rows.append((arm, depth, r["seed"], mass[:n].mean(0), mass[n:].mean(0)))
+    if not rows:
+        return
+    slots = len(rows[0][3])
+    print("\nWhere frame 0's object looks (share of the block's attention per temporal key slot; uniform", end=" ")
+    print(f"{1 / slots:.3f}; test clips, coherent / incoherent):\n")
+    print("| arm | depth | seed | coherent: slots 0..last | incoherent: slots 0..last |")
+    print("|---|---|---|---|---|")
+    for arm, depth, seed, coherent, incoherent in rows:
+        fmt = lambda m: ", ".join(f"{v:.3f}" for v in m.tolist())  # noqa: E731
+        print(f"| `{arm}` | {depth} | {seed} | {fmt(coherent)} | {fmt(incoherent)} |")
 
 
 def main(argv: list[str] | None = None) -> None:

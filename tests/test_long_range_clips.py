@@ -211,6 +211,11 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
     )
     assert "| `attn_zero_init` depth 1 | `conv` depth 1 |" in printed and "no verdict (one seed)" in printed
     assert plot.stat().st_size > 0 and (tmp_path / "block_opening_t8.png").stat().st_size > 0
+    # the trained block's attention from frame 0's object, per temporal key slot: 4 shares summing to 1, twice
+    table = printed.split("Where frame 0's object looks")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| `attn_zero_init` | 1 | 0 | "))
+    shares = [[float(v) for v in cell.split(", ")] for cell in row.strip("| ").split(" | ")[3:]]
+    assert [len(c) for c in shares] == [4, 4] and all(abs(sum(c) - 1) < 0.01 for c in shares)
 
 
 def test_fresh_stream_never_repeats_a_clip_and_is_the_same_for_every_run(tmp_path) -> None:
