@@ -5,12 +5,12 @@ Clips are `gan.clips.CoherentClips` (T = 8 frames of 32x32; coherent: frame T-1'
 their incoherent versions. The classifier reuses the 2D probe's pieces (benchmarks/long_range_probe.py: the
 arms, the training loop `fit`, `accuracy`, `block_state`, the verdict rule): the repository's first D block
 applied to every frame alone, optionally ONE `NonLocalBlock(dim=3)` on the whole (T, H, W) grid, then
-`depth` residual blocks, ReLU, global sum pooling and a linear head, spectral norm everywhere. Two ladders:
-`--ladder space` (the first design): ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2) blocks, each widening the
-temporal field by 2 frames (1 + 2 depth) while halving the spatial side; `--ladder time`: the same convolutions
-with the temporal tap dilated 1, 2, 4, ... and no pooling at all, so the field doubles in time
-(2^(depth+1) - 1 frames) while every block keeps the 16x16 map. See docs/long_range.md ("The probe in time
-(3D)").
+`depth` residual blocks, ReLU, global sum (or, `--pool mean`, mean) pooling and a linear head, spectral norm
+everywhere. Two ladders: `--ladder space` (the first design): ReLU-conv3x3x3-ReLU-conv1x3x3-avgpool(1,2,2)
+blocks, each widening the temporal field by 2 frames (1 + 2 depth) while halving the spatial side;
+`--ladder time`: the same convolutions with the temporal tap dilated 1, 2, 4, ... and no pooling at all, so
+the field doubles in time (2^(depth+1) - 1 frames) while every block keeps the 16x16 map.
+See docs/long_range.md ("The probe in time (3D)").
 
     python -m benchmarks.long_range_clips run --arms conv attn_zero_init --depths 1 2 4 --seeds 0 1 2
     python -m benchmarks.long_range_clips run --fresh ...    # new training clips every step, no fixed set
@@ -91,7 +91,7 @@ class ClipBlock(nn.Module):
 
 class ClipProbe(nn.Module):
     """clips (B, C, T, H, W) -> logit (B,): FrameStem [-> NonLocalBlock(dim=3)] -> depth x ClipBlock -> ReLU,
-    sum over (T, H, W), linear. At depth 0 it is a per-frame classifier whose scores are summed over frames.
+    sum (or mean) over (T, H, W), linear. At depth 0 it is a per-frame classifier whose scores are summed over frames.
     `ladder="space"`: each block halves the spatial side; `"time"`: block i dilates its temporal tap by 2^i and
     nothing is pooled."""
 
@@ -283,7 +283,8 @@ def _print_frame_attention(groups: dict[tuple[str, int], list[dict]], args: argp
             weights = Path(args.out) / _tag(args) / arm / f"depth{depth}" / f"seed{r['seed']}.safetensors"
             if not weights.exists():  # runs from before the weights were saved
                 continue
-            model = ClipProbe(depth, r["settings"]["width"], attention=ARMS[arm]["attention"], ladder=args.ladder)
+            spec = ARMS[arm]["attention"]
+            model = ClipProbe(depth, r["settings"]["width"], attention=spec, ladder=args.ladder, pool=args.pool)
             model.load_state_dict(load_file(weights))
             x, _ = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
             n = len(x) // 2
