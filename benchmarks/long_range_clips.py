@@ -264,7 +264,7 @@ def report(args: argparse.Namespace) -> None:
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
             )
     probe._print_verdicts(groups, ARMS)
-    _print_frame_attention(groups, args)
+    _print_frame_attention(order, args)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     x, _ = clip_pairs(probe.TEST_SEED, 3, args.frames)  # top 3 rows coherent, bottom 3 their incoherent versions
@@ -274,11 +274,12 @@ def report(args: argparse.Namespace) -> None:
     long_range_plots.block_opening(groups, opening, has_block)
 
 
-def _print_frame_attention(groups: dict[tuple[str, int], list[dict]], args: argparse.Namespace) -> None:
+def _print_frame_attention(order: list[tuple[tuple[str, int], list[dict]]], args: argparse.Namespace) -> None:
     """For every attention run whose weights were saved: where the queries at frame 0's object look, on the test
-    clips (coherent and incoherent apart), as the share of attention per temporal key slot."""
+    clips (coherent and incoherent apart), as the share of attention per temporal key slot. `order`: the report's
+    (arm, depth) cells in table order."""
     rows = []
-    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+    for (arm, depth), rs in order:
         for r in rs if ARMS[arm]["attention"] is not None else []:
             weights = Path(args.out) / _tag(args) / arm / f"depth{depth}" / f"seed{r['seed']}.safetensors"
             if not weights.exists():  # runs from before the weights were saved

@@ -218,7 +218,6 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "theoretical_rf": probe_rf(depth),
         "test_acc": accuracy(model, x_test, y_test),
         "erf_r90": erf.r90 if erf else None,
-        "erf_mass_beyond_16": erf.mass_beyond(16) if erf else None,
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
         "cpu_s": cpu_s,
         "log": log,
