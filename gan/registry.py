@@ -12,7 +12,7 @@ the config validates names against it without loading torch.
   and the datasets it is defined on (None: any). Entries sharing a `compute` function are computed in one
   call (FID, IS and KID share torch-fidelity's feature pass). Used by `gan.config` (`eval.metrics`,
   `eval.best_metric`), `evaluate.py --metrics`, training-time evaluation and best-checkpoint selection,
-  and the experiment reports (`benchmarks/experiment.py`).
+  and the experiment reports (`experiments/experiment.py`).
 """
 
 from __future__ import annotations
