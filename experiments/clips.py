@@ -11,7 +11,7 @@ middle frames carries the object.
 the same ranges, after all of clip i's draws): frames 0..T-2 are pixel-identical, and frame T-1 has the
 distribution it has in coherent clips. So every single frame has the same distribution in both classes and
 no frame carries a cue; only the relation between frame 0 and frame T-1 differs.
-See docs/long_range.md ("The probe in time (3D)").
+See docs/long_range.md (the report) and docs/long_range/log.md ("The probe in time (3D)").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ everywhere. Two ladders: `--ladder space` (the first design): ReLU-conv3x3x3-ReL
 blocks, each widening the temporal field by 2 frames (1 + 2 depth) while halving the spatial side;
 `--ladder time`: the same convolutions with the temporal tap dilated 1, 2, 4, ... and no pooling at all, so
 the field doubles in time (2^(depth+1) - 1 frames) while every block keeps the 16x16 map.
-See docs/long_range.md ("The probe in time (3D)").
+See docs/long_range.md (the report) and docs/long_range/log.md ("The probe in time (3D)").
 
     python -m experiments.long_range_clips run --arms conv attn_zero_init --depths 1 2 4 --seeds 0 1 2
     python -m experiments.long_range_clips run --fresh ...    # new training clips every step, no fixed set

@@ -11,7 +11,7 @@ See docs/long_range.md for the design, the argument and the measured results.
     python experiments/long_range_probe.py report
 
 `run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
-the Markdown tables of docs/long_range.md and draws its plot.
+the Markdown tables of docs/long_range/log.md and draws its plot.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's screenshot of the attention explorer, taken in headless system Chromium.
+"""The screenshot of the attention explorer in docs/explorer_and_hub.md, taken in headless system Chromium.
 
     python tools/explorer_screenshot.py --checkpoint runs/demo --out docs/explorer.png [--seed 0 --row 8 --col 24]
 

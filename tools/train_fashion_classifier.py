@@ -139,7 +139,7 @@ def main() -> None:
         "test_accuracy": acc_pad,  # padded 28 -> 32, as gan.data feeds Fashion-MNIST
         "test_accuracy_resized": acc_resize,
         "test_images": len(test_x),
-        f"test_accuracy_first_{SLICE}": acc_slice,  # what tests/test_classifier.py checks
+        f"test_accuracy_first_{SLICE}": acc_slice,  # what tests/gan/test_classifier.py checks
         "epochs": args.epochs,
         "train_seconds": round(seconds, 1),
         "date": datetime.date.today().isoformat(),

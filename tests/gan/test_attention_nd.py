@@ -227,7 +227,7 @@ def test_lever_errors():
 
 
 # ----------------------------------------------------------------------------------------------
-# Sequences (dim=1) and video (dim=3); 2D is covered by tests/test_attention.py
+# Sequences (dim=1) and video (dim=3); 2D is covered by tests/gan/test_attention.py
 
 PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
 GRIDS = [(7,), (8,), (3, 5, 7), (2, 4, 6)]  # odd and even, per dimension
@@ -361,11 +361,11 @@ def test_one_position_sequence_and_one_frame_video():
     torch.testing.assert_close(video(x)[:, :, 0], image(x[:, :, 0]), rtol=1e-6, atol=1e-6)
 
 
-def test_readme_video_example_runs():
-    """The README's video example, executed as written."""
-    readme = (ROOT / "README.md").read_text()
-    snippets = [s.split("```", 1)[0] for s in readme.split("```python\n")[1:] if "dim=3" in s.split("```", 1)[0]]
-    assert len(snippets) == 1, "README should hold exactly one python block with a dim=3 NonLocalBlock"
+def test_docs_video_example_runs():
+    """docs/attention.md's video example, executed as written."""
+    page = (ROOT / "docs" / "attention.md").read_text()
+    snippets = [s.split("```", 1)[0] for s in page.split("```python\n")[1:] if "dim=3" in s.split("```", 1)[0]]
+    assert len(snippets) == 1, "docs/attention.md should hold exactly one python block with a dim=3 NonLocalBlock"
     torch.manual_seed(0)
     scope: dict = {}
     exec(snippets[0], scope)
