@@ -16,10 +16,15 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiments import experiment
 from experiments.experiment import SPREAD_FACTOR, Arm, ExperimentError, compare, mean_std, parse_seeds, verdict
 from gan.cli import fail_cleanly
+
+if TYPE_CHECKING:  # torch loads late: the argument errors and --help stay light
+    import torch
+    from torch import Tensor
 
 CONFIG = "configs/ablation_fashion.yaml"
 POLICY = "train.augment=color,translation,cutout"
@@ -230,6 +235,32 @@ def report(out: Path, path: Path) -> str:
     return text
 
 
+def discriminator_gap(
+    discriminator: torch.nn.Module,
+    train: tuple[Tensor, Tensor | None],
+    heldout: tuple[Tensor, Tensor | None],
+    batch_size: int = 250,
+) -> dict[str, float]:
+    """D's own overfitting signal: its raw output on the images it trained on against held-out images of the same
+    distribution (Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", Fig. 1b).
+
+    `train` / `heldout` are (images (N, C, R, R) in [-1, 1], labels (N,) or None). Returns the mean output on each,
+    their difference `gap` (train - held-out; about 0 while D generalises, growing as it memorises), and the mean
+    sign of the output on each (`*_sign`: ADA's r_t on the training images)."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for name, (images, labels) in (("train", train), ("heldout", heldout)):
+            scores = torch.cat([
+                discriminator(images[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).flatten()
+                for i in range(0, len(images), batch_size)
+            ]).double()  # fmt: skip
+            out[name], out[f"{name}_sign"] = scores.mean().item(), scores.sign().mean().item()
+    out["gap"] = out["train"] - out["heldout"]
+    return out
+
+
 def overfit(run_dirs: list[Path], images: int) -> str:
     """A Markdown table per run: at every checkpoint, D's mean output on `images` of its training images and on as
     many held-out (test-split) images, their gap, ADA's r_t, and the FCD logged at that step (when evaluated)."""
@@ -239,7 +270,6 @@ def overfit(run_dirs: list[Path], images: int) -> str:
 
     from gan.checkpoint import list_checkpoints, load_checkpoint, load_discriminator
     from gan.data import build_dataset
-    from gan.memorisation import discriminator_gap
 
     def first(data_cfg, model_cfg) -> tuple:
         ds = build_dataset(data_cfg, model_cfg)

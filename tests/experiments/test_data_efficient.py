@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from experiments.data_efficient import discriminator_gap
 from experiments.experiment import mean_std
 
 from shared import ROOT
@@ -66,3 +68,19 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.data_efficient", "run", "--out", str(tmp_path), *args],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip() == message
+
+
+class _MeanPlusLabel(torch.nn.Module):
+    """A stand-in D with a hand-computable output: mean pixel value plus 0.5 per label unit."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)) + (0 if y is None else 0.5 * y.float())
+
+
+def test_discriminator_gap_matches_hand_computed_means() -> None:
+    train = torch.stack([torch.full((1, 4, 4), v) for v in (0.2, 0.4, -0.1)]), torch.tensor([0, 1, 2])
+    heldout = torch.stack([torch.full((1, 4, 4), v) for v in (-0.3, -0.5)]), None
+    # outputs: train 0.2, 0.9, 0.9 (mean 2/3, signs +1 +1 +1); held-out -0.3, -0.5 (mean -0.4, signs -1 -1)
+    g = discriminator_gap(_MeanPlusLabel(), train, heldout, batch_size=2)  # batches of 2 split the 3 images
+    assert g["train"] == pytest.approx(2 / 3) and g["heldout"] == pytest.approx(-0.4)
+    assert g["gap"] == pytest.approx(2 / 3 + 0.4) and g["train_sign"] == 1.0 and g["heldout_sign"] == -1.0
