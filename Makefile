@@ -52,13 +52,13 @@ benchmarks: $(STAMP)
 ## Experiments behind docs/ablation.md and docs/fast_mode_quality.md: hours of CPU; finished runs are reused.
 ARMS := none,g8,g16,g32,d8,d16,gd8,gd16
 ablation: $(STAMP)
-	$(BIN)/python -m benchmarks.ablation run --config configs/ablation_coherence.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_coherence
-	$(BIN)/python -m benchmarks.ablation run --config configs/ablation_fashion.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_fashion
-	$(BIN)/python -m benchmarks.ablation report runs/ablation_coherence runs/ablation_fashion --report docs/ablation.md --figures docs/ablation
+	$(BIN)/python -m experiments.ablation run --config configs/ablation_coherence.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_coherence
+	$(BIN)/python -m experiments.ablation run --config configs/ablation_fashion.yaml --arms $(ARMS) --seeds 0,1,2 --jobs 2 --out runs/ablation_fashion
+	$(BIN)/python -m experiments.ablation report runs/ablation_coherence runs/ablation_fashion --report docs/ablation.md --figures docs/ablation
 
 fast-mode-quality: $(STAMP)
-	$(BIN)/python -m benchmarks.fast_mode_quality run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
-	$(BIN)/python -m benchmarks.fast_mode_quality report runs/fast_mode_quality --report docs/fast_mode_quality.md
+	$(BIN)/python -m experiments.fast_mode_quality run --seeds 0,1,2 --jobs 2 --out runs/fast_mode_quality
+	$(BIN)/python -m experiments.fast_mode_quality report runs/fast_mode_quality --report docs/fast_mode_quality.md
 
 clean:
 	rm -rf runs .pytest_cache

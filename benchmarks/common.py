@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: the machine line, medians, peak-memory reading, child processes, tables.
+"""What the benchmark scripts share: medians, interleaved timing, peak-memory reading, child processes.
+
+The machine line and Markdown tables come from `tools.report`, which the experiments use too.
 
 Every script prints Markdown tables that docs/benchmarks.md records verbatim. Timings are medians over
 repeats; when two variants are compared they run interleaved (A B A B ...) in one process and the ratio is
@@ -8,10 +10,7 @@ sides of each pair alike.
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import re
 import resource
 import statistics
@@ -24,34 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, imported late: the run paths never need it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def machine_line() -> str:
-    """CPU model, cores this process may use, memory, torch version and threads, the date (UTC)."""
-    model = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        found = re.search(r"^model name\s*:\s*(.+)$", fh.read(), re.M)
-    if found:
-        model = found.group(1).strip()
-    cores = len(os.sched_getaffinity(0))
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    flags = Path("/proc/cpuinfo").read_text()
-    isa = "AVX-512 bf16" if "avx512_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    return (
-        f"{model} ({isa}), {cores} cores, {mem_gib:.0f} GiB; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {date}"
-    )
 
 
 def median(xs: Sequence[float]) -> float:
@@ -160,7 +131,7 @@ def peak_memory(device: str | torch.device) -> PeakRSS | PeakCUDA:
 
 
 # ----------------------------------------------------------------------------------------------
-# Child processes and output
+# Child processes and sizes
 
 
 def run_child(module: str, args: list[str], timeout: float = 1800) -> dict | None:
@@ -173,13 +144,6 @@ def run_child(module: str, args: list[str], timeout: float = 1800) -> dict | Non
         print(f"  child {' '.join(args)} failed (exit {proc.returncode}): {tail}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table."""
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def mib(n_bytes: float) -> str:

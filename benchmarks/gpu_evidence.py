@@ -6,7 +6,7 @@
 Stages, in this order, each one or two commands of the existing benchmark scripts run as subprocesses
 (nothing here measures anything itself):
 
-1. `ablation`: benchmarks/ablation.py on the 64x64 coherence GAN, arms `none` (no attention), `gd32`
+1. `ablation`: experiments/ablation.py on the 64x64 coherence GAN, arms `none` (no attention), `gd32`
    (a non-local block at the 32x32 stage of G and of D) and `gd32-lr10` (the same blocks learning 10x faster,
    the lever that opened the long-range probe's block), 3 seeds, all nine runs at once on the one device
    (`--jobs 9`), then its report (coherence, FCD, D's AUC on incoherent images, final gates and entropy)
@@ -55,8 +55,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import gates
-from benchmarks.experiment import command_line
+from experiments import gates
+from experiments.experiment import command_line
 from gan.cli import fail_cleanly  # (light: no torch)
 from gan.errors import UserError
 
@@ -65,7 +65,7 @@ BUDGET_S = 480.0  # the issue's 8 minutes
 MIN_STAGE_SECONDS = 5.0  # a stage that would get less than this is not started
 GRACE_S = 10.0  # between SIGTERM and SIGKILL at a stage's limit
 GPU_STEPS = 2500  # see the module docstring for the estimate
-# benchmarks/ablation.py's names: no attention; attention at the 32x32 stage of G and D; the same, 10x block rate
+# experiments/ablation.py's names: no attention; attention at the 32x32 stage of G and D; the same, 10x block rate
 ARMS = "none,gd32,gd32-lr10"
 SHARES = {"ablation": 0.65, "throughput": 0.08, "attention": 0.15, "throughput_compile": 0.12}  # of 480 s:
 # 305, 38, 70 and 56 s of the 470 s left after the grace, when every stage takes its whole share
@@ -117,10 +117,10 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
         variants, rounds = ["baseline", "fused", "channels_last", "bf16", "bf16_nchw"], ["--repeats", 20, "--warmup", 3]
         model = []
         attention = ["--sizes", 32, 64, 128, "--repeats", 5, "--max-gib", 100]  # 128x128 unpooled: 32 GiB
-    ablation_run = python_m("benchmarks.ablation", "run", "--config", "configs/ablation_coherence.yaml",
+    ablation_run = python_m("experiments.ablation", "run", "--config", "configs/ablation_coherence.yaml",
                             "--arms", ARMS, "--seeds", seeds, "--jobs", jobs, "--out", runs,
                             "--num-samples", samples, *ablation)  # fmt: skip
-    ablation_report = python_m("benchmarks.ablation", "report", runs, "--report", report,
+    ablation_report = python_m("experiments.ablation", "report", runs, "--report", report,
                                "--figures", out / "ablation" / "figures")  # fmt: skip
     # overrides before --variants, which takes every word after it
     throughput = python_m("benchmarks.train_throughput", "--device", device, *rounds, *model, "--variants", *variants)
@@ -229,7 +229,8 @@ def shown_command(command: Command) -> str:
 
 
 def device_description(device: str) -> str:
-    from benchmarks.common import device_line, machine_line
+    from benchmarks.common import device_line
+    from tools.report import machine_line
 
     return f"{device_line(device)}; host {machine_line()}"
 

@@ -16,10 +16,11 @@ import sys
 
 import torch
 
-from benchmarks.common import ROOT, interleaved, machine_line, median, paired_ratio, table
+from benchmarks.common import ROOT, interleaved, median, paired_ratio
 from gan.attention import attention_blocks
 from gan.config import load_config
 from gan.models import Generator
+from tools.report import machine_line, table
 
 # name -> (autocast dtype or None, channels_last, fused attention)
 VARIANTS: dict[str, tuple[torch.dtype | None, bool, bool]] = {

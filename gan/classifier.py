@@ -2,7 +2,7 @@
 
 Inception needs a 95 MB download and runs at a few images per second on a CPU. For CPU experiments on
 Fashion-MNIST this module offers a domain-specific stand-in: a 3-conv CNN (32x32 grayscale input) trained
-by `benchmarks/train_fashion_classifier.py`, whose weights ship in `assets/fashion_classifier.safetensors`.
+by `tools/train_fashion_classifier.py`, whose weights ship in `assets/fashion_classifier.safetensors`.
 Its penultimate features give a Frechet *classifier* distance (FCD) and a kernel classifier distance
 (KCD), its logits a classifier score (CS). These are NOT FID / KID / IS: the numbers are on another scale
 and are comparable only with other numbers from the same weights file (see docs/metrics.md).
@@ -77,7 +77,7 @@ def load_classifier(path: str | Path = DEFAULT_WEIGHTS) -> FashionClassifier:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"classifier weights '{path}' not found; run `python benchmarks/train_fashion_classifier.py` to make them"
+            f"classifier weights '{path}' not found; run `python tools/train_fashion_classifier.py` to make them"
         )
     model = FashionClassifier()
     model.load_state_dict(load_file(str(path)))

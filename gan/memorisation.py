@@ -116,27 +116,3 @@ def save_pairs_grid(samples: Tensor, neighbours: Tensor, path: str | os.PathLike
         raise ValueError(f"samples and neighbours must have the same shape, got {shapes}")
     pairs = torch.stack([samples.detach().cpu(), neighbours.detach().cpu()], dim=1)  # (K, 2, C, H, W)
     return save_image_grid(pairs.flatten(0, 1), path, nrow=2 * pairs_per_row)  # (2K, C, H, W): sample, neighbour, ...
-
-
-@torch.no_grad()
-def discriminator_gap(
-    discriminator: torch.nn.Module,
-    train: tuple[Tensor, Tensor | None],
-    heldout: tuple[Tensor, Tensor | None],
-    batch_size: int = 250,
-) -> dict[str, float]:
-    """D's own overfitting signal: its raw output on the images it trained on against held-out images of the same
-    distribution (Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", Fig. 1b).
-
-    `train` / `heldout` are (images (N, C, R, R) in [-1, 1], labels (N,) or None). Returns the mean output on each,
-    their difference `gap` (train - held-out; about 0 while D generalises, growing as it memorises), and the mean
-    sign of the output on each (`*_sign`: ADA's r_t on the training images)."""
-    out = {}
-    for name, (images, labels) in (("train", train), ("heldout", heldout)):
-        scores = torch.cat([
-            discriminator(images[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).flatten()
-            for i in range(0, len(images), batch_size)
-        ]).double()  # fmt: skip
-        out[name], out[f"{name}_sign"] = scores.mean().item(), scores.sign().mean().item()
-    out["gap"] = out["train"] - out["heldout"]
-    return out

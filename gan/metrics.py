@@ -129,7 +129,7 @@ def _extractor_weights(cfg: Config, inception_sha256: str | None) -> Path:
     if not classifier.DEFAULT_WEIGHTS.is_file():
         raise MetricsError(
             f"classifier weights '{classifier.DEFAULT_WEIGHTS}' are missing; "
-            "run `python benchmarks/train_fashion_classifier.py` or restore assets/ from git"
+            "run `python tools/train_fashion_classifier.py` or restore assets/ from git"
         )
     return classifier.DEFAULT_WEIGHTS
 

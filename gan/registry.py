@@ -1,6 +1,6 @@
 """The plug-in points found by name: datasets and metrics (the pattern of stylegan2-ada's `metric_main.py`).
 
-A new dataset or metric is one entry here plus one test (tests/test_registry.py runs every entry end to
+A new dataset or metric is one entry here plus one test (tests/gan/test_registry.py runs every entry end to
 end). Each entry names its function as "module:function", imported on first use, so this module stays light:
 the config validates names against it without loading torch.
 
@@ -12,7 +12,7 @@ the config validates names against it without loading torch.
   and the datasets it is defined on (None: any). Entries sharing a `compute` function are computed in one
   call (FID, IS and KID share torch-fidelity's feature pass). Used by `gan.config` (`eval.metrics`,
   `eval.best_metric`), `evaluate.py --metrics`, training-time evaluation and best-checkpoint selection,
-  and the experiment reports (`benchmarks/experiment.py`).
+  and the experiment reports (`experiments/experiment.py`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ mirrors its tree below this file
+
 TINY_MODEL = ["model.g_width=16", "model.d_width=16"]
 TINY_RUN = [*TINY_MODEL, "data.builtin_size=64", "train.batch_size=4", "train.progress=false",
             "train.sample_every=0", "log.attention_every=0", "train.checkpoint_every=0"]  # fmt: skip

@@ -1,0 +1,378 @@
+"""The direct long-range probe: can a D-like classifier tell coherent images from their incoherent versions?
+
+Coherent images are `CoherenceDataset` items (the right object mirrors the left one); their incoherent
+versions (`CoherenceDataset.incoherent`) have the right object redrawn independently on the same
+background, so only the long-range relation differs. Each classifier is built from the repository's own D
+blocks: the optimised first block, optionally ONE non-local block at that (highest-resolution) stage, then
+`depth` residual down-blocks, ReLU, global sum pooling and a linear head, spectral norm everywhere as in D.
+See docs/long_range.md for the design, the argument and the measured results.
+
+    python experiments/long_range_probe.py run --arms conv attn --depths 0 1 2 3 --seeds 0 1 2
+    python experiments/long_range_probe.py report
+
+`run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
+the Markdown tables of docs/long_range/log.md and draws its plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from experiments import long_range_plots
+from experiments.clips import CoherentClips
+from experiments.erf import effective_rf, theoretical_rf
+from experiments.experiment import compare, verdict
+from gan.attention import NonLocalBlock
+from gan.layers import DBlock, DBlockOptimized, linear
+from gan.synthetic import CoherenceDataset
+from gan.viz import save_image_grid
+from tools.report import machine_line
+
+# Arms as plain data. `attention`: None (no block) or NonLocalBlock options (the levers: gate, gamma_init,
+# logit_scale, qk_spectral_norm); `attn_lr_mult`: the block's learning rate over the base one; `view`: the part
+# of the image the model sees ("full", or one half only: the chance-level control); `reference`: the attention
+# arm a lever is judged against in the report (default "attn").
+ARMS: dict[str, dict] = {
+    "conv": {"attention": None},
+    "attn": {"attention": {}},
+    "attn_zero_init": {"attention": {"gate": "zero_init"}},
+    "attn_gamma0.1": {"attention": {"gamma_init": 0.1}},
+    "attn_inv_sqrt_d": {"attention": {"logit_scale": "inv_sqrt_d"}},  # d_qk = W/8 = 1 at W = 8: the default exactly
+    "attn_qk4": {"attention": {"qk_channels": 4}},  # the wider-query reference for the next arm
+    "attn_qk4_inv_sqrt_d": {"attention": {"qk_channels": 4, "logit_scale": "inv_sqrt_d"}, "reference": "attn_qk4"},
+    "attn_learned_temp": {"attention": {"logit_scale": "learned"}},
+    "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
+    "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
+    "conv_right_half": {"attention": None, "view": "right"},
+}
+TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
+
+
+class Probe(nn.Module):
+    """images (B, C, H, W) -> logit (B,): DBlockOptimized [-> NonLocalBlock] -> depth x DBlock -> ReLU, sum, linear."""
+
+    def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
+        super().__init__()
+        self.stem = DBlockOptimized(channels, width, sn=True)
+        self.attention = NonLocalBlock(width, **attention) if attention is not None else None
+        self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
+        self.head = linear(width, 1, sn=True)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The map before the final ReLU: (B, width, H / 2^(depth+1), W / 2^(depth+1)); the ERF is measured here
+        (after the ReLU, a unit over plain background can be dead for every input and have no gradient)."""
+        h = self.stem(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        return self.blocks(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3))).squeeze(1)
+
+
+def probe_rf(depth: int) -> int:
+    """Theoretical receptive field (pixels) of the conv path: the optimised block then `depth` down-blocks."""
+    stem = [(3, 1), (3, 1), (2, 2)]  # conv3x3, conv3x3, avgpool2 (the shortcut's field is smaller)
+    down = [(3, 1), (3, 1), (2, 2)]  # ReLU-conv3x3-ReLU-conv3x3-avgpool2
+    return theoretical_rf(stem + down * depth)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tensor, Tensor]:
+    """n coherent items and their incoherent versions, stacked: images (2n, 3, R, R or R/2), labels 1 then 0.
+
+    Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
+    """
+    x, y = stacked_pairs(CoherenceDataset(n, resolution, seed=seed), range(n))
+    half = x.shape[-1] // 2
+    return {"full": x, "left": x[..., :half], "right": x[..., half:]}[view], y
+
+
+def stacked_pairs(data: CoherenceDataset | CoherentClips, indices: range) -> tuple[Tensor, Tensor]:
+    """Items `indices` of a coherence dataset (images or clips), then their incoherent versions, stacked,
+    with labels 1 then 0."""
+    x = torch.stack([data[i][0] for i in indices] + [data.incoherent(i)[0] for i in indices])
+    return x, torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))])
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 250) -> float:
+    with torch.no_grad():
+        logits = torch.cat([model(x[k : k + batch]) for k in range(0, len(x), batch)])
+    return float(((logits > 0).float() == y).float().mean())
+
+
+def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
+    """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
+    block = model.attention
+    grads = {
+        name: math.sqrt(
+            sum(float(p.grad.pow(2).sum()) for p in getattr(block, name).parameters() if p.grad is not None)
+        )
+        for name in ("theta", "phi", "g", "out")
+    }
+    with torch.no_grad():
+        q, k, _, _ = block._project(model.stem(probe_x))  # (B, HW, Cqk), (B, N, Cqk)
+        logits = torch.bmm(q, k.transpose(1, 2)) * block._constant_scale()  # (B, HW, N), as the block scales them
+        p = torch.softmax(logits, dim=-1)
+        entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
+    state = {f"grad_{n}": g for n, g in grads.items()}
+    state.update(
+        entropy_ratio=entropy,
+        logit_std=float(logits.std()),
+        logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()),
+    )
+    state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
+    state["out_weight_norm"] = float(block.out.weight.detach().norm())
+    if hasattr(block, "log_tau"):
+        state["log_tau"] = block.log_tau.item()
+    return state
+
+
+def fit(
+    model: nn.Module,
+    spec: dict,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    args: argparse.Namespace,
+    seed: int,
+    name: str,
+) -> tuple[list[dict], float]:
+    """The loop every probe shares; returns (log, CPU s). `train` and `test` hold n coherent items, then
+    their n incoherent versions (`pairs`); each step draws batch / 2 items (order fixed by `seed`) with their
+    own incoherent versions. `train` may instead be a function of the step (1, 2, ...) returning that step's
+    batch (x, y): a stream of fresh items, nothing to memorise. Adam at args.lr, the block (`model.attention`,
+    if any) at spec's `attn_lr_mult` x."""
+    attn_params = list(model.attention.parameters()) if model.attention is not None else []
+    attn_ids = {id(p) for p in attn_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in attn_ids], "lr": args.lr}]
+    if attn_params:
+        groups.append({"params": attn_params, "lr": args.lr * spec.get("attn_lr_mult", 1.0)})
+    opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
+
+    x_test, y_test = test
+    if callable(train):
+        draw = train
+    else:
+        x_train, y_train = train
+        n_train = len(x_train) // 2
+        order = torch.Generator().manual_seed(seed)
+
+        def draw(step: int) -> tuple[Tensor, Tensor]:  # noqa: ARG001 (the order generator advances instead)
+            k = torch.randint(n_train, (args.batch // 2,), generator=order)
+            k = torch.cat([k, k + n_train])  # each drawn item with its own incoherent version
+            return x_train[k], y_train[k]
+
+    log, start = [], time.process_time()
+    for step in range(1, args.steps + 1):
+        x, y = draw(step)
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step % args.log_every == 0 or step == 1:
+            entry = {
+                "step": step,
+                "loss": loss.item(),
+                "test_acc_256": accuracy(model, x_test[::4][:256], y_test[::4][:256]),
+            }
+            if model.attention is not None:
+                entry.update(block_state(model, x_test[:16]))
+            log.append(entry)
+            print(
+                f"  {name} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"),
+                flush=True,
+            )
+        opt.step()
+    return log, time.process_time() - start
+
+
+def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights_path: Path) -> dict:
+    spec = ARMS[arm]
+    view = spec.get("view", "full")
+    torch.manual_seed(seed)
+    model = Probe(depth, args.width, attention=spec["attention"])
+    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    name = f"{arm} depth {depth} seed {seed}"
+    log, cpu_s = fit(model, spec, (x_train, y_train), (x_test, y_test), args, seed, name)
+
+    save_file(model.state_dict(), str(weights_path))
+    erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
+    return {
+        "arm": arm,
+        "depth": depth,
+        "seed": seed,
+        "spec": spec,
+        "view": view,
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "theoretical_rf": probe_rf(depth),
+        "test_acc": accuracy(model, x_test, y_test),
+        "erf_r90": erf.r90 if erf else None,
+        "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
+        "cpu_s": cpu_s,
+        "log": log,
+        "settings": {
+            k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")
+        },
+        "machine": machine_line(),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    for arm in args.arms:
+        for depth in args.depths:
+            for seed in args.seeds:
+                path = out / f"r{args.resolution}" / arm / f"depth{depth}" / f"seed{seed}.json"
+                if path.exists():
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
+                path.write_text(json.dumps(result, indent=1))
+                print(
+                    f"{arm} depth {depth} seed {seed}: test acc {result['test_acc']:.3f}, "
+                    f"{result['params']} params, {result['cpu_s']:.0f} CPU s",
+                    flush=True,
+                )
+
+
+def _mean_std(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (1 seed)"
+    return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
+
+
+def object_gap(resolution: int) -> int:
+    """About the smallest distance between the two objects' facing edges: 16 px at 64x64, scaling with R."""
+    return resolution // 4
+
+
+def mass_beyond(result: dict, distance: float) -> float | None:
+    """The fraction of a run's recorded ERF gradient mass farther than `distance` px (None without an ERF)."""
+    if result["erf_profile"] is None:
+        return None
+    return sum(m for d, m in result["erf_profile"] if d > distance)
+
+
+def report(args: argparse.Namespace) -> None:
+    gap = object_gap(args.resolution)
+    results = [
+        json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))
+    ]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["arm"], r["depth"]), []).append(r)
+    print(
+        f"| arm | depth | params | theoretical RF (px) | ERF r90 (px) | ERF mass beyond {gap} px | test accuracy (mean +/- std) | seeds: accuracy | CPU s per run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        rs.sort(key=lambda r: r["seed"])
+        erf = [r["erf_r90"] for r in rs if r["erf_r90"] is not None]
+        beyond = [b for b in (mass_beyond(r, gap) for r in rs) if b is not None]
+        print(
+            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
+            f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
+            f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
+            f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+        )
+    print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
+    keys = ("gamma", "entropy_ratio", "logit_std", "grad_theta", "grad_phi", "grad_g", "grad_out")
+    print("| arm | depth | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        if ARMS[arm]["attention"] is None:
+            continue
+        last = [r["log"][-1] for r in rs]
+        print(f"| `{arm}` | {depth} | " + " | ".join(f"{statistics.mean(e[k] for e in last):.3g}" for k in keys) + " |")
+    print("\nPer run of the attention arms (the block at the last logged step):\n")
+    print(
+        f"| arm | depth | seed | test accuracy | gate | entropy / log N | grad theta / grad g | ERF mass beyond {gap} px | CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arm, depth), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        for r in rs if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            gate = gate_label(e)
+            print(
+                f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {mass_beyond(r, gap):.4f} | {r['cpu_s']:.0f} |"
+            )
+    _print_verdicts(groups)
+    if results:
+        print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
+    plot = Path(args.plot)
+    long_range_plots.accuracy_vs_depth(groups, plot, probe_rf)
+    long_range_plots.erf_profiles(groups, plot.with_name("erf_profile.png"), probe_rf)
+    has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
+    long_range_plots.block_opening(groups, plot.with_name("block_opening.png"), has_block)
+    x, _ = pairs(args.resolution, TEST_SEED, 6)
+    save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
+
+
+def gate_label(entry: dict) -> str:
+    """A logged block state's gate for the reports: gamma under the gamma gate, else the norm of `out`'s weight
+    (gamma is logged as NaN under the zero-initialised gate)."""
+    if entry["gamma"] == entry["gamma"]:
+        return f"gamma {entry['gamma']:+.4f}"
+    return f"norm(out) {entry['out_weight_norm']:.3f}"
+
+
+def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
+    """Test accuracy against a control, by the repository's rule (|diff| > 2 x pooled std): each conv depth
+    against the shallowest, each attention arm against `conv` and each lever against its reference at the
+    same depth."""
+    base = min((d for a, d in groups if a == "conv"), default=0)
+    pairs_ = [(("conv", d), ("conv", base)) for a, d in sorted(groups) if a == "conv" and d > base]
+    for arm, depth in sorted(groups, key=lambda k: (list(arms).index(k[0]), k[1])):
+        if arms[arm]["attention"] is not None:
+            controls = ("conv", arms[arm].get("reference", "attn"))
+            pairs_ += [((arm, depth), (control, depth)) for control in controls if control != arm]
+    print("\nTest accuracy against a control (rule: the difference counts when |diff| > 2 x pooled std):\n")
+    print("| arm | control | diff of means | pooled std | Welch t | verdict |")
+    print("|---|---|---|---|---|---|")
+    for (arm, depth), control in pairs_:
+        if control not in groups:
+            continue
+        c = compare(arm, [r["test_acc"] for r in groups[(arm, depth)]], [r["test_acc"] for r in groups[control]], True)
+        print(
+            f"| `{arm}` depth {depth} | `{control[0]}` depth {control[1]} | {c.diff:+.3f} | {c.pooled_std:.3f} | "
+            f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--arms", nargs="+", default=["conv", "attn"], choices=list(ARMS))
+    parser.add_argument("--depths", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=32, help="images per step, half coherent, half incoherent")
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument(
+        "--train-pairs", type=int, default=2048, help="coherent images (each with its incoherent version)"
+    )
+    parser.add_argument("--test-pairs", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--out", default="runs/long_range")
+    parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
+    args = parser.parse_args(argv)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""experiments.mismatch: rank_auc against hand-computed values and an all-pairs loop, mismatch_auc with
+hand-built discriminators (one blind to the right half, one that is the coherence score itself)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments.mismatch import mismatch_auc, rank_auc
+from gan.synthetic import CoherenceDataset, coherence_per_image
+
+
+def test_rank_auc_hand_computed_and_against_all_pairs():
+    # pos 3 beats both; 1 beats 0 only; 2 beats 0 and ties 2: (2 + 1 + 1.5) / 6
+    assert rank_auc(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0.0, 2.0])) == pytest.approx(4.5 / 6)
+    assert rank_auc(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5
+    assert rank_auc(torch.tensor([5.0]), torch.tensor([1.0, 2.0])) == 1.0
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randint(0, 6, (37,), generator=g), torch.randint(0, 6, (23,), generator=g)  # many ties
+    loop = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos.tolist() for n in neg.tolist())
+    assert rank_auc(pos, neg) == pytest.approx(loop / (37 * 23), abs=1e-12)
+    with pytest.raises(ValueError, match="at least one"):
+        rank_auc(torch.tensor([]), torch.tensor([1.0]))
+
+
+class _ScoreD(torch.nn.Module):
+    """A hand-built D: score(images) per image; records the labels it was given."""
+
+    def __init__(self, score) -> None:
+        super().__init__()
+        self.score, self.labels = score, []
+
+    def forward(self, x, y):
+        self.labels.append(y)
+        return self.score(x)
+
+
+def _cfg(classes: int = 4):
+    from gan.config import ModelConfig
+
+    return ModelConfig(resolution=32, image_channels=1, num_classes=classes)
+
+
+def test_mismatch_auc_left_half_d_is_exactly_at_chance():
+    # Coherent and incoherent versions share background and left object pixel for pixel, so a D that sees only
+    # the left half gives every pair equal scores: AUC and paired fraction exactly one half.
+    d = _ScoreD(lambda x: x[..., :16].sum(dim=(1, 2, 3)))
+    out = mismatch_auc(d, _cfg(), num=40, seed=3, batch_size=16)
+    assert out["d_auc"] == 0.5 and out["d_paired"] == 0.5
+    assert out["d_coherent"] == pytest.approx(out["d_incoherent"], abs=1e-12)
+
+
+def test_mismatch_auc_oracle_d_sees_every_mismatch_and_gets_labels():
+    d = _ScoreD(coherence_per_image)  # 1.0 on coherent images, lower where the objects disagree
+    out = mismatch_auc(d, _cfg(), num=40, seed=3, batch_size=16)
+    assert out["d_auc"] > 0.95 and out["d_paired"] > 0.95 and out["d_coherent"] == pytest.approx(1.0)
+    flipped = mismatch_auc(_ScoreD(lambda x: -coherence_per_image(x)), _cfg(), num=40, seed=3, batch_size=16)
+    assert flipped["d_auc"] == pytest.approx(1.0 - out["d_auc"])
+    # labels: the left object's shape, the same for both versions of an image (3 batches x 2 versions)
+    data = CoherenceDataset(40, 32, 1, seed=3)
+    expected = torch.tensor([data[i][1] for i in range(40)])
+    assert len(d.labels) == 6
+    assert torch.equal(torch.cat(d.labels[0::2]), expected) and torch.equal(torch.cat(d.labels[1::2]), expected)
+    unconditional = _ScoreD(coherence_per_image)
+    mismatch_auc(unconditional, _cfg(classes=0), num=4, seed=3)
+    assert unconditional.labels == [None, None]

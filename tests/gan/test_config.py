@@ -1,0 +1,165 @@
+"""Config: defaults, YAML deltas with `base:`, overrides, one-line errors, round trips, shipped files."""
+
+from pathlib import Path
+
+import pytest
+
+from gan.config import (
+    Config,
+    ConfigError,
+    describe,
+    from_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+    to_dict,
+)
+
+from shared import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_overrides_with_yaml_values():
+    cfg = load_config(
+        None,
+        [
+            "train.steps=7",
+            "optim.lr_g=1e-3",
+            "model.g_attention=[8, 16]",
+            "log.tags=[a, b]",
+            "train.channels_last=true",
+            "optim.beta2=1",
+        ],
+    )
+    assert cfg.train.steps == 7 and cfg.optim.lr_g == 1e-3
+    assert cfg.model.g_attention == [8, 16] and cfg.log.tags == ["a", "b"]
+    assert cfg.train.channels_last is True
+    assert cfg.optim.beta2 == 1.0 and isinstance(cfg.optim.beta2, float)  # ints widen to floats
+    assert load_config().train.steps == Config().train.steps
+
+
+def test_yaml_booleans_read_back_as_their_choice(tmp_path):
+    # YAML 1.1 turns `no` into False; for a string key with a "no" choice that means "no", on the command
+    # line and in a file alike. A string key without such a choice still rejects a boolean.
+    assert load_config(None, ["train.mixed_precision=bf16", "train.mixed_precision=no"]).train.mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "c.yaml").train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="config key 'train.mixed_precision' expects str, got True"):
+        load_config(None, ["train.mixed_precision=yes"])
+    with pytest.raises(ConfigError, match="config key 'data.root' expects str, got False"):
+        load_config(None, ["data.root=no"])
+
+
+def test_parse_overrides_nests_and_rejects_malformed_words():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1]"]) == {"a": {"b": 1, "c": "x"}, "d": [1]}
+    with pytest.raises(ConfigError, match="not of the form key.sub=value"):
+        parse_overrides(["train.steps"])
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["train.stepz=1"], "unknown config key 'train.stepz'; accepted: train.steps, train.batch_size"),
+        (["trian.steps=1"], "unknown config key 'trian'; accepted: model, data, optim, train, eval, log"),
+        (["train.steps=1.5"], "config key 'train.steps' expects int, got 1.5"),
+        (["train.steps=true"], "config key 'train.steps' expects int, got True"),
+        (["train.channels_last=1"], "config key 'train.channels_last' expects bool, got 1"),
+        (["model.g_attention=16"], "config key 'model.g_attention' expects a list of int, got 16"),
+        (["model.g_attention=[a]"], "config key 'model.g_attention[0]' expects int, got 'a'"),
+        (["data.dataset=imagenet"], "config key 'data.dataset' must be one of builtin, cifar10, celeba"),
+        (["model.resolution=48"], "config key 'model.resolution' must be one of 32, 64, 128; got 48"),
+        (["train=3"], "config key 'train' is a section; give it a mapping of steps, batch_size"),
+        (["model.g_attention=[12]"], "attention resolution 12 is not a feature-map side of a 32x32 model"),
+        (["train.batch_size=0"], "config key 'train.batch_size' must be at least 1"),
+        (["optim.ema_decay=1.0"], "config key 'optim.ema_decay' must be in [0, 1)"),
+        (
+            ["train.augment=color,flip"],
+            "config key 'train.augment' accepts a comma list of color, translation, cutout (empty: none); got 'flip'",
+        ),
+        (["train.ada_target=1.5"], "config key 'train.ada_target' must be in [0, 1]"),
+        (["optim.lecam=-1"], "config key 'optim.lecam' must be 0 (off) or a positive weight"),
+        (["data.subset=-5"], "config key 'data.subset' must be 0 (every image) or a number of images"),
+        (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, prc, copy, coherence; got 'pr'"),
+    ],
+)
+def test_errors_are_one_line_naming_the_key(words, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, words)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_yaml_delta_and_base_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("model:\n  g_width: 32\ntrain:\n  steps: 5\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  steps: 9\n")
+    cfg = load_config(tmp_path / "b.yaml", ["train.seed=3"])
+    assert (cfg.model.g_width, cfg.train.steps, cfg.train.seed) == (32, 9, 3)
+    assert cfg.model.d_width == Config().model.d_width  # untouched keys keep defaults
+
+
+def test_yaml_file_errors(tmp_path):
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="names itself as a base"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "key.yaml").write_text("model:\n  widht: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.widht'"):
+        load_config(tmp_path / "key.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_yaml_and_dict(tmp_path):
+    cfg = load_config(None, ["model.num_classes=10", "log.tags=[x]", "optim.lr_d=0.0003"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(cfg)
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_describe_lists_every_key_with_a_meaning():
+    lines = describe().splitlines()
+    keys = [line.split(" = ")[0] for line in lines]
+    flat = [f"{s}.{k}" for s, sub in to_dict(Config()).items() for k in sub]
+    assert keys == flat
+    assert all(line.split(": ", 1)[1].strip() for line in lines)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    if path.stem.endswith("_noattn"):
+        twin = load_config(path.with_name(path.stem.removesuffix("_noattn") + ".yaml"))
+        assert cfg.model.g_attention == [] and cfg.model.d_attention == []
+        cfg.model.g_attention, cfg.model.d_attention = twin.model.g_attention, twin.model.d_attention
+        assert to_dict(cfg) == to_dict(twin)  # the twin differs in attention only
+
+
+def test_cifar10_config_is_the_public_sagan32_recipe():
+    cfg = load_config(Path(CONFIGS[0]).parent / "cifar10.yaml")
+    m, o = cfg.model, cfg.optim
+    assert (m.g_width, m.d_width, m.num_classes, m.g_attention, m.d_attention) == (256, 128, 10, [16], [16])
+    assert (o.loss, o.lr_g, o.lr_d, o.beta1, o.beta2) == ("hinge", 1e-4, 4e-4, 0.0, 0.9)
+    assert m.g_spectral_norm and m.d_spectral_norm and cfg.train.batch_size == 64 and o.ema_decay > 0
+
+
+def test_docs_config_reference_is_exactly_the_help_config_output(capsys):
+    import train
+
+    assert train.main(["--help-config"]) == 0
+    printed = capsys.readouterr().out
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    block = page.split("```text\n", 1)[1].split("```", 1)[0]
+    assert block == printed, "docs/configuration.md is stale: paste `python train.py --help-config` into it"
+    assert len(block.splitlines()) == len(describe().splitlines())  # every key, one line each
+    assert "[configuration reference](configuration.md)" in (ROOT / "docs" / "README.md").read_text()
+
+
+def test_augment_policy_names_are_gan_augments():
+    from gan.augment import POLICIES
+    from gan.config import AUGMENT_POLICIES
+
+    assert AUGMENT_POLICIES == tuple(POLICIES)
