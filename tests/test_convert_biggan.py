@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,12 @@ import convert as convert_cli
 import evaluate as evaluate_cli
 import sample as sample_cli
 from gan.checkpoint import load_generator
-from gan.config import ModelConfig
+from gan.config import ModelConfig, load_config
 from gan.convert_biggan import (
     ConversionError,
     convert_discriminator,
     convert_generator,
+    infer_discriminator_fields,
     infer_generator_config,
     read_state_dict,
 )
@@ -331,3 +333,16 @@ def test_override_that_contradicts_the_tensors_fails_in_one_line(tmp_path, capsy
     torch.save(biggan_g_state(64, 8, 5, 20, 6, True), tmp_path / "G.pth")
     _fails_in_one_line(capsys, ["biggan-pytorch", str(tmp_path / "G.pth"), "--out", str(tmp_path / "o"),
                                 "--width", "4"], "has shape")  # fmt: skip
+
+
+def test_published_shapes_infer_configs_biggan128_and_its_parameter_counts():
+    """The published 128x128 model's names and shapes (allocated on the meta device: shapes only) infer exactly
+    configs/biggan128.yaml; the fixtures' shapes give BigGAN's reported 70.4M (G) and 88.0M (D) parameters."""
+    with torch.device("meta"):
+        g, d = biggan_g_state(128, 96, 1000, 120, 128, True), biggan_d_state(128, 96, 1000)
+    model = load_config(Path(__file__).resolve().parents[1] / "configs" / "biggan128.yaml").model
+    assert infer_generator_config(g) == model
+    assert infer_discriminator_fields(d, 128) == dict(d_width=96, d_attention=[64], num_classes=1000)
+    buffers = (".u0", ".sv0", ".stored_mean", ".stored_var")  # the rest are parameters, all mapped one to one
+    counts = [sum(t.numel() for k, t in sd.items() if not k.endswith(buffers)) for sd in (g, d)]
+    assert [round(n / 1e5) / 10 for n in counts] == [70.4, 88.0]
