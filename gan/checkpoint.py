@@ -38,6 +38,7 @@ from gan.errors import UserError
 
 FORMAT = "sagan-checkpoint"
 EXPORT_FORMAT = "sagan-generator"
+DISCRIMINATOR_FILE = "discriminator.safetensors"  # optional, beside a generator export (convert.py writes one)
 VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -171,16 +172,25 @@ def save_best(root: str | Path, source: Path) -> Path:
     return _write_atomically(Path(root) / "best", files)
 
 
-def export_generator(path: str | Path, generator: torch.nn.Module, config: Config) -> Path:
+def export_generator(
+    path: str | Path, generator: torch.nn.Module, config: Config, discriminator: torch.nn.Module | None = None
+) -> Path:
     """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`, plus a model
-    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
-    meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
-    path = _write_atomically(Path(path), {"generator.safetensors": tensors, "config.json": meta})
+    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any.
+    A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G)."""
+    files: dict[str, Any] = {"generator.safetensors": _tensors_of(generator)}
+    if discriminator is not None:
+        files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
+    files["config.json"] = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
+    path = _write_atomically(Path(path), files)
     from gan.hub import write_model_card  # README.md + samples.png; scores from a run's metrics.jsonl
 
     write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl")
     return path
+
+
+def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,10 +403,18 @@ def load_generator(
 
 
 def load_discriminator(path: str | Path, *, map_location: str | torch.device = "cpu"):
-    """(Discriminator in eval mode, Config, step) from a training checkpoint or a run directory (its latest)."""
+    """(Discriminator in eval mode, Config, step) from a training checkpoint, a run directory (its latest) or a
+    generator export holding `discriminator.safetensors` (step None)."""
     from gan.models import Discriminator
 
     path = resolve(path)
+    if (path / DISCRIMINATOR_FILE).is_file() and (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
+        config = _config_of(meta, path)
+        discriminator = Discriminator(config.model)
+        weights = read_tensors(path / DISCRIMINATOR_FILE, _recorded(meta, DISCRIMINATOR_FILE))
+        load_into(discriminator, weights, "discriminator", path)
+        return discriminator.to(map_location).eval(), config, None
     if not (path / "meta.json").is_file():
         raise CheckpointError(
             f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there"

@@ -321,8 +321,6 @@ def convert(
 ) -> Path:
     """Convert BigGAN-PyTorch's G (and D) state dicts into a generator export at `out` (generator.safetensors,
     config.json, model card) plus `discriminator.safetensors` when D is given; returns `out`."""
-    from safetensors.torch import save_file
-
     from gan.checkpoint import export_generator
 
     out = Path(out)
@@ -341,10 +339,7 @@ def convert(
     config = Config(model=cfg)
     config.data.dataset = "folder"  # ImageNet as an image folder: evaluate.py's data.root names it (docs/biggan.md)
     config.data.root = "data/imagenet/train"
-    export_generator(out, G, config)
-    if D is not None:
-        tensors = {k: v.detach().contiguous().clone() for k, v in D.state_dict().items()}
-        save_file(tensors, str(out / "discriminator.safetensors"))
+    export_generator(out, G, config, discriminator=D)
     m = cfg
     say(
         f"{generator_path}: {m.resolution}x{m.resolution}, ch {m.g_width}, {m.num_classes} classes, z_dim {m.z_dim}"

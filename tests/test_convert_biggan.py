@@ -266,12 +266,12 @@ def converted(tmp_path_factory):
     out = root / "converted"
     assert convert_cli.main(["biggan-pytorch", str(root / "G_ema.pth"), "--out", str(out), "--discriminator",
                              str(root / "D.pth")]) == 0  # fmt: skip
-    return root, out, g
+    return root, out, g, d
 
 
 @pytest.mark.slow  # the export's model card and sample.py each run G on 64 latents with attention at 64x64
 def test_export_loads_and_samples_like_the_reference(converted, tmp_path):
-    _, out, g = converted
+    _, out, g, d = converted
     G, config = load_generator(out)
     assert (out / "README.md").is_file() and (out / "samples.png").is_file() and (out / "discriminator.safetensors")
     z, y = torch.randn(2, 20, generator=torch.Generator().manual_seed(3)), torch.tensor([4, 2])
@@ -280,13 +280,18 @@ def test_export_loads_and_samples_like_the_reference(converted, tmp_path):
     assert sample_cli.main(["--checkpoint", str(out), "--num", "2", "--grid", str(tmp_path / "g.png"),
                             "--attention-maps", str(tmp_path / "a.png"), "--device", "cpu"]) == 0  # fmt: skip
     assert (tmp_path / "g.png").stat().st_size > 0 and (tmp_path / "a.png").stat().st_size > 0
-    models = load_models(out)
-    assert models.generator.model_config == config.model
+    models = load_models(out)  # the explorer: G, and D from discriminator.safetensors
+    assert models.generator.model_config == config.model and models.discriminator is not None
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        logits = models.discriminator(x, y).double()
+    expected = ref_discriminator(d, x, y)
+    assert ((logits - expected).abs() / expected.abs().clamp(min=1)).max() < 1e-5
 
 
 @pytest.mark.slow
 def test_evaluate_reads_the_export(converted, tmp_path, capsys):
-    _, out, _ = converted
+    out = converted[1]
     argv = ["--checkpoint", str(out), "--num", "8", "--metrics", "isc", "--feature-extractor", "fashion_classifier",
             "--allow-out-of-domain", "--device", "cpu", f"eval.cache_dir={tmp_path}"]  # fmt: skip
     assert evaluate_cli.main(argv) == 0
