@@ -235,8 +235,9 @@ class _Mapping:
             raise ConversionError(f"no source tensor fills {missing[0]}; the source is of another architecture")
         unused = [k for k in self.source if k not in self.used]
         if unused:
+            more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
             raise ConversionError(
-                f"source tensor {unused[0]} (and {len(unused) - 1} more) is not used by this mapping; the file is of "
+                f"source tensor {unused[0]}{more} is not used by this mapping; the file is of "
                 "another BigGAN-PyTorch configuration (mybn, several SVs, no shared embedding?), see docs/biggan.md"
             )
         module.load_state_dict(self.tensors)
@@ -340,15 +341,14 @@ def convert(
     config.data.dataset = "folder"  # ImageNet as an image folder: evaluate.py's data.root names it (docs/biggan.md)
     config.data.root = "data/imagenet/train"
     export_generator(out, G, config, discriminator=D)
-    m = cfg
     say(
-        f"{generator_path}: {m.resolution}x{m.resolution}, ch {m.g_width}, {m.num_classes} classes, z_dim {m.z_dim}"
-        f"{' (hierarchical)' if m.g_hierarchical_z else ''}, shared_dim {m.g_shared_dim}, G attention at "
-        f"{m.g_attention or 'none'}; {len(g_state) - len(ignored)} tensors mapped, {len(ignored)} sv0 logs ignored"
+        f"{generator_path}: {cfg.resolution}x{cfg.resolution}, ch {cfg.g_width}, {cfg.num_classes} classes, z_dim {cfg.z_dim}"
+        f"{' (hierarchical)' if cfg.g_hierarchical_z else ''}, shared_dim {cfg.g_shared_dim}, G attention at "
+        f"{cfg.g_attention or 'none'}; {len(g_state) - len(ignored)} tensors mapped, {len(ignored)} sv0 logs ignored"
     )
     if D is not None:
         say(
-            f"{discriminator_path}: ch {m.d_width}, D attention at {m.d_attention or 'none'}; "
+            f"{discriminator_path}: ch {cfg.d_width}, D attention at {cfg.d_attention or 'none'}; "
             f"{len(d_state) - len(d_ignored)} tensors mapped, {len(d_ignored)} sv0 logs ignored"
         )
     say(f"wrote {out} (generator export{' + discriminator.safetensors' if D is not None else ''})")
