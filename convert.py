@@ -26,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("source", help="the generator state dict (G_ema.pth for the EMA weights the paper samples)")
     b.add_argument("--out", required=True, help="new directory for the generator export")
     b.add_argument("--discriminator", default=None, metavar="D.pth", help="also convert this discriminator")
+    b.add_argument(
+        "--origin",
+        default=None,
+        help="how the source weights were trained, for the model card (default: 'trained on ImageNet by its authors')",
+    )
     over = b.add_argument_group("overrides of what is inferred from the tensors (checked against their shapes)")
     over.add_argument("--resolution", type=int, default=None, choices=(64, 128))
     over.add_argument("--width", dest="g_width", type=int, default=None, help="BigGAN's G_ch")
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             discriminator_path=args.discriminator,
             sn_eps=args.sn_eps,
+            origin=args.origin,
             **{k: getattr(args, k) for k in keys},
         )
         return 0

@@ -173,19 +173,26 @@ def save_best(root: str | Path, source: Path) -> Path:
 
 
 def export_generator(
-    path: str | Path, generator: torch.nn.Module, config: Config, discriminator: torch.nn.Module | None = None
+    path: str | Path,
+    generator: torch.nn.Module,
+    config: Config,
+    discriminator: torch.nn.Module | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Path:
     """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`, plus a model
     card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any.
-    A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G)."""
+    A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G).
+    `source` (weights this repository did not train, e.g. converted ones; gan.hub.model_card says its keys)
+    is recorded in config.json, read back by `load_generator` and printed on the card."""
     files: dict[str, Any] = {"generator.safetensors": _tensors_of(generator)}
     if discriminator is not None:
         files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
-    files["config.json"] = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
+    meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
+    files["config.json"] = {**meta, "source": source} if source else meta
     path = _write_atomically(Path(path), files)
     from gan.hub import write_model_card  # README.md + samples.png; scores from a run's metrics.jsonl
 
-    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl")
+    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl", source=source)
     return path
 
 
@@ -368,6 +375,44 @@ def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
     )
 
 
+def export_source(path: str | Path) -> dict[str, Any] | None:
+    """The `source` an export's config.json records (see `export_generator`), or None."""
+    source = _read_json(Path(path) / "config.json", EXPORT_FORMAT).get("source")
+    return source if isinstance(source, dict) else None
+
+
+def _export_discriminator(path: Path, meta: dict) -> dict[str, torch.Tensor] | None:
+    """The tensors of an export's discriminator.safetensors (checked against `meta`'s hash), or None."""
+    if not (path / DISCRIMINATOR_FILE).is_file():
+        return None
+    return read_tensors(path / DISCRIMINATOR_FILE, _recorded(meta, DISCRIMINATOR_FILE))
+
+
+def read_networks(path: str | Path) -> tuple[Config, dict[str, dict[str, torch.Tensor] | None], Path]:
+    """(Config, {"G", "G_ema", "D": state dict or None}, the directory read) of a generator export or a
+    training checkpoint / run directory (its newest intact checkpoint): the weights a new run starts from.
+    An export holds one generator (G; G_ema None) and D only when it has discriminator.safetensors."""
+    path = resolve(path)
+    if (path / "config.json").is_file():
+        config, weights = read_export(path)
+        return (
+            config,
+            {
+                "G": weights,
+                "G_ema": None,
+                "D": _export_discriminator(path, _read_json(path / "config.json", EXPORT_FORMAT)),
+            },
+            path,
+        )
+    if (path / "meta.json").is_file():
+        state, config, _ = load_checkpoint(path)
+        return config, {key: state.get(key) for key in ("G", "G_ema", "D")}, path
+    raise CheckpointError(
+        f"{path} is neither a generator export (config.json + generator.safetensors) nor a training checkpoint "
+        "(meta.json + state.safetensors)"
+    )
+
+
 def load_generator(
     path: str | Path,
     *,
@@ -383,9 +428,9 @@ def load_generator(
     path = resolve(local_path(path), say)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
-    step = None  # training step of a checkpoint; exports do not record one
+    step, source = None, None  # training step of a checkpoint (exports record none); an export's source
     if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
-        (config, weights), what = read_export(path), "generator"
+        (config, weights), what, source = read_export(path), "generator", export_source(path)
     elif (path / "meta.json").is_file():
         state, config, step = load_checkpoint(path)
         key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"
@@ -399,6 +444,7 @@ def load_generator(
     load_into(generator, weights, what, path)
     generator.run_config = config  # save_pretrained writes the whole run config back
     generator.checkpoint_step = step  # figure titles name it
+    generator.source = source  # save_pretrained keeps it on the card
     return generator.to(map_location).eval(), config
 
 
@@ -412,8 +458,7 @@ def load_discriminator(path: str | Path, *, map_location: str | torch.device = "
         meta = _read_json(path / "config.json", EXPORT_FORMAT)
         config = _config_of(meta, path)
         discriminator = Discriminator(config.model)
-        weights = read_tensors(path / DISCRIMINATOR_FILE, _recorded(meta, DISCRIMINATOR_FILE))
-        load_into(discriminator, weights, "discriminator", path)
+        load_into(discriminator, _export_discriminator(path, meta), "discriminator", path)
         return discriminator.to(map_location).eval(), config, None
     if not (path / "meta.json").is_file():
         raise CheckpointError(

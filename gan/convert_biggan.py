@@ -40,6 +40,7 @@ from gan.errors import UserError
 
 PUBLISHED_BN_EPS = 1e-5  # --BN_eps of BigGAN-PyTorch's ImageNet launch scripts (the generator's ccbn)
 PUBLISHED_SN_EPS = 1e-6  # --SN_eps of those scripts (only matters for a weight with ||u0 W|| below it)
+PUBLISHED_ORIGIN = "trained on ImageNet by its authors"  # the model card's words for the published checkpoints
 _G_BLOCKS = {4: 64, 5: 128}  # number of G blocks -> resolution (BigGAN's 64 and 128 tables)
 _D_BLOCKS = {5: 64, 6: 128}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.0\.conv1\.weight$")
@@ -317,11 +318,14 @@ def convert(
     *,
     discriminator_path: str | Path | None = None,
     sn_eps: float = PUBLISHED_SN_EPS,
+    origin: str | None = None,
     say: Callable[[str], None] = print,
     **overrides,
 ) -> Path:
     """Convert BigGAN-PyTorch's G (and D) state dicts into a generator export at `out` (generator.safetensors,
-    config.json, model card) plus `discriminator.safetensors` when D is given; returns `out`."""
+    config.json, model card) plus `discriminator.safetensors` when D is given; returns `out`. The card's
+    source names BigGAN-PyTorch, `origin` (how those weights were trained; default: the published checkpoints)
+    and each source file's SHA-256."""
     from gan.checkpoint import export_generator
 
     out = Path(out)
@@ -340,7 +344,13 @@ def convert(
     config = Config(model=cfg)
     config.data.dataset = "folder"  # ImageNet as an image folder: evaluate.py's data.root names it (docs/biggan.md)
     config.data.root = "data/imagenet/train"
-    export_generator(out, G, config, discriminator=D)
+    export_generator(
+        out,
+        G,
+        config,
+        discriminator=D,
+        source=provenance(generator_path, discriminator_path, origin or PUBLISHED_ORIGIN),
+    )
     say(
         f"{generator_path}: {cfg.resolution}x{cfg.resolution}, ch {cfg.g_width}, {cfg.num_classes} classes, z_dim {cfg.z_dim}"
         f"{' (hierarchical)' if cfg.g_hierarchical_z else ''}, shared_dim {cfg.g_shared_dim}, G attention at "
@@ -353,3 +363,20 @@ def convert(
         )
     say(f"wrote {out} (generator export{' + discriminator.safetensors' if D is not None else ''})")
     return out
+
+
+def provenance(generator_path: str | Path, discriminator_path: str | Path | None, origin: str) -> dict:
+    """The export's `source` (gan.hub.model_card): converted from BigGAN-PyTorch, `origin`, and the SHA-256 of
+    each file read, so a card names exactly which published checkpoint it holds."""
+    from gan.checkpoint import sha256_of
+
+    paths = [Path(p) for p in (generator_path, discriminator_path) if p is not None]
+    return {
+        "summary": f"converted from BigGAN-PyTorch, {origin}",
+        "about": (
+            f"Weights converted with `python convert.py biggan-pytorch` from checkpoints of "
+            f"[BigGAN-PyTorch](https://github.com/ajbrock/BigGAN-PyTorch), {origin}; this repository did not "
+            "train them. The config's data section only names where evaluate.py finds reference images."
+        ),
+        "files": {p.name: sha256_of(p) for p in paths},
+    }

@@ -192,7 +192,7 @@ class ReferenceImages(Dataset):
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            self._dataset = build_dataset(self.data_cfg, self.model_cfg)
+            self._dataset = build_dataset(self.data_cfg, self.model_cfg, labels=False)  # images only
         return self._dataset
 
     def __len__(self) -> int:

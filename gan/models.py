@@ -170,6 +170,7 @@ class Generator(
         _check_resolution(cfg)
         self.model_config = cfg
         self.run_config = None  # the whole Config when loaded from a checkpoint; save_pretrained writes it
+        self.source = None  # an export's provenance (gan.checkpoint.export_source); save_pretrained keeps it
         self.z_dim = cfg.z_dim
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
@@ -265,7 +266,7 @@ class Generator(
             raise CheckpointError(
                 f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory"
             )
-        export_generator(save_directory, self, self.run_config or Config(model=self.model_config))
+        export_generator(save_directory, self, self.run_config or Config(model=self.model_config), source=self.source)
 
     @classmethod
     def _from_pretrained(

@@ -4,27 +4,36 @@ independent float64 forward pass written on the source tensors from BigGAN-PyTor
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import convert as convert_cli
 import evaluate as evaluate_cli
 import sample as sample_cli
-from gan.checkpoint import load_generator
+import train as train_cli
+from gan.checkpoint import latest_checkpoint, load_checkpoint, load_generator
 from gan.config import ModelConfig, load_config
 from gan.convert_biggan import (
     ConversionError,
+    convert,
     convert_discriminator,
     convert_generator,
     infer_discriminator_fields,
     infer_generator_config,
     read_state_dict,
 )
+from gan.data import DatasetError, build_dataset
 from gan.explorer import load_models
+from gan.models import Generator
+
+from shared import TINY_RUN, write_folder
 
 SN_EPS, BN_EPS = 1e-6, 1e-5
 # BigGAN.py's G_arch / D_arch: channel multipliers of `ch` per block, and G's block output sides.
@@ -351,3 +360,97 @@ def test_published_shapes_infer_configs_biggan128_and_its_parameter_counts():
     buffers = (".u0", ".sv0", ".stored_mean", ".stored_var")  # the rest are parameters, all mapped one to one
     counts = [sum(t.numel() for k, t in sd.items() if not k.endswith(buffers)) for sd in (g, d)]
     assert [round(n / 1e5) / 10 for n in counts] == [70.4, 88.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance on the card, evaluation without labels, fine-tuning from the export
+
+
+def test_card_says_where_the_weights_come_from(converted):
+    root, out, _, _ = converted
+    card = (out / "README.md").read_text()
+    title = next(line for line in card.splitlines() if line.startswith("# "))
+    assert title == (
+        "# SAGAN generator: 64x64, class-conditional (5 classes), converted from BigGAN-PyTorch, "
+        "trained on ImageNet by its authors"
+    )
+    assert "trained on folder" not in card and "this repository did not train them" in card
+    for name in ("G_ema.pth", "D.pth"):  # each source file named with its SHA-256, hashed here independently
+        assert f"| {name} | `{hashlib.sha256((root / name).read_bytes()).hexdigest()}` |" in card
+
+
+@pytest.mark.slow  # G's 64-latent sample grid for the card, twice
+def test_save_pretrained_keeps_the_source_on_the_card(converted, tmp_path):
+    G = Generator.from_pretrained(str(converted[1]))
+    G.save_pretrained(tmp_path / "again")
+    assert "converted from BigGAN-PyTorch" in (tmp_path / "again" / "README.md").read_text()
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["source"] == G.source
+
+
+def test_evaluate_scores_a_conditional_export_against_an_unlabelled_folder(converted, tmp_path, capsys):
+    """FID of the 5-class export against an image folder (no labels) without model.num_classes=0; training
+    on that folder keeps refusing the conditional model."""
+    write_folder(tmp_path / "images")
+    argv = ["--checkpoint", str(converted[1]), "--num", "8", "--metrics", "fid", "--feature-extractor",
+            "fashion_classifier", "--allow-out-of-domain", "--device", "cpu", f"data.root={tmp_path / 'images'}",
+            f"eval.cache_dir={tmp_path / 'cache'}", "eval.batch_size=8"]  # fmt: skip
+    assert evaluate_cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dataset"] == "folder" and math.isfinite(result["frechet_classifier_distance"])
+    assert result["frechet_classifier_distance"] > 0
+    _, config = load_generator(converted[1])
+    config.data.root = str(tmp_path / "images")
+    with pytest.raises(DatasetError, match="model.num_classes=5 but dataset 'folder' has no classes"):
+        build_dataset(config.data, config.model)
+
+
+@pytest.fixture(scope="module")
+def four_class_export(tmp_path_factory):
+    """A converted 64x64 pair with the built-in dataset's 4 classes, and the overrides that describe it."""
+    root = tmp_path_factory.mktemp("biggan4")
+    torch.save(biggan_g_state(64, 4, 4, 10, 6, True), root / "G.pth")
+    torch.save(biggan_d_state(64, 4, 4), root / "D.pth")
+    out = root / "converted"
+    convert(root / "G.pth", out, discriminator_path=root / "D.pth", say=lambda _: None)
+    return out
+
+
+def test_init_from_loads_the_export_before_the_first_step(four_class_export):
+    """G, the EMA copy and D of a fresh run equal the export's tensors (read here with safetensors directly)."""
+    from accelerate import Accelerator
+
+    from gan.checkpoint import read_networks
+    from gan.step import build_parts
+    from gan.train_loop import initialise
+
+    config, networks, where = read_networks(four_class_export)
+    parts = build_parts(config, Accelerator(cpu=True))
+    said: list[str] = []
+    initialise(parts, networks, where, said.append)
+    g_file = load_file(str(four_class_export / "generator.safetensors"))
+    d_file = load_file(str(four_class_export / "discriminator.safetensors"))
+    for module, expected in ((parts.G_raw, g_file), (parts.ema.module, g_file), (parts.D_raw, d_file)):
+        got = module.state_dict()
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert said == [f"--init-from: G, D from {four_class_export}; optimisers fresh, starting at step 0"]
+    assert parts.opt_g.state_dict()["state"] == {} and parts.opt_d.state_dict()["state"] == {}
+
+
+@pytest.mark.slow  # two 64x64 training steps, the end-of-run grid, maps and export
+def test_train_init_from_runs_and_refuses_another_architecture(four_class_export, tmp_path, capsys):
+    run, tiny = tmp_path / "run", [*TINY_RUN, "train.batch_size=2", "train.sample_grid=4", "data.builtin_size=8"]
+    base = ["--config", "configs/demo.yaml", "--init-from", str(four_class_export), *tiny, "train.steps=2"]
+    with pytest.raises(SystemExit) as exit_info:  # demo.yaml's 32x32 model: refused, with the overrides that fit
+        train_cli.main([*base, "--run-dir", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "differs from its config in resolution" in err, err
+    assert not (tmp_path / "refused").exists()
+    fix = err.split("use its architecture: ")[1].split()
+    assert train_cli.main([*base, "--run-dir", str(run), *fix]) == 0
+    assert "--init-from: G, D from" in capsys.readouterr().out
+    state, config, step = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert step == 2 and config.model == load_generator(four_class_export)[1].model
+    start = load_file(str(four_class_export / "generator.safetensors"))
+    moved = [float((state["G"][k] - start[k]).norm() / start[k].norm()) for k in start if k.endswith(".original")]
+    assert 0 < max(moved) < 0.2  # two Adam steps from the export's weights, not from a fresh initialisation
