@@ -405,17 +405,18 @@ def test_evaluate_scores_a_conditional_export_against_an_unlabelled_folder(conve
 
 
 @pytest.fixture(scope="module")
-def four_class_export(tmp_path_factory):
-    """A converted 64x64 pair with the built-in dataset's 4 classes, and the overrides that describe it."""
-    root = tmp_path_factory.mktemp("biggan4")
-    torch.save(biggan_g_state(64, 4, 4, 10, 6, True), root / "G.pth")
-    torch.save(biggan_d_state(64, 4, 4), root / "D.pth")
+def ten_class_export(tmp_path_factory):
+    """A converted 64x64 pair with CIFAR-10's 10 classes (the built-in dataset's end-of-run coherence report
+    would cost more than the run)."""
+    root = tmp_path_factory.mktemp("biggan10")
+    torch.save(biggan_g_state(64, 4, 10, 10, 6, True), root / "G.pth")
+    torch.save(biggan_d_state(64, 4, 10), root / "D.pth")
     out = root / "converted"
     convert(root / "G.pth", out, discriminator_path=root / "D.pth", say=lambda _: None)
     return out
 
 
-def test_init_from_loads_the_export_before_the_first_step(four_class_export):
+def test_init_from_loads_the_export_before_the_first_step(ten_class_export):
     """G, the EMA copy and D of a fresh run equal the export's tensors (read here with safetensors directly)."""
     from accelerate import Accelerator
 
@@ -423,24 +424,25 @@ def test_init_from_loads_the_export_before_the_first_step(four_class_export):
     from gan.step import build_parts
     from gan.train_loop import initialise
 
-    config, networks, where = read_networks(four_class_export)
+    config, networks, where = read_networks(ten_class_export)
     parts = build_parts(config, Accelerator(cpu=True))
     said: list[str] = []
     initialise(parts, networks, where, said.append)
-    g_file = load_file(str(four_class_export / "generator.safetensors"))
-    d_file = load_file(str(four_class_export / "discriminator.safetensors"))
+    g_file = load_file(str(ten_class_export / "generator.safetensors"))
+    d_file = load_file(str(ten_class_export / "discriminator.safetensors"))
     for module, expected in ((parts.G_raw, g_file), (parts.ema.module, g_file), (parts.D_raw, d_file)):
         got = module.state_dict()
         assert got.keys() == expected.keys()
         assert all(torch.equal(got[k], expected[k]) for k in expected)
-    assert said == [f"--init-from: G, D from {four_class_export}; optimisers fresh, starting at step 0"]
+    assert said == [f"--init-from: G, D from {ten_class_export}; optimisers fresh, starting at step 0"]
     assert parts.opt_g.state_dict()["state"] == {} and parts.opt_d.state_dict()["state"] == {}
 
 
 @pytest.mark.slow  # two 64x64 training steps, the end-of-run grid, maps and export
-def test_train_init_from_runs_and_refuses_another_architecture(four_class_export, tmp_path, capsys):
-    run, tiny = tmp_path / "run", [*TINY_RUN, "train.batch_size=2", "train.sample_grid=4", "data.builtin_size=8"]
-    base = ["--config", "configs/demo.yaml", "--init-from", str(four_class_export), *tiny, "train.steps=2"]
+def test_train_init_from_runs_and_refuses_another_architecture(ten_class_export, tmp_path, capsys, dataset_on_disk):
+    run, tiny = tmp_path / "run", [*TINY_RUN, "train.batch_size=2", "train.sample_grid=4"]
+    base = ["--config", "configs/demo.yaml", "--init-from", str(ten_class_export), *tiny, "train.steps=2",
+            *dataset_on_disk("cifar10", tmp_path / "data")]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:  # demo.yaml's 32x32 model: refused, with the overrides that fit
         train_cli.main([*base, "--run-dir", str(tmp_path / "refused")])
     err = capsys.readouterr().err
@@ -450,7 +452,7 @@ def test_train_init_from_runs_and_refuses_another_architecture(four_class_export
     assert train_cli.main([*base, "--run-dir", str(run), *fix]) == 0
     assert "--init-from: G, D from" in capsys.readouterr().out
     state, config, step = load_checkpoint(latest_checkpoint(run / "checkpoints"))
-    assert step == 2 and config.model == load_generator(four_class_export)[1].model
-    start = load_file(str(four_class_export / "generator.safetensors"))
+    assert step == 2 and config.model == load_generator(ten_class_export)[1].model
+    start = load_file(str(ten_class_export / "generator.safetensors"))
     moved = [float((state["G"][k] - start[k]).norm() / start[k].norm()) for k in start if k.endswith(".original")]
     assert 0 < max(moved) < 0.2  # two Adam steps from the export's weights, not from a fresh initialisation
