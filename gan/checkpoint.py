@@ -394,16 +394,9 @@ def read_networks(path: str | Path) -> tuple[Config, dict[str, dict[str, torch.T
     An export holds one generator (G; G_ema None) and D only when it has discriminator.safetensors."""
     path = resolve(path)
     if (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
         config, weights = read_export(path)
-        return (
-            config,
-            {
-                "G": weights,
-                "G_ema": None,
-                "D": _export_discriminator(path, _read_json(path / "config.json", EXPORT_FORMAT)),
-            },
-            path,
-        )
+        return config, {"G": weights, "G_ema": None, "D": _export_discriminator(path, meta)}, path
     if (path / "meta.json").is_file():
         state, config, _ = load_checkpoint(path)
         return config, {key: state.get(key) for key in ("G", "G_ema", "D")}, path

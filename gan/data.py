@@ -68,17 +68,15 @@ def num_classes_of(data_cfg: DataConfig) -> int:
     return DATASETS[data_cfg.dataset].num_classes
 
 
-def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig, *, labels: bool = True) -> TrainingImages:
+def build_dataset(data_cfg: DataConfig, model_cfg: ModelConfig) -> TrainingImages:
     """The dataset named by `data_cfg` (its builder in gan/registry.py's DATASETS), as (C, R, R) images in
-    [-1, 1] with int labels. `labels=False` (evaluation's reference images) skips the check that the model's
-    classes are the dataset's: a conditional G scored against an unlabelled folder draws its own labels.
-    Raises DatasetError."""
+    [-1, 1] with int labels. Raises DatasetError."""
     name = data_cfg.dataset
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset '{name}'; set data.dataset to one of {', '.join(DATASETS)}")
     entry = DATASETS[name]
     classes = entry.num_classes
-    if labels and model_cfg.num_classes not in (0, classes):
+    if model_cfg.num_classes not in (0, classes):
         fix = f"set model.num_classes={classes} (conditional) or 0" if classes else "set model.num_classes=0"
         raise DatasetError(
             f"model.num_classes={model_cfg.num_classes} but dataset '{name}' has {classes or 'no'} classes; {fix}"

@@ -119,7 +119,7 @@ def initialise(parts: Parts, networks: dict[str, dict | None], where: Path, say:
     ckpt.load_into(parts.G_raw, networks["G"], "G", where)
     if parts.ema is not None:
         ckpt.load_into(parts.ema.module, networks["G_ema"] or networks["G"], "G_ema", where)
-    loaded = ["G", *(["G_ema"] if networks["G_ema"] is not None else []), *(["D"] if networks["D"] is not None else [])]
+    loaded = [name for name in ("G", "G_ema", "D") if networks[name] is not None]
     if networks["D"] is not None:
         ckpt.load_into(parts.D_raw, networks["D"], "D", where)
     else:
