@@ -1,7 +1,8 @@
 """Score a generator: `python evaluate.py --checkpoint PATH [--num N] [--metrics fid,kid,coherence] [key=value ...]`.
 
 PATH is a training checkpoint, a run directory (its latest checkpoint), a generator export or a Hub repo id. The reference
-set is the checkpoint config's training dataset; `key=value` overrides change that config first (e.g.
+set is the checkpoint config's training dataset, read for its images only (a conditional generator draws its
+own labels, so an unlabelled folder scores it); `key=value` overrides change that config first (e.g.
 `data.root=/data/cifar10 eval.cache_dir=/tmp/stats`). Prints one JSON object and writes it with --json.
 Metrics are the names of gan/registry.py's METRICS (`coherence` only for the built-in dataset). Scores from
 `--feature-extractor fashion_classifier` are NOT FID/IS/KID (see docs/metrics.md). With `copy` among the

@@ -1,4 +1,4 @@
-"""Train a SAGAN-style GAN: `python train.py --config configs/demo.yaml [--run-dir DIR] [--resume latest|PATH | --overwrite] [key=value ...]`.
+"""Train a SAGAN-style GAN: `python train.py --config configs/demo.yaml [--run-dir DIR] [--resume latest|PATH | --overwrite] [--init-from DIR] [key=value ...]`.
 
 Runs the same under `accelerate launch` for several GPUs or machines.
 """
@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start afresh in a run directory that holds a run, moving it aside to <run-dir>.old-<time>",
     )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start a new run from an export's (e.g. convert.py's) or a checkpoint's weights: G, EMA, D if present; "
+        "fresh optimisers, step 0; the model config must match it",
+    )
     parser.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.g_attention=[16]")
     args = parser.parse_intermixed_args(argv)
@@ -37,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         from gan.train_loop import train  # torch / accelerate load only once the arguments are known good
 
         summary = train(
-            cfg, run_dir, resume=args.resume, overwrite=args.overwrite, resume_command=resume_command(args, run_dir)
+            cfg,
+            run_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            resume_command=resume_command(args, run_dir),
+            init_from=args.init_from,
         )
         return 130 if summary["interrupted"] else 0
     return 2

@@ -169,7 +169,7 @@ def g_effective_rf(generator: nn.Module, z: Tensor, labels: Tensor | None = None
     _require_eval(generator)
     with torch.no_grad():
         h = generator.first_stage(z)  # (B, C, 4, 4)
-    return effective_rf(lambda h: generator.from_first_stage(h, labels), h, "middle")
+    return effective_rf(lambda h: generator.from_first_stage(h, labels, z), h, "middle")
 
 
 def gates(module: nn.Module) -> dict[str, float]:

@@ -38,6 +38,7 @@ from gan.errors import UserError
 
 FORMAT = "sagan-checkpoint"
 EXPORT_FORMAT = "sagan-generator"
+DISCRIMINATOR_FILE = "discriminator.safetensors"  # optional, beside a generator export (convert.py writes one)
 VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -171,16 +172,32 @@ def save_best(root: str | Path, source: Path) -> Path:
     return _write_atomically(Path(root) / "best", files)
 
 
-def export_generator(path: str | Path, generator: torch.nn.Module, config: Config) -> Path:
+def export_generator(
+    path: str | Path,
+    generator: torch.nn.Module,
+    config: Config,
+    discriminator: torch.nn.Module | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
     """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`, plus a model
-    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
+    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any.
+    A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G).
+    `source` (weights this repository did not train, e.g. converted ones; gan.hub.model_card says its keys)
+    is recorded in config.json, read back by `load_generator` and printed on the card."""
+    files: dict[str, Any] = {"generator.safetensors": _tensors_of(generator)}
+    if discriminator is not None:
+        files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
     meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
-    path = _write_atomically(Path(path), {"generator.safetensors": tensors, "config.json": meta})
+    files["config.json"] = {**meta, "source": source} if source else meta
+    path = _write_atomically(Path(path), files)
     from gan.hub import write_model_card  # README.md + samples.png; scores from a run's metrics.jsonl
 
-    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl")
+    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl", source=source)
     return path
+
+
+def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +375,37 @@ def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
     )
 
 
+def export_source(path: str | Path) -> dict[str, Any] | None:
+    """The `source` an export's config.json records (see `export_generator`), or None."""
+    source = _read_json(Path(path) / "config.json", EXPORT_FORMAT).get("source")
+    return source if isinstance(source, dict) else None
+
+
+def _export_discriminator(path: Path, meta: dict) -> dict[str, torch.Tensor] | None:
+    """The tensors of an export's discriminator.safetensors (checked against `meta`'s hash), or None."""
+    if not (path / DISCRIMINATOR_FILE).is_file():
+        return None
+    return read_tensors(path / DISCRIMINATOR_FILE, _recorded(meta, DISCRIMINATOR_FILE))
+
+
+def read_networks(path: str | Path) -> tuple[Config, dict[str, dict[str, torch.Tensor] | None], Path]:
+    """(Config, {"G", "G_ema", "D": state dict or None}, the directory read) of a generator export or a
+    training checkpoint / run directory (its newest intact checkpoint): the weights a new run starts from.
+    An export holds one generator (G; G_ema None) and D only when it has discriminator.safetensors."""
+    path = resolve(path)
+    if (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
+        config, weights = read_export(path)
+        return config, {"G": weights, "G_ema": None, "D": _export_discriminator(path, meta)}, path
+    if (path / "meta.json").is_file():
+        state, config, _ = load_checkpoint(path)
+        return config, {key: state.get(key) for key in ("G", "G_ema", "D")}, path
+    raise CheckpointError(
+        f"{path} is neither a generator export (config.json + generator.safetensors) nor a training checkpoint "
+        "(meta.json + state.safetensors)"
+    )
+
+
 def load_generator(
     path: str | Path,
     *,
@@ -373,9 +421,9 @@ def load_generator(
     path = resolve(local_path(path), say)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
-    step = None  # training step of a checkpoint; exports do not record one
+    step, source = None, None  # training step of a checkpoint (exports record none); an export's source
     if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
-        (config, weights), what = read_export(path), "generator"
+        (config, weights), what, source = read_export(path), "generator", export_source(path)
     elif (path / "meta.json").is_file():
         state, config, step = load_checkpoint(path)
         key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"
@@ -389,14 +437,22 @@ def load_generator(
     load_into(generator, weights, what, path)
     generator.run_config = config  # save_pretrained writes the whole run config back
     generator.checkpoint_step = step  # figure titles name it
+    generator.source = source  # save_pretrained keeps it on the card
     return generator.to(map_location).eval(), config
 
 
 def load_discriminator(path: str | Path, *, map_location: str | torch.device = "cpu"):
-    """(Discriminator in eval mode, Config, step) from a training checkpoint or a run directory (its latest)."""
+    """(Discriminator in eval mode, Config, step) from a training checkpoint, a run directory (its latest) or a
+    generator export holding `discriminator.safetensors` (step None)."""
     from gan.models import Discriminator
 
     path = resolve(path)
+    if (path / DISCRIMINATOR_FILE).is_file() and (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
+        config = _config_of(meta, path)
+        discriminator = Discriminator(config.model)
+        load_into(discriminator, _export_discriminator(path, meta), "discriminator", path)
+        return discriminator.to(map_location).eval(), config, None
     if not (path / "meta.json").is_file():
         raise CheckpointError(
             f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there"

@@ -58,6 +58,14 @@ class ModelConfig:
     )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
+    g_shared_dim: int = _f(
+        0, "BigGAN's shared class embedding width; G's BN gain/bias become linear in it (0: a gain/bias table per BN)"
+    )
+    g_hierarchical_z: bool = _f(
+        False, "BigGAN's hierarchical z: one chunk for the linear layer and one per G block's BNs (needs g_shared_dim)"
+    )
+    g_cbn_bias: bool = _f(False, "the linear BN gain/bias maps of g_shared_dim > 0 have a bias (BigGAN-PyTorch: none)")
+    g_bn_eps: float = _f(1e-5, "epsilon of the BatchNorms inside G's blocks (the output BatchNorm keeps 1e-5)")
     d_spectral_norm: bool = _f(True, "spectral normalisation on every D conv / linear")
 
 

@@ -55,14 +55,14 @@ class Models:
 
 def load_models(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> Models:
     """G (EMA weights unless `use_ema=False`) and, from a training checkpoint or run directory, D."""
-    from gan.checkpoint import load_discriminator, load_generator, resolve
+    from gan.checkpoint import DISCRIMINATOR_FILE, load_discriminator, load_generator, resolve
     from gan.hub import local_path
 
     generator, config = load_generator(checkpoint, use_ema=use_ema, map_location=device)
     path = resolve(local_path(checkpoint))
     path = path.parent if path.is_file() else path
     discriminator = None
-    if (path / "meta.json").is_file():  # exports and Hub repos hold G only
+    if (path / "meta.json").is_file() or (path / DISCRIMINATOR_FILE).is_file():  # exports hold G, converted ones D too
         discriminator, _, _ = load_discriminator(path, map_location=device)
     return Models(generator, discriminator, config, str(checkpoint))
 

@@ -98,24 +98,32 @@ def parameter_counts(generator: torch.nn.Module, config: Config) -> dict[str, in
     }
 
 
-def model_card(config: Config, counts: dict[str, int], scores: list[dict[str, Any]]) -> str:
-    """README.md text: Hub metadata, how to load, parameter counts, evaluation scores, samples, config."""
+def model_card(
+    config: Config, counts: dict[str, int], scores: list[dict[str, Any]], source: dict[str, Any] | None = None
+) -> str:
+    """README.md text: Hub metadata, how to load, parameter counts, evaluation scores, samples, config.
+
+    `source` says where weights come from that this repository did not train (convert.py writes it into the
+    export's config.json): {"summary": the title's phrase instead of "trained on <data.dataset>",
+    "about": a paragraph, "files": {source file name: its SHA-256}}; the card prints it under "Source"."""
     from gan.config import to_dict
 
     m = config.model
     kind = f"class-conditional ({m.num_classes} classes)" if m.num_classes else "unconditional"
+    origin = source["summary"] if source else f"trained on {config.data.dataset}"
     lines = [
         "---",
         "library_name: sagan",
         "pipeline_tag: unconditional-image-generation",
         "tags: [gan, sagan, self-attention, pytorch_model_hub_mixin]",
         "---",
-        f"# SAGAN generator: {m.resolution}x{m.resolution}, {kind}, trained on {config.data.dataset}",
+        f"# SAGAN generator: {m.resolution}x{m.resolution}, {kind}, {origin}",
         "",
         "A self-attention GAN generator (non-local blocks at sides "
         f"{m.g_attention or 'none'} in G, {m.d_attention or 'none'} in D) in this repository's export format: "
         "`generator.safetensors` and `config.json`, loaded without running code.",
         "",
+        *(_source_lines(source) if source else []),
         "```bash",
         "python sample.py --checkpoint OWNER/NAME --num 16 --seed 0 --grid samples.png",
         "python explore.py --checkpoint OWNER/NAME   # the attention explorer, on http://127.0.0.1:7860",
@@ -157,12 +165,32 @@ def model_card(config: Config, counts: dict[str, int], scores: list[dict[str, An
     return "\n".join(lines)
 
 
+def _source_lines(source: dict[str, Any]) -> list[str]:
+    files = source.get("files") or {}
+    lines = ["## Source", "", source.get("about", source["summary"]), ""]
+    if files:
+        lines += [
+            "| source file | SHA-256 |",
+            "|---|---|",
+            *(f"| {name} | `{sha}` |" for name, sha in files.items()),
+            "",
+        ]
+    return lines
+
+
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else ""
 
 
-def write_model_card(path: Path, generator: torch.nn.Module, config: Config, metrics_jsonl: Path | None) -> None:
-    """README.md and samples.png (`sample.py --num 16 --seed 0`) into the export directory `path`."""
+def write_model_card(
+    path: Path,
+    generator: torch.nn.Module,
+    config: Config,
+    metrics_jsonl: Path | None,
+    source: dict[str, Any] | None = None,
+) -> None:
+    """README.md and samples.png (`sample.py --num 16 --seed 0`) into the export directory `path`;
+    `source` as in `model_card`."""
     from gan import viz
     from gan.runtime import eval_mode
     from gan.sampling import draw_latents, generate
@@ -172,7 +200,7 @@ def write_model_card(path: Path, generator: torch.nn.Module, config: Config, met
         z, labels = draw_latents(generator, seed=0, num=CARD_SAMPLES)
         viz.save_image_grid(generate(generator, z, labels, device), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
-    text = model_card(config, parameter_counts(generator, config), scores)
+    text = model_card(config, parameter_counts(generator, config), scores, source)
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".README.md.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

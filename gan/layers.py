@@ -7,6 +7,8 @@
   sigma stay float32 under mixed precision (CUDA's autocast runs `mv` in fp16; CPU's leaves it alone).
 - `ConditionalBatchNorm2d`: BatchNorm with a per-class gain and bias (plain affine BatchNorm when
   `num_classes=0`).
+- `LinearConditionalBatchNorm2d`: BigGAN's conditional BatchNorm, gain and bias linear in a conditioning
+  vector (the shared class embedding, with a z chunk under hierarchical latents).
 - `GBlock`: the generator's residual up-block; `DBlock` / `DBlockOptimized`: the discriminator's residual
   down-blocks (the optimised one is the first block, which sees the image).
 """
@@ -62,8 +64,8 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, *, sn: boo
     return _init(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), sn)
 
 
-def linear(in_features: int, out_features: int, *, sn: bool) -> nn.Module:
-    return _init(nn.Linear(in_features, out_features), sn)
+def linear(in_features: int, out_features: int, *, sn: bool, bias: bool = True) -> nn.Module:
+    return _init(nn.Linear(in_features, out_features, bias=bias), sn)
 
 
 def embedding(num_embeddings: int, embedding_dim: int, *, sn: bool) -> nn.Module:
@@ -78,10 +80,10 @@ class ConditionalBatchNorm2d(nn.Module):
     plain affine `BatchNorm2d` and `y` is ignored.
     """
 
-    def __init__(self, num_features: int, num_classes: int = 0) -> None:
+    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.bn = nn.BatchNorm2d(num_features, affine=num_classes == 0)
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=num_classes == 0)
         if num_classes > 0:
             self.gain = nn.Embedding(num_classes, num_features)
             self.bias = nn.Embedding(num_classes, num_features)
@@ -97,18 +99,52 @@ class ConditionalBatchNorm2d(nn.Module):
         return gain * h + bias
 
 
+class LinearConditionalBatchNorm2d(nn.Module):
+    """BigGAN's conditional BatchNorm: out = (1 + W_gain c) * (x - mean) / sqrt(var + eps) + W_bias c.
+
+    c (B, cond_dim) is the conditioning vector: BigGAN-PyTorch's shared class embedding, concatenated with
+    the block's z chunk under hierarchical latents. W_gain and W_bias are (spectrally normalised) linear maps,
+    without bias as in BigGAN-PyTorch's `G_shared` generator unless `bias=True`; orthogonal init as every
+    other layer here, so unlike `ConditionalBatchNorm2d` a fresh layer is not plain BatchNorm.
+    """
+
+    def __init__(self, num_features: int, cond_dim: int, *, sn: bool, bias: bool = False, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, affine=False)
+        self.gain = linear(cond_dim, num_features, sn=sn, bias=bias)
+        self.bias = linear(cond_dim, num_features, sn=sn, bias=bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        gain = 1 + self.gain(c)[:, :, None, None]  # (B, C, 1, 1)
+        bias = self.bias(c)[:, :, None, None]  # (B, C, 1, 1)
+        return gain * self.bn(x) + bias
+
+
 def _upsample(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 class GBlock(nn.Module):
-    """Residual up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus shortcut up + conv1x1 (2x the side)."""
+    """Residual up-block: BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus shortcut up + conv1x1 (2x the side).
 
-    def __init__(self, in_channels: int, out_channels: int, *, num_classes: int = 0, sn: bool = True) -> None:
+    `norm(channels)` builds its two BatchNorms (default: `ConditionalBatchNorm2d` over `num_classes`);
+    `y` is whatever they take: labels, or BigGAN's conditioning vectors.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        num_classes: int = 0,
+        sn: bool = True,
+        norm: Callable[[int], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
-        self.bn1 = ConditionalBatchNorm2d(in_channels, num_classes)
+        norm = norm or (lambda channels: ConditionalBatchNorm2d(channels, num_classes))
+        self.bn1 = norm(in_channels)
         self.conv1 = conv2d(in_channels, out_channels, 3, sn=sn)
-        self.bn2 = ConditionalBatchNorm2d(out_channels, num_classes)
+        self.bn2 = norm(out_channels)
         self.conv2 = conv2d(out_channels, out_channels, 3, sn=sn)
         self.shortcut = conv2d(in_channels, out_channels, 1, sn=sn)
 

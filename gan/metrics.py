@@ -182,11 +182,13 @@ class ReferenceImages(Dataset):
 
     The whole dataset, without flips, whatever data.subset says (FID/FCD and precision/recall compare with the
     data distribution, and share one cache however many images a run trained on); `subset=True` keeps
-    data.subset: the images the model saw, for the copy check."""
+    data.subset: the images the model saw, for the copy check. Labels are never read, so the dataset is built
+    as for an unconditional model: a conditional generator (which draws its own labels) is scored against an
+    unlabelled folder too, while training keeps checking that the model's classes are the dataset's."""
 
     def __init__(self, cfg: Config, subset: bool = False) -> None:
         self.data_cfg = dataclasses.replace(cfg.data, random_flip=False, subset=cfg.data.subset if subset else 0)
-        self.model_cfg = cfg.model
+        self.model_cfg = dataclasses.replace(cfg.model, num_classes=0)  # images only: see the class docstring
         self._dataset: Dataset | None = None
 
     @property

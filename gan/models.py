@@ -6,8 +6,10 @@ Architectures (`W` = `g_width` / `d_width`):
   (8), ReLU, global sum pooling, linear.
 - 64x64 / 128x128, BigGAN's ResNet tables with W as BigGAN's `ch`: G block widths 16W-16W-8W-4W(-2W)-2W/1W,
   starting from a 4x4 map; D block widths W-2W-4W-8W-16W(-16W), the last block without downsampling.
-  Conditioning follows SNGAN (per-class BN gain/bias, one embedding table per BN layer), not BigGAN's
-  shared embedding with hierarchical z.
+  Conditioning follows SNGAN (per-class BN gain/bias, one embedding table per BN layer) by default;
+  `g_shared_dim > 0` switches to BigGAN's: one shared class embedding, each block's BN gain and bias linear
+  in it (`LinearConditionalBatchNorm2d`), with `g_hierarchical_z` also in the block's own chunk of z (the
+  first chunk feeds the linear layer). With these options the generator is BigGAN-PyTorch's (docs/biggan.md).
 
 Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and the projection
 <embed(y), h> in D. A non-local block goes after the first block whose output map has side s, for every s in
@@ -18,7 +20,8 @@ Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +31,16 @@ from torch import Tensor, nn
 
 from gan.attention import NonLocalBlock
 from gan.config import ConfigError, ModelConfig
-from gan.layers import DBlock, DBlockOptimized, GBlock, conv2d, embedding, linear
+from gan.layers import (
+    ConditionalBatchNorm2d,
+    DBlock,
+    DBlockOptimized,
+    GBlock,
+    LinearConditionalBatchNorm2d,
+    conv2d,
+    embedding,
+    linear,
+)
 
 # G: block i maps _G_WIDTHS[i] * W -> _G_WIDTHS[i + 1] * W channels and doubles the side, from 4x4.
 _G_WIDTHS = {32: (1, 1, 1, 1), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1)}
@@ -56,6 +68,30 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
         gate=cfg.attn_gate,
         spectral_norm=sn,
         fused=cfg.attn_fused,
+    )
+
+
+def _z_chunk(cfg: ModelConfig, n_blocks: int) -> int:
+    """z entries per chunk: all of z, or z_dim / (n_blocks + 1) under hierarchical z (BigGAN's `hier`)."""
+    if not cfg.g_hierarchical_z:
+        return cfg.z_dim
+    if cfg.g_shared_dim == 0 or cfg.z_dim % (n_blocks + 1):
+        raise ConfigError(
+            f"config key 'model.g_hierarchical_z' needs model.g_shared_dim > 0 and model.z_dim divisible by "
+            f"{n_blocks + 1} (one chunk per G block plus one); got g_shared_dim {cfg.g_shared_dim}, z_dim {cfg.z_dim}"
+        )
+    return cfg.z_dim // (n_blocks + 1)
+
+
+def _g_norm(cfg: ModelConfig, sn: bool, z_chunk: int) -> Callable[[int], nn.Module]:
+    """The BatchNorm of G's blocks: per-class tables, or BigGAN's linear maps of [shared(y), z chunk]."""
+    if cfg.g_shared_dim == 0:
+        return functools.partial(ConditionalBatchNorm2d, num_classes=cfg.num_classes, eps=cfg.g_bn_eps)
+    if cfg.num_classes == 0:
+        raise ConfigError("config key 'model.g_shared_dim' is a class embedding: it needs model.num_classes > 0")
+    cond_dim = cfg.g_shared_dim + (z_chunk if cfg.g_hierarchical_z else 0)
+    return functools.partial(
+        LinearConditionalBatchNorm2d, cond_dim=cond_dim, sn=sn, bias=cfg.g_cbn_bias, eps=cfg.g_bn_eps
     )
 
 
@@ -134,6 +170,7 @@ class Generator(
         _check_resolution(cfg)
         self.model_config = cfg
         self.run_config = None  # the whole Config when loaded from a checkpoint; save_pretrained writes it
+        self.source = None  # an export's provenance (gan.checkpoint.export_source); save_pretrained keeps it
         self.z_dim = cfg.z_dim
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
@@ -143,10 +180,13 @@ class Generator(
         _check_attention_sides("model.g_attention", cfg.g_attention, sides, cfg.resolution)
 
         self.bottom_channels = widths[0]
-        self.linear = linear(cfg.z_dim, _BOTTOM * _BOTTOM * widths[0], sn=sn)
+        self.z_chunk = _z_chunk(cfg, len(sides))  # z entries the linear layer (and each block's BNs) reads
+        self.linear = linear(self.z_chunk, _BOTTOM * _BOTTOM * widths[0], sn=sn)
+        self.shared = embedding(cfg.num_classes, cfg.g_shared_dim, sn=False) if cfg.g_shared_dim else None
+        norm = _g_norm(cfg, sn, self.z_chunk)
         self.blocks = nn.ModuleDict()
         for i, (cin, cout, side) in enumerate(zip(widths[:-1], widths[1:], sides)):
-            self.blocks[f"block{i}"] = GBlock(cin, cout, num_classes=cfg.num_classes, sn=sn)
+            self.blocks[f"block{i}"] = GBlock(cin, cout, sn=sn, norm=norm)
             if side in cfg.g_attention:
                 self.blocks[f"attn{side}"] = _attention(cfg, cout, sn)
         self.out_bn = nn.BatchNorm2d(widths[-1])
@@ -157,17 +197,34 @@ class Generator(
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"generator expects z of shape (B, {self.z_dim}); got {tuple(z.shape)}")
         y = _check_labels(y, self.num_classes, z.shape[0], "generator")
-        return self.from_first_stage(self.first_stage(z), y)
+        return self.from_first_stage(self.first_stage(z), y, z)
 
     def first_stage(self, z: Tensor) -> Tensor:
-        """The first feature map, the linear layer's output: (B, C, 4, 4)."""
-        return self.linear(z).view(z.shape[0], self.bottom_channels, _BOTTOM, _BOTTOM)  # (B, C, 4, 4)
+        """The first feature map, the linear layer's output (of z's first chunk, hierarchical z): (B, C, 4, 4)."""
+        h = self.linear(z[:, : self.z_chunk])  # (B, 16 C)
+        return h.view(z.shape[0], self.bottom_channels, _BOTTOM, _BOTTOM)  # (B, C, 4, 4)
 
-    def from_first_stage(self, h: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images from a first-stage map h (B, C, 4, 4): the up-blocks and the output layer (labels as in forward)."""
+    def from_first_stage(self, h: Tensor, y: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+        """Images from a first-stage map h (B, C, 4, 4): the up-blocks and the output layer (labels as in
+        forward; z, whose later chunks condition the blocks, only with hierarchical z)."""
+        conditions = iter(self.block_conditions(y, z))
         for block in self.blocks.values():
-            h = block(h, y) if isinstance(block, GBlock) else block(h)
+            h = block(h, next(conditions)) if isinstance(block, GBlock) else block(h)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
+
+    def block_conditions(self, y: Tensor | None, z: Tensor | None = None) -> list[Tensor | None]:
+        """What each G block's BNs take: the labels y (per-class tables), or BigGAN's conditioning vectors
+        [shared(y), z chunk i + 1] (B, g_shared_dim + z_chunk) under `g_shared_dim`."""
+        n = sum(isinstance(b, GBlock) for b in self.blocks.values())
+        if self.shared is None:
+            return [y] * n
+        embedded = self.shared(y)  # (B, shared)
+        if not self.model_config.g_hierarchical_z:
+            return [embedded] * n
+        if z is None:
+            raise ValueError("this generator has hierarchical z: pass z to from_first_stage as well")
+        chunks = z[:, self.z_chunk :].split(self.z_chunk, dim=1)  # n tensors (B, z_chunk)
+        return [torch.cat([embedded, chunk], dim=1) for chunk in chunks]  # (B, shared + z_chunk)
 
     def sample(
         self,
@@ -209,7 +266,7 @@ class Generator(
             raise CheckpointError(
                 f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory"
             )
-        export_generator(save_directory, self, self.run_config or Config(model=self.model_config))
+        export_generator(save_directory, self, self.run_config or Config(model=self.model_config), source=self.source)
 
     @classmethod
     def _from_pretrained(

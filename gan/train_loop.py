@@ -10,8 +10,10 @@ Scalars are read on the host only at log intervals.
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,27 @@ def restore(parts: Parts, state: dict[str, Any], accelerator: Accelerator, where
         )
 
 
+def model_changes(cfg: Config, other: Config) -> dict[str, Any]:
+    """The model config fields in which `other` differs from `cfg`, with `other`'s values."""
+    ours, theirs = to_dict(cfg.model), to_dict(other.model)
+    return {key: theirs[key] for key, value in ours.items() if theirs[key] != value}
+
+
+def initialise(parts: Parts, networks: dict[str, dict | None], where: Path, say: Callable[[str], None]) -> None:
+    """A new run's networks from `networks` (gan.checkpoint.read_networks): G, the EMA copy (the source's G_ema,
+    else its G) and D when the source has one (else D keeps its fresh random weights, said in one line).
+    Spectral-norm vectors and BatchNorm statistics come along (they are buffers); optimisers stay fresh."""
+    ckpt.load_into(parts.G_raw, networks["G"], "G", where)
+    if parts.ema is not None:
+        ckpt.load_into(parts.ema.module, networks["G_ema"] or networks["G"], "G_ema", where)
+    loaded = [name for name in ("G", "G_ema", "D") if networks[name] is not None]
+    if networks["D"] is not None:
+        ckpt.load_into(parts.D_raw, networks["D"], "D", where)
+    else:
+        say(f"--init-from: {where} holds no discriminator; D starts from random weights")
+    say(f"--init-from: {', '.join(loaded)} from {where}; optimisers fresh, starting at step 0")
+
+
 # ----------------------------------------------------------------------------------------------
 # Periodic work: logs, samples, attention maps, evaluation
 
@@ -149,7 +172,7 @@ class Trainer:
         """Load the state of checkpoint `resume` ('latest': the newest intact one in this run directory)."""
         where = resume_point(str(resume), self.ckpt_dir)[0] if str(resume) == "latest" else ckpt.resolve(resume)
         state, old_cfg, self.step = ckpt.load_checkpoint(where)
-        changed = [k for k, v in to_dict(self.cfg.model).items() if to_dict(old_cfg.model)[k] != v]
+        changed = model_changes(self.cfg, old_cfg)
         if changed:
             raise ConfigError(
                 f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model"
@@ -344,12 +367,27 @@ def train(
     *,
     overwrite: bool = False,
     resume_command: str | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths).
 
     A fresh run refuses a directory that holds another run unless `overwrite` (which moves it aside); a
-    resume from step k first moves the old run's later outputs aside (gan/rundir.py)."""
+    resume from step k first moves the old run's later outputs aside (gan/rundir.py). `init_from` (a generator
+    export, e.g. convert.py's, or a training checkpoint / run directory) starts a new run at step 0 from its
+    weights (`initialise`) with fresh optimisers; its model config must equal `cfg.model`."""
     run_dir = Path(run_dir)
+    networks = None
+    if init_from is not None:  # read and checked before the run directory is touched
+        if resume:
+            raise ConfigError("--init-from starts a new run and --resume continues one; pass only one of them")
+        init_cfg, networks, init_where = ckpt.read_networks(init_from)
+        changed = model_changes(cfg, init_cfg)
+        if changed:
+            fix = " ".join(f"model.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in changed.items())
+            raise ConfigError(
+                f"--init-from {init_from}: the model config differs from its config in {', '.join(changed)}; "
+                f"use its architecture: {fix}"
+            )
     set_threads(cfg.train.threads)
     log_with = None if cfg.log.backend == "none" else cfg.log.backend
     # cpu=True without CUDA: torchrun / `accelerate launch --multi_gpu` on CPUs then forms a gloo group.
@@ -371,6 +409,8 @@ def train(
     trainer = Trainer(cfg, run_dir, accelerator, resume_command)
     if where is not None:
         trainer.resume(where)
+    elif networks is not None:
+        initialise(trainer.parts, networks, init_where, accelerator.print)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
