@@ -153,7 +153,7 @@ def test_docs_config_reference_is_exactly_the_help_config_output(capsys):
     printed = capsys.readouterr().out
     page = (ROOT / "docs" / "configuration.md").read_text()
     block = page.split("```text\n", 1)[1].split("```", 1)[0]
-    assert block == printed, "docs/configuration.md is stale: paste `python train.py --help-config` into it"
+    assert block == printed, "docs/configuration.md is stale: run `python tools/config_reference.py`"
     assert len(block.splitlines()) == len(describe().splitlines())  # every key, one line each
     assert "[configuration reference](configuration.md)" in (ROOT / "docs" / "README.md").read_text()
 

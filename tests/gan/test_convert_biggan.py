@@ -7,7 +7,6 @@ import argparse
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +32,7 @@ from gan.data import DatasetError, build_dataset
 from gan.explorer import load_models
 from gan.models import Generator
 
-from shared import TINY_RUN, write_folder
+from shared import ROOT, TINY_RUN, write_folder
 
 SN_EPS, BN_EPS = 1e-6, 1e-5
 # BigGAN.py's G_arch / D_arch: channel multipliers of `ch` per block, and G's block output sides.
@@ -354,7 +353,7 @@ def test_published_shapes_infer_configs_biggan128_and_its_parameter_counts():
     configs/biggan128.yaml; the fixtures' shapes give BigGAN's reported 70.4M (G) and 88.0M (D) parameters."""
     with torch.device("meta"):
         g, d = biggan_g_state(128, 96, 1000, 120, 128, True), biggan_d_state(128, 96, 1000)
-    model = load_config(Path(__file__).resolve().parents[1] / "configs" / "biggan128.yaml").model
+    model = load_config(ROOT / "configs" / "biggan128.yaml").model
     assert infer_generator_config(g) == model
     assert infer_discriminator_fields(d, 128) == dict(d_width=96, d_attention=[64], num_classes=1000)
     buffers = (".u0", ".sv0", ".stored_mean", ".stored_var")  # the rest are parameters, all mapped one to one
