@@ -38,10 +38,10 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import machine_line, pyplot, table
-from gan.checkpoint import load_discriminator, load_generator
 from gan.cli import fail_cleanly
 from gan.data import build_dataset
 from gan.erf import EffectiveRF, attention_off, d_effective_rf, g_effective_rf, gates
+from gan.models import load_discriminator, load_generator
 from gan.synthetic import MAX_EDGE_OFFSET, SIZE_RANGE
 
 
