@@ -78,7 +78,9 @@ class ClipBlock(nn.Module):
 
     def __init__(self, width: int, dilation: int = 1, pool: bool = True) -> None:
         super().__init__()
-        self.conv1 = init_layer(nn.Conv3d(width, width, 3, padding=(dilation, 1, 1), dilation=(dilation, 1, 1)), sn=True)
+        self.conv1 = init_layer(
+            nn.Conv3d(width, width, 3, padding=(dilation, 1, 1), dilation=(dilation, 1, 1)), sn=True
+        )
         self.conv2 = init_layer(nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), sn=True)
         self.shortcut = init_layer(nn.Conv3d(width, width, 1), sn=True)
         self.pool = pool

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gan.synthetic import SHAPES, shape_mask, check_arguments, draw_background, draw_object
+from gan.synthetic import SHAPES, check_arguments, draw_background, draw_object, shape_mask
 
 DISTRACTOR_SIDE = 2  # pixels
 DISTRACTOR_GREY = (0.25, 0.40)  # its grey level: above the background (< 0.22), below the objects (>= 0.55)

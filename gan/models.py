@@ -60,6 +60,9 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
         gate=cfg.attn_gate,
         spectral_norm=sn,
         fused=cfg.attn_fused,
+        logit_scale=cfg.attn_logit_scale,
+        gamma_init=cfg.attn_gamma_init,
+        qk_spectral_norm=sn and cfg.attn_qk_spectral_norm,
     )
 
 

@@ -134,6 +134,16 @@ def test_attention_options_come_from_config():
     assert not parametrize.is_parametrized(block.g)
 
 
+def test_attention_levers_come_from_config():
+    cfg = tiny(32, attn_logit_scale="learned", attn_gamma_init=0.25, attn_qk_spectral_norm=False)
+    ((_, g_block),) = attention_blocks(Generator(cfg))
+    assert g_block.logit_scale == "learned" and "log_tau" in dict(g_block.named_parameters())
+    assert g_block.gate_value() == 0.25
+    assert parametrize.is_parametrized(g_block.g) and not parametrize.is_parametrized(g_block.theta)
+    ((_, plain),) = attention_blocks(Generator(tiny(32)))  # the defaults: SAGAN's block, theta normalised too
+    assert (plain.logit_scale, plain.gate_value()) == ("one", 0.0) and parametrize.is_parametrized(plain.theta)
+
+
 @pytest.mark.parametrize(
     "which,sides,valid", [("g", [4], "8, 16, 32"), ("d", [32], "8, 16"), ("g", [16, 64], "8, 16, 32")]
 )

@@ -16,13 +16,13 @@ from gan.synthetic import (
     MAX_CENTRE_FOREGROUND,
     SHAPES,
     CoherenceDataset,
-    shape_mask,
     coherence_components,
     coherence_per_image,
     coherence_score,
     make_independent_halves,
     mismatch_auc,
     rank_auc,
+    shape_mask,
 )
 
 # Chance level (mean score on independent halves) measured on 262,144 pairings, 32x32 (docs/coherence.md),
