@@ -155,7 +155,8 @@ class Generator(
 
     def card_parameter_counts(self, model_config: ModelConfig) -> dict[str, int]:
         """The model card's parameter table: this generator's and the discriminator's its config describes."""
-        return parameter_counts(model_config) | {"generator": sum(p.numel() for p in self.parameters())}
+        discriminator = sum(p.numel() for p in Discriminator(model_config).parameters())
+        return super().card_parameter_counts(model_config) | {"discriminator": discriminator}
 
 
 class Discriminator(nn.Module):
@@ -206,14 +207,6 @@ class Discriminator(nn.Module):
         for block in self.blocks.values():
             x = block(x)
         return x
-
-
-def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Parameters of the generator and of the discriminator that `cfg` describes."""
-    return {
-        name: sum(p.numel() for p in cls(cfg).parameters())
-        for name, cls in (("generator", Generator), ("discriminator", Discriminator))
-    }
 
 
 # ----------------------------------------------------------------------------------------------
