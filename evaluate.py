@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     with fail_cleanly():
-        from gan.checkpoint import load_generator
         from gan.classifier import IN_DOMAIN
         from gan.config import ConfigError, from_dict, parse_overrides, to_dict
-        from gan.registry import METRICS, evaluate
+        from gan.metrics import evaluate
+        from gan.models import load_generator
+        from gan.registry import METRICS
         from gan.runtime import resolve_device
 
         device = resolve_device(args.device)

@@ -3,7 +3,7 @@
 PATH is a training checkpoint (runs/X/checkpoints/step_*), a run directory (its latest checkpoint), a
 generator export (runs/X/generator) or a Hugging Face Hub repo id `owner/name` (fetched into the usual Hub
 cache). Every z and label is drawn up front (gan.sampling) from one CPU torch.Generator
-seeded with --seed (z first, then labels, as `Generator.sample` draws them), and G always runs on exactly
+seeded with --seed (z first, then labels), and G always runs on exactly
 CHUNK latents at a time (the last pass padded), so no flag changes the arithmetic: the same seed gives the
 same files, bit for bit, on the same machine, whatever --batch-size says. (BLAS picks kernels by matrix
 size, so a pass of another size could move floats in their last bits and an 8-bit pixel by one level.)
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from gan.cli import fail_cleanly
 from gan.config import ConfigError
-from gan.sampling import CHUNK
+from gan.sampling import CHUNK, draw_latents, generate
 
 if TYPE_CHECKING:  # torch loads only once the arguments are known good
     import numpy as np
@@ -95,24 +95,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out!r} exists and is not a directory")
 
 
-def draw_latents(G: Generator, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(z, labels or None) on the CPU: --num samples, or --num rows of --interpolate steps (row-major)."""
-    from gan.sampling import draw_latents as draw
-
-    return draw(
-        G, seed=args.seed, num=args.num, truncation=args.truncation, label=args.label, interpolate=args.interpolate
-    )
-
-
-def generate(
-    G: Generator, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device | str, chunk: int = CHUNK
-) -> torch.Tensor:
-    """Images (N, C, R, R) in [-1, 1] on the CPU, `chunk` latents per forward pass (gan.sampling.generate)."""
-    from gan.sampling import generate as run
-
-    return run(G, z, labels, device, chunk)
-
-
 def _writable(path: str | Path, write: Callable[[], T]) -> T:
     """Run `write()`, which writes `path`; an OSError becomes a one-line ConfigError instead of a traceback."""
     try:
@@ -168,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 
         device = resolve_device(args.device)
         from gan.attention import attention_blocks
-        from gan.checkpoint import load_generator
+        from gan.models import load_generator
 
         G, _ = load_generator(args.checkpoint, use_ema=not args.no_ema, map_location=device, say=print)
         if args.attention_maps and not attention_blocks(G):
             raise ConfigError("--attention-maps: this generator has no non-local block (model.g_attention is empty)")
-        z, labels = draw_latents(G, args)
+        z, labels = draw_latents(
+            G, seed=args.seed, num=args.num, truncation=args.truncation, label=args.label, interpolate=args.interpolate
+        )
         lines = []
         if args.grid or args.out or args.npz:
             lines = write_outputs(generate(G, z, labels, device), args)

@@ -3,7 +3,8 @@
     python benchmarks/sampling.py [--repeats 7] [--batch 64]
 
 configs/cifar10.yaml's Generator (SAGAN-32, width 256, attention at 16x16, 10 classes) in eval mode under
-`torch.no_grad()`, `Generator.sample(batch)` per call (z and labels drawn inside, as sample.py does). All
+`torch.no_grad()`, `gan.sampling.sample_images(G, batch, seed)` per call (z and labels drawn, then one
+forward pass of `batch` latents, as sample.py does at its default of 64). All
 variants share the same weights and run interleaved in one process after one warm-up call each; the table
 gives the median seconds per batch, images/s and the median per-round ratio against float32.
 """
@@ -20,6 +21,7 @@ from benchmarks.common import ROOT, interleaved, median, paired_ratio
 from gan.attention import attention_blocks
 from gan.config import load_config
 from gan.models import Generator
+from gan.sampling import draw_latents, generate
 from tools.report import machine_line, table
 
 # name -> (autocast dtype or None, channels_last, fused attention)
@@ -35,11 +37,11 @@ BASELINE = next(iter(VARIANTS))
 
 def sampler(G: Generator, batch: int, dtype: torch.dtype | None, seed: int = 0):
     """A zero-argument call that draws one batch of images, as sample.py would."""
-    gen = torch.Generator().manual_seed(seed)
 
     def run() -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            return G.sample(batch, generator=gen)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            z, labels = draw_latents(G, seed=seed, num=batch)
+            return generate(G, z, labels, chunk=batch)
 
     return run
 

@@ -194,7 +194,7 @@ def flops_per_iteration(name: str) -> float:
 def bench_loader(batches: int, worker_counts: list[int]) -> str:
     """images/s of the real data loader alone (Fashion-MNIST from Debian's files, as RGB 32x32)."""
     from gan.data import build_dataset
-    from gan.sampler import build_loader
+    from gan.data_order import build_loader
 
     rows = []
     with tempfile.TemporaryDirectory() as root:

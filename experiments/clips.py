@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gan.synthetic import SHAPES, _shape_mask, check_arguments, draw_background, draw_object
+from gan.synthetic import SHAPES, check_arguments, draw_background, draw_object, shape_mask
 
 DISTRACTOR_SIDE = 2  # pixels
 DISTRACTOR_GREY = (0.25, 0.40)  # its grey level: above the background (< 0.22), below the objects (>= 0.55)
@@ -32,7 +32,7 @@ def _paint(frame: np.ndarray, obj: tuple[int, int, int, int, np.ndarray]) -> np.
     """A copy of frame (C, R, R) with the object (shape, side, x0, y0, colour) drawn on it."""
     shape, s, x0, y0, colour = obj
     mask = np.zeros(frame.shape[1:], dtype=bool)
-    mask[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
+    mask[y0 : y0 + s, x0 : x0 + s] = shape_mask(shape, s)
     return np.where(mask[None], colour[:, None, None], frame)
 
 

@@ -268,8 +268,9 @@ def overfit(run_dirs: list[Path], images: int) -> str:
 
     import torch
 
-    from gan.checkpoint import list_checkpoints, load_checkpoint, load_discriminator
+    from gan.checkpoint import list_checkpoints, load_checkpoint
     from gan.data import build_dataset
+    from gan.models import load_discriminator
 
     def first(data_cfg, model_cfg) -> tuple:
         ds = build_dataset(data_cfg, model_cfg)

@@ -184,7 +184,7 @@ def attention_off(module: nn.Module) -> Iterator[None]:
     saved = []
     with torch.no_grad():
         for _, block in attention_blocks(module):
-            param = block.gamma if block.gate == "gamma" else block.out.weight
+            param = block.gate_parameter()
             saved.append((param, param.detach().clone()))
             param.zero_()
     try:

@@ -329,10 +329,10 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
     import torch
 
     from gan import registry, viz
-    from gan.checkpoint import load_discriminator, load_generator
     from gan.data import build_dataset
-    from gan.metrics import cache_root
-    from gan.runtime import SAMPLE_CHUNK, sample_images
+    from gan.metrics import cache_root, evaluate
+    from gan.models import load_discriminator, load_generator
+    from gan.sampling import sample_images
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -344,13 +344,13 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
         n for n, m in registry.METRICS.items() if "features" not in m.needs and cfg.data.dataset in (m.datasets or ())
     ]
     if own:
-        result.update(registry.evaluate(G, cfg, own, num_samples=num_samples, seed=SAMPLE_SEED))
+        result.update(evaluate(G, cfg, own, num_samples=num_samples, seed=SAMPLE_SEED))
     cfg.eval.feature_extractor = "fashion_classifier"
     t0 = time.perf_counter()
     with _file_lock(cache_root(cfg) / "ablation.lock"):
-        scores = registry.evaluate(G, cfg, ["fid"], num_samples=num_samples, seed=SAMPLE_SEED)
+        scores = evaluate(G, cfg, ["fid"], num_samples=num_samples, seed=SAMPLE_SEED)
         if metrics:
-            result.update(registry.evaluate(G, cfg, list(metrics), num_samples=num_samples, seed=SAMPLE_SEED,
+            result.update(evaluate(G, cfg, list(metrics), num_samples=num_samples, seed=SAMPLE_SEED,
                                             pairs_grid=run_dir / "ablation" / "closest_pairs.png"))  # fmt: skip
     result["fcd"] = scores[registry.result_key("fid", "fashion_classifier")]
     result["fcd_seconds"] = time.perf_counter() - t0
@@ -360,7 +360,7 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
         result.update(mismatch_auc(D, cfg.model, num=num_samples))
 
     figures = run_dir / "ablation"
-    images = sample_images(G, min(SAMPLE_CHUNK, num_samples), SAMPLE_SEED)  # the first images the scores saw
+    images = sample_images(G, min(GRID_IMAGES, num_samples), SAMPLE_SEED)  # the first images the scores saw
     viz.save_image_grid(images[:GRID_IMAGES], figures / "samples.png", nrow=8)
     z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))
     y = torch.arange(4) % cfg.model.num_classes if cfg.model.num_classes else None

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from experiments.erf import EffectiveRF, attention_off, d_effective_rf, g_effective_rf, gates
-from gan.checkpoint import load_discriminator, load_generator
 from gan.cli import fail_cleanly
 from gan.data import build_dataset
+from gan.models import load_discriminator, load_generator
 from gan.synthetic import MAX_EDGE_OFFSET, SIZE_RANGE
 from tools.report import machine_line, pyplot, table
 

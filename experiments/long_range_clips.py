@@ -36,7 +36,7 @@ from experiments import long_range_probe as probe
 from experiments.clips import CoherentClips
 from experiments.erf import theoretical_rf
 from gan.attention import NonLocalBlock
-from gan.layers import DBlockOptimized, _init, linear
+from gan.layers import DBlockOptimized, init_layer, linear
 from gan.synthetic import FOREGROUND_THRESHOLD
 from gan.viz import save_image_grid
 from tools.report import machine_line
@@ -78,9 +78,11 @@ class ClipBlock(nn.Module):
 
     def __init__(self, width: int, dilation: int = 1, pool: bool = True) -> None:
         super().__init__()
-        self.conv1 = _init(nn.Conv3d(width, width, 3, padding=(dilation, 1, 1), dilation=(dilation, 1, 1)), sn=True)
-        self.conv2 = _init(nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), sn=True)
-        self.shortcut = _init(nn.Conv3d(width, width, 1), sn=True)
+        self.conv1 = init_layer(
+            nn.Conv3d(width, width, 3, padding=(dilation, 1, 1), dilation=(dilation, 1, 1)), sn=True
+        )
+        self.conv2 = init_layer(nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1)), sn=True)
+        self.shortcut = init_layer(nn.Conv3d(width, width, 1), sn=True)
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
@@ -249,7 +251,7 @@ def report(args: argparse.Namespace) -> None:
         rs.sort(key=lambda r: r["seed"])
         accs = [r["test_acc"] for r in rs]
         print(
-            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['temporal_rf']} | {probe._mean_std(accs)} | "
+            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['temporal_rf']} | {probe.mean_std_text(accs)} | "
             f"{', '.join(f'{a:.3f}' for a in accs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
     print("\nPer run of the attention arms (the block at the last logged step):\n")
@@ -263,7 +265,7 @@ def report(args: argparse.Namespace) -> None:
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
             )
-    probe._print_verdicts(groups, ARMS)
+    probe.print_verdicts(groups, ARMS)
     _print_frame_attention(order, args)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")

@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> None:
                 )
 
 
-def _mean_std(xs: list[float]) -> str:
+def mean_std_text(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.3f} (1 seed)"
     return f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
@@ -283,8 +283,8 @@ def report(args: argparse.Namespace) -> None:
         beyond = [b for b in (mass_beyond(r, gap) for r in rs) if b is not None]
         print(
             f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['theoretical_rf']} | "
-            f"{_mean_std(erf) if erf else '-'} | {_mean_std(beyond) if beyond else '-'} | "
-            f"{_mean_std([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
+            f"{mean_std_text(erf) if erf else '-'} | {mean_std_text(beyond) if beyond else '-'} | "
+            f"{mean_std_text([r['test_acc'] for r in rs])} | {', '.join('{:.3f}'.format(r['test_acc']) for r in rs)} | "
             f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
     print("\nThe attention block at the end of training (last logged step; mean over seeds):\n")
@@ -309,7 +309,7 @@ def report(args: argparse.Namespace) -> None:
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {mass_beyond(r, gap):.4f} | {r['cpu_s']:.0f} |"
             )
-    _print_verdicts(groups)
+    print_verdicts(groups)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
     plot = Path(args.plot)
@@ -329,7 +329,7 @@ def gate_label(entry: dict) -> str:
     return f"norm(out) {entry['out_weight_norm']:.3f}"
 
 
-def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
+def print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
     """Test accuracy against a control, by the repository's rule (|diff| > 2 x pooled std): each conv depth
     against the shallowest, each attention arm against `conv` and each lever against its reference at the
     same depth."""

@@ -47,12 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
+from gan.choices import SOFTMAX_PAIRWISE as _SOFTMAX
 from gan.layers import spectral_norm
 
-PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
-GATES = ("gamma", "zero_init")
-LOGIT_SCALES = ("one", "inv_sqrt_d", "learned")
-_SOFTMAX = ("embedded_gaussian", "gaussian")
 _AXES = {1: "L", 2: "H, W", 3: "T, H, W"}  # the grid of each `dim`, for messages
 _SUBSAMPLE = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}  # subsample=True's kernel: video pools space only
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -97,14 +95,27 @@ def _conv1x1(dim: int, cin: int, cout: int, sn: bool) -> nn.Module:
 
 class NonLocalBlock(nn.Module):
     """Non-local / self-attention block on (B, C, L), (B, C, H, W) or (B, C, T, H, W) for `dim` = 1, 2, 3;
-    the identity at initialisation.
+    the identity at initialisation (unless `gamma_init` says otherwise).
 
-    `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at `gamma_init` (0 in SAGAN;
-    a non-zero start gives up the identity at initialisation).
-    `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
-    normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
-    so under this gate `out` is left unnormalised; theta, phi and g still are.
-    `qk_spectral_norm` normalises theta/phi independently of g/out (None: follow `spectral_norm`).
+    Every option is public API; those a GAN's 2D blocks can use are set by the config key in brackets
+    (gan.models builds the blocks from `model.attn_*`; the choice lists are gan/choices.py's).
+    - `channels`: C of the input; `dim`: 1 sequence, 2 image, 3 video (the GAN's blocks are 2D).
+    - `pairwise`: f, one of PAIRWISE (module docstring) [model.attn_pairwise].
+    - `qk_channels`, `v_channels`: widths of theta/phi and of g (default C/8, C/2; the Gaussian uses C)
+      [C // model.attn_qk_divisor, C // model.attn_v_divisor].
+    - `subsample`, `pool`: max-pool the keys and values; `pool` gives the kernel per axis (module docstring)
+      [model.attn_subsample; `pool` is for 1D/3D use].
+    - `gate="gamma"`: z = x + gamma * out(y), gamma a learnable scalar starting at `gamma_init` (0 in SAGAN;
+      a non-zero start gives up the identity at initialisation) [model.attn_gate, model.attn_gamma_init].
+      `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
+      normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
+      so under this gate `out` is left unnormalised; theta, phi and g still are. `gate_value()` reads how
+      far either gate is open.
+    - `spectral_norm`: normalise the 1x1 convolutions [model.g_spectral_norm / model.d_spectral_norm];
+      `qk_spectral_norm` normalises theta/phi independently of g/out (None: follow `spectral_norm`)
+      [model.attn_qk_spectral_norm].
+    - `fused`: the fused path when no weights are needed (module docstring) [model.attn_fused].
+    - `logit_scale`: one of LOGIT_SCALES, softmax variants only (module docstring) [model.attn_logit_scale].
     """
 
     def __init__(
@@ -257,10 +268,16 @@ class NonLocalBlock(nn.Module):
             self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
 
+    def gate_parameter(self) -> nn.Parameter:
+        """The parameter that opens the residual gate: gamma (gate "gamma") or `out`'s weight ("zero_init");
+        at 0 the block is the identity."""
+        return self.gamma if self.gate == "gamma" else self.out.weight
+
     def gate_value(self) -> float:
-        """How far the residual gate is open: gamma (gate "gamma") or the Frobenius norm of `out`'s weight
-        ("zero_init"); at 0 the block is the identity."""
-        return float(self.gamma.detach()) if self.gate == "gamma" else float(self.out.weight.detach().norm())
+        """How far the residual gate is open, the one place it is read: gamma itself (signed) or the Frobenius
+        norm of `out`'s weight."""
+        opening = self.gate_parameter().detach()
+        return float(opening) if opening.dim() == 0 else float(opening.norm())
 
 
 # ----------------------------------------------------------------------------------------------

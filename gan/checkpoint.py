@@ -9,11 +9,12 @@ never leaves a directory that `latest_checkpoint` would take. Older checkpoints 
 one is in place; `best/` (the best evaluation score) is never pruned.
 
 A generator export is a directory with `generator.safetensors` and `config.json` (which records the tensor
-file's SHA-256): small enough to share. Every tensor file is read through `read_tensors`, which checks that
+file's SHA-256): small enough to share (gan.pretrained adds the model card and turns weights into networks). Every tensor file is read through `read_tensors`, which checks that
 hash (training resume, sampling, evaluation, `best/` copies, exports from anywhere) and refuses a mismatch in
 one line; files written before hashes were recorded load with a one-time note. Tensor files get the same
 permissions as the JSON files (0666 minus the umask), not safetensors' private 0600.
 Nothing here calls `pickle` or `torch.load`: safetensors holds raw tensors and JSON holds the rest.
+This module knows files only: no network class and no Hub (gan.pretrained and gan.hub sit above it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from gan.errors import UserError
 FORMAT = "sagan-checkpoint"
 EXPORT_FORMAT = "sagan-generator"
 DISCRIMINATOR_FILE = "discriminator.safetensors"  # optional, beside a generator export (convert.py writes one)
+EXPORT_FILES = ("config.json", "generator.safetensors")  # a generator export, a Hub repo's loadable part
 VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -172,28 +175,24 @@ def save_best(root: str | Path, source: Path) -> Path:
     return _write_atomically(Path(root) / "best", files)
 
 
-def export_generator(
+def write_export(
     path: str | Path,
     generator: torch.nn.Module,
     config: Config,
     discriminator: torch.nn.Module | None = None,
     source: dict[str, Any] | None = None,
 ) -> Path:
-    """A shareable generator: `generator.safetensors` (weights and buffers) and `config.json`, plus a model
-    card (README.md, samples.png; gan.hub) that quotes the scores of `metrics.jsonl` beside `path`, if any.
+    """The export's files, `generator.safetensors` (weights and buffers) and `config.json`, as directory `path`
+    (replaced whole, atomically). The model card beside them is gan.hub's (gan.pretrained.export_generator).
     A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G).
     `source` (weights this repository did not train, e.g. converted ones; gan.hub.model_card says its keys)
-    is recorded in config.json, read back by `load_generator` and printed on the card."""
+    is recorded in config.json and read back by `read_weights` (`NetworkWeights.source`)."""
     files: dict[str, Any] = {"generator.safetensors": _tensors_of(generator)}
     if discriminator is not None:
         files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
     meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
     files["config.json"] = {**meta, "source": source} if source else meta
-    path = _write_atomically(Path(path), files)
-    from gan.hub import write_model_card  # README.md + samples.png; scores from a run's metrics.jsonl
-
-    write_model_card(path, generator, config, metrics_jsonl=path.parent / "metrics.jsonl", source=source)
-    return path
+    return _write_atomically(Path(path), files)
 
 
 def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -376,7 +375,7 @@ def read_export(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
 
 
 def export_source(path: str | Path) -> dict[str, Any] | None:
-    """The `source` an export's config.json records (see `export_generator`), or None."""
+    """The `source` an export's config.json records (see `write_export`), or None."""
     source = _read_json(Path(path) / "config.json", EXPORT_FORMAT).get("source")
     return source if isinstance(source, dict) else None
 
@@ -406,58 +405,44 @@ def read_networks(path: str | Path) -> tuple[Config, dict[str, dict[str, torch.T
     )
 
 
-def load_generator(
-    path: str | Path,
-    *,
-    use_ema: bool = True,
-    map_location: str | torch.device = "cpu",
-    say: Callable[[str], None] | None = None,
-):
-    """(Generator in eval mode, Config) from a training checkpoint, a run directory, an export or a Hub id; `say`
-    hears which checkpoint of a run directory was used and why newer ones were skipped."""
-    from gan.hub import local_path  # a Hub id becomes its snapshot in the Hub cache, read like any export
-    from gan.models import Generator  # models import attention/layers; keep this module light to import
+@dataclass
+class NetworkWeights:
+    """One network's weights as a checkpoint path holds them (`read_weights`)."""
 
-    path = resolve(local_path(path), say)
+    state: dict[str, torch.Tensor]  # the state dict
+    config: Config  # the run config they were trained under
+    step: int | None  # the training step of a checkpoint; None for an export
+    what: str  # which weights, for messages: "G_ema", "G", "D" or "generator" (an export)
+    where: Path  # the checkpoint or export directory read
+    source: dict[str, Any] | None = None  # an export's provenance (`export_source`), else None
+
+
+def read_weights(
+    path: str | Path, network: str, *, use_ema: bool = True, say: Callable[[str], None] | None = None
+) -> NetworkWeights:
+    """The weights of `network` ("G" or "D") under a local `path`: a run directory (its newest intact
+    checkpoint; `say` hears which one and why newer ones were skipped), a training checkpoint (G: its EMA
+    weights `G_ema` when `use_ema` and present), for G a generator export or its .safetensors file, for D an
+    export holding `discriminator.safetensors`."""
+    path = resolve(path, say)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
-    step, source = None, None  # training step of a checkpoint (exports record none); an export's source
-    if (path / "generator.safetensors").is_file() or (path / "config.json").is_file():
-        (config, weights), what, source = read_export(path), "generator", export_source(path)
-    elif (path / "meta.json").is_file():
+    if network == "G" and ((path / "generator.safetensors").is_file() or (path / "config.json").is_file()):
+        config, state = read_export(path)
+        return NetworkWeights(state, config, None, "generator", path, export_source(path))
+    if network == "D" and (path / DISCRIMINATOR_FILE).is_file() and (path / "config.json").is_file():
+        meta = _read_json(path / "config.json", EXPORT_FORMAT)
+        return NetworkWeights(_export_discriminator(path, meta), _config_of(meta, path), None, "discriminator", path)
+    if (path / "meta.json").is_file():
         state, config, step = load_checkpoint(path)
-        key = "G_ema" if use_ema and state.get("G_ema") is not None else "G"
-        weights, what = state[key], key
-    else:
+        key = f"{network}_ema" if use_ema and state.get(f"{network}_ema") is not None else network
+        return NetworkWeights(state[key], config, step, key, path)
+    if network == "G":
         raise CheckpointError(
             f"{path} is neither a training checkpoint (meta.json + state.safetensors) nor a generator export "
             "(config.json + generator.safetensors)"
         )
-    generator = Generator(config.model)
-    load_into(generator, weights, what, path)
-    generator.run_config = config  # save_pretrained writes the whole run config back
-    generator.checkpoint_step = step  # figure titles name it
-    generator.source = source  # save_pretrained keeps it on the card
-    return generator.to(map_location).eval(), config
-
-
-def load_discriminator(path: str | Path, *, map_location: str | torch.device = "cpu"):
-    """(Discriminator in eval mode, Config, step) from a training checkpoint, a run directory (its latest) or a
-    generator export holding `discriminator.safetensors` (step None)."""
-    from gan.models import Discriminator
-
-    path = resolve(path)
-    if (path / DISCRIMINATOR_FILE).is_file() and (path / "config.json").is_file():
-        meta = _read_json(path / "config.json", EXPORT_FORMAT)
-        config = _config_of(meta, path)
-        discriminator = Discriminator(config.model)
-        load_into(discriminator, _export_discriminator(path, meta), "discriminator", path)
-        return discriminator.to(map_location).eval(), config, None
-    if not (path / "meta.json").is_file():
-        raise CheckpointError(
-            f"{path} is not a training checkpoint (meta.json + state.safetensors); D is only saved there"
-        )
-    state, config, step = load_checkpoint(path)
-    discriminator = Discriminator(config.model)
-    load_into(discriminator, state["D"], "D", path)
-    return discriminator.to(map_location).eval(), config, step
+    raise CheckpointError(
+        f"{path} is not a training checkpoint (meta.json + state.safetensors) nor an export with {DISCRIMINATOR_FILE}; "
+        f"{network} is only saved there"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gan.choices import GATES, LOGIT_SCALES, PAIRWISE, SOFTMAX_PAIRWISE
 from gan.errors import UserError
 from gan.registry import DATASETS, METRICS
 
@@ -45,18 +46,19 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
-    attn_pairwise: str = _f(
-        "embedded_gaussian",
-        "pairwise function f of the non-local blocks",
-        ("embedded_gaussian", "dot_product", "concatenation", "gaussian"),
-    )
+    attn_pairwise: str = _f("embedded_gaussian", "pairwise function f of the non-local blocks", PAIRWISE)
     attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
     attn_v_divisor: int = _f(2, "g channels = block channels // this")
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
-    attn_gate: str = _f(
-        "gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", ("gamma", "zero_init")
-    )
+    attn_gate: str = _f("gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", GATES)
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
+    attn_logit_scale: str = _f(
+        "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
+    )
+    attn_gamma_init: float = _f(0.0, "start of the gamma gate (0: the block starts as the identity)")
+    attn_qk_spectral_norm: bool = _f(
+        True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
+    )
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
     g_shared_dim: int = _f(
         0, "BigGAN's shared class embedding width; G's BN gain/bias become linear in it (0: a gain/bias table per BN)"
@@ -292,6 +294,15 @@ def validate(cfg: Config) -> None:
                 f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
                 f"use powers of two from 4 to {m.resolution}"
             )
+    if m.attn_logit_scale != "one" and m.attn_pairwise not in SOFTMAX_PAIRWISE:
+        raise ConfigError(
+            f"config key 'model.attn_logit_scale' scales softmax logits; model.attn_pairwise={m.attn_pairwise!r} "
+            f"has none: use one, or a pairwise function among {', '.join(SOFTMAX_PAIRWISE)}"
+        )
+    if m.attn_gamma_init != 0.0 and m.attn_gate != "gamma":
+        raise ConfigError(
+            "config key 'model.attn_gamma_init' needs model.attn_gate=gamma (the other gate has no gamma)"
+        )
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:

@@ -326,7 +326,7 @@ def convert(
     config.json, model card) plus `discriminator.safetensors` when D is given; returns `out`. The card's
     source names BigGAN-PyTorch, `origin` (how those weights were trained; default: the published checkpoints)
     and each source file's SHA-256."""
-    from gan.checkpoint import export_generator
+    from gan.pretrained import export_generator  # imports the Hub client: only a conversion needs it
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

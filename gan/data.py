@@ -24,7 +24,7 @@ subsets are nested (the 1,000 are among the 5,000) and the same for every train.
 Grayscale, palette and alpha images are converted (alpha composited onto white) to RGB, or to L when
 model.image_channels == 1; RGB sources replicate gray to three channels.
 
-Random flips are not drawn from worker RNG state: `gan.sampler.ResumableSampler(mirror=True)` emits (index, flip)
+Random flips are not drawn from worker RNG state: `gan.data_order.ResumableSampler(mirror=True)` emits (index, flip)
 keys whose flip bit is a pure function of (seed, global position), and `TrainingImages` applies it. So a resumed
 run and a run with any number of workers see the same images, flips included.
 """
@@ -47,9 +47,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from gan.config import DataConfig, ModelConfig
+from gan.data_order import Key
 from gan.errors import UserError
 from gan.registry import DATASETS, resolve
-from gan.sampler import Key
 
 
 class DatasetError(UserError, ValueError):
@@ -243,7 +243,7 @@ def _fashion_mnist(cfg: DataConfig, transform: ImageTransform) -> Dataset:
                 f"Fashion-MNIST not found in '{raw}/': run `apt-get install -y dataset-fashion-mnist` "
                 f"(used automatically), put the four idx .gz files there, or set data.download=true"
             )
-        _decompress_idx(gz_dirs[0], raw, names)
+        decompress_idx(gz_dirs[0], raw, names)
     trains = {"train": [True], "test": [False], "all": [True, False]}[cfg.split]
     try:
         parts = [FashionMNIST(cfg.root, train=t, transform=transform, download=cfg.download) for t in trains]
@@ -255,7 +255,7 @@ def _fashion_mnist(cfg: DataConfig, transform: ImageTransform) -> Dataset:
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-def _decompress_idx(src: Path, raw: Path, names: list[str]) -> None:
+def decompress_idx(src: Path, raw: Path, names: list[str]) -> None:
     """Decompress `src/<name>.gz` to `raw/<name>` (the layout torchvision reads), atomically per file.
 
     Safe when several processes unpack into the same root at once (parallel runs, DDP ranks): each writes

@@ -55,8 +55,9 @@ class Models:
 
 def load_models(checkpoint: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu") -> Models:
     """G (EMA weights unless `use_ema=False`) and, from a training checkpoint or run directory, D."""
-    from gan.checkpoint import DISCRIMINATOR_FILE, load_discriminator, load_generator, resolve
+    from gan.checkpoint import DISCRIMINATOR_FILE, resolve
     from gan.hub import local_path
+    from gan.models import load_discriminator, load_generator
 
     generator, config = load_generator(checkpoint, use_ema=use_ema, map_location=device)
     path = resolve(local_path(checkpoint))
@@ -174,7 +175,7 @@ class Explorer:
         for tag, block, rec in named:
             hq, wq = rec.query_hw
             cell = (row * hq // h, col * wq // w)  # the query cell holding the pixel, as gan.viz maps it
-            gamma = float(block.gamma.detach()) if block.gate == "gamma" else None
+            gamma = block.gate_value() if block.gate == "gamma" else None
             info["blocks"].append(
                 {
                     "network": tag,

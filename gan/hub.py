@@ -5,6 +5,8 @@ A Hub repository holds exactly a generator export (gan/checkpoint.py): `generato
 Hub cache (`HF_HUB_CACHE`, `HF_HUB_OFFLINE=1` reads only the cache) and then read by the same local loader
 as any export, so every check that loader makes applies to downloads too.
 
+This module knows files (gan.checkpoint) and draws images (gan.sampling), but no network class: the card's
+parameter counts come from the caller (gan.pretrained), so the networks' mixin can use it.
 huggingface_hub is imported inside the functions: reading a local checkpoint never loads it.
 """
 
@@ -17,14 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gan.checkpoint import EXPORT_FILES
+from gan.config import Config, to_dict
 from gan.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from gan.config import Config
-
-EXPORT_FILES = ("config.json", "generator.safetensors")  # what a Hub repo must hold to be loaded
 CARD_FILES = ("README.md", "samples.png")  # the model card, written beside them on every export
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name, as the Hub spells them
 # Keys of evaluation scores in metrics.jsonl (gan.metrics): FID/KID distances and IS-style scores.
@@ -88,16 +89,6 @@ def evaluation_scores(metrics_jsonl: Path) -> list[dict[str, Any]]:
     return found
 
 
-def parameter_counts(generator: torch.nn.Module, config: Config) -> dict[str, int]:
-    """Parameters of this generator and of the discriminator its config describes."""
-    from gan.models import Discriminator
-
-    return {
-        "generator": sum(p.numel() for p in generator.parameters()),
-        "discriminator": sum(p.numel() for p in Discriminator(config.model).parameters()),
-    }
-
-
 def model_card(
     config: Config, counts: dict[str, int], scores: list[dict[str, Any]], source: dict[str, Any] | None = None
 ) -> str:
@@ -106,8 +97,6 @@ def model_card(
     `source` says where weights come from that this repository did not train (convert.py writes it into the
     export's config.json): {"summary": the title's phrase instead of "trained on <data.dataset>",
     "about": a paragraph, "files": {source file name: its SHA-256}}; the card prints it under "Source"."""
-    from gan.config import to_dict
-
     m = config.model
     kind = f"class-conditional ({m.num_classes} classes)" if m.num_classes else "unconditional"
     origin = source["summary"] if source else f"trained on {config.data.dataset}"
@@ -186,21 +175,18 @@ def write_model_card(
     path: Path,
     generator: torch.nn.Module,
     config: Config,
+    counts: dict[str, int],
     metrics_jsonl: Path | None,
     source: dict[str, Any] | None = None,
 ) -> None:
-    """README.md and samples.png (`sample.py --num 16 --seed 0`) into the export directory `path`;
-    `source` as in `model_card`."""
+    """README.md (with `counts`, the parameter table's rows) and samples.png (`sample.py --num 16 --seed 0`)
+    into the export directory `path`; `source` as in `model_card`."""
     from gan import viz
-    from gan.runtime import eval_mode
-    from gan.sampling import draw_latents, generate
+    from gan.sampling import sample_images
 
-    device = next(generator.parameters()).device
-    with eval_mode(generator):
-        z, labels = draw_latents(generator, seed=0, num=CARD_SAMPLES)
-        viz.save_image_grid(generate(generator, z, labels, device), path / "samples.png")
+    viz.save_image_grid(sample_images(generator, CARD_SAMPLES, seed=0), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
-    text = model_card(config, parameter_counts(generator, config), scores, source)
+    text = model_card(config, counts, scores, source)
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".README.md.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

@@ -50,7 +50,7 @@ def _identity(module: nn.Module) -> nn.Module:
     return module
 
 
-def _init(module: nn.Module, sn: bool) -> nn.Module:
+def init_layer(module: nn.Module, sn: bool) -> nn.Module:
     """Orthogonal weight (BigGAN's default `G_init`/`D_init='ortho'`), zero bias, then the SN wrap."""
     nn.init.orthogonal_(module.weight)
     if getattr(module, "bias", None) is not None:
@@ -61,15 +61,15 @@ def _init(module: nn.Module, sn: bool) -> nn.Module:
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, *, sn: bool) -> nn.Module:
     """A stride-1 'same' convolution (padding kernel_size // 2)."""
-    return _init(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), sn)
+    return init_layer(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), sn)
 
 
 def linear(in_features: int, out_features: int, *, sn: bool, bias: bool = True) -> nn.Module:
-    return _init(nn.Linear(in_features, out_features, bias=bias), sn)
+    return init_layer(nn.Linear(in_features, out_features, bias=bias), sn)
 
 
 def embedding(num_embeddings: int, embedding_dim: int, *, sn: bool) -> nn.Module:
-    return _init(nn.Embedding(num_embeddings, embedding_dim), sn)
+    return init_layer(nn.Embedding(num_embeddings, embedding_dim), sn)
 
 
 class ConditionalBatchNorm2d(nn.Module):

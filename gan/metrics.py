@@ -1,4 +1,5 @@
-"""FID, Inception Score and KID through torch-fidelity, behind one call with cached reference statistics.
+"""FID, Inception Score and KID through torch-fidelity, behind one call with cached reference statistics;
+and `evaluate(generator, cfg, names)`, which computes any mix of gan/registry.py's metrics.
 
 `compute_metrics(generator, cfg)` compares `num_samples` generated images with the training dataset
 (`gan.data.build_dataset(cfg.data, cfg.model)`). Both sides reach the feature network as uint8 RGB
@@ -22,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch_fidelity
@@ -30,10 +32,10 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.generative_model_base import GenerativeModelBase
 
-from gan import classifier
+from gan import classifier, registry
 from gan.config import Config
 from gan.data import build_dataset
-from gan.registry import CLASSIFIER_KEYS, MetricsError, result_key
+from gan.registry import CLASSIFIER_KEYS, MetricsError
 from gan.viz import images_to_uint8
 
 # The published weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and torch-fidelity's
@@ -51,11 +53,6 @@ REFERENCE_CACHE_VERSION = 1  # bump when the reference pipeline changes meaning,
 
 # cfg.eval.feature_extractor -> torch-fidelity extractor name (its keys are renamed by registry.CLASSIFIER_KEYS).
 _FIDELITY_NAMES = {"inception": "inception-v3-compat", "fashion_classifier": classifier.FEATURE_EXTRACTOR_NAME}
-
-
-def metric_key(metric: str, feature_extractor: str = "inception") -> str:
-    """The result key of a metric's main value: ("fid", "fashion_classifier") -> "frechet_classifier_distance"."""
-    return result_key(metric, feature_extractor)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,6 +226,37 @@ def cache_root(cfg: Config) -> Path:
 # The call
 
 
+def evaluate(
+    generator: nn.Module,
+    cfg: Config,
+    names: list[str] | None = None,
+    *,
+    num_samples: int | None = None,
+    device: Any = "cpu",
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, float]:
+    """Every named metric (default cfg.eval.metrics) of `generator`, one call per compute function, merged.
+
+    `num_samples` defaults to cfg.eval.num_samples; `seed` fixes every random draw; `options` go to the compute
+    functions (e.g. `inception_sha256=None` in tests)."""
+    names = list(names if names is not None else cfg.eval.metrics)
+    registry.check_metrics(names, cfg.data.dataset)
+    if num_samples is None:
+        num_samples = cfg.eval.num_samples
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(registry.METRICS[name].compute, []).append(name)
+    scores: dict[str, float] = {}
+    for target, group in groups.items():
+        scores.update(
+            registry.resolve(target)(
+                generator, cfg, group, num_samples=num_samples, device=device, seed=seed, **options
+            )
+        )
+    return scores
+
+
 def compute_metrics(
     generator: nn.Module,
     cfg: Config,
@@ -243,7 +271,7 @@ def compute_metrics(
     """Score `num_samples` (default cfg.eval.num_samples) generated images against the training dataset.
 
     `metrics` defaults to the torch-fidelity ones among cfg.eval.metrics (fid, isc, kid; the others are
-    gan/registry.py's: `registry.evaluate` computes any mix); `device` is where the feature network
+    gan/registry.py's: `evaluate` computes any mix); `device` is where the feature network
     runs (torch-fidelity's `.cuda()`: the current CUDA device for any "cuda[:N]"); the generator runs where
     it lives and is left in its train/eval mode afterwards. `seed` fixes z,
     labels, KID subsets and IS splits. `inception_sha256=None` skips the weights check (tests only).
@@ -316,14 +344,14 @@ def memorisation_scores(
     verbose: bool = False,
     pairs_grid: str | Path | None = None,
 ) -> dict[str, float]:
-    """The registry's `prc` and `copy`: `num_samples` generated images (gan.runtime.sample_images, fixed by `seed`)
+    """The registry's `prc` and `copy`: `num_samples` generated images (gan.sampling.sample_images, fixed by `seed`)
     in the FID feature space of cfg.eval.feature_extractor.
 
     prc: precision / recall / f_score against a fixed sample (PRC_REAL_SEED) of `num_samples` images of the full
     training set. copy: copy_fraction against every image of the training subset (data.subset), the
     train-to-train threshold cached beside the features. `pairs_grid`: also write the closest pairs there (PNG)."""
     from gan import memorisation
-    from gan.runtime import sample_images
+    from gan.sampling import sample_images
 
     if num_samples <= memorisation.PRC_NEIGHBOURS:
         raise MetricsError(

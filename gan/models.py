@@ -16,6 +16,10 @@ Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and 
 `g_attention` / `d_attention`; its name is `blocks.attn{s}`
 (the residual blocks are `blocks.block{i}`). Weights are orthogonally initialised
 (BigGAN's default) inside `gan.layers`; the non-local blocks keep their own init.
+
+The networks know nothing of files or the Hub beyond gan.pretrained's mixin (`Generator.from_pretrained`,
+`save_pretrained`, `push_to_hub`) and its `load_network`, which `load_generator` / `load_discriminator` call
+with their class.
 """
 
 from __future__ import annotations
@@ -26,11 +30,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from gan.attention import NonLocalBlock
-from gan.config import ConfigError, ModelConfig
+from gan.config import Config, ConfigError, ModelConfig
 from gan.layers import (
     ConditionalBatchNorm2d,
     DBlock,
@@ -41,6 +44,7 @@ from gan.layers import (
     embedding,
     linear,
 )
+from gan.pretrained import PretrainedMixin, load_network
 
 # G: block i maps _G_WIDTHS[i] * W -> _G_WIDTHS[i + 1] * W channels and doubles the side, from 4x4.
 _G_WIDTHS = {32: (1, 1, 1, 1), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1)}
@@ -68,6 +72,9 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
         gate=cfg.attn_gate,
         spectral_norm=sn,
         fused=cfg.attn_fused,
+        logit_scale=cfg.attn_logit_scale,
+        gamma_init=cfg.attn_gamma_init,
+        qk_spectral_norm=sn and cfg.attn_qk_spectral_norm,
     )
 
 
@@ -109,7 +116,7 @@ def _check_labels(y: Tensor | None, num_classes: int, batch: int, who: str) -> T
     """Validate labels for a conditional model; None for an unconditional one (its labels are ignored).
 
     The range check reads the values, which would stall an accelerator; it runs on CPU tensors only
-    (`sample()` always checks user-given labels on the CPU first).
+    (gan.sampling checks user-given classes on the CPU first).
     """
     if num_classes == 0:
         return None
@@ -127,34 +134,9 @@ def _check_labels(y: Tensor | None, num_classes: int, batch: int, who: str) -> T
     return y
 
 
-def truncated_normal(
-    shape: Sequence[int],
-    truncation: float | None = None,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """N(0, I) samples; with `truncation`, every entry beyond |truncation| is redrawn until none is left.
-
-    Draws on `generator`'s device when a generator is given (torch requires it), else on `device`.
-    """
-    draw_device = generator.device if generator is not None else device
-    z = torch.randn(*shape, generator=generator, device=draw_device)
-    if truncation is None:
-        return z
-    if not truncation > 0:
-        raise ValueError(f"truncation must be a positive number; got {truncation}")
-    while True:
-        outside = z.abs() > truncation
-        count = int(outside.sum())
-        if count == 0:
-            return z
-        z[outside] = torch.randn(count, generator=generator, device=draw_device)
-
-
 class Generator(
     nn.Module,
-    PyTorchModelHubMixin,
+    PretrainedMixin,
     library_name="sagan",
     tags=["gan", "sagan", "self-attention"],
     pipeline_tag="unconditional-image-generation",
@@ -162,7 +144,8 @@ class Generator(
     """z (B, z_dim) [+ labels y (B,)] -> images (B, image_channels, R, R) in [-1, 1].
 
     `from_pretrained(dir_or_repo_id)`, `save_pretrained(dir)` and `push_to_hub(repo_id)` come from
-    huggingface_hub's mixin but read and write this repository's generator export (gan/checkpoint.py).
+    gan.pretrained's mixin and read and write this repository's generator export. Latents and batched
+    generation: gan/sampling.py.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -171,6 +154,7 @@ class Generator(
         self.model_config = cfg
         self.run_config = None  # the whole Config when loaded from a checkpoint; save_pretrained writes it
         self.source = None  # an export's provenance (gan.checkpoint.export_source); save_pretrained keeps it
+        self.checkpoint_step: int | None = None  # the training step it was loaded from (None: fresh or export)
         self.z_dim = cfg.z_dim
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
@@ -226,63 +210,10 @@ class Generator(
         chunks = z[:, self.z_chunk :].split(self.z_chunk, dim=1)  # n tensors (B, z_chunk)
         return [torch.cat([embedded, chunk], dim=1) for chunk in chunks]  # (B, shared + z_chunk)
 
-    def sample(
-        self,
-        n: int,
-        labels: Tensor | Sequence[int] | int | None = None,
-        truncation: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """n images from z ~ N(0, I) (truncated at |truncation| by resampling), on the module's device.
-
-        Conditional models draw uniform random labels when `labels` is None; an int asks for n images of
-        that class. z, then the labels, come from `generator` (on its own device). Runs under the caller's
-        grad mode and train/eval mode: wrap it in `torch.no_grad()` and call `.eval()` for inference.
-        """
-        device = next(self.parameters()).device
-        z = truncated_normal((n, self.z_dim), truncation, generator=generator, device=device)
-        y = None
-        if self.num_classes > 0:
-            if labels is None:
-                y = torch.randint(self.num_classes, (n,), generator=generator, device=z.device)
-            else:
-                y = torch.full((n,), labels) if isinstance(labels, int) else torch.as_tensor(labels).cpu()
-                _check_labels(y, self.num_classes, n, "generator")
-            y = y.to(device)
-        elif labels is not None:
-            raise ValueError("this generator is unconditional (num_classes=0): sample it without labels")
-        return self(z.to(device), y)
-
-    # -- Hugging Face Hub: the mixin's entry points, in the export format ----------------------------
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write `save_directory` as a generator export (replacing it whole) with its model card."""
-        from gan.checkpoint import CheckpointError, export_generator
-        from gan.config import Config
-        from gan.hub import CARD_FILES, EXPORT_FILES
-
-        foreign = sorted(p.name for p in Path(save_directory).iterdir() if p.name not in EXPORT_FILES + CARD_FILES)
-        if foreign:
-            raise CheckpointError(
-                f"{save_directory} holds other files ({', '.join(foreign[:3])}); save into a new directory"
-            )
-        export_generator(save_directory, self, self.run_config or Config(model=self.model_config), source=self.source)
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        map_location: str | torch.device = "cpu",
-        use_ema: bool = True,
-        **hub_kwargs,
-    ) -> Generator:
-        """A local export / checkpoint / run directory, or a Hub repo's snapshot (hub_kwargs: revision,
-        cache_dir, force_download, local_files_only, token), read by `gan.checkpoint.load_generator`."""
-        from gan.checkpoint import load_generator
-        from gan.hub import local_path
-
-        return load_generator(local_path(model_id, **hub_kwargs), use_ema=use_ema, map_location=map_location)[0]
+    def card_parameter_counts(self, model_config: ModelConfig) -> dict[str, int]:
+        """The model card's parameter table: this generator's and the discriminator's its config describes."""
+        discriminator = sum(p.numel() for p in Discriminator(model_config).parameters())
+        return super().card_parameter_counts(model_config) | {"discriminator": discriminator}
 
 
 class Discriminator(nn.Module):
@@ -333,3 +264,29 @@ class Discriminator(nn.Module):
         for block in self.blocks.values():
             x = block(x)
         return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading (the files and the Hub are gan.pretrained's: these name the class and the checkpoint entry)
+
+
+def load_generator(
+    path: str | Path,
+    *,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+    say: Callable[[str], None] | None = None,
+) -> tuple[Generator, Config]:
+    """(Generator in eval mode, Config) from a training checkpoint (its EMA weights when `use_ema`), a run
+    directory, an export or a Hub id; `say` hears which checkpoint of a run directory was used and why newer
+    ones were skipped."""
+    generator, config, _ = load_network(Generator, path, "G", use_ema=use_ema, map_location=map_location, say=say)
+    return generator, config
+
+
+def load_discriminator(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[Discriminator, Config, int | None]:
+    """(Discriminator in eval mode, Config, step) from a training checkpoint, a run directory (its latest) or a
+    generator export holding `discriminator.safetensors` (convert.py writes one; step None)."""
+    return load_network(Discriminator, path, "D", map_location=map_location)

@@ -10,9 +10,11 @@ the config validates names against it without loading torch.
 - `METRICS[name]`: `compute(generator, cfg, names, *, num_samples, device, seed, **options) -> {key: value}`,
   the direction of its main value (`key`), what it needs (a generator, the reference data, a feature network)
   and the datasets it is defined on (None: any). Entries sharing a `compute` function are computed in one
-  call (FID, IS and KID share torch-fidelity's feature pass). Used by `gan.config` (`eval.metrics`,
-  `eval.best_metric`), `evaluate.py --metrics`, training-time evaluation and best-checkpoint selection,
-  and the experiment reports (`experiments/experiment.py`).
+  call (FID, IS and KID share torch-fidelity's feature pass; `gan.metrics.evaluate` makes the calls). Used
+  by `gan.config` (`eval.metrics`, `eval.best_metric`), `evaluate.py --metrics`, training-time evaluation and
+  best-checkpoint selection, and the experiment reports (`experiments/experiment.py`).
+
+This module imports no other module of gan/ but gan.errors: the config imports its names.
 """
 
 from __future__ import annotations
@@ -20,14 +22,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gan.errors import UserError
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from gan.config import Config
 
 
 class MetricsError(UserError, RuntimeError):
@@ -129,32 +126,3 @@ def check_metrics(names: list[str], dataset: str) -> None:
                 f"metric '{name}' is defined only on data.dataset {', '.join(allowed)}, not '{dataset}'; "
                 f"choose from {', '.join(n for n, m in METRICS.items() if m.datasets is None or dataset in m.datasets)}"
             )
-
-
-def evaluate(
-    generator: nn.Module,
-    cfg: Config,
-    names: list[str] | None = None,
-    *,
-    num_samples: int | None = None,
-    device: Any = "cpu",
-    seed: int = 0,
-    **options: Any,
-) -> dict[str, float]:
-    """Every named metric (default cfg.eval.metrics) of `generator`, one call per compute function, merged.
-
-    `num_samples` defaults to cfg.eval.num_samples; `seed` fixes every random draw; `options` go to the compute
-    functions (e.g. `inception_sha256=None` in tests)."""
-    names = list(names if names is not None else cfg.eval.metrics)
-    check_metrics(names, cfg.data.dataset)
-    if num_samples is None:
-        num_samples = cfg.eval.num_samples
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(METRICS[name].compute, []).append(name)
-    scores: dict[str, float] = {}
-    for target, group in groups.items():
-        scores.update(
-            resolve(target)(generator, cfg, group, num_samples=num_samples, device=device, seed=seed, **options)
-        )
-    return scores

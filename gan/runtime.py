@@ -1,4 +1,6 @@
-"""Device placement and inference mode, written once for training, sampling, evaluation and figures."""
+"""Devices, CPU threads and inference mode, written once for training, sampling, evaluation and figures.
+
+Images are drawn from a generator in gan/sampling.py."""
 
 from __future__ import annotations
 
@@ -35,20 +37,6 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-SAMPLE_CHUNK = 250  # images per generator call in `sample_images`: fixed, so the images depend only on (n, seed)
-
-
-def sample_images(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
-    """n images (on the CPU, float32) from `generator.sample`, z and labels drawn from a CPU generator seeded with
-    `seed`, in chunks of SAMPLE_CHUNK, under `eval_mode`: the same n and seed give the same images."""
-    draws = torch.Generator().manual_seed(seed)
-    with eval_mode(generator):
-        chunks = [
-            generator.sample(min(SAMPLE_CHUNK, n - i), generator=draws).float().cpu() for i in range(0, n, SAMPLE_CHUNK)
-        ]
-    return torch.cat(chunks)
 
 
 def auto_threads() -> int:

@@ -38,7 +38,7 @@ MAX_CENTRE_FOREGROUND = 0.05  # fraction of all foreground allowed in the centra
 COLOUR_TOLERANCE = 0.25  # RMS colour distance (in [0, 1] units) at which colour agreement reaches 0
 
 
-def _shape_mask(shape: int, s: int) -> np.ndarray:
+def shape_mask(shape: int, s: int) -> np.ndarray:
     """Hard (s, s) boolean mask of a shape in its bounding box; each shape is left-right symmetric."""
     c = (np.arange(s) + 0.5) / s  # pixel centres in (0, 1)
     v, u = np.meshgrid(c, c, indexing="ij")  # v: row (0 top), u: column
@@ -144,14 +144,14 @@ class CoherenceDataset(Dataset):
         # Objects: the left one at columns [x0, x0 + s); the right one the mirror image of the left one
         # (coherent) or of an independently drawn one (incoherent, drawn last so item i itself is unchanged).
         left = np.zeros((r, r), dtype=bool)
-        left[y0 : y0 + s, x0 : x0 + s] = _shape_mask(shape, s)
+        left[y0 : y0 + s, x0 : x0 + s] = shape_mask(shape, s)
         img = np.where(left[None], colour[:, None, None], img)
         if coherent:
             right, right_colour = left[:, ::-1], colour
         else:
             shape2, s2, x2, y2, right_colour = self._draw_object(rng)
             right = np.zeros((r, r), dtype=bool)
-            right[y2 : y2 + s2, x2 : x2 + s2] = _shape_mask(shape2, s2)
+            right[y2 : y2 + s2, x2 : x2 + s2] = shape_mask(shape2, s2)
             right = right[:, ::-1]
         img = np.where(right[None], right_colour[:, None, None], img)
         return torch.from_numpy((img * 2.0 - 1.0).astype(np.float32)), shape
@@ -223,22 +223,12 @@ def chance_level(resolution: int, channels: int) -> float | None:
     return CHANCE_LEVEL.get((resolution, channels))
 
 
-def coherence_report(
-    generator: torch.nn.Module, model_cfg, *, seed: int, device: torch.device | str = "cpu", n: int = 1000
-) -> str:
-    """One line: the coherence score of n samples of `generator` (called as generator(z, labels), in the mode it
-    is in; z and labels from a CPU generator seeded with `seed`) next to the real-data and chance values."""
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model_cfg.z_dim, generator=rng)
-    k = model_cfg.num_classes
-    y = torch.randint(k, (n,), generator=rng) if k else None
-    with torch.no_grad():
-        images = torch.cat(
-            [
-                generator(z[i : i + 250].to(device), None if y is None else y[i : i + 250].to(device)).float().cpu()
-                for i in range(0, n, 250)
-            ]
-        )
+def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, n: int = 1000) -> str:
+    """One line: the coherence score of `gan.sampling.sample_images(generator, n, seed)` next to the real-data
+    and chance values."""
+    from gan.sampling import sample_images
+
+    images = sample_images(generator, n, seed)
     chance = chance_level(model_cfg.resolution, model_cfg.image_channels)
     at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
     return f"coherence of {n} samples: {coherence_score(images):.3f} (real data 1.000, {at_chance}; docs/coherence.md)"
@@ -264,8 +254,8 @@ def make_independent_halves(images: Tensor, generator: torch.Generator | None = 
 def coherence_scores(generator: torch.nn.Module, cfg: Any, names: list[str], *, num_samples: int, seed: int = 0,
                      **_options: Any) -> dict[str, float]:  # fmt: skip
     """The registry's `coherence` metric (gan/registry.py): mean coherence of `num_samples` generated images
-    (`gan.runtime.sample_images`, so fixed by `seed`) and the means of its three components."""
-    from gan.runtime import sample_images
+    (`gan.sampling.sample_images`, so fixed by `seed`) and the means of its three components."""
+    from gan.sampling import sample_images
 
     parts = coherence_components(sample_images(generator, num_samples, seed))
     score = parts["valid"] * parts["shape_iou"] * parts["colour_agreement"]

@@ -28,8 +28,9 @@ from gan import registry, rundir
 from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
+from gan.data_order import build_loader
+from gan.pretrained import export_generator
 from gan.runtime import eval_mode, set_threads
-from gan.sampler import build_loader
 from gan.step import Parts, build_parts, samples_per_step, train_step
 from gan.tracking import RunLog, StopSignal, attention_stats, log_image
 
@@ -231,8 +232,10 @@ class Trainer:
         score also becomes `checkpoints/best`."""
         scores: dict[str, float] = {}
         if self.main:
+            from gan.metrics import evaluate  # torch-fidelity loads only for runs that evaluate
+
             with torch.random.fork_rng(devices=[]):
-                scores = registry.evaluate(self.sampler_model(), self.cfg, device=self.accelerator.device)
+                scores = evaluate(self.sampler_model(), self.cfg, device=self.accelerator.device)
             self.log.write(self.step, scores)
         scores = gather_object([scores])[0]  # every process needs the same verdict on "best"
         improved, key = self.is_new_best(scores)
@@ -310,7 +313,7 @@ class Trainer:
         export = None
         interrupted = self.step < total
         if self.main:
-            export = ckpt.export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
+            export = export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
             acc.print("\n".join(self.interrupted_lines(export) if interrupted else self.summary_lines(export)))
         return {
             "step": self.step,
@@ -334,13 +337,9 @@ class Trainer:
         if self.cfg.data.dataset == "builtin":
             from gan.synthetic import coherence_report
 
-            with eval_mode(self.sampler_model()) as g:
-                lines.append(
-                    "  "
-                    + coherence_report(
-                        g, self.cfg.model, seed=self.cfg.train.seed + 54321, device=self.accelerator.device
-                    )
-                )
+            lines.append(
+                "  " + coherence_report(self.sampler_model(), self.cfg.model, seed=self.cfg.train.seed + 54321)
+            )
         return lines
 
 

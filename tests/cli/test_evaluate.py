@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import evaluate
-from gan.checkpoint import export_generator
 from gan.config import Config, ModelConfig
 from gan.models import Generator
+from gan.pretrained import export_generator
 
 from shared import ROOT
 

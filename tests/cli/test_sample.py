@@ -1,6 +1,7 @@
 """End-to-end sampling: the real sample.py on checkpoints that train.py wrote for 2 steps.
 
-Expected images come from `Generator.sample` with a CPU generator seeded like the CLI, run in this process;
+Expected images come from G called on latents drawn by hand from a CPU generator seeded like the CLI (z, then
+labels; truncation by redrawing), run in this process;
 those comparisons allow 1 uint8 level (this process may run another thread count than the CLI), while CLI
 runs are compared with each other bit for bit. Successful runs and the unsafe-file cases run in a
 subprocess; the argument errors call `sample.main` in-process (same code path, no interpreter start-up),
@@ -21,9 +22,10 @@ from PIL import Image
 
 import sample as sample_cli
 import train as train_cli
-from gan.checkpoint import export_generator, latest_checkpoint, load_checkpoint, load_generator
+from gan.checkpoint import latest_checkpoint, load_checkpoint
 from gan.config import load_config
-from gan.models import Generator
+from gan.models import Generator, load_generator
+from gan.pretrained import export_generator
 from gan.viz import images_to_uint8, make_grid_array
 
 from shared import ROOT, TINY_RUN
@@ -122,9 +124,18 @@ def npz(path: Path) -> np.ndarray:
         return f["arr_0"]
 
 
-def expected(G: Generator, n: int, seed: int, **kwargs) -> np.ndarray:
+def expected(G: Generator, n: int, seed: int, truncation: float | None = None, label: int | None = None) -> np.ndarray:
+    """The images sample.py should write: z ~ N(0, I) (entries beyond |truncation| redrawn), then the labels."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, G.z_dim, generator=gen)
+    while truncation is not None and (z.abs() > truncation).any():
+        outside = z.abs() > truncation
+        z[outside] = torch.randn(int(outside.sum()), generator=gen)
+    y = None
+    if G.num_classes:
+        y = torch.full((n,), label) if label is not None else torch.randint(G.num_classes, (n,), generator=gen)
     with torch.no_grad():
-        images = G.eval().sample(n, generator=torch.Generator().manual_seed(seed), **kwargs)
+        images = G.eval()(z, y)
     return images_to_uint8(images)
 
 
@@ -143,7 +154,7 @@ def as_images(arr: np.ndarray) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_grid_out_npz_match_generator_sample_and_each_other(runs, baseline):
+def test_grid_out_npz_match_the_generator_and_each_other(runs, baseline):
     arr, out = baseline["arr"], baseline["dir"]
     assert arr.shape == (N, 32, 32, 3) and arr.dtype == np.uint8
     assert arr.min() < 50 and arr.max() > 200  # the images span the range, not a constant
@@ -196,14 +207,7 @@ def test_batch_size_changes_no_image_bit_for_bit(runs, baseline, tmp_path):
             tmp_path / "a.npz",
         )
         assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
-    G, _ = load_generator(runs["step"])
-    z = torch.randn(70, G.z_dim, generator=torch.Generator().manual_seed(SEED))  # two passes: 64 + 6 padded
-    many = sample_cli.generate(G, z, None, "cpu")
-    assert many.shape == (70, 3, 32, 32)
-    assert torch.equal(sample_cli.generate(G, z[64:], None, "cpu"), many[64:])  # 6 at the start of a pass
-    assert torch.equal(sample_cli.generate(G, z[:5], None, "cpu"), many[:5])
-    with torch.no_grad():  # and what the chunks hold is G's own output (a pass of 64 rows)
-        assert torch.equal(G.eval()(z[:64]), many[:64])
+    # (that image i is the same whatever N and its position: tests/test_sampling.py)
 
 
 @pytest.mark.slow
@@ -226,7 +230,7 @@ def test_no_ema_samples_the_raw_generator(runs, baseline, tmp_path):
 
 
 @pytest.mark.slow
-def test_truncation_follows_generator_sample_and_narrows_the_spread(runs, baseline, tmp_path):
+def test_truncation_redraws_latents_and_narrows_the_spread(runs, baseline, tmp_path):
     ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--truncation", 0.25, "--npz", tmp_path / "t.npz")
     truncated = npz(tmp_path / "t.npz")
     G, _ = load_generator(runs["step"])
@@ -280,8 +284,8 @@ def test_conditional_class_and_attention_maps(runs, tmp_path):
     )
     G, _ = load_generator(runs["cond"])
     arr = npz(tmp_path / "c.npz")
-    assert_close_u8(arr, expected(G, 5, seed=0, labels=2))
-    assert mean_abs_diff(arr, expected(G, 5, seed=0, labels=0)) > 1  # the class matters
+    assert_close_u8(arr, expected(G, 5, seed=0, label=2))
+    assert mean_abs_diff(arr, expected(G, 5, seed=0, label=0)) > 1  # the class matters
     figure = png(tmp_path / "attn.png")
     # a 14-px title and a 14-px header over 4 rows (images) of 4 panels (image + 3 queries of G's one
     # block), 128 + 2 px each, then a 28-px colour bar with its legend

@@ -12,16 +12,15 @@ import torch
 import gan.checkpoint as ckpt
 from gan.checkpoint import (
     CheckpointError,
-    export_generator,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_generator,
     save_best,
     save_checkpoint,
 )
 from gan.config import load_config
-from gan.models import Generator
+from gan.models import Generator, load_generator
+from gan.pretrained import export_generator
 
 from shared import TINY_MODEL, first_tensor_key, flip_bytes, tensor_offset
 

@@ -158,6 +158,35 @@ def test_docs_config_reference_is_exactly_the_help_config_output(capsys):
     assert "[configuration reference](configuration.md)" in (ROOT / "docs" / "README.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.attn_logit_scale=inv_sqrt_d", "model.attn_pairwise=dot_product"], "model.attn_logit_scale"),
+        (["model.attn_gamma_init=0.1", "model.attn_gate=zero_init"], "model.attn_gamma_init"),
+    ],
+)
+def test_attention_levers_that_do_not_fit_are_one_line_errors(overrides, key):
+    with pytest.raises(ConfigError, match=key) as exc:
+        load_config(None, overrides)
+    assert "\n" not in str(exc.value)
+
+
+def test_choice_lists_are_written_once():
+    """The config offers the very tuples that the implementing modules check against."""
+    import dataclasses
+
+    from gan import attention, choices, registry
+    from gan.config import DataConfig, ModelConfig
+
+    choice = {f.name: f.metadata["choices"] for cls in (ModelConfig, DataConfig) for f in dataclasses.fields(cls)}
+    assert choice["attn_pairwise"] is choices.PAIRWISE is attention.PAIRWISE
+    assert choice["attn_gate"] is choices.GATES is attention.GATES
+    assert choice["attn_logit_scale"] is choices.LOGIT_SCALES is attention.LOGIT_SCALES
+    assert choice["dataset"] == tuple(registry.DATASETS)
+    with pytest.raises(ConfigError, match="accepts " + ", ".join(registry.METRICS)):
+        load_config(None, ["eval.metrics=[nope]"])
+
+
 def test_augment_policy_names_are_gan_augments():
     from gan.augment import POLICIES
     from gan.config import AUGMENT_POLICIES

@@ -17,7 +17,7 @@ import convert as convert_cli
 import evaluate as evaluate_cli
 import sample as sample_cli
 import train as train_cli
-from gan.checkpoint import latest_checkpoint, load_checkpoint, load_generator
+from gan.checkpoint import latest_checkpoint, load_checkpoint
 from gan.config import ModelConfig, load_config
 from gan.convert_biggan import (
     ConversionError,
@@ -30,7 +30,7 @@ from gan.convert_biggan import (
 )
 from gan.data import DatasetError, build_dataset
 from gan.explorer import load_models
-from gan.models import Generator
+from gan.models import Generator, load_generator
 
 from shared import ROOT, TINY_RUN, write_folder
 

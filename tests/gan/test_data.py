@@ -30,7 +30,7 @@ from gan.data import (
     num_classes_of,
     subset_indices,
 )
-from gan.sampler import ResumableSampler, build_loader, seed_worker
+from gan.data_order import ResumableSampler, build_loader, seed_worker
 
 from shared import celeba_images as _celeba_images
 from shared import md5 as _md5
@@ -185,7 +185,7 @@ def _unpack_in_step(src: Path, raw: Path, barrier, results) -> None:
 
     data_mod.shutil.copyfileobj = copy_then_wait
     try:
-        data_mod._decompress_idx(src, raw, ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"])
+        data_mod.decompress_idx(src, raw, ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"])
         results.put("ok")
     except Exception as exc:  # reported to the parent, which asserts
         results.put(f"{type(exc).__name__}: {exc}")

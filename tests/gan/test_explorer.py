@@ -18,10 +18,11 @@ from PIL import Image  # noqa: E402
 
 import explore as explore_cli  # noqa: E402
 import sample as sample_cli  # noqa: E402
-from gan.checkpoint import export_generator, save_checkpoint  # noqa: E402
+from gan.checkpoint import save_checkpoint  # noqa: E402
 from gan.config import Config, ModelConfig  # noqa: E402
 from gan.explorer import HEADLESS_CHROMIUM_ARGS, PANEL_SIZE, Explorer, display_scale, load_models, serve_in_background  # noqa: E402
 from gan.models import Discriminator, Generator  # noqa: E402
+from gan.pretrained import export_generator  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 import evaluate as evaluate_cli
 import sample as sample_cli
 from gan import hub
-from gan.checkpoint import CheckpointError, export_generator, load_generator
+from gan.checkpoint import CheckpointError
 from gan.config import Config, ModelConfig
-from gan.models import Discriminator, Generator
+from gan.models import Discriminator, Generator, load_generator
+from gan.pretrained import export_generator
 
 REPO = "sagan-tests/tiny-generator"
 REVISION = "0123456789abcdef0123456789abcdef01234567"

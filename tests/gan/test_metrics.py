@@ -24,6 +24,7 @@ from gan.classifier import FashionClassifierExtractor
 from gan.config import Config, ModelConfig
 from gan.metrics import INCEPTION_FILENAMES, MetricsError, compute_metrics, file_sha256, resolve_inception_weights
 from gan.models import Generator
+from gan.registry import result_key
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
@@ -158,10 +159,10 @@ def test_to_uint8_inverts_the_dataset_pixel_mapping_and_replicates_gray():
 
 
 def test_metric_keys_name_classifier_scores_distinctly():
-    assert metrics.metric_key("fid") == "frechet_inception_distance"
-    assert metrics.metric_key("kid") == "kernel_inception_distance_mean"
-    assert metrics.metric_key("fid", "fashion_classifier") == "frechet_classifier_distance"
-    assert metrics.metric_key("isc", "fashion_classifier") == "classifier_score_mean"
+    assert result_key("fid") == "frechet_inception_distance"
+    assert result_key("kid") == "kernel_inception_distance_mean"
+    assert result_key("fid", "fashion_classifier") == "frechet_classifier_distance"
+    assert result_key("isc", "fashion_classifier") == "classifier_score_mean"
 
 
 def test_reference_cache_name_separates_dataset_split_resolution_and_weights(tmp_path):

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import evaluate as evaluate_cli
-from gan.checkpoint import export_generator
 from gan.config import ConfigError, load_config
 from gan.data import build_dataset
+from gan.metrics import evaluate
 from gan.models import Generator
-from gan.registry import DATASETS, METRICS, MetricsError, evaluate, higher_is_better, result_key
+from gan.pretrained import export_generator
+from gan.registry import DATASETS, METRICS, MetricsError, higher_is_better, result_key
 from gan.synthetic import CoherenceDataset
 from gan.train_loop import Trainer
 
@@ -59,7 +60,8 @@ class DatasetImages(torch.nn.Module):
         )
         self.seen = 0
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        n = z.shape[0]
         images = torch.stack([self.data[(self.seen + i) % 64][0] for i in range(n)])
         self.seen += n
         return torch.full_like(images, -1.0) if self.blank else images
@@ -67,7 +69,7 @@ class DatasetImages(torch.nn.Module):
 
 def test_coherence_metric_is_one_on_the_data_and_zero_on_blank_images():
     cfg = load_config(None, [])
-    scores = evaluate(DatasetImages(), cfg, ["coherence"], num_samples=300)  # two chunks of generator calls
+    scores = evaluate(DatasetImages(), cfg, ["coherence"], num_samples=300)  # five passes, the last padded
     assert scores == {"coherence": 1.0, "valid": 1.0, "shape_iou": 1.0, "colour_agreement": 1.0}
     assert evaluate(DatasetImages(blank=True), cfg, ["coherence"], num_samples=8)["coherence"] == 0.0
 

@@ -16,11 +16,11 @@ from gan.synthetic import (
     MAX_CENTRE_FOREGROUND,
     SHAPES,
     CoherenceDataset,
-    _shape_mask,
     coherence_components,
     coherence_per_image,
     coherence_score,
     make_independent_halves,
+    shape_mask,
 )
 
 # Chance level (mean score on independent halves) measured on 262,144 pairings, 32x32 (docs/coherence.md),
@@ -97,7 +97,7 @@ def test_design_right_object_mirrors_left_object_far_apart(resolution):
         assert round(0.22 * r) <= s <= round(0.30 * r)
         # the left object is exactly the labelled shape at its bounding box
         box = left[rows.min() : rows.min() + s, cols.min() : cols.min() + s]
-        assert torch.equal(box, torch.from_numpy(_shape_mask(label, s)))
+        assert torch.equal(box, torch.from_numpy(shape_mask(label, s)))
         # one colour for both objects; background stays below the threshold
         colours = x[:, fg].T.unique(dim=0)
         assert colours.shape[0] == 1
@@ -282,25 +282,31 @@ def test_coherence_report_scores_what_the_generator_draws():
     real = torch.stack([CoherenceDataset(400, 32, seed=5)[i][0] for i in range(400)])
     mixed = make_independent_halves(real, torch.Generator().manual_seed(0))
     cfg = ModelConfig(z_dim=4, num_classes=0)
-    calls = []
 
-    def replay(images):
-        def g(z, y):
-            calls.append((z.shape[0], y))
-            start = sum(n for n, _ in calls[:-1])
-            return images[start : start + z.shape[0]]
+    class Replay(torch.nn.Module):
+        """Returns `images` in order, whatever z is (the padding rows of the last pass run past the end)."""
 
-        return g
+        z_dim, num_classes = 4, 0
 
-    line = coherence_report(replay(real), cfg, seed=0, n=400)
+        def __init__(self, images):
+            super().__init__()
+            self.images, self.pos, self.calls = images, 0, []
+            self.anchor = torch.nn.Parameter(torch.zeros(()))  # the device generate() runs on
+
+        def forward(self, z, y):
+            self.calls.append((z.shape[0], y))
+            self.pos += z.shape[0]
+            return self.images[self.pos - z.shape[0] : self.pos]
+
+    g = Replay(real)
+    line = coherence_report(g, cfg, seed=0, n=400)
     assert line == "coherence of 400 samples: 1.000 (real data 1.000, chance 0.012; docs/coherence.md)"
-    assert [n for n, _ in calls] == [250, 150] and all(y is None for _, y in calls)
-    calls.clear()
-    score = float(coherence_report(replay(mixed), cfg, seed=0, n=400).split(": ")[1].split()[0])
+    assert [n for n, _ in g.calls] == [64] * 7 and all(y is None for _, y in g.calls)  # 400 = 6 * 64 + 16 padded
+    score = float(coherence_report(Replay(mixed), cfg, seed=0, n=400).split(": ")[1].split()[0])
     assert (
         abs(score - CHANCE_LEVEL[(32, 3)]) < 5 * 0.0022 * (512 / 400) ** 0.5
     )  # docs/coherence.md: std of a 512 estimate
     assert chance_level(128, 3) is None
     assert "chance not measured at this size" in coherence_report(
-        lambda z, y: real[: z.shape[0]], ModelConfig(resolution=128, z_dim=4), seed=0, n=4
+        Replay(real), ModelConfig(resolution=128, z_dim=4), seed=0, n=4
     )

@@ -1,4 +1,5 @@
-"""The resumable stream of sample indices that feeds the training images, and the loader around it.
+"""The data order: the resumable stream of dataset indices that feeds the training images, and the loader
+around it (drawing images from a generator is gan/sampling.py's).
 
 The data order is a pure function of (seed, samples consumed over all processes), so a resumed run, a run
 with any number of DataLoader workers and every DDP rank see exactly the images the uninterrupted run sees.
