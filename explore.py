@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

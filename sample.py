@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 from gan.config import ConfigError
 from gan.sampling import CHUNK
 
@@ -35,6 +34,7 @@ T = TypeVar("T")
 
 DEFAULT_NUM = 64  # images, without --interpolate
 DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
+DEFAULT_GRID = "samples.png"  # written in the current directory when no output option is given
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attention-maps", default=None, help="PNG of where G's non-local blocks attend (first 4 latents)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     args = p.parse_args(argv)
-    if args.out is None and args.grid is None and args.npz is None and args.attention_maps is None:
-        args.grid = "samples.png"
+    args.default_grid = args.out is None and args.grid is None and args.npz is None and args.attention_maps is None
+    if args.default_grid:  # the quick start needs no flag; main() says where the grid went
+        args.grid = DEFAULT_GRID
     if args.num is None:
         args.num = DEFAULT_ROWS if args.interpolate else DEFAULT_NUM
     return args
@@ -128,11 +129,14 @@ def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     lines = []
     if args.grid is not None:
         _writable(args.grid, lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
-        lines.append(f"grid of {len(images)} images: {args.grid}")
+        where = args.grid
+        if getattr(args, "default_grid", False):  # False when a script builds `args` itself
+            where = f"{Path(args.grid).resolve()} (no output option given, so the default --grid {DEFAULT_GRID}; --grid, --out, --npz choose others)"
+        lines.append(f"grid of {len(images)} images: {where}")
     if args.out is not None:
         for i in range(len(images)):
             path = Path(args.out) / f"{i:06d}.png"
-            _writable(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0))
+            _writable(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0, min_cell=0))
         lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
     if args.npz is not None:
         arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
@@ -144,8 +148,10 @@ def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
 def _save_npz(path: str, arr: np.ndarray) -> None:
     import numpy as np
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
+    from gan.files import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
 
 
 def write_attention_maps(
@@ -185,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

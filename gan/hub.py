@@ -11,13 +11,12 @@ huggingface_hub is imported inside the functions: reading a local checkpoint nev
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gan.errors import UserError
+from gan.files import write_text
 
 if TYPE_CHECKING:
     import torch
@@ -173,7 +172,4 @@ def write_model_card(path: Path, generator: torch.nn.Module, config: Config, met
         viz.save_image_grid(generate(generator, z, labels, device), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
     text = model_card(config, parameter_counts(generator, config), scores)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".README.md.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path / "README.md")
+    write_text(path / "README.md", text)

@@ -15,10 +15,8 @@ floor-mode pooling gives k keys, and the last query row/column has no key and sh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from gan.files import atomic_file
+
 if TYPE_CHECKING:  # only for type hints: gan.attention is imported lazily where it is used
     from gan.attention import AttentionRecord
 
@@ -34,6 +34,7 @@ ArrayLike = torch.Tensor | np.ndarray
 
 # Query-marker colours, cycled over query indices; none is red, so a marker never looks like a hot spot.
 MARKER_COLORS: tuple[tuple[int, int, int], ...] = ((0, 255, 255), (0, 255, 0), (64, 128, 255), (255, 255, 255))
+GRID_MIN_CELL = 64  # saved sample grids enlarge smaller images (nearest) to at least this many pixels
 HEADER_HEIGHT = 14  # pixels of the label row above an attention figure
 FIGURE_PADDING = 2  # pixels between attention-figure panels
 FIGURE_BACKGROUND = 255  # white behind panels and labels
@@ -86,13 +87,17 @@ def _tile(panels: np.ndarray, ncol: int, padding: int, fill: int) -> np.ndarray:
     return out
 
 
-def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2, scale: int = 1) -> np.ndarray:
     """Images (B, C, H, W) in [-1, 1] -> one (H', W', 3) uint8 grid.
 
     `nrow` is the number of images per row (torchvision's meaning); default ceil(sqrt(B)). Every image,
-    the outer border included, is separated by `padding` black pixels.
+    the outer border included, is separated by `padding` black pixels. `scale` > 1 enlarges every image by
+    nearest neighbour first (each pixel becomes a `scale` x `scale` block of itself).
     """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
     u8 = images_to_uint8(images)
+    u8 = np.repeat(np.repeat(u8, scale, axis=1), scale, axis=2)  # (B, H*s, W*s, 3)
     if u8.shape[0] == 0:
         raise ValueError("make_grid_array needs at least one image")
     if padding < 0:
@@ -104,28 +109,36 @@ def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2
 
 
 def _write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) or (H, W) uint8 array as PNG, atomically (temp file + os.replace)."""
+    """Write an (H, W, 3) or (H, W) uint8 array as PNG, atomically and with the umask's mode (gan.files)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"images are written as PNG: give a path ending in .png, got {str(path)!r}")
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 array, got {array.dtype} {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        Image.fromarray(np.ascontiguousarray(array)).save(fh, format="PNG")
     return path
 
 
-def save_image_grid(images: ArrayLike, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
-    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (see `make_grid_array`); returns the path."""
-    return _write_png(make_grid_array(images, nrow=nrow, padding=padding), path)
+def grid_scale(side: int, min_cell: int = GRID_MIN_CELL) -> int:
+    """The whole-number nearest-neighbour factor that makes an image of `side` pixels at least `min_cell` wide."""
+    return max(1, math.ceil(min_cell / side))
+
+
+def save_image_grid(
+    images: ArrayLike,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    padding: int = 2,
+    min_cell: int = GRID_MIN_CELL,
+) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (see `make_grid_array`); returns the path.
+
+    Images narrower than `min_cell` pixels are enlarged by a whole factor (nearest neighbour: exact pixel
+    replicas, nothing interpolated), so a grid of 32x32 samples can be seen without zooming; `min_cell=0`
+    keeps the images' own size (one PNG per image for a metric)."""
+    scale = grid_scale(max(images.shape[-2:]), min_cell) if min_cell > 0 else 1
+    return _write_png(make_grid_array(images, nrow=nrow, padding=padding, scale=scale), path)
 
 
 # ----------------------------------------------------------------------------------------------------------
