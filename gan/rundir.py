@@ -69,8 +69,14 @@ def lock(run_dir: Path) -> RunLock:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "holder not yet recorded"
+        holder = ""
+        for _ in range(20):  # a holder that has just locked writes its line a moment later
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
         os.close(fd)
+        holder = holder or "holder not recorded"
         raise RunDirError(
             f"{run_dir} is in use by another run ({holder}; lock file {path}); wait for it to end or stop it, "
             "or pass another --run-dir"
