@@ -20,6 +20,7 @@ import train as train_cli
 from gan import checkpoint, files, rundir
 from gan.checkpoint import list_checkpoints, load_checkpoint
 from gan.config import ConfigError, load_config
+
 from shared import TINY_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
