@@ -155,8 +155,8 @@ def test_grid_out_npz_match_generator_sample_and_each_other(runs, baseline):
     for i in range(N):
         assert np.array_equal(png(out / "out" / f"{i:06d}.png"), arr[i])
     grid = png(out / "g.png")
-    assert grid.shape == (2 + 2 * 34, 2 + 3 * 34, 3)  # ceil(sqrt(6)) = 3 per row, 2 px padding
-    assert np.array_equal(grid, make_grid_array(as_images(arr)))
+    assert grid.shape == (2 + 2 * 66, 2 + 3 * 66, 3)  # ceil(sqrt(6)) = 3 per row, 32 px shown at 64, 2 px padding
+    assert np.array_equal(grid, make_grid_array(as_images(arr), scale=2))
     for where in ("g.png", "out", "a.npz"):
         assert str(out / where) in baseline["stdout"]
 
@@ -261,8 +261,8 @@ def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
     arr = npz(tmp_path / "i.npz")
     assert_close_u8(arr, images_to_uint8(images))
     grid = png(tmp_path / "i.png")
-    assert grid.shape == (2 + 2 * 34, 2 + 5 * 34, 3)  # one row per pair, one column per step
-    assert np.array_equal(grid, make_grid_array(as_images(arr), nrow=5))
+    assert grid.shape == (2 + 2 * 66, 2 + 5 * 66, 3)  # one row per pair, one column per step
+    assert np.array_equal(grid, make_grid_array(as_images(arr), nrow=5, scale=2))
 
 
 @pytest.mark.slow
