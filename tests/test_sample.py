@@ -284,9 +284,9 @@ def test_conditional_class_and_attention_maps(runs, tmp_path):
     assert_close_u8(arr, expected(G, 5, seed=0, labels=2))
     assert mean_abs_diff(arr, expected(G, 5, seed=0, labels=0)) > 1  # the class matters
     figure = png(tmp_path / "attn.png")
-    # a 14-px title and a 14-px header over 4 rows (images) of 4 panels (image + 3 queries of G's one
-    # block), 128 + 2 px each, then a 28-px colour bar with its legend
-    assert figure.shape == (14 + 14 + 2 + 4 * 130 + 28, 2 + 4 * 130, 3)
+    # a 14-px title and three 14-px header rows (names, entropy, queries) over 4 rows (images) of 4 panels
+    # (image + 3 queries of G's one block), 128 + 2 px each, then a 28-px colour bar with its legend
+    assert figure.shape == (14 + 3 * 14 + 2 + 4 * 130 + 28, 2 + 4 * 130, 3)
     assert figure.std() > 10
     assert str(tmp_path / "attn.png") in res.stdout
 
