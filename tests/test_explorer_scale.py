@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio loads: no telemetry from tests
@@ -20,19 +19,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from gan import viz  # noqa: E402
+from gan.attention import AttentionRecord as Record  # noqa: E402
 from gan.checkpoint import export_generator  # noqa: E402
 from gan.config import Config, ModelConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 H = viz.HEADER_HEIGHT
-
-
-@dataclass
-class Record:  # the fields of gan.attention.AttentionRecord, built by hand
-    name: str
-    weights: torch.Tensor
-    query_hw: tuple[int, int]
-    key_hw: tuple[int, int]
 
 
 def _grey_images(b: int, side: int, level: float = 100 / 127.5 - 1) -> torch.Tensor:
