@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from gan.checkpoint import load_generator
         from gan.classifier import IN_DOMAIN
         from gan.config import ConfigError, from_dict, parse_overrides, to_dict
-        from gan.files import write_text
+        from gan.files import user_output, write_text
         from gan.registry import METRICS, evaluate
         from gan.runtime import resolve_device
         from gan.synthetic import coherence_levels
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
-            write_text(args.json, text + "\n")
+            user_output(args.json, lambda: write_text(args.json, text + "\n"), "the scores are printed above")
         return 0
     return 2
 

@@ -14,9 +14,13 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+from gan.errors import UserError
+
+T = TypeVar("T")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
 
@@ -31,6 +35,18 @@ def umask() -> int:
 def file_mode() -> int:
     """The permissions `open(path, "w")` gives a new file: 0666 minus the umask."""
     return 0o666 & ~umask()
+
+
+class OutputError(UserError, OSError):
+    """A file the user asked for could not be written; the message is one line naming it and why."""
+
+
+def user_output(path: str | os.PathLike, write: Callable[[], T], what_next: str = "pick another output path") -> T:
+    """Run `write()`, which writes `path`; an OSError (a full disk, no permission) becomes one line."""
+    try:
+        return write()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); {what_next}") from None
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -334,3 +334,12 @@ def test_sample_without_an_output_option_says_where_the_grid_went(tmp_path, caps
     )
     assert (tmp_path / "samples.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["run", "samples.png"]
+
+
+def test_an_output_the_user_named_that_cannot_be_written_is_one_line(tmp_path):
+    def full() -> None:
+        raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+
+    with pytest.raises(files.OutputError) as exc:
+        files.user_output(tmp_path / "scores.json", full, "the scores are printed above")
+    assert str(exc.value) == f"cannot write {tmp_path}/scores.json ({ENOSPC_TEXT}); the scores are printed above"
