@@ -152,6 +152,7 @@ def test_a_failed_load_says_what_failed_and_keeps_the_loaded_model_and_its_path(
     assert capfd.readouterr().err == "error: checkpoint /no/such/run does not exist\n"
 
 
+@pytest.mark.slow
 def test_a_bad_class_clears_the_previous_image_and_its_attention_panel(explorer, capfd):
     from gan.explorer import page_show
 
