@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 
 
 def _merge(base: dict, delta: dict) -> dict:
@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     with fail_cleanly():
         from gan.classifier import IN_DOMAIN
         from gan.config import ConfigError, from_dict, parse_overrides, to_dict
+        from gan.files import user_output, write_text
         from gan.metrics import evaluate
         from gan.models import load_generator
         from gan.registry import METRICS
         from gan.runtime import resolve_device
+        from gan.synthetic import coherence_levels
 
         device = resolve_device(args.device)
 
@@ -107,24 +109,28 @@ def main(argv: list[str] | None = None) -> int:
         scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed, pairs_grid=pairs)
         result = {
             "checkpoint": str(args.checkpoint),
-            "feature_extractor": cfg.eval.feature_extractor,
+            "feature_extractor": cfg.eval.feature_extractor if uses_features else None,  # coherence uses none
             "dataset": cfg.data.dataset,
             "split": cfg.data.split,
             "num_samples": num,
             "use_ema": not args.no_ema,
             "seed": args.seed,
             **scores,
+            **(
+                {"coherence_levels": coherence_levels(cfg.model.resolution, cfg.model.image_channels)}
+                if "coherence" in metrics
+                else {}
+            ),
             **({"pairs_grid": pairs} if pairs else {}),
             "seconds": round(time.time() - start, 2),
         }
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
+            user_output(args.json, lambda: write_text(args.json, text + "\n"), "the scores are printed above")
         return 0
     return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

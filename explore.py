@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         from gan.runtime import resolve_device
 
         models = load_models(args.checkpoint, use_ema=not args.no_ema, device=resolve_device(args.device))
-        app = build_app(Explorer(models))
-        print(f"explorer for {args.checkpoint} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-        app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+        # SIGTERM stops the server as Ctrl+C does, through the `with`, which removes the explorer's folder.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        try:
+            with Explorer(models) as explorer:
+                app = build_app(explorer)
+                print(f"explorer for {args.checkpoint} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+                app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return 0
     return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

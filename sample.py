@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 from gan.config import ConfigError
+from gan.files import user_output
 from gan.sampling import CHUNK, draw_latents, generate
 
 if TYPE_CHECKING:  # torch loads only once the arguments are known good
@@ -31,10 +30,9 @@ if TYPE_CHECKING:  # torch loads only once the arguments are known good
 
     from gan.models import Generator
 
-T = TypeVar("T")
-
 DEFAULT_NUM = 64  # images, without --interpolate
 DEFAULT_ROWS = 8  # interpolation rows, with --interpolate
+DEFAULT_GRID = "samples.png"  # written in the current directory when no output option is given
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,8 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attention-maps", default=None, help="PNG of where G's non-local blocks attend (first 4 latents)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     args = p.parse_args(argv)
-    if args.out is None and args.grid is None and args.npz is None and args.attention_maps is None:
-        args.grid = "samples.png"
+    args.default_grid = args.out is None and args.grid is None and args.npz is None and args.attention_maps is None
+    if args.default_grid:  # the quick start needs no flag; main() says where the grid went
+        args.grid = DEFAULT_GRID
     if args.num is None:
         args.num = DEFAULT_ROWS if args.interpolate else DEFAULT_NUM
     return args
@@ -95,30 +94,25 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out!r} exists and is not a directory")
 
 
-def _writable(path: str | Path, write: Callable[[], T]) -> T:
-    """Run `write()`, which writes `path`; an OSError becomes a one-line ConfigError instead of a traceback."""
-    try:
-        return write()
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); pick another output path") from None
-
-
 def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     """Write --grid, --out and --npz; returns one line per output saying where it landed."""
     from gan import viz
 
     lines = []
     if args.grid is not None:
-        _writable(args.grid, lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
-        lines.append(f"grid of {len(images)} images: {args.grid}")
+        user_output(args.grid, lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
+        where = args.grid
+        if getattr(args, "default_grid", False):  # False when a script builds `args` itself
+            where = f"{Path(args.grid).resolve()} (no output option given, so the default --grid {DEFAULT_GRID}; --grid, --out, --npz choose others)"
+        lines.append(f"grid of {len(images)} images: {where}")
     if args.out is not None:
         for i in range(len(images)):
             path = Path(args.out) / f"{i:06d}.png"
-            _writable(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0))
+            user_output(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0, min_cell=0))
         lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
     if args.npz is not None:
         arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
-        _writable(args.npz, lambda: _save_npz(args.npz, arr))
+        user_output(args.npz, lambda: _save_npz(args.npz, arr))
         lines.append(f"uint8 array {tuple(arr.shape)} under 'arr_0': {args.npz}")
     return lines
 
@@ -126,8 +120,10 @@ def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
 def _save_npz(path: str, arr: np.ndarray) -> None:
     import numpy as np
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
+    from gan.files import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, arr_0=arr)  # the key BigGAN's and TF's FID scripts read
 
 
 def write_attention_maps(
@@ -139,7 +135,7 @@ def write_attention_maps(
     head = None if labels is None else labels[:4].to(device)
     step = getattr(G, "checkpoint_step", None)  # None for exports: the title then names no step
     figure = viz.attention_figures(G, None, z[:4].to(device), head, step=step)["G"]  # main() checked G has blocks
-    return f"attention maps: {_writable(path, lambda: viz.save_attention_figure(figure, path))}"
+    return f"attention maps: {user_output(path, lambda: viz.save_attention_figure(figure, path))}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

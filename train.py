@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from gan.cli import fail_cleanly
+from gan.cli import fail_cleanly, run
 from gan.config import describe, load_config
 
 
@@ -75,4 +75,4 @@ def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -12,7 +12,8 @@ A generator export is a directory with `generator.safetensors` and `config.json`
 file's SHA-256): small enough to share (gan.pretrained adds the model card and turns weights into networks). Every tensor file is read through `read_tensors`, which checks that
 hash (training resume, sampling, evaluation, `best/` copies, exports from anywhere) and refuses a mismatch in
 one line; files written before hashes were recorded load with a one-time note. Tensor files get the same
-permissions as the JSON files (0666 minus the umask), not safetensors' private 0600.
+permissions as the JSON files (0666 minus the umask), not safetensors' private 0600. A failed write (a full
+disk) leaves nothing behind and raises an OSError naming the checkpoint or export directory (gan/files.py).
 Nothing here calls `pickle` or `torch.load`: safetensors holds raw tensors and JSON holds the rest.
 This module knows files only: no network class and no Hub (gan.pretrained and gan.hub sit above it).
 """
@@ -35,6 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gan import files
 from gan.config import Config, ConfigError, from_dict, to_dict
 from gan.errors import UserError
 
@@ -110,35 +112,46 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' `save_file`, its I/O failures (reported as SafetensorError text) raised as the OSError they are."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+    os.chmod(path, files.file_mode())  # safetensors writes 0600 through a temporary file
 
 
-def _write_atomically(final: Path, files: dict[str, Any]) -> Path:
-    """Write `files` (name -> tensors dict for .safetensors, JSON-able dict for .json) as directory `final`.
+def _write_atomically(final: Path, contents: dict[str, Any], finish: Callable[[Path], None] | None = None) -> Path:
+    """Write `contents` (name -> tensors dict for .safetensors, JSON-able dict for .json) as directory `final`;
+    `finish(folder)` may add files to the folder before it is renamed into place.
 
-    Each .safetensors file's SHA-256 is recorded under "sha256" in every JSON file written after it."""
+    Each .safetensors file's SHA-256 is recorded under "sha256" in every JSON file written after it. On any
+    error the temporary folder is removed; an OSError (a full disk) then names `final`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     hashes: dict[str, str] = {}
     try:
-        for name, content in files.items():  # callers order the JSON metadata last
+        tmp.mkdir()
+        for name, content in contents.items():  # callers order the JSON metadata last
             path = tmp / name
             if name.endswith(".safetensors"):
-                save_file(content, str(path))
-                os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600 through a temporary file
+                _save_tensors(content, path)
                 hashes[name] = sha256_of(path)
             else:
                 path.write_text(json.dumps({**content, "sha256": hashes}, indent=1))
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+        if finish is not None:
+            finish(tmp)
         _fsync_dir(tmp)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise files.naming(exc, final) from exc
         raise
     trash = final.parent / f".old-{final.name}-{os.getpid()}"
     if final.exists():
@@ -168,11 +181,11 @@ def save_best(root: str | Path, source: Path) -> Path:
     """Copy the complete checkpoint `source` to `root/best` (atomically replacing the previous best);
     the source is verified against its recorded hash on the way."""
     meta = _read_json(source / "meta.json", FORMAT)
-    files: dict[str, Any] = {
+    contents: dict[str, Any] = {
         "state.safetensors": read_tensors(source / "state.safetensors", _recorded(meta, "state.safetensors")),
         "meta.json": {k: v for k, v in meta.items() if k != "sha256"},
     }
-    return _write_atomically(Path(root) / "best", files)
+    return _write_atomically(Path(root) / "best", contents)
 
 
 def write_export(
@@ -181,9 +194,11 @@ def write_export(
     config: Config,
     discriminator: torch.nn.Module | None = None,
     source: dict[str, Any] | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
     """The export's files, `generator.safetensors` (weights and buffers) and `config.json`, as directory `path`
-    (replaced whole, atomically). The model card beside them is gan.hub's (gan.pretrained.export_generator).
+    (replaced whole, atomically: `finish(folder)` adds files before the rename; gan.pretrained.export_generator
+    adds gan.hub's model card there, so an export is whole or absent).
     A `discriminator` goes beside them as `discriminator.safetensors` (hashed in config.json like G).
     `source` (weights this repository did not train, e.g. converted ones; gan.hub.model_card says its keys)
     is recorded in config.json and read back by `read_weights` (`NetworkWeights.source`)."""
@@ -192,7 +207,7 @@ def write_export(
         files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
     meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
     files["config.json"] = {**meta, "source": source} if source else meta
-    return _write_atomically(Path(path), files)
+    return _write_atomically(Path(path), files, finish=finish)
 
 
 def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

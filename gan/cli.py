@@ -1,10 +1,14 @@
-"""What the entry scripts share: user mistakes end in one line on stderr and exit status 2."""
+"""What the entry scripts share: user mistakes end in one line on stderr and exit status 2, and output piped
+into a reader that stops early (`train.py --help-config | head`) ends quietly."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from gan.errors import UserError
 
@@ -17,3 +21,18 @@ def fail_cleanly() -> Iterator[None]:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def run(main: Callable[[], int]) -> NoReturn:
+    """`sys.exit(main())` for an entry script. When stdout's reader has gone (a pipe into `head`), stop
+    quietly with the status a process killed by SIGPIPE has (141), as `cat` or `yes` would, instead of
+    a BrokenPipeError traceback (Python ignores SIGPIPE, so the write fails instead of ending the process)."""
+    try:
+        try:
+            code = main()
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit's own flush then goes nowhere
+        code = 128 + signal.SIGPIPE
+    sys.exit(code)

@@ -19,6 +19,7 @@ import yaml
 
 from gan.choices import GATES, LOGIT_SCALES, PAIRWISE, SOFTMAX_PAIRWISE
 from gan.errors import UserError
+from gan.files import write_text
 from gan.registry import DATASETS, METRICS
 
 # DiffAugment's policy names (gan/augment.py's POLICIES; kept here so the config loads without torch; a test checks).
@@ -234,6 +235,14 @@ def _apply(obj: Any, delta: dict, prefix: str = "") -> None:
             setattr(obj, name, _coerce(key, value, hints[name], fields[name].metadata.get("choices")))
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and its context in one line, e.g. "expected ',' or ']', but got ':' (while parsing a
+    flow sequence)", without the source excerpt that follows them."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{problem} ({context})" if context else problem
+
+
 def parse_overrides(words: list[str]) -> dict:
     """Turn `["train.steps=10", "model.g_attention=[16,32]"]` into a nested dict (values parsed as YAML)."""
     delta: dict = {}
@@ -241,7 +250,13 @@ def parse_overrides(words: list[str]) -> dict:
         if "=" not in word:
             raise ConfigError(f"override '{word}' is not of the form key.sub=value")
         dotted, raw = word.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override '{word}': the value is not valid YAML ({_yaml_problem(exc)}); "
+                "close every bracket, e.g. model.g_attention=[16,32], and quote text holding ':' or '['"
+            ) from None
         node = delta
         parts = dotted.split(".")
         for part in parts[:-1]:
@@ -261,7 +276,9 @@ def _read_delta(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     try:
         delta = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(delta, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
     base = delta.pop("base", None)
@@ -354,7 +371,7 @@ def from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def describe() -> str:

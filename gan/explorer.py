@@ -5,10 +5,15 @@ Pick a seed (class, truncation; a second seed and a slider interpolate z between
 shows the image `sample.py --seed S --num 1` would write for it. A click on the image picks a query pixel;
 the attention panel then shows, for every non-local block of G (on the forward pass that made the image)
 and of D (run on that image), where that pixel's query cell attends: the SAGAN figure of gan.viz with one
-query, each column headed by the block's name, resolution and gamma. The same numbers come back as JSON.
+query, each column headed by the block's name, resolution and gamma, weights shown as multiples of uniform
+on one colour scale (gan.viz). The same numbers come back as JSON.
 
-`Explorer` holds the models and does the work, in plain numpy/torch; `build_app` only wires it to Gradio,
-whose handlers turn every user mistake into one message in the page and one `error:` line in the terminal.
+`Explorer` holds the models and does the work, in plain numpy/torch, and owns a temporary folder for the
+download buttons' files, removed by `close()` (explore.py calls it when the server stops) or at exit.
+`build_app` only wires it to Gradio. The page's own handlers (`page_load`, `page_show`) never leave an
+error badge: a failed load says what failed and keeps showing the loaded model; a failed image clears the
+image and the attention panel and says why. The API functions (/load, /generate, /attend, for scripts)
+turn a user mistake into one error message. Either way the terminal gets one `error:` line.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 import socket
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +94,20 @@ class Explorer:
     def __init__(self, models: Models, out_dir: str | Path | None = None) -> None:
         self.models = models
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="sagan-explorer-"))
+        # A folder of our own making goes at close() or, at the latest, when the interpreter exits.
+        self._remove = weakref.finalize(self, shutil.rmtree, self.out_dir, True) if out_dir is None else None
         self.lock = threading.Lock()  # Gradio runs handlers in threads; the models are shared
+
+    def close(self) -> None:
+        """Remove the temporary folder of the download files (if the explorer made it)."""
+        if self._remove is not None:
+            self._remove()
+
+    def __enter__(self) -> Explorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the model -----------------------------------------------------------------------------------
 
@@ -185,6 +205,8 @@ class Explorer:
                     "gamma": gamma,
                     "query_cell": list(cell),
                     "weights": rec.weights[0, cell[0] * wq + cell[1]].tolist(),  # (Hk*Wk,) row-major keys
+                    "uniform_weight": 1.0 / (rec.key_hw[0] * rec.key_hw[1]),
+                    "entropy_of_uniform": viz.entropy_fraction(rec.weights[0]),  # over every query of the image
                 }
             )
             gate = f"gamma={gamma:+.3f}" if gamma is not None else "no gamma"
@@ -207,16 +229,24 @@ def display_scale(side: int) -> int:
     return max(1, DISPLAY_SIDE // side)
 
 
+def displayed(u8: np.ndarray) -> np.ndarray:
+    """An (R, R, 3) image as the page shows it: (R*s, R*s, 3), enlarged by `display_scale` (nearest)."""
+    s = display_scale(u8.shape[0])
+    return np.repeat(np.repeat(u8, s, axis=0), s, axis=1)
+
+
 def summary(info: dict[str, Any]) -> str:
-    """The attention numbers as a Markdown table (block, resolution, gamma, strongest key)."""
+    """The attention numbers as a Markdown table (block, resolution, gamma, entropy, strongest key)."""
     if not info["blocks"]:
         return "This model has no non-local block: there is no attention to show."
     q = info["query"]
     lines = [
-        f"Query pixel (row {q['row']}, col {q['col']}) of the {info['image_hw'][0]}x{info['image_hw'][1]} image.",
+        f"Query pixel (row {q['row']}, col {q['col']}) of the {info['image_hw'][0]}x{info['image_hw'][1]} image. "
+        "Weights as multiples of uniform (1 / keys); entropy: the block's mean over every query of the image, "
+        "as a fraction of uniform's.",
         "",
-        "| net | block | resolution | gamma | query cell | strongest key (row, col): weight |",
-        "|---|---|---|---|---|---|",
+        "| net | block | resolution | gamma | entropy of uniform | query cell | strongest key (row, col): weight |",
+        "|---|---|---|---|---|---|---|",
     ]
     for b in info["blocks"]:
         weights = np.asarray(b["weights"])
@@ -225,24 +255,56 @@ def summary(info: dict[str, Any]) -> str:
         gamma = "" if b["gamma"] is None else f"{b['gamma']:+.4f}"
         lines.append(
             f"| {b['network']} | {b['block']} | {b['resolution'][0]}x{b['resolution'][1]} | {gamma} | "
-            f"{tuple(b['query_cell'])} | {(k // kw, k % kw)}: {weights[k]:.4f} |"
+            f"{b['entropy_of_uniform']:.2f} | {tuple(b['query_cell'])} | "
+            f"{(k // kw, k % kw)}: {weights[k]:.4f} = {weights[k] / b['uniform_weight']:.2f}x uniform |"
         )
     return "\n".join(lines)
 
 
+def _complain(exc: Exception) -> str:
+    """The first line of a user mistake's message, also printed as one `error:` line in the terminal."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return message
+
+
 def _in_page(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A user mistake becomes one message in the page (gr.Error) and one `error:` line in the terminal."""
+    """For the API functions: a user mistake becomes one error message (gr.Error) and one terminal line."""
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (UserError, ValueError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            raise gr.Error(message, print_exception=False) from None
+            raise gr.Error(_complain(exc), print_exception=False) from None
 
     return wrapped
+
+
+def page_load(explorer: Explorer, checkpoint: str) -> tuple[str, str, int, int]:
+    """The Load button: (status, checkpoint box, query row, query col). A failed load raises nothing (no
+    error badges): the status says what failed and that the loaded model stays, the box shows its path."""
+    try:
+        status = explorer.load(checkpoint)
+    except (UserError, ValueError) as exc:
+        message = _complain(exc)
+        status = f"**Could not load {str(checkpoint).strip()!r}**: {message}\n\nStill loaded: {explorer.describe()}"
+        return status, explorer.models.source, gr.update(), gr.update()  # the query point stays
+    side = explorer.models.config.model.resolution
+    return status, explorer.models.source, side // 2, side // 2  # the query point moves to the new image's centre
+
+
+def page_show(explorer: Explorer, seed, label, truncation, seed_b, t, row, col) -> tuple[Any, ...]:
+    """The image and where its query point attends: (image, image file, figure, table, numbers, figure file).
+    A mistake (a bad class, seed or point) clears all of them, so nothing of the previous image stays, and
+    the table says what was wrong."""
+    try:
+        u8 = explorer.image(seed, label, truncation, seed_b, t)
+        figure, info = explorer.attention(int(row), int(col), seed, label, truncation, seed_b, t)
+    except (UserError, ValueError) as exc:
+        return None, None, None, f"**Nothing to show**: {_complain(exc)}", None, None
+    figure_file = explorer.save(figure, "attention.png") if figure is not None else None
+    return displayed(u8), explorer.save(u8, "image.png"), figure, summary(info), info, figure_file
 
 
 # Headless system Chromium for driving the page (the browser test, the docs screenshot): no GPU, no sandbox
@@ -280,9 +342,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     @_in_page
     def make_image(seed, label, truncation, seed_b, t):
         u8 = explorer.image(seed, label, truncation, seed_b, t)
-        s = display_scale(u8.shape[0])
-        big = np.repeat(np.repeat(u8, s, axis=0), s, axis=1)  # (R*s, R*s, 3), nearest
-        return big, explorer.save(u8, "image.png")
+        return displayed(u8), explorer.save(u8, "image.png")
 
     @_in_page
     def attend(seed, label, truncation, seed_b, t, row, col):
@@ -326,18 +386,24 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         numbers = gr.JSON(label="attention rows (JSON)")
 
         latent = [seed, label, truncation, seed_b, t]
-        attend_io = {"fn": attend, "inputs": [*latent, row, col], "outputs": [figure, table, numbers, figure_file]}
         # The same functions for scripts and tests (gradio_client): /load, /generate, /attend (registered
         # first, so that they get those names).
         gr.Button(visible=False).click(load, checkpoint, [status, row, col], api_name="load")
         gr.Button(visible=False).click(make_image, latent, [image, image_file], api_name="generate")
-        gr.Button(visible=False).click(**attend_io, api_name="attend")
+        gr.Button(visible=False).click(
+            attend, [*latent, row, col], [figure, table, numbers, figure_file], api_name="attend"
+        )
+        # The page itself: handlers that never raise (see page_load, page_show).
+        show = {
+            "fn": functools.partial(page_show, explorer),
+            "inputs": [*latent, row, col],
+            "outputs": [image, image_file, figure, table, numbers, figure_file],
+            "api_visibility": "private",
+        }
         for trigger in (go.click, t.release, app.load):
-            trigger(make_image, latent, [image, image_file], api_visibility="private").then(
-                **attend_io, api_visibility="private"
-            )
-        load_button.click(load, checkpoint, [status, row, col], api_visibility="private").then(
-            make_image, latent, [image, image_file], api_visibility="private"
-        ).then(**attend_io, api_visibility="private")
-        image.select(pick, None, [row, col], api_visibility="private").then(**attend_io, api_visibility="private")
+            trigger(**show)
+        load_button.click(
+            functools.partial(page_load, explorer), checkpoint, [status, checkpoint, row, col], api_visibility="private"
+        ).then(**show)
+        image.select(pick, None, [row, col], api_visibility="private").then(**show)
     return app

@@ -13,15 +13,14 @@ huggingface_hub is imported inside the functions: reading a local checkpoint nev
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gan.checkpoint import EXPORT_FILES
 from gan.config import Config, to_dict
 from gan.errors import UserError
+from gan.files import write_text
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +186,4 @@ def write_model_card(
     viz.save_image_grid(sample_images(generator, CARD_SAMPLES, seed=0), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
     text = model_card(config, counts, scores, source)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".README.md.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path / "README.md")
+    write_text(path / "README.md", text)

@@ -35,6 +35,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from gan import classifier, registry
 from gan.config import Config
 from gan.data import build_dataset
+from gan.files import write_text
 from gan.registry import CLASSIFIER_KEYS, MetricsError
 from gan.viz import images_to_uint8
 
@@ -393,7 +394,7 @@ def memorisation_scores(
             threshold = json.loads(threshold_file.read_text())["threshold"]
         else:
             threshold = memorisation.copy_threshold(train, COPY_QUANTILE)
-            threshold_file.write_text(json.dumps({"threshold": threshold}))
+            write_text(threshold_file, json.dumps({"threshold": threshold}))
         scores.update(memorisation.copy_fraction(generated, train, threshold=threshold))
         if pairs_grid is not None:
             order, nearest, _ = memorisation.closest_pairs(generated, train, k=min(PAIRS_IN_GRID, num_samples))

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,10 +61,16 @@ def export_generator(
     """A shareable generator as directory `path` (replaced whole): `generator.safetensors` and `config.json`,
     and the model card (README.md, samples.png) quoting the scores of `metrics.jsonl` beside `path`, if any.
     `discriminator` and `source` (provenance of weights not trained here) as in `gan.checkpoint.write_export`."""
-    path = write_export(path, generator, config, discriminator=discriminator, source=source)
-    counts = generator.card_parameter_counts(config.model)
-    write_model_card(path, generator, config, counts, metrics_jsonl=path.parent / "metrics.jsonl", source=source)
-    return path
+    path = Path(path)
+    card = functools.partial(
+        write_model_card,
+        generator=generator,
+        config=config,
+        counts=generator.card_parameter_counts(config.model),
+        metrics_jsonl=path.parent / "metrics.jsonl",
+        source=source,
+    )  # written into the temporary folder: the export appears whole, card included, or not at all
+    return write_export(path, generator, config, discriminator=discriminator, source=source, finish=card)
 
 
 class PretrainedMixin(PyTorchModelHubMixin):

@@ -1,5 +1,9 @@
 """Guarding a run directory: one run's history per directory, nothing ever deleted that a user could want.
 
+- One run at a time: `lock` takes an exclusive `flock` on `<parent>/.<run-dir name>.lock` (beside the
+  directory, so `--overwrite` can move the directory aside under it) and writes the holder's pid, host and
+  start time into it. The OS drops the lock when the process ends, however it ends (kill -9 included), so
+  a lock is never stale; a second run, fresh or `--resume`, refuses in one line naming the holder.
 - A fresh run refuses a directory that already holds a run (checkpoints or metrics.jsonl), unless
   `overwrite`, which moves the old run aside to `<run-dir>.old-<UTC time>` (never deletes it).
 - A resume from step k moves what the old run wrote after step k (metrics.jsonl lines, checkpoints, sample
@@ -13,14 +17,17 @@ Only the main process calls these; each returns the lines to print.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
 from gan.errors import UserError
+from gan.files import write_text
 
 _TEMP = re.compile(r"^\.(?:tmp|old)-.+-(\d+)$")  # what gan.checkpoint._write_atomically leaves on a crash
 _STEP_FILE = re.compile(r"^step_(\d{8,})(?:_[A-Za-z]+)?(?:\.png)?$")  # checkpoints, sample grids, attention maps
@@ -28,6 +35,70 @@ _STEP_FILE = re.compile(r"^step_(\d{8,})(?:_[A-Za-z]+)?(?:\.png)?$")  # checkpoi
 
 class RunDirError(UserError, ValueError):
     """The run directory holds another run; the message is one line that says what to do."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held until `release()` or the end of the process."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path = fd, path
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_path(run_dir: Path) -> Path:
+    """The lock file of `run_dir`: a hidden file beside it (it survives `--overwrite` moving the directory)."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def lock(run_dir: Path) -> RunLock:
+    """Take the run directory's lock, or refuse in one line (RunDirError) naming the process that holds it."""
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        for _ in range(20):  # a holder that has just locked writes its line a moment later
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        os.close(fd)
+        holder = holder or "holder not recorded"
+        raise RunDirError(
+            f"{run_dir} is in use by another run ({holder}; lock file {path}); wait for it to end or stop it, "
+            "or pass another --run-dir"
+        ) from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+    return RunLock(fd, path)
+
+
+def disk_full_message(exc: OSError, run_dir: Path, resume_command: str) -> str:
+    """The one line for a write that failed on a full disk: what, where the last complete checkpoint is, and
+    how to go on once space is freed (the writers leave no partial files, see gan/files.py)."""
+    from gan.checkpoint import newest_usable
+
+    what = exc.filename or "an output file"
+    newest, _ = newest_usable(Path(run_dir) / "checkpoints")
+    if newest is None:
+        after = f"no checkpoint is complete yet: free space, then start again (add --overwrite to move {run_dir} aside)"
+    else:
+        after = f"the last complete checkpoint is {newest}; free space, then resume with: {resume_command}"
+    return f"disk full: could not write {what} ({exc.strerror or exc}; nothing partial left); {after}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -117,10 +188,8 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
             (later if s is not None and s > step else keep).append(line)
         if later:
             aside.mkdir(parents=True, exist_ok=True)
-            (aside / "metrics.jsonl").write_text("".join(later))
-            tmp = metrics.with_name(f".metrics.jsonl.{os.getpid()}")
-            tmp.write_text("".join(keep))
-            os.replace(tmp, metrics)
+            write_text(aside / "metrics.jsonl", "".join(later))
+            write_text(metrics, "".join(keep))
             moved["metric lines"] = len(later)
 
     for sub, what in (("checkpoints", "checkpoints"), ("samples", "sample grids"), ("attention", "attention maps")):

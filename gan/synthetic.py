@@ -218,6 +218,14 @@ def coherence_score(images: Tensor) -> float:
 CHANCE_LEVEL = {(32, 3): 0.0117, (32, 1): 0.0724, (64, 3): 0.0108, (64, 1): 0.0671}
 
 
+REAL_DATA_LEVEL = 1.0  # the coherence of the built-in dataset's own images: every object mirrored exactly
+
+
+def coherence_levels(resolution: int, channels: int) -> dict[str, float | None]:
+    """What a coherence score is read against: real data and the measured chance level (None: not measured)."""
+    return {"real_data": REAL_DATA_LEVEL, "chance": chance_level(resolution, channels)}
+
+
 def chance_level(resolution: int, channels: int) -> float | None:
     """The measured chance-level score for images of this size (None where docs/coherence.md has no value)."""
     return CHANCE_LEVEL.get((resolution, channels))
@@ -231,7 +239,7 @@ def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, n: int
     images = sample_images(generator, n, seed)
     chance = chance_level(model_cfg.resolution, model_cfg.image_channels)
     at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
-    return f"coherence of {n} samples: {coherence_score(images):.3f} (real data 1.000, {at_chance}; docs/coherence.md)"
+    return f"coherence of {n} samples: {coherence_score(images):.3f} (real data {REAL_DATA_LEVEL:.3f}, {at_chance}; docs/coherence.md)"
 
 
 def make_independent_halves(images: Tensor, generator: torch.Generator | None = None) -> Tensor:

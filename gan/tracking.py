@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.files import append_line
 from gan.runtime import eval_mode
 
 
@@ -52,8 +53,7 @@ class RunLog:
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            with open(self.path, "a") as fh:
-                fh.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            append_line(self.path, json.dumps({"step": step, "time": time.time(), **values}))
         self.accelerator.log(values, step=step)
 
 

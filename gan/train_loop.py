@@ -29,10 +29,17 @@ from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
 from gan.data_order import build_loader
+from gan.errors import UserError
+from gan.files import disk_full
 from gan.pretrained import export_generator
 from gan.runtime import eval_mode, set_threads
 from gan.step import Parts, build_parts, samples_per_step, train_step
 from gan.tracking import RunLog, StopSignal, attention_stats, log_image
+
+
+class DiskFullError(UserError):
+    """A write failed on a full disk; nothing partial was left and the message says how to go on."""
+
 
 # ----------------------------------------------------------------------------------------------
 # State for checkpoints
@@ -147,9 +154,9 @@ def _head(n: int, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
 class Trainer:
     """One run: the step loop plus what happens between steps (logs, samples, maps, evaluation, checkpoints)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, resume_command: str | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, resume_command: str) -> None:
         self.cfg, self.run_dir, self.accelerator = cfg, run_dir, accelerator
-        self.resume_command = resume_command or f"python train.py --run-dir {run_dir} --resume latest"
+        self.resume_command = resume_command
         self.ckpt_dir = run_dir / "checkpoints"
         self.dataset = build_dataset(cfg.data, cfg.model)
         self.parts = build_parts(cfg, accelerator)
@@ -370,11 +377,14 @@ def train(
 ) -> dict[str, Any]:
     """Train per `cfg`, writing into `run_dir`; returns a summary (final step, whether interrupted, paths).
 
-    A fresh run refuses a directory that holds another run unless `overwrite` (which moves it aside); a
-    resume from step k first moves the old run's later outputs aside (gan/rundir.py). `init_from` (a generator
-    export, e.g. convert.py's, or a training checkpoint / run directory) starts a new run at step 0 from its
-    weights (`initialise`) with fresh optimisers; its model config must equal `cfg.model`."""
+    The run holds the directory's lock throughout (a second run into it refuses); a fresh run refuses a
+    directory that holds another run unless `overwrite` (which moves it aside); a resume from step k first
+    moves the old run's later outputs aside (gan/rundir.py). A write that fails on a full disk ends in one
+    line (UserError) naming the file, the last complete checkpoint and `resume_command`. `init_from` (a
+    generator export, e.g. convert.py's, or a training checkpoint / run directory) starts a new run at step 0
+    from its weights (`initialise`) with fresh optimisers; its model config must equal `cfg.model`."""
     run_dir = Path(run_dir)
+    resume_command = resume_command or f"python train.py --run-dir {run_dir} --resume latest"
     networks = None
     if init_from is not None:  # read and checked before the run directory is touched
         if resume:
@@ -391,6 +401,38 @@ def train(
     log_with = None if cfg.log.backend == "none" else cfg.log.backend
     # cpu=True without CUDA: torchrun / `accelerate launch --multi_gpu` on CPUs then forms a gloo group.
     accelerator = Accelerator(log_with=log_with, project_dir=str(run_dir), cpu=not torch.cuda.is_available())
+    held, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            held = rundir.lock(run_dir)
+        except rundir.RunDirError as exc:
+            refusal = str(exc)
+    refusal = gather_object([refusal])[0]  # the main process's verdict: every process stops, or none
+    if refusal is not None:
+        raise rundir.RunDirError(refusal)
+    try:
+        init = (networks, init_where) if networks is not None else None
+        return _train_locked(cfg, run_dir, accelerator, resume, overwrite, resume_command, log_with, init)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise DiskFullError(rundir.disk_full_message(exc, run_dir, resume_command)) from None
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _train_locked(
+    cfg: Config,
+    run_dir: Path,
+    accelerator: Accelerator,
+    resume: str | None,
+    overwrite: bool,
+    resume_command: str,
+    log_with: str | None,
+    init: tuple[dict, Path] | None = None,
+) -> dict[str, Any]:
+    """`train`'s body, under the run directory's lock; `init`: (weights, where read) of `--init-from`."""
     where, notes = resume_point(resume, run_dir / "checkpoints") if resume else (None, [])
     if where is None and not overwrite:
         rundir.refuse_if_taken(run_dir)  # every process: all of them stop, not only the main one
@@ -408,8 +450,8 @@ def train(
     trainer = Trainer(cfg, run_dir, accelerator, resume_command)
     if where is not None:
         trainer.resume(where)
-    elif networks is not None:
-        initialise(trainer.parts, networks, init_where, accelerator.print)
+    elif init is not None:
+        initialise(trainer.parts, *init, accelerator.print)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

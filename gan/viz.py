@@ -7,7 +7,11 @@ Pixel mapping, used for every image: uint8 = clamp(rint((x + 1) * 127.5), 0, 255
 (rint rounds halves to even; NaN becomes 0, +inf 255). Grayscale (C=1) is repeated to RGB.
 
 Attention maps follow the SAGAN paper's figure: for a query point in an image, colour each pixel by the
-attention weight its query cell gives to the key cell covering that pixel. A key cell covers exactly the
+attention weight its query cell gives to the key cell covering that pixel. Weights are shown as multiples of
+uniform (weight x number of keys: 1 means uniform attention) on one log colour scale shared by every panel
+of a figure, uniform in its middle, so a nearly uniform map reads as a flat mid colour, not as a bright
+wash; the figure's colour bar gives the scale, and each block's header its mean attention entropy as a
+fraction of uniform's (log of the number of keys). A key cell covers exactly the
 pixels of the query cells it was pooled from (query cell q -> key cell q // 2 under 2x2 subsampling). For an
 odd query side 2k+1, ceil-mode pooling (gan.attention) gives k+1 keys, the last covering one query row;
 floor-mode pooling gives k keys, and the last query row/column has no key and shows 0.
@@ -15,10 +19,8 @@ floor-mode pooling gives k keys, and the last query row/column has no key and sh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from gan.files import atomic_file
+
 if TYPE_CHECKING:  # only for type hints: gan.attention is imported lazily where it is used
     from gan.attention import AttentionRecord
 
@@ -34,7 +38,10 @@ ArrayLike = torch.Tensor | np.ndarray
 
 # Query-marker colours, cycled over query indices; none is red, so a marker never looks like a hot spot.
 MARKER_COLORS: tuple[tuple[int, int, int], ...] = ((0, 255, 255), (0, 255, 0), (64, 128, 255), (255, 255, 255))
-HEADER_HEIGHT = 14  # pixels of the label row above an attention figure
+GRID_MIN_CELL = 64  # saved sample grids enlarge smaller images (nearest) to at least this many pixels
+HEADER_HEIGHT = 14  # pixels of each label row above an attention figure (names, entropy, queries)
+SWATCH_WIDTH = HEADER_HEIGHT  # a query label's colour disc and the gap after it
+SCALE_MIN_TOP = 2.0  # a figure's colour scale spans at least 1/2x ... 2x uniform
 FIGURE_PADDING = 2  # pixels between attention-figure panels
 FIGURE_BACKGROUND = 255  # white behind panels and labels
 
@@ -86,13 +93,17 @@ def _tile(panels: np.ndarray, ncol: int, padding: int, fill: int) -> np.ndarray:
     return out
 
 
-def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2, scale: int = 1) -> np.ndarray:
     """Images (B, C, H, W) in [-1, 1] -> one (H', W', 3) uint8 grid.
 
     `nrow` is the number of images per row (torchvision's meaning); default ceil(sqrt(B)). Every image,
-    the outer border included, is separated by `padding` black pixels.
+    the outer border included, is separated by `padding` black pixels. `scale` > 1 enlarges every image by
+    nearest neighbour first (each pixel becomes a `scale` x `scale` block of itself).
     """
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
     u8 = images_to_uint8(images)
+    u8 = np.repeat(np.repeat(u8, scale, axis=1), scale, axis=2)  # (B, H*s, W*s, 3)
     if u8.shape[0] == 0:
         raise ValueError("make_grid_array needs at least one image")
     if padding < 0:
@@ -104,28 +115,36 @@ def make_grid_array(images: ArrayLike, nrow: int | None = None, padding: int = 2
 
 
 def _write_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) or (H, W) uint8 array as PNG, atomically (temp file + os.replace)."""
+    """Write an (H, W, 3) or (H, W) uint8 array as PNG, atomically and with the umask's mode (gan.files)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"images are written as PNG: give a path ending in .png, got {str(path)!r}")
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 array, got {array.dtype} {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        Image.fromarray(np.ascontiguousarray(array)).save(fh, format="PNG")
     return path
 
 
-def save_image_grid(images: ArrayLike, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
-    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (see `make_grid_array`); returns the path."""
-    return _write_png(make_grid_array(images, nrow=nrow, padding=padding), path)
+def grid_scale(side: int, min_cell: int = GRID_MIN_CELL) -> int:
+    """The whole-number nearest-neighbour factor that makes an image of `side` pixels at least `min_cell` wide."""
+    return max(1, math.ceil(min_cell / side))
+
+
+def save_image_grid(
+    images: ArrayLike,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    padding: int = 2,
+    min_cell: int = GRID_MIN_CELL,
+) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (see `make_grid_array`); returns the path.
+
+    Images narrower than `min_cell` pixels are enlarged by a whole factor (nearest neighbour: exact pixel
+    replicas, nothing interpolated), so a grid of 32x32 samples can be seen without zooming; `min_cell=0`
+    keeps the images' own size (one PNG per image for a metric)."""
+    scale = grid_scale(max(images.shape[-2:]), min_cell) if min_cell > 0 else 1
+    return _write_png(make_grid_array(images, nrow=nrow, padding=padding, scale=scale), path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,25 +239,47 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(v, _INFERNO[:, 0], _INFERNO[:, c]) for c in (1, 2, 3)], axis=-1)
 
 
+def scale_top(largest_multiple: float) -> float:
+    """The top of a figure's colour scale, in multiples of uniform: its largest weight, at least
+    `SCALE_MIN_TOP` (so that uniform sits in the middle of a scale that spans something)."""
+    return max(SCALE_MIN_TOP, float(largest_multiple))
+
+
+def scale_position(multiples: np.ndarray, top: float) -> np.ndarray:
+    """Multiples of uniform -> colour positions in [0, 1] on the log scale of `top` (> 1): 1/top and below -> 0,
+    uniform (1) -> 0.5, top -> 1; 0 (no key) -> 0."""
+    with np.errstate(divide="ignore"):
+        position = 0.5 + 0.5 * np.log(np.asarray(multiples, dtype=np.float64)) / math.log(top)
+    return np.clip(position, 0.0, 1.0)  # log 0 = -inf -> 0
+
+
+def entropy_fraction(weights: ArrayLike) -> float:
+    """Mean entropy of the attention rows of `weights` (..., N) divided by uniform's, log N (1: uniform)."""
+    w = _to_numpy(weights)
+    n = w.shape[-1]
+    if n < 2:
+        return 1.0  # one key: every row is uniform
+    row_entropy = -(w * np.log(np.where(w > 0, w, 1.0))).sum(-1)  # 0 log 0 = 0
+    return float(row_entropy.mean() / math.log(n))
+
+
 def overlay(
     image_uint8: np.ndarray,
-    heatmap: np.ndarray,
+    positions: np.ndarray,
     alpha: float = 0.5,
     point: tuple[float, float] | None = None,
     color: tuple[int, int, int] = MARKER_COLORS[0],
 ) -> np.ndarray:
-    """Blend `colormap(heatmap / max)` over the image's grey level; mark `point` (row, col) with a ring.
+    """Blend `colormap(positions)` (colour positions in [0, 1], see `scale_position`) over the image's grey
+    level; mark `point` (row, col) with a ring.
 
     The image (H, W, 3) uint8 is reduced to luminance (ITU-R 601, as PIL's "L") so that every colour in the
-    result is the heatmap's. The heatmap is scaled by its own maximum: colours show where one query
-    attends, not how peaked its attention is.
+    result is the colour map's.
     """
-    if image_uint8.shape[:2] != heatmap.shape or image_uint8.ndim != 3:
-        raise ValueError(f"image {image_uint8.shape} and heatmap {heatmap.shape} must be (H, W, 3) and (H, W)")
-    peak = float(heatmap.max()) if heatmap.size else 0.0
-    scaled = heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+    if image_uint8.shape[:2] != positions.shape or image_uint8.ndim != 3:
+        raise ValueError(f"image {image_uint8.shape} and heatmap {positions.shape} must be (H, W, 3) and (H, W)")
     grey = image_uint8.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
-    blended = (1.0 - alpha) * grey[..., None] + alpha * colormap(scaled)  # (H, W, 3)
+    blended = (1.0 - alpha) * grey[..., None] + alpha * colormap(positions)  # (H, W, 3)
     out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     if point is not None:
         out = _mark(out, point, color)
@@ -256,17 +297,26 @@ def _mark(image: np.ndarray, point: tuple[float, float], color: tuple[int, int, 
     return np.asarray(pil)
 
 
-def _header(labels: Sequence[tuple[str, int, int]], width: int) -> np.ndarray:
-    """A white (HEADER_HEIGHT, width, 3) strip with each label centred over its [left, right) pixel span."""
+def _header(
+    labels: Sequence[tuple[str, int, int]], width: int, swatches: Sequence[tuple[int, int, int] | None] = ()
+) -> np.ndarray:
+    """A white (HEADER_HEIGHT, width, 3) strip with each label centred over its [left, right) pixel span;
+    `swatches[i]`, when given, is drawn as a small ring of that colour before label i (the query markers')."""
     strip = Image.new("RGB", (width, HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(strip)
     font = ImageFont.load_default_imagefont()  # bitmap font: identical pixels everywhere
-    for text, left, right in labels:
-        if draw.textlength(text, font=font) > right - left:  # keep the end of long names: "..blocks.2.attn"
-            while len(text) > 1 and draw.textlength(".." + text, font=font) > right - left:
+    for i, (text, left, right) in enumerate(labels):
+        swatch = swatches[i] if i < len(swatches) else None
+        room = right - left - (SWATCH_WIDTH if swatch else 0)
+        if draw.textlength(text, font=font) > room:  # keep the end of long names: "..blocks.2.attn"
+            while len(text) > 1 and draw.textlength(".." + text, font=font) > room:
                 text = text[1:]
             text = ".." + text
-        x = left + (right - left - draw.textlength(text, font=font)) / 2
+        x = left + (room - draw.textlength(text, font=font)) / 2
+        if swatch:
+            d = HEADER_HEIGHT - 4  # a disc like the markers: black outline, the ring's colour inside
+            draw.ellipse([x, 2, x + d, 2 + d], fill=swatch, outline=(0, 0, 0), width=1)
+            x += SWATCH_WIDTH
         draw.text((x, 1), text, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
 
@@ -278,18 +328,28 @@ def _title(text: str, width: int) -> np.ndarray:
     return np.asarray(strip)
 
 
-def _colour_bar(width: int) -> np.ndarray:
-    """A white strip with the overlay's colour scale: 0 ... a query's largest weight, with its meaning."""
+def colour_bar_labels(top: float) -> tuple[str, str, str]:
+    """The colour bar's left end, middle and right end, in multiples of uniform: 1/top, uniform, top."""
+    return f"<={1 / top:.3g}x", "1x = uniform", f"{top:.3g}x"
+
+
+def _colour_bar(width: int, top: float) -> np.ndarray:
+    """A white strip with the panels' shared colour scale (log, 1/top ... uniform ... top) and its meaning."""
     strip = Image.new("RGB", (width, 2 * HEADER_HEIGHT), (FIGURE_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(strip)
     font = ImageFont.load_default_imagefont()
-    bar_left, bar_width = FIGURE_PADDING + 10, max(16, min(256, width // 3))
+    low, middle, high = colour_bar_labels(top)
+    bar_left = FIGURE_PADDING + int(draw.textlength(low, font=font)) + 4
+    bar_width = max(16, min(256, width // 3))
     ramp = colormap(np.linspace(0.0, 1.0, bar_width))  # (bar_width, 3)
     bar = np.repeat(np.clip(np.rint(ramp), 0, 255).astype(np.uint8)[None], HEADER_HEIGHT - 4, axis=0)
     strip.paste(Image.fromarray(bar), (bar_left, 2))
-    draw.text((FIGURE_PADDING, 2), "0", fill=(0, 0, 0), font=font)
-    draw.text((bar_left + bar_width + 3, 2), "max", fill=(0, 0, 0), font=font)
-    note = "colour: attention weight of each key, relative to the query's largest (ring: the query)"
+    mid = bar_left + (bar_width - 1) // 2  # position 0.5: uniform; ticks above and below the bar
+    draw.line([(mid, 0), (mid, 1)], fill=(0, 0, 0))
+    draw.line([(mid, HEADER_HEIGHT - 2), (mid, HEADER_HEIGHT - 1)], fill=(0, 0, 0))
+    draw.text((FIGURE_PADDING, 2), low, fill=(0, 0, 0), font=font)
+    draw.text((bar_left + bar_width + 3, 2), f"{high}  (middle tick: {middle})", fill=(0, 0, 0), font=font)
+    note = "colour: each key's attention weight as a multiple of uniform (1 / keys), log scale shared by all panels"
     draw.text((FIGURE_PADDING, HEADER_HEIGHT + 1), note, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
 
@@ -304,14 +364,15 @@ def attention_figure(
     title: str | None = None,
 ) -> np.ndarray:
     """A (H', W', 3) uint8 figure: one row per image; columns = the image, then per record and query point
-    the image overlaid with where that query attends.
+    the image overlaid with where that query attends (weights x keys, on one log scale for all panels).
 
     `records` are `gan.attention.AttentionRecord`s (.name, .weights (B, Hq*Wq, Hk*Wk), .query_hw, .key_hw)
     for the same batch as `images` (B, C, R, R) in [-1, 1]. Query points are picked per image in pixel space
     (seeded draws; `seed=None`: the same spread points for every image; `points`, a (k, 2) array of pixel
     (row, col): those k points for every image, `queries` ignored) and mapped to each block's query cell; overlay markers sit at that cell's centre. Panels are upscaled (nearest) to about `panel_size`
-    pixels. The header labels each group of columns with its block name; with `title`, a title strip goes
-    above it and a colour bar below the panels. Same inputs -> same bytes.
+    pixels. Three header rows: each block's name, its mean entropy over every query row of the batch as a
+    fraction of uniform's, and per column the query ("query 1" with its ring's colour). A colour bar with
+    the shared scale goes below the panels; with `title`, a title strip goes above. Same inputs -> same bytes.
     """
     u8 = images_to_uint8(images)  # (B, R, R, 3)
     b, h, w, _ = u8.shape
@@ -336,31 +397,44 @@ def attention_figure(
             raise ValueError(f"query points must be (row, col) pixels inside the {h}x{w} image; got {points.tolist()}")
     weights = [torch.as_tensor(rec.weights).detach().to("cpu", torch.float32) for rec in records]
 
-    panels = []
+    marked_images, heats = [], []  # per image: its marked panel; per (image, record, query): heat, centre, query
     for i in range(b):
         picked = points if points is not None else query_points(h, w, queries, generator)  # (queries, 2) pixels
         marked = big[i]
         for j, (pr, pc) in enumerate(picked):
             marked = _mark(marked, ((pr + 0.5) * scale - 0.5, (pc + 0.5) * scale - 0.5), _marker_color(j))
-        panels.append(marked)
+        marked_images.append(marked)
         for rec, wts in zip(records, weights):
             hq, wq = rec.query_hw
+            keys = rec.key_hw[0] * rec.key_hw[1]
             for j, (pr, pc) in enumerate(picked):
                 qr, qc = pr * hq // h, pc * wq // w  # the query cell holding this pixel
-                heat = attention_heatmap(wts[i, qr * wq + qc], rec.key_hw, (ph, pw), rec.query_hw)
-                center = (_cell_center(qr, hq, ph), _cell_center(qc, wq, pw))
-                panels.append(overlay(big[i], heat, point=center, color=_marker_color(j)))
+                row = wts[i, qr * wq + qc]
+                heat = attention_heatmap(row, rec.key_hw, (ph, pw), rec.query_hw) * keys  # multiples of uniform
+                heats.append((heat, (_cell_center(qr, hq, ph), _cell_center(qc, wq, pw)), j))
+    top = scale_top(max(float(heat.max()) for heat, _, _ in heats))  # one scale for every panel
+    per_image = len(records) * queries
+    panels = []
+    for i in range(b):
+        panels.append(marked_images[i])
+        for heat, center, j in heats[i * per_image : (i + 1) * per_image]:
+            panels.append(overlay(big[i], scale_position(heat, top), point=center, color=_marker_color(j)))
 
-    ncol = 1 + len(records) * queries
-    grid = _tile(np.stack(panels), ncol, FIGURE_PADDING, fill=FIGURE_BACKGROUND)
+    grid = _tile(np.stack(panels), 1 + per_image, FIGURE_PADDING, fill=FIGURE_BACKGROUND)
     step = pw + FIGURE_PADDING
-    labels = [("image", FIGURE_PADDING, FIGURE_PADDING + pw)]
+    names, entropies, query_labels = [("image", FIGURE_PADDING, FIGURE_PADDING + pw)], [], []
     for k, rec in enumerate(records):
         left = FIGURE_PADDING + (1 + k * queries) * step
-        labels.append((rec.name, left, left + queries * step - FIGURE_PADDING))
-    figure = [_header(labels, grid.shape[1]), grid]
+        span = (left, left + queries * step - FIGURE_PADDING)
+        names.append((rec.name, *span))
+        entropies.append((f"entropy {entropy_fraction(rec.weights):.2f} of uniform", *span))
+        query_labels += [(f"query {j + 1}", left + j * step, left + j * step + pw) for j in range(queries)]
+    swatches = [_marker_color(j) for j in range(queries)] * len(records)
+    width = grid.shape[1]
+    figure = [_header(names, width), _header(entropies, width), _header(query_labels, width, swatches), grid]
+    figure.append(_colour_bar(width, top))
     if title is not None:
-        figure = [_title(title, grid.shape[1]), *figure, _colour_bar(grid.shape[1])]
+        figure.insert(0, _title(title, width))
     return np.concatenate(figure, axis=0)
 
 

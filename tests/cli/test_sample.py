@@ -165,8 +165,8 @@ def test_grid_out_npz_match_the_generator_and_each_other(runs, baseline):
     for i in range(N):
         assert np.array_equal(png(out / "out" / f"{i:06d}.png"), arr[i])
     grid = png(out / "g.png")
-    assert grid.shape == (2 + 2 * 34, 2 + 3 * 34, 3)  # ceil(sqrt(6)) = 3 per row, 2 px padding
-    assert np.array_equal(grid, make_grid_array(as_images(arr)))
+    assert grid.shape == (2 + 2 * 66, 2 + 3 * 66, 3)  # ceil(sqrt(6)) = 3 per row, 32 px shown at 64, 2 px padding
+    assert np.array_equal(grid, make_grid_array(as_images(arr), scale=2))
     for where in ("g.png", "out", "a.npz"):
         assert str(out / where) in baseline["stdout"]
 
@@ -264,8 +264,8 @@ def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
     arr = npz(tmp_path / "i.npz")
     assert_close_u8(arr, images_to_uint8(images))
     grid = png(tmp_path / "i.png")
-    assert grid.shape == (2 + 2 * 34, 2 + 5 * 34, 3)  # one row per pair, one column per step
-    assert np.array_equal(grid, make_grid_array(as_images(arr), nrow=5))
+    assert grid.shape == (2 + 2 * 66, 2 + 5 * 66, 3)  # one row per pair, one column per step
+    assert np.array_equal(grid, make_grid_array(as_images(arr), nrow=5, scale=2))
 
 
 @pytest.mark.slow
@@ -287,9 +287,9 @@ def test_conditional_class_and_attention_maps(runs, tmp_path):
     assert_close_u8(arr, expected(G, 5, seed=0, label=2))
     assert mean_abs_diff(arr, expected(G, 5, seed=0, label=0)) > 1  # the class matters
     figure = png(tmp_path / "attn.png")
-    # a 14-px title and a 14-px header over 4 rows (images) of 4 panels (image + 3 queries of G's one
-    # block), 128 + 2 px each, then a 28-px colour bar with its legend
-    assert figure.shape == (14 + 14 + 2 + 4 * 130 + 28, 2 + 4 * 130, 3)
+    # a 14-px title and three 14-px header rows (names, entropy, queries) over 4 rows (images) of 4 panels
+    # (image + 3 queries of G's one block), 128 + 2 px each, then a 28-px colour bar with its legend
+    assert figure.shape == (14 + 3 * 14 + 2 + 4 * 130 + 28, 2 + 4 * 130, 3)
     assert figure.std() > 10
     assert str(tmp_path / "attn.png") in res.stdout
 

@@ -134,13 +134,19 @@ def test_a_click_gives_the_query_row_of_every_g_and_d_block(conditional):
         want = expected[b["network"]][0, 10 * 16 + 3]  # (64,) the query row
         torch.testing.assert_close(torch.tensor(b["weights"]), want, rtol=1e-5, atol=1e-7)
         assert b["gamma"] == pytest.approx({"G": 0.8, "D": -0.6}[b["network"]])
+        assert b["uniform_weight"] == 1 / 64
+        rows = expected[b["network"]][0].double()  # (256, 64): every query of the image, entropy in float64
+        by_hand = (-(rows * rows.clamp_min(1e-300).log()).sum(-1)).mean().item() / np.log(64)
+        assert b["entropy_of_uniform"] == pytest.approx(by_hand, abs=1e-5)
+    g, d = info["blocks"]
     assert (
-        "| G | blocks.attn16 | 16x16 | +0.8000 | (10, 3) |" in table
+        f"| G | blocks.attn16 | 16x16 | +0.8000 | {g['entropy_of_uniform']:.2f} | (10, 3) |" in table
         and "| D | blocks.attn16 | 16x16 | -0.6000 |" in table
     )
 
-    # the figure: a label row over the image and one panel per block, 256 px each; the download is the same picture
-    assert png(figure).shape == (14 + 2 + PANEL_SIZE + 2, 2 + 3 * (PANEL_SIZE + 2), 3)
+    # the figure: three label rows (names, entropy, query) over the image and one panel per block, 256 px each,
+    # then the colour bar; the download is the same picture
+    assert png(figure).shape == (3 * 14 + 2 + PANEL_SIZE + 2 + 2 * 14, 2 + 3 * (PANEL_SIZE + 2), 3)
     assert np.array_equal(png(figure), png(download))
     other = client.predict(5, "2", 0, 6, 0.0, 2, 30, api_name="/attend")[2]
     assert other["blocks"][0]["query_cell"] == [1, 15] and other["blocks"][0]["weights"] != info["blocks"][0]["weights"]

@@ -98,11 +98,12 @@ def test_pairs_grid_puts_each_sample_beside_its_neighbour(tmp_path) -> None:
     gen = torch.Generator().manual_seed(0)
     samples, neighbours = torch.rand(3, 1, 4, 4, generator=gen) * 2 - 1, torch.rand(3, 1, 4, 4, generator=gen) * 2 - 1
     path = save_pairs_grid(samples, neighbours, tmp_path / "pairs.png", pairs_per_row=1)
-    grid = np.asarray(Image.open(path))  # 3 rows of (sample, neighbour), 4x4 panels, 2 px padding
-    assert grid.shape == (3 * 6 + 2, 2 * 6 + 2, 3)
+    grid = np.asarray(Image.open(path))  # 3 rows of (sample, neighbour), 4x4 images shown at 64x64, 2 px padding
+    assert grid.shape == (3 * 66 + 2, 2 * 66 + 2, 3)
     for row in range(3):
         for col, images in enumerate((samples, neighbours)):
-            expected = np.clip(np.rint((images[row, 0].double().numpy() + 1.0) * 127.5), 0, 255)
-            panel = grid[2 + 6 * row : 6 + 6 * row, 2 + 6 * col : 6 + 6 * col]
+            pixels = np.clip(np.rint((images[row, 0].double().numpy() + 1.0) * 127.5), 0, 255)
+            expected = np.kron(pixels, np.ones((16, 16)))  # each pixel a 16x16 block of itself
+            panel = grid[2 + 66 * row : 66 + 66 * row, 2 + 66 * col : 66 + 66 * col]
             for channel in range(3):
                 np.testing.assert_array_equal(panel[..., channel], expected)

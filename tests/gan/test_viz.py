@@ -75,7 +75,7 @@ def test_grid_rejects_bad_shapes():
 
 def test_save_image_grid_png_round_trip_is_exact(tmp_path):
     images = torch.linspace(-1, 1, 2 * 3 * 6 * 6).view(2, 3, 6, 6)
-    path = viz.save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=1)
+    path = viz.save_image_grid(images, tmp_path / "sub" / "grid.png", nrow=1, min_cell=0)
     with Image.open(path) as im:
         back = np.asarray(im.convert("RGB"))
     np.testing.assert_array_equal(back, viz.make_grid_array(images, nrow=1))
@@ -165,7 +165,7 @@ def test_colormap_endpoints_and_monotone_red():
 
 def test_overlay_hot_spot_values_and_marker():
     image = np.full((32, 32, 3), 100, dtype=np.uint8)  # grey: luminance 100
-    heat = viz.attention_heatmap(_one_hot((8, 8), (2, 5)), (8, 8), (32, 32)) * 0.25  # scaled by its max
+    heat = viz.attention_heatmap(_one_hot((8, 8), (2, 5)), (8, 8), (32, 32))  # colour positions 1 and 0
     out = viz.overlay(image, heat, alpha=0.5, point=(26.0, 5.0))
     # hot: 0.5*100 + 0.5*(252, 255, 164); cold: 0.5*100 + 0.5*(0, 0, 4)
     np.testing.assert_array_equal(out[8:12, 20:24], np.broadcast_to([176, 178, 132], (4, 4, 3)))
@@ -197,11 +197,13 @@ def test_attention_figure_size_panels_and_determinism(tmp_path):
     fig = viz.attention_figure(images, records, queries=3, seed=0, panel_size=64)  # scale 4 -> 64 px panels
     panels = 1 + len(records) * 3
     assert fig.dtype == np.uint8
-    assert fig.shape == (viz.HEADER_HEIGHT + 2 + 2 * (64 + 2), 2 + panels * (64 + 2), 3)
-    assert (fig[: viz.HEADER_HEIGHT] < 128).any()  # labels are drawn
+    h = viz.HEADER_HEIGHT  # three header rows (names, entropy, queries), the panels, a two-row colour bar
+    assert fig.shape == (3 * h + 2 + 2 * (64 + 2) + 2 * h, 2 + panels * (64 + 2), 3)
+    for r in range(3):
+        assert (fig[r * h : (r + 1) * h] < 128).any()  # labels are drawn
 
     def panel(row: int, col: int) -> np.ndarray:
-        top, left = viz.HEADER_HEIGHT + 2 + row * 66, 2 + col * 66
+        top, left = 3 * h + 2 + row * 66, 2 + col * 66
         return fig[top : top + 64, left : left + 64]
 
     for row in range(2):
@@ -288,20 +290,22 @@ def test_attention_figure_title_names_the_network_and_step_and_has_a_colour_bar(
         images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 400"
     )
     h = viz.HEADER_HEIGHT
-    assert titled.shape == (plain.shape[0] + 3 * h, plain.shape[1], 3)
-    np.testing.assert_array_equal(titled[h : h + plain.shape[0]], plain)  # title above, colour bar below
+    assert titled.shape == (plain.shape[0] + h, plain.shape[1], 3)
+    np.testing.assert_array_equal(titled[h:], plain)  # the title strip goes above; the colour bar is in both
     title = titled[:h]
     assert (title[:, :20] < 128).any() and (title[:, -100:] == 255).all()  # text, left-aligned
     other = viz.attention_figure(
         images, records, queries=3, seed=0, panel_size=64, title="G (generator) on generated images, step 401"
     )
     assert other[:h].tobytes() != title.tobytes() and np.array_equal(other[h:], titled[h:])  # the step is drawn
-    bar = titled[h + plain.shape[0] :]
+    bar = titled[-2 * h :]
     row = bar[h // 2, :, :].astype(int)  # the gradient row: colormap from 0 (left) to 1 (right)
     ramp = np.where((row != 255).any(axis=1) & (np.abs(np.diff(np.vstack([row, row[-1:]]), axis=0)).sum(axis=1) < 40))[
         0
     ]
-    start = 2 + 10  # FIGURE_PADDING + room for the "0" label
+    low = viz.colour_bar_labels(viz.scale_top(16.0))[0]  # the hot block's one key of 16 takes all: 16x uniform
+    assert low == "<=0.0625x"
+    start = 2 + 6 * len(low) + 4  # FIGURE_PADDING + the left label (6 px per character) + a gap
     np.testing.assert_array_equal(row[start], np.rint(viz.colormap(np.array(0.0))).astype(int))
     width = max(16, min(256, titled.shape[1] // 3))
     np.testing.assert_array_equal(row[start + width - 1], np.rint(viz.colormap(np.array(1.0))).astype(int))
