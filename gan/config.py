@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,17 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
+    d_depth: int | None = _f(
+        None,
+        "residual blocks kept after D's first one (fewer: a local, PatchGAN-style D); null: SAGAN's D, all of them",
+    )
+    d_extra_blocks: int = _f(0, "residual blocks without downsampling added after D's last block, at its width")
+    d_extra_kernel: int = _f(3, "kernel of the extra blocks' convs (1: capacity without widening the field)", (1, 3))
+    d_output: str = _f(
+        "sum",
+        "D's logits: one per image (sum pooling) or one per position (PatchGAN, losses averaged)",
+        ("sum", "patch"),
+    )
     attn_pairwise: str = _f(
         "embedded_gaussian",
         "pairwise function f of the non-local blocks",
@@ -174,6 +186,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
     """Check `value` against the field type; return it (ints widen to floats). Raise ConfigError."""
     origin = typing.get_origin(tp)
+    nullable = origin in (typing.Union, types.UnionType)  # `X | None`: null, or an X
+    if nullable:
+        if value is None:
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -194,7 +212,7 @@ def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}{' or null' if nullable else ''}, got {value!r}")
     if tp is float:
         value = float(value)
     if choices is not None and value not in choices:
@@ -284,6 +302,10 @@ def validate(cfg: Config) -> None:
                 f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
                 f"use powers of two from 4 to {m.resolution}"
             )
+    if m.d_depth is not None and m.d_depth < 0:
+        raise ConfigError("config key 'model.d_depth' must be null (SAGAN's D) or a number of blocks, 0 or more")
+    if m.d_extra_blocks < 0:
+        raise ConfigError("config key 'model.d_extra_blocks' must be 0 (none) or a number of blocks")
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
