@@ -70,7 +70,7 @@ def judge(generator_dir: Path) -> list[dict]:
     from gan.checkpoint import load_generator
     from gan.config import load_config
     from gan.losses import d_hinge
-    from gan.models import Discriminator, per_image
+    from gan.models import Discriminator
     from gan.synthetic import CoherenceDataset, rank_auc
 
     G, _ = load_generator(generator_dir)
@@ -100,7 +100,7 @@ def judge(generator_dir: Path) -> list[dict]:
             opt.step()
         D.eval()
         with torch.no_grad():
-            sr, sf = per_image(D(real[te], ry[te])), per_image(D(fakes[te], y[te]))
+            sr, sf = D(real[te], ry[te]), D(fakes[te], y[te])  # (B,): a patch D's mean over positions
         row = {"d": name, "lr_d": lr, "loss_last": round(loss.item(), 3), "auc_real_vs_fake": round(rank_auc(sr, sf), 3),
                "gap": round((sr.mean() - sf.mean()).item(), 3), "cpu_s": round(time.process_time() - t0, 1)}  # fmt: skip
         print(json.dumps(row), flush=True)

@@ -142,7 +142,6 @@ def d_score_map(discriminator: nn.Module, x: Tensor, y: Tensor | None = None) ->
 
     D's logit is w . sum_p ReLU(h_p) + b (+ <embed(y), sum_p ReLU(h_p)> when conditional), so these terms
     plus the linear layer's bias sum to D(x, y) exactly: position p's ERF says where its share comes from.
-    (A patch D, `d_output="patch"`, outputs each term plus the bias as position p's logit.)
     """
     if discriminator.embed is not None and y is None:
         raise ValueError("this discriminator is class-conditional: pass the images' labels")

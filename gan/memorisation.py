@@ -130,13 +130,11 @@ def discriminator_gap(
 
     `train` / `heldout` are (images (N, C, R, R) in [-1, 1], labels (N,) or None). Returns the mean output on each,
     their difference `gap` (train - held-out; about 0 while D generalises, growing as it memorises), and the mean
-    sign of the output on each (`*_sign`: ADA's r_t on the training images); a patch D's positions are averaged."""
-    from gan.models import per_image  # (late: gan.models loads the Hub client)
-
+    sign of the output on each (`*_sign`: ADA's r_t on the training images)."""
     out = {}
     for name, (images, labels) in (("train", train), ("heldout", heldout)):
         scores = torch.cat([
-            per_image(discriminator(images[i : i + batch_size], None if labels is None else labels[i : i + batch_size]))
+            discriminator(images[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).flatten()
             for i in range(0, len(images), batch_size)
         ]).double()  # fmt: skip
         out[name], out[f"{name}_sign"] = scores.mean().item(), scores.sign().mean().item()

@@ -11,8 +11,8 @@ Architectures (`W` = `g_width` / `d_width`):
 
 D's receptive field is a setting (issue 25): `d_depth` keeps only the first block and that many more (a
 local, PatchGAN-style D), `d_extra_blocks` adds blocks that keep the side (1x1 convs with `d_extra_kernel=1`:
-depth without a wider field), and `d_output="patch"` gives one logit per position of the last map instead of
-one per image; `d_receptive_field` is the resulting field. The defaults are SAGAN's D.
+depth without a wider field), and `d_output="patch"` makes D decide at every position of its last map (the
+losses average those decisions); `d_receptive_field` is the resulting field. The defaults are SAGAN's D.
 
 Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and the projection
 <embed(y), h> in D. A non-local block goes after the first block whose output map has side s, for every s in
@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from gan.attention import NonLocalBlock
 from gan.config import ConfigError, ModelConfig
-from gan.erf import theoretical_rf
 from gan.layers import DBlock, DBlockOptimized, GBlock, conv2d, embedding, linear
 
 # G: block i maps _G_WIDTHS[i] * W -> _G_WIDTHS[i + 1] * W channels and doubles the side, from 4x4.
@@ -65,15 +64,12 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
     )
 
 
-def _check_attention_sides(
-    key: str, wanted: Sequence[int], sides: Sequence[int], resolution: int, where: str = ""
-) -> None:
-    """`where` says what cut the network short (e.g. "with model.d_depth=1"), if anything."""
+def _check_attention_sides(key: str, wanted: Sequence[int], sides: Sequence[int], resolution: int) -> None:
     for side in wanted:
         if side not in sides:
             valid = ", ".join(str(s) for s in sorted(set(sides)))
             raise ConfigError(
-                f"config key '{key}' has side {side}, which no block outputs at resolution {resolution}{where}; "
+                f"config key '{key}' has side {side}, which no block outputs at resolution {resolution}; "
                 f"valid sides: {valid}"
             )
 
@@ -257,25 +253,25 @@ def d_block_plan(cfg: ModelConfig) -> list[tuple[int, bool, int]]:
 def d_receptive_field(cfg: ModelConfig) -> tuple[int, int]:
     """(side, jump) in input pixels of one position of D's last feature map through its convolutions.
 
-    The theoretical field (gan.erf.theoretical_rf) of conv, conv[, avgpool2] per block; the shortcuts'
-    fields are smaller. Position (i, j) sees rows and columns jump * i + (jump - 1) / 2 +/- (side - 1) / 2.
-    A non-local block in D makes every position depend on the whole image; this is the field without it."""
-    layers: list[tuple[int, int]] = []
+    Each block is conv, conv[, avgpool2] (its shortcut's field is smaller): a k x k conv widens the field by
+    (k - 1) jumps, a 2x2 pool by one jump and doubles the jump. Position (i, j) sees rows and columns
+    jump * i + (jump - 1) / 2 +/- (side - 1) / 2. A non-local block in D makes every position depend on the
+    whole image; this is the field without it."""
+    side, jump = 1, 1
     for _, down, kernel in d_block_plan(cfg):
-        layers += [(kernel, 1), (kernel, 1), *([(2, 2)] if down else [])]
-    return theoretical_rf(layers)
-
-
-def per_image(logits: Tensor) -> Tensor:
-    """(B,): one score per image, D's logits themselves or the mean over positions of a patch D's (B, h, w)."""
-    return logits.flatten(1).mean(dim=1) if logits.dim() > 1 else logits
+        side += 2 * (kernel - 1) * jump
+        if down:
+            side, jump = side + jump, jump * 2
+    return side, jump
 
 
 class Discriminator(nn.Module):
-    """images (B, image_channels, R, R) [+ labels y (B,)] -> logits (B,), or (B, h, w) with `d_output="patch"`.
+    """images (B, image_channels, R, R) [+ labels y (B,)] -> logits (B,).
 
-    A patch logit is the image-level head applied at one position: linear(ReLU(h_p)) [+ <embed(y), ReLU(h_p)>],
-    a real/fake decision from the position's receptive field alone (`per_image` averages them)."""
+    With `d_output="patch"` D decides at every position of its last map: linear(ReLU(h_p)) [+ <embed(y),
+    ReLU(h_p)>], the image-level head applied to one position's features, a function of its receptive field
+    alone. `forward(..., per_position=True)` returns those (B, h, w) logits (what training's losses average);
+    without it, their mean over positions is the image's logit."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -291,8 +287,7 @@ class Discriminator(nn.Module):
             side = side // 2 if down else side
             sides.append(side)
         self.map_side = sides[-1]  # side of the last feature map (of the patch logits)
-        cut = "" if cfg.d_depth is None else f" with model.d_depth={cfg.d_depth}"
-        _check_attention_sides("model.d_attention", cfg.d_attention, sides, cfg.resolution, cut)
+        _check_attention_sides("model.d_attention", cfg.d_attention, sides, cfg.resolution)
 
         self.blocks = nn.ModuleDict()
         cin, attended = cfg.image_channels, set()
@@ -312,8 +307,9 @@ class Discriminator(nn.Module):
         self.linear = linear(cin, 1, sn=sn)
         self.embed = embedding(cfg.num_classes, cin, sn=sn) if cfg.num_classes > 0 else None
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """`y` (integer labels) is required when conditional and ignored when unconditional."""
+    def forward(self, x: Tensor, y: Tensor | None = None, per_position: bool = False) -> Tensor:
+        """`y` (integer labels) is required when conditional and ignored when unconditional. `per_position`:
+        a patch D's (B, h, w) logits instead of their mean per image (a sum D has one per image either way)."""
         expected = (self.image_channels, self.resolution, self.resolution)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"discriminator expects images (B, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
@@ -325,7 +321,7 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             e = self.embed(y).view(y.shape[0], *[1] * (h.dim() - 2), -1)  # (B, C) or (B, 1, 1, C)
             out = out + (e * h).sum(dim=-1)  # projection <embed(y), h>
-        return out
+        return out if per_position or out.dim() == 1 else out.flatten(1).mean(dim=1)  # (B, h, w) or (B,)
 
     def summary(self) -> str:
         """One line: blocks, last map, theoretical field, output and parameter count."""

@@ -302,9 +302,7 @@ def mismatch_auc(
     the left object's shape as the label when it is class-conditional (the label a real image carries).
     Returns `d_auc` (rank_auc of D's outputs, coherent as positives: 0.5 = D cannot see the mismatch),
     `d_paired` (fraction of the `num` pairs where the coherent image scores higher, ties one half) and the
-    mean outputs `d_coherent` / `d_incoherent`. A patch D's position logits are averaged per image (`per_image`)."""
-    from gan.models import per_image  # (late: gan.models loads the Hub client)
-
+    mean outputs `d_coherent` / `d_incoherent`."""
     data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed)
     conditional = bool(model_cfg.num_classes)
     scores: dict[str, list[Tensor]] = {"coherent": [], "incoherent": []}
@@ -314,7 +312,7 @@ def mismatch_auc(
             items = [draw(i) for i in idx]
             x = torch.stack([image for image, _ in items])
             y = torch.tensor([label for _, label in items]) if conditional else None
-            scores[kind].append(per_image(discriminator(x, y)).double())
+            scores[kind].append(discriminator(x, y).flatten().double())
     coherent, incoherent = torch.cat(scores["coherent"]), torch.cat(scores["incoherent"])
     paired = ((coherent > incoherent).double() + 0.5 * (coherent == incoherent).double()).mean().item()
     return {

@@ -189,7 +189,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
         (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
         pytest.param(
             ["model.d_depth=1", "model.d_attention=[4]"],
-            "has side 4, which no block outputs at resolution 32 with model.d_depth=1",
+            "config key 'model.d_attention' has side 4, which no block outputs at resolution 32; valid sides: 8, 16",
             marks=pytest.mark.slow,
         ),  # slow: it fails once D is built, after torch loads
         pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),

@@ -7,7 +7,7 @@ import torch
 
 from gan.checkpoint import export_generator, load_discriminator, load_generator, save_checkpoint
 from gan.config import ConfigError, ModelConfig, from_dict, load_config, to_dict
-from gan.models import Discriminator, Generator, d_receptive_field, per_image
+from gan.models import Discriminator, Generator, d_receptive_field
 
 
 def model(resolution: int, **kw) -> ModelConfig:
@@ -29,11 +29,13 @@ def test_truncated_map_sides_and_fields_at_every_resolution(resolution):
         D = Discriminator(model(resolution, d_depth=depth))
         assert D.features(x).shape == (1, D.blocks[f"block{depth}"].conv2.out_channels, side, side)
         assert d_receptive_field(model(resolution, d_depth=depth))[0] == field
-        assert D(x).shape == (1,)
-        assert Discriminator(model(resolution, d_depth=depth, d_output="patch"))(x).shape == (1, side, side)
+        assert D(x).shape == D(x, per_position=True).shape == (1,)  # a sum D: one logit per image either way
+        patch = Discriminator(model(resolution, d_depth=depth, d_output="patch"))
+        assert patch(x, per_position=True).shape == (1, side, side) and patch(x).shape == (1,)
     # extra blocks keep the side and the width; 3x3 ones widen the field by 4 jumps, 1x1 ones not at all
     extra = Discriminator(model(resolution, d_depth=1, d_extra_blocks=2, d_output="patch"))
-    assert extra(x).shape == (1, SIDES[resolution][1], SIDES[resolution][1]) and len(extra.blocks) == 4
+    assert extra(x, per_position=True).shape == (1, SIDES[resolution][1], SIDES[resolution][1])
+    assert len(extra.blocks) == 4
     assert extra.receptive_field == 16 + 2 * 4 * 4
     assert Discriminator(model(resolution, d_depth=1, d_extra_blocks=2, d_extra_kernel=1)).receptive_field == 16
 
@@ -85,7 +87,7 @@ def test_patch_logits_are_the_head_at_each_position(num_classes):
     D = Discriminator(model(32, d_depth=1, d_output="patch", num_classes=num_classes)).eval()
     x = torch.randn(2, 3, 32, 32)
     y = torch.tensor([0, 2]) if num_classes else None
-    out = D(x, y)
+    out = D(x, y, per_position=True)
     h = torch.relu(D.features(x)).double()  # (B, C, 8, 8)
     w, b = D.linear.weight.double()[0], D.linear.bias.double()[0]
     for n in range(2):
@@ -94,8 +96,7 @@ def test_patch_logits_are_the_head_at_each_position(num_classes):
             for q in range(8):
                 expected = sum(weight[c].item() * h[n, c, p, q].item() for c in range(h.shape[1])) + b.item()
                 assert out[n, p, q].item() == pytest.approx(expected, abs=1e-5)
-    assert torch.allclose(per_image(out), out.double().mean(dim=(1, 2)).float())
-    assert torch.equal(per_image(out[:, 0, 0]), out[:, 0, 0])  # (B,) logits are already per image
+    assert torch.allclose(D(x, y), out.double().mean(dim=(1, 2)).float())  # the image's logit: their mean
 
 
 def test_impossible_values_fail_in_one_line():
@@ -104,8 +105,8 @@ def test_impossible_values_fail_in_one_line():
         (model(32, d_depth=4), "config key 'model.d_depth' must be 0 to 3 at resolution 32"),
         (
             model(64, d_depth=1, d_attention=[8]),
-            "has side 8, which no block outputs at resolution 64 with model.d_depth=1; valid sides: 16, 32",
-        ),  # fmt: skip
+            "has side 8, which no block outputs at resolution 64; valid sides: 16, 32",
+        ),
     ]
     for cfg, message in cases:
         with pytest.raises(ConfigError, match=message) as err:
@@ -148,7 +149,8 @@ def test_checkpoint_and_export_carry_the_local_d(tmp_path):
     export = export_generator(tmp_path / "gen", G, cfg)
     x = torch.randn(2, 3, 64, 64)
     loaded_d, loaded_cfg, step = load_discriminator(tmp_path / "run")
-    assert step == 2 and loaded_cfg == cfg and torch.equal(loaded_d(x), D(x)) and loaded_d(x).shape == (2, 16, 16)
+    assert step == 2 and loaded_cfg == cfg and torch.equal(loaded_d(x, per_position=True), D(x, per_position=True))
+    assert loaded_d(x, per_position=True).shape == (2, 16, 16)
     z = torch.randn(2, cfg.model.z_dim)
     for path in (export, tmp_path / "run"):
         loaded_g, loaded_cfg = load_generator(path)
