@@ -46,17 +46,6 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
-    d_depth: int | None = _f(
-        None,
-        "residual blocks kept after D's first one (fewer: a local, PatchGAN-style D); null: SAGAN's D, all of them",
-    )
-    d_extra_blocks: int = _f(0, "residual blocks without downsampling added after D's last block, at its width")
-    d_extra_kernel: int = _f(3, "kernel of the extra blocks' convs (1: capacity without widening the field)", (1, 3))
-    d_output: str = _f(
-        "sum",
-        "D's logits: one per image (sum pooling) or one per position (PatchGAN, losses averaged)",
-        ("sum", "patch"),
-    )
     attn_pairwise: str = _f(
         "embedded_gaussian",
         "pairwise function f of the non-local blocks",
@@ -71,6 +60,17 @@ class ModelConfig:
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
     d_spectral_norm: bool = _f(True, "spectral normalisation on every D conv / linear")
+    d_depth: int | None = _f(
+        None,
+        "residual blocks kept after D's first one (fewer: a local, PatchGAN-style D); null: SAGAN's D, all of them",
+    )
+    d_extra_blocks: int = _f(0, "residual blocks without downsampling added after D's last block, at its width")
+    d_extra_kernel: int = _f(3, "kernel of the extra blocks' convs (1: capacity without widening the field)", (1, 3))
+    d_output: str = _f(
+        "sum",
+        "D's logits: one per image (sum pooling) or one per position (PatchGAN, losses averaged)",
+        ("sum", "patch"),
+    )
 
 
 @dataclass
@@ -302,10 +302,6 @@ def validate(cfg: Config) -> None:
                 f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
                 f"use powers of two from 4 to {m.resolution}"
             )
-    if m.d_depth is not None and m.d_depth < 0:
-        raise ConfigError("config key 'model.d_depth' must be null (SAGAN's D) or a number of blocks, 0 or more")
-    if m.d_extra_blocks < 0:
-        raise ConfigError("config key 'model.d_extra_blocks' must be 0 (none) or a number of blocks")
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
@@ -316,6 +312,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
+    if m.d_depth is not None and m.d_depth < 0:
+        raise ConfigError("config key 'model.d_depth' must be null (SAGAN's D) or a number of blocks, 0 or more")
+    if m.d_extra_blocks < 0:
+        raise ConfigError("config key 'model.d_extra_blocks' must be 0 (none) or a number of blocks")
     _validate_augmentation(cfg)
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):
         for metric in names:
