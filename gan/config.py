@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,17 @@ class ModelConfig:
     g_cbn_bias: bool = _f(False, "the linear BN gain/bias maps of g_shared_dim > 0 have a bias (BigGAN-PyTorch: none)")
     g_bn_eps: float = _f(1e-5, "epsilon of the BatchNorms inside G's blocks (the output BatchNorm keeps 1e-5)")
     d_spectral_norm: bool = _f(True, "spectral normalisation on every D conv / linear")
+    d_depth: int | None = _f(
+        None,
+        "residual blocks kept after D's first one (fewer: a local, PatchGAN-style D); null: SAGAN's D, all of them",
+    )
+    d_extra_blocks: int = _f(0, "residual blocks without downsampling added after D's last block, at its width")
+    d_extra_kernel: int = _f(3, "kernel of the extra blocks' convs (1: capacity without widening the field)", (1, 3))
+    d_output: str = _f(
+        "sum",
+        "D's logits: one per image (sum pooling) or one per position (PatchGAN, losses averaged)",
+        ("sum", "patch"),
+    )
 
 
 @dataclass
@@ -185,6 +197,12 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
     """Check `value` against the field type; return it (ints widen to floats). Raise ConfigError."""
     origin = typing.get_origin(tp)
+    nullable = origin in (typing.Union, types.UnionType)  # `X | None`: null, or an X
+    if nullable:
+        if value is None:
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -205,7 +223,7 @@ def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}{' or null' if nullable else ''}, got {value!r}")
     if tp is float:
         value = float(value)
     if choices is not None and value not in choices:
@@ -330,6 +348,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
+    if m.d_depth is not None and m.d_depth < 0:
+        raise ConfigError("config key 'model.d_depth' must be null (SAGAN's D) or a number of blocks, 0 or more")
+    if m.d_extra_blocks < 0:
+        raise ConfigError("config key 'model.d_extra_blocks' must be 0 (none) or a number of blocks")
     _validate_augmentation(cfg)
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):
         for metric in names:

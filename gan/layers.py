@@ -160,13 +160,16 @@ class DBlock(nn.Module):
 
     The hidden width is `out_channels` (BigGAN's `D_wide`; the same as SNGAN's at constant width). The
     shortcut is a learnable conv1x1[-avgpool2] when the channels change or the block downsamples, else x.
+    `kernel_size=1` makes both convs 1x1: a per-position block that adds depth without widening the field.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, downsample: bool, sn: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, downsample: bool, sn: bool = True, kernel_size: int = 3
+    ) -> None:
         super().__init__()
         self.downsample = downsample
-        self.conv1 = conv2d(in_channels, out_channels, 3, sn=sn)
-        self.conv2 = conv2d(out_channels, out_channels, 3, sn=sn)
+        self.conv1 = conv2d(in_channels, out_channels, kernel_size, sn=sn)
+        self.conv2 = conv2d(out_channels, out_channels, kernel_size, sn=sn)
         learnable = in_channels != out_channels or downsample
         self.shortcut = conv2d(in_channels, out_channels, 1, sn=sn) if learnable else None
 

@@ -1,5 +1,7 @@
 """Adversarial losses as pure functions of the discriminator's logits, with the standard signs.
 
+Logits are (B,), one per image, or (B, h, w), one per position of a patch D (`model.d_output="patch"`):
+each loss is then the mean over images and positions of the per-position loss, PatchGAN's objective.
 Every loss is a scalar float32 tensor: bf16 / fp16 logits from autocast are cast up first, so the
 reduction does not lose precision. The LeCam regulariser for D (and the EMA anchors it needs) ends the file.
 """

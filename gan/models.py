@@ -11,6 +11,11 @@ Architectures (`W` = `g_width` / `d_width`):
   in it (`LinearConditionalBatchNorm2d`), with `g_hierarchical_z` also in the block's own chunk of z (the
   first chunk feeds the linear layer). With these options the generator is BigGAN-PyTorch's (docs/biggan.md).
 
+D's receptive field is a setting (issue 25): `d_depth` keeps only the first block and that many more (a
+local, PatchGAN-style D), `d_extra_blocks` adds blocks that keep the side (1x1 convs with `d_extra_kernel=1`:
+depth without a wider field), and `d_output="patch"` makes D decide at every position of its last map (the
+losses average those decisions); `d_receptive_field` is the resulting field. The defaults are SAGAN's D.
+
 Conditional models (`num_classes > 0`) use class-conditional BatchNorm in G and the projection
 <embed(y), h> in D. A non-local block goes after the first block whose output map has side s, for every s in
 `g_attention` / `d_attention`; its name is `blocks.attn{s}`
@@ -216,29 +221,72 @@ class Generator(
         return super().card_parameter_counts(model_config) | {"discriminator": discriminator}
 
 
+def d_block_plan(cfg: ModelConfig) -> list[tuple[int, bool, int]]:
+    """(output width multiplier, downsample, kernel) of each D residual block, the optimised first block first:
+    the resolution's table cut to its first block and `d_depth` more, then `d_extra_blocks` blocks that keep
+    the last side and width, with `d_extra_kernel` convs. Raises ConfigError for a depth the table lacks."""
+    _check_resolution(cfg)
+    table = _D_BLOCKS[cfg.resolution]
+    most = len(table) - 1
+    depth = most if cfg.d_depth is None else cfg.d_depth
+    if not 0 <= depth <= most:
+        raise ConfigError(
+            f"config key 'model.d_depth' must be 0 to {most} at resolution {cfg.resolution} "
+            f"(residual blocks after D's first; null: all {most}); got {cfg.d_depth}"
+        )
+    plan = [(mult, down, 3) for mult, down in table[: depth + 1]]
+    return plan + [(plan[-1][0], False, cfg.d_extra_kernel)] * cfg.d_extra_blocks
+
+
+def d_receptive_field(cfg: ModelConfig) -> tuple[int, int]:
+    """(side, jump) in input pixels of one position of D's last feature map through its convolutions.
+
+    Each block is conv, conv[, avgpool2] (its shortcut's field is smaller): a k x k conv widens the field by
+    (k - 1) jumps, a 2x2 pool by one jump and doubles the jump. Position (i, j) sees rows and columns
+    jump * i + (jump - 1) / 2 +/- (side - 1) / 2. A non-local block in D makes every position depend on the
+    whole image; this is the field without it."""
+    side, jump = 1, 1
+    for _, down, kernel in d_block_plan(cfg):
+        side += 2 * (kernel - 1) * jump
+        if down:
+            side, jump = side + jump, jump * 2
+    return side, jump
+
+
 class Discriminator(nn.Module):
-    """images (B, image_channels, R, R) [+ labels y (B,)] -> logits (B,)."""
+    """images (B, image_channels, R, R) [+ labels y (B,)] -> logits (B,).
+
+    With `d_output="patch"` D decides at every position of its last map: linear(ReLU(h_p)) [+ <embed(y),
+    ReLU(h_p)>], the image-level head applied to one position's features, a function of its receptive field
+    alone. `forward(..., per_position=True)` returns those (B, h, w) logits (what training's losses average);
+    without it, their mean over positions is the image's logit."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        _check_resolution(cfg)
+        plan = d_block_plan(cfg)
         self.num_classes = cfg.num_classes
         self.resolution = cfg.resolution
         self.image_channels = cfg.image_channels
+        self.output = cfg.d_output
+        self.receptive_field = d_receptive_field(cfg)[0]  # side in pixels, through the convolutions
         sn = cfg.d_spectral_norm
-        spec = _D_BLOCKS[cfg.resolution]
         sides, side = [], cfg.resolution
-        for _, down in spec:
+        for _, down, _ in plan:
             side = side // 2 if down else side
             sides.append(side)
+        self.map_side = sides[-1]  # side of the last feature map (of the patch logits)
         _check_attention_sides("model.d_attention", cfg.d_attention, sides, cfg.resolution)
 
         self.blocks = nn.ModuleDict()
         cin, attended = cfg.image_channels, set()
-        for i, ((mult, down), side) in enumerate(zip(spec, sides)):
+        for i, ((mult, down, kernel), side) in enumerate(zip(plan, sides)):
             cout = mult * cfg.d_width
             first = i == 0
-            block = DBlockOptimized(cin, cout, sn=sn) if first else DBlock(cin, cout, downsample=down, sn=sn)
+            block = (
+                DBlockOptimized(cin, cout, sn=sn)
+                if first
+                else DBlock(cin, cout, downsample=down, sn=sn, kernel_size=kernel)
+            )
             self.blocks[f"block{i}"] = block
             if side in cfg.d_attention and side not in attended:
                 self.blocks[f"attn{side}"] = _attention(cfg, cout, sn)
@@ -247,17 +295,32 @@ class Discriminator(nn.Module):
         self.linear = linear(cin, 1, sn=sn)
         self.embed = embedding(cfg.num_classes, cin, sn=sn) if cfg.num_classes > 0 else None
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """`y` (integer labels) is required when conditional and ignored when unconditional."""
+    def forward(self, x: Tensor, y: Tensor | None = None, per_position: bool = False) -> Tensor:
+        """`y` (integer labels) is required when conditional and ignored when unconditional. `per_position`:
+        a patch D's (B, h, w) logits instead of their mean per image (a sum D has one per image either way)."""
         expected = (self.image_channels, self.resolution, self.resolution)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"discriminator expects images (B, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
         y = _check_labels(y, self.num_classes, x.shape[0], "discriminator")
-        h = F.relu(self.features(x)).sum(dim=(2, 3))  # (B, C): global sum pooling
-        out = self.linear(h).squeeze(1)  # (B,)
+        h = F.relu(self.features(x))  # (B, C, h, w)
+        # global sum pooling (B, C), or every position on its own (B, h, w, C)
+        h = h.sum(dim=(2, 3)) if self.output == "sum" else h.permute(0, 2, 3, 1)
+        out = self.linear(h).squeeze(-1)  # (B,) or (B, h, w)
         if self.embed is not None:
-            out = out + (self.embed(y) * h).sum(dim=1)  # projection <embed(y), h>
-        return out
+            e = self.embed(y).view(y.shape[0], *[1] * (h.dim() - 2), -1)  # (B, C) or (B, 1, 1, C)
+            out = out + (e * h).sum(dim=-1)  # projection <embed(y), h>
+        return out if per_position or out.dim() == 1 else out.flatten(1).mean(dim=1)  # (B, h, w) or (B,)
+
+    def summary(self) -> str:
+        """One line: blocks, last map, theoretical field, output and parameter count."""
+        side, blocks = self.map_side, sum(name.startswith("block") for name in self.blocks)
+        attention = [name.removeprefix("attn") for name in self.blocks if name.startswith("attn")]
+        field = f"theoretical receptive field {self.receptive_field} px of {self.resolution}"
+        if attention:
+            field += f" through its convolutions (the non-local block at {', '.join(attention)} sees the whole image)"
+        output = "one logit per image" if self.output == "sum" else f"one logit per position ({side}x{side})"
+        params = sum(p.numel() for p in self.parameters())
+        return f"D: {blocks} residual blocks to a {side}x{side} map, {field}, {output}, {params:,} parameters"
 
     def features(self, x: Tensor) -> Tensor:
         """The last feature map, before the final ReLU and the global sum pooling: (B, C, h, w)."""

@@ -197,7 +197,7 @@ def d_step(s: _Step, batches: Iterator) -> tuple[dict[str, Tensor], tuple[Tensor
         with s.context(parts.D, micro), s.autocast():
             both = parts.augment(torch.cat([x, fake.to(x.dtype)]), parts.rng)  # (2B, C, R, R)
             labels = torch.cat([y_real, y_fake]) if y_real is not None else None
-            logits = parts.D(both, labels).float()
+            logits = parts.D(both, labels, per_position=True).float()  # (2B,) or a patch D's (2B, h, w)
             real_logits, fake_logits = logits[: s.n], logits[s.n :]
             loss_d = s.d_loss(real_logits, fake_logits)
             if parts.lecam is not None:
@@ -225,7 +225,7 @@ def g_step(s: _Step) -> dict[str, Tensor]:
         z, y_fake = s.latents()
         with s.context(parts.G, micro), s.autocast():
             fake = parts.augment(parts.G(z, y_fake), parts.rng)
-            loss_g = s.g_loss(parts.D_local(fake, y_fake).float())
+            loss_g = s.g_loss(parts.D_local(fake, y_fake, per_position=True).float())
         s.backward(parts.scaler_g, loss_g)
     parts.D_raw.requires_grad_(True)
     _optimizer_step(parts.scaler_g, parts.opt_g)

@@ -448,6 +448,7 @@ def _train_locked(
             accelerator.print(line)
     accelerator.wait_for_everyone()
     trainer = Trainer(cfg, run_dir, accelerator, resume_command)
+    accelerator.print(trainer.parts.D_raw.summary())  # its receptive field and size (model.d_depth, ...)
     if where is not None:
         trainer.resume(where)
     elif init is not None:

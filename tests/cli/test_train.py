@@ -90,6 +90,9 @@ AUGMENTED = [
     "train.ada_speed_images=24",
     "optim.lecam=0.3",
 ]
+# A local D (two blocks, a 1x1 extra block, its block at 8x8) with per-position logits (issue 25).
+LOCAL_D = ["model.d_depth=1", "model.d_extra_blocks=1", "model.d_extra_kernel=1", "model.d_attention=[8]",
+           "model.d_output=patch", "model.num_classes=4"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -103,8 +106,17 @@ AUGMENTED = [
         (AUGMENTED, 4),
         (AUGMENTED[:1] + AUGMENTED[-1:], 3),
         (["optim.attn_lr_mult=10", "model.attn_gate=zero_init"], 3),
+        (LOCAL_D, 3),
     ],
-    ids=["plain", "fp16", "ndis-accum-conditional", "augment-ada-lecam", "augment-p1-lecam", "attn-lr10-zero-gate"],
+    ids=[
+        "plain",
+        "fp16",
+        "ndis-accum-conditional",
+        "augment-ada-lecam",
+        "augment-p1-lecam",
+        "attn-lr10-zero-gate",
+        "local-patch-d",
+    ],  # fmt: skip
 )
 def test_resume_is_exact(tmp_path, overrides, n):
     """n steps in one go == 2 steps, then --resume latest to n: every tensor and scaler bit for bit."""
@@ -174,6 +186,11 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
         (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
+        pytest.param(
+            ["model.d_depth=1", "model.d_attention=[4]"],
+            "config key 'model.d_attention' has side 4, which no block outputs at resolution 32; valid sides: 8, 16",
+            marks=pytest.mark.slow,
+        ),  # slow: it fails once D is built, after torch loads
         pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),
     ],
 )

@@ -29,6 +29,18 @@ def test_hinge_values():
     assert g_hinge(fake).item() == pytest.approx(0.5, abs=1e-6)
 
 
+def test_hinge_per_position_values():
+    """A patch D's (B, h, w) logits: the hinge at every position, averaged over images and positions."""
+    real = torch.tensor([[[2.0, 0.5], [-1.0, 0.0]], [[1.5, 3.0], [0.25, -0.5]]])  # (2, 2, 2)
+    fake = torch.tensor([[[-2.0, 0.0], [0.5, -0.75]], [[1.0, -3.0], [-1.0, 0.2]]])
+    # relu(1 - real) = 0, 0.5, 2, 1, 0, 0, 0.75, 1.5 (sum 5.75); relu(1 + fake) = 0, 1, 1.5, 0.25, 2, 0, 0, 1.2 (sum 5.95)
+    assert d_hinge(real, fake).item() == pytest.approx(5.75 / 8 + 5.95 / 8, abs=1e-6)
+    # -mean(fake) = -(-2 + 0 + 0.5 - 0.75 + 1 - 3 - 1 + 0.2) / 8 = 5.05 / 8
+    assert g_hinge(fake).item() == pytest.approx(5.05 / 8, abs=1e-6)
+    # not the hinge of each image's mean logit: image 0's fakes average -0.5625, so that hinge is 0.4375, not 0.6875
+    assert d_hinge(real, fake).item() != pytest.approx(d_hinge(real.mean((1, 2)), fake.mean((1, 2))).item(), abs=1e-3)
+
+
 def test_nonsaturating_values():
     real, fake = torch.tensor(REAL), torch.tensor(FAKE)
     d_expected = _mean([_softplus(-r) for r in REAL]) + _mean([_softplus(f) for f in FAKE])
