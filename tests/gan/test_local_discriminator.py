@@ -5,9 +5,10 @@ reference, one-line errors, and checkpoints / exports that carry the new keys.""
 import pytest
 import torch
 
-from gan.checkpoint import export_generator, load_discriminator, load_generator, save_checkpoint
+from gan.checkpoint import save_checkpoint
 from gan.config import ConfigError, ModelConfig, from_dict, load_config, to_dict
-from gan.models import Discriminator, Generator, d_receptive_field
+from gan.models import Discriminator, Generator, d_receptive_field, load_discriminator, load_generator
+from gan.pretrained import export_generator
 
 
 def model(resolution: int, **kw) -> ModelConfig:

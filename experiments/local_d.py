@@ -1,7 +1,7 @@
 """Sizing and diagnosing the local discriminator of issue 25 (docs/local_d.md), on one CPU thread.
 
-    python -m benchmarks.local_d cost  --out docs/local_d/step_cost.json
-    python -m benchmarks.local_d judge RUN_DIR/generator --out docs/local_d/judge.json
+    python -m experiments.local_d cost  --out docs/local_d/step_cost.json
+    python -m experiments.local_d judge RUN_DIR/generator --out docs/local_d/judge.json
 
 `cost`: CPU seconds per training step (`gan.step.train_step`, built as training builds it; median of 20 steps
 after 2 warm-up steps) of the 64x64 pilot's models, G width 8 without attention, D cut to two blocks plus a
@@ -67,11 +67,11 @@ def step_cost() -> list[dict]:
 
 
 def judge(generator_dir: Path) -> list[dict]:
-    from gan.checkpoint import load_generator
+    from experiments.mismatch import rank_auc
     from gan.config import load_config
     from gan.losses import d_hinge
-    from gan.models import Discriminator
-    from gan.synthetic import CoherenceDataset, rank_auc
+    from gan.models import Discriminator, load_generator
+    from gan.synthetic import CoherenceDataset
 
     G, _ = load_generator(generator_dir)
     torch.manual_seed(0)
