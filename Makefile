@@ -22,15 +22,17 @@ demo: $(STAMP)
 	$(BIN)/python train.py --config configs/demo.yaml --run-dir runs/demo --overwrite $(ARGS)
 	$(BIN)/python sample.py --checkpoint runs/demo --grid runs/demo/final_samples.png --attention-maps runs/demo/final_attention.png
 
-## The test suite (CPU, tiny configs). pytest's exit status 5 means nothing was collected: a failure here.
+## The test suite (CPU, tiny configs) on one pytest-xdist worker per core (JOBS=1 runs it in one process); the
+## 20 slowest tests are listed at the end. pytest's exit status 5 means nothing was collected: a failure here.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP)
-	@$(BIN)/python -m pytest -q $(ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal --durations=20 $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or mis-configured" >&2; exit 1; fi; \
 	exit $$rc
 
 ## The inner loop: every test not marked slow (about a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m "not slow" $(ARGS)
 
 ## Lint and format check (rules in pyproject.toml); CI runs it before the tests.
 lint: $(STAMP)
