@@ -343,3 +343,28 @@ def test_an_output_the_user_named_that_cannot_be_written_is_one_line(tmp_path):
     with pytest.raises(files.OutputError) as exc:
         files.user_output(tmp_path / "scores.json", full, "the scores are printed above")
     assert str(exc.value) == f"cannot write {tmp_path}/scores.json ({ENOSPC_TEXT}); the scores are printed above"
+
+
+def test_evaluate_on_a_full_disk_says_what_could_not_be_written(tmp_path, capsys, monkeypatch, tiny_cfg):
+    """The closest-pairs grid (or the reference statistics' cache) hits a full disk inside the metric call:
+    one line naming the file and what to do, exit status 2, no traceback."""
+    import evaluate as evaluate_cli
+    import gan.metrics
+    from gan.cli import run
+    from gan.models import Generator
+    from gan.pretrained import export_generator
+
+    export_generator(tmp_path / "generator", Generator(tiny_cfg.model), tiny_cfg)
+    grid = tmp_path / "pairs.png"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, ENOSPC_TEXT, str(grid))
+
+    monkeypatch.setattr(gan.metrics, "evaluate", full)
+    argv = ["--checkpoint", str(tmp_path / "generator"), "--metrics", "copy", "--num", "8", "--pairs-grid", str(grid)]
+    with pytest.raises(SystemExit) as exc:
+        run(lambda: evaluate_cli.main(argv))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: disk full: could not write {grid} (nothing partial left); free space, then run")
+    assert not grid.exists()
