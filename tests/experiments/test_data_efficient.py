@@ -22,12 +22,12 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     dataset_on_disk("fashion_mnist", tmp_path / "data")
     every = [*TINY, f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
     cmd = [sys.executable, "-m", "experiments.data_efficient", "run", "--sizes", "0", "--methods", "none,diffaug_lecam",
-           "--seeds", "0,1", "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
+           "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = {}
     for arm in ("full-none", "full-diffaug_lecam"):
-        for seed in (0, 1):
+        for seed in (0,):  # one seed: seed aggregation is the shared runner's, tested with 2 in test_ablation
             rd = out / arm / f"seed{seed}"
             resolved = (rd / "config.yaml").read_text()
             assert ("augment: color,translation,cutout" in resolved) == ("diffaug" in arm)
