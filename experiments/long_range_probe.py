@@ -320,7 +320,7 @@ def report(args: argparse.Namespace) -> None:
     long_range_plots.erf_profiles(groups, plot.with_name("erf_profile.png"), probe_rf)
     has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
     long_range_plots.block_opening(groups, plot.with_name("block_opening.png"), has_block)
-    x, _ = pairs(args.resolution, TEST_SEED, 6)
+    x, _ = pairs(args.resolution, TEST_SEED, 6, variant=args.variant)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 

@@ -1,0 +1,95 @@
+"""Does a conv D with SAGAN's 64x64 geometry see a tie in fine detail? (issue 25, second route)
+
+The probe (experiments/long_range_probe.py) at depth 3 (four down-samplings to 4x4, SAGAN's D at 64x64
+without attention) trained on coherent vs incoherent pairs of each variant of the built-in data: `objects`
+(the right object mirrors the left one's shape, colour and row) and `detail` (only the mirrored 2x2-px bit
+pattern inside the objects differs). This script summarises those runs: each run's test AUC, recomputed
+from its saved weights on its own test pairs, one summary JSON per run, the table and the verdict of
+docs/detail_tie.md.
+
+    P="env OMP_NUM_THREADS=1 python -m experiments.long_range_probe run --arms conv --depths 3 --steps 800 \\
+       --width 16 --batch 32 --train-pairs 1024 --log-every 100"
+    $P --variant detail --out runs/detail_tie/detail; $P --variant objects --out runs/detail_tie/objects
+    python -m experiments.detail_tie --runs runs/detail_tie --summaries docs/detail_tie
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from experiments.experiment import compare, verdict
+from experiments.long_range_probe import TEST_SEED, Probe, pairs
+from experiments.mismatch import rank_auc
+from gan.synthetic import VARIANTS
+
+
+@torch.no_grad()
+def held_out_scores(result: dict, weights: Path) -> tuple[float, float]:
+    """(AUC, accuracy) of a saved probe on its run's test pairs, coherent as positives, in eval mode."""
+    s = result["settings"]
+    model = Probe(result["depth"], s["width"], attention=result["spec"]["attention"])
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    x, y = pairs(s["resolution"], TEST_SEED, s["test_pairs"], result["view"], s.get("variant", "objects"))
+    logits = torch.cat([model(x[k : k + 250]) for k in range(0, len(x), 250)])  # (2n,)
+    return rank_auc(logits[y == 1], logits[y == 0]), float(((logits > 0).float() == y).float().mean())
+
+
+def summarise(runs: Path, summaries: Path) -> dict[str, list[dict]]:
+    """One summary JSON per run (the run's record plus `test_auc` and `test_acc_eval`) under `summaries`,
+    named <variant>_<arm>_depth<d>_seed<k>.json; returns the summaries by variant."""
+    summaries.mkdir(parents=True, exist_ok=True)
+    by_variant: dict[str, list[dict]] = {}
+    for path in sorted(runs.glob("*/r*/*/depth*/seed*.json")):
+        result = json.loads(path.read_text())
+        variant = result["settings"].get("variant", "objects")
+        result["test_auc"], result["test_acc_eval"] = held_out_scores(result, path.with_suffix(".safetensors"))
+        name = f"{variant}_{result['arm']}_depth{result['depth']}_seed{result['seed']}.json"
+        (summaries / name).write_text(json.dumps(result, indent=1) + "\n")
+        by_variant.setdefault(variant, []).append(result)
+    return by_variant
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{xs[0]:.3f} (1 seed)" if len(xs) == 1 else f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
+
+
+def print_report(by_variant: dict[str, list[dict]]) -> None:
+    print("| variant | seeds | test AUC (mean +/- std) | seeds: AUC | test accuracy | CPU s per run |")
+    print("|---|---|---|---|---|---|")
+    for variant in (v for v in VARIANTS if v in by_variant):
+        rs = sorted(by_variant[variant], key=lambda r: r["seed"])
+        aucs = [r["test_auc"] for r in rs]
+        print(
+            f"| `{variant}` | {len(rs)} | {mean_std(aucs)} | {', '.join(f'{a:.3f}' for a in aucs)} | "
+            f"{mean_std([r['test_acc'] for r in rs])} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+        )
+    if {"objects", "detail"} <= set(by_variant):
+        c = compare(
+            "detail",
+            [r["test_auc"] for r in by_variant["detail"]],
+            [r["test_auc"] for r in by_variant["objects"]],
+            True,
+        )
+        print(f"\ndetail vs objects, test AUC: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: {verdict(c)}")
+    first = next(iter(by_variant.values()))[0]
+    print(f"\nSettings: {first['settings']}; machine: {first['machine']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/detail_tie", help="one probe --out per variant below this")
+    parser.add_argument("--summaries", default="docs/detail_tie")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print_report(summarise(Path(args.runs), Path(args.summaries)))
+
+
+if __name__ == "__main__":
+    main()
