@@ -10,6 +10,7 @@ docs/detail_tie.md.
     P="env OMP_NUM_THREADS=1 python -m experiments.long_range_probe run --arms conv --depths 3 --steps 800 \\
        --width 16 --batch 32 --train-pairs 1024 --log-every 100"
     $P --variant detail --out runs/detail_tie/detail; $P --variant objects --out runs/detail_tie/objects
+    $P --variant detail --seeds 0 --steps 2000 --log-every 250 --out runs/detail_tie/detail_2000
     python -m experiments.detail_tie --runs runs/detail_tie --summaries docs/detail_tie
 """
 
@@ -41,45 +42,46 @@ def held_out_scores(result: dict, weights: Path) -> tuple[float, float]:
     return rank_auc(logits[y == 1], logits[y == 0]), float(((logits > 0).float() == y).float().mean())
 
 
-def summarise(runs: Path, summaries: Path) -> dict[str, list[dict]]:
+def summarise(runs: Path, summaries: Path) -> dict[tuple[str, int], list[dict]]:
     """One summary JSON per run (the run's record plus `test_auc` and `test_acc_eval`) under `summaries`,
-    named <variant>_<arm>_depth<d>_seed<k>.json; returns the summaries by variant."""
+    named <variant>_<arm>_depth<d>_steps<s>_seed<k>.json; returns the summaries by (variant, steps)."""
     summaries.mkdir(parents=True, exist_ok=True)
-    by_variant: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, int], list[dict]] = {}
     for path in sorted(runs.glob("*/r*/*/depth*/seed*.json")):
         result = json.loads(path.read_text())
-        variant = result["settings"].get("variant", "objects")
+        variant, steps = result["settings"].get("variant", "objects"), result["settings"]["steps"]
         result["test_auc"], result["test_acc_eval"] = held_out_scores(result, path.with_suffix(".safetensors"))
-        name = f"{variant}_{result['arm']}_depth{result['depth']}_seed{result['seed']}.json"
+        name = f"{variant}_{result['arm']}_depth{result['depth']}_steps{steps}_seed{result['seed']}.json"
         (summaries / name).write_text(json.dumps(result, indent=1) + "\n")
-        by_variant.setdefault(variant, []).append(result)
-    return by_variant
+        groups.setdefault((variant, steps), []).append(result)
+    return groups
 
 
 def mean_std(xs: list[float]) -> str:
     return f"{xs[0]:.3f} (1 seed)" if len(xs) == 1 else f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
 
 
-def print_report(by_variant: dict[str, list[dict]]) -> None:
-    print("| variant | seeds | test AUC (mean +/- std) | seeds: AUC | test accuracy | CPU s per run |")
-    print("|---|---|---|---|---|---|")
-    for variant in (v for v in VARIANTS if v in by_variant):
-        rs = sorted(by_variant[variant], key=lambda r: r["seed"])
+def print_report(groups: dict[tuple[str, int], list[dict]]) -> None:
+    """The table (one row per variant and step count) and, at each step count run for both variants, the
+    verdict on detail vs objects by the repository's rule (|diff| > 2 x pooled std)."""
+    print("| variant | steps | seeds | test AUC (mean +/- std) | seeds: AUC | test accuracy | CPU s per run |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, steps in sorted(groups, key=lambda k: (VARIANTS.index(k[0]), k[1])):
+        rs = sorted(groups[(variant, steps)], key=lambda r: r["seed"])
         aucs = [r["test_auc"] for r in rs]
         print(
-            f"| `{variant}` | {len(rs)} | {mean_std(aucs)} | {', '.join(f'{a:.3f}' for a in aucs)} | "
+            f"| `{variant}` | {steps} | {len(rs)} | {mean_std(aucs)} | {', '.join(f'{a:.3f}' for a in aucs)} | "
             f"{mean_std([r['test_acc'] for r in rs])} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
-    if {"objects", "detail"} <= set(by_variant):
-        c = compare(
-            "detail",
-            [r["test_auc"] for r in by_variant["detail"]],
-            [r["test_auc"] for r in by_variant["objects"]],
-            True,
+    for steps in sorted({s for v, s in groups if v == "detail" and ("objects", s) in groups}):
+        auc = {v: [r["test_auc"] for r in groups[(v, steps)]] for v in ("detail", "objects")}
+        c = compare("detail", auc["detail"], auc["objects"], True)
+        print(
+            f"\ndetail vs objects at {steps} steps, test AUC: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: "
+            f"{verdict(c)}"
         )
-        print(f"\ndetail vs objects, test AUC: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: {verdict(c)}")
-    first = next(iter(by_variant.values()))[0]
-    print(f"\nSettings: {first['settings']}; machine: {first['machine']}")
+    first = next(iter(groups.values()))[0]
+    print(f"\nMachine: {first['machine']}")
 
 
 def main(argv: list[str] | None = None) -> None:

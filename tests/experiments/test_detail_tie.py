@@ -19,9 +19,10 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
         probe.main(["run", "--variant", variant, "--seeds", "0", "1", "--out", str(tmp_path / variant), *tiny])
     detail_tie.main(["--runs", str(tmp_path), "--summaries", str(tmp_path / "summaries")])
     printed = capsys.readouterr().out
-    assert "| `objects` | 2 |" in printed and "| `detail` | 2 |" in printed and "detail vs objects" in printed
+    assert "| `objects` | 3 | 2 |" in printed and "| `detail` | 3 | 2 |" in printed
+    assert "detail vs objects at 3 steps" in printed
 
-    summary = json.loads((tmp_path / "summaries" / "detail_conv_depth0_seed1.json").read_text())
+    summary = json.loads((tmp_path / "summaries" / "detail_conv_depth0_steps3_seed1.json").read_text())
     assert summary["settings"]["variant"] == "detail" and summary["seed"] == 1
     # independent reference: the saved probe's logits on freshly rendered test pairs, Mann-Whitney by a double loop
     model = probe.Probe(0, 8)

@@ -20,6 +20,20 @@ from gan.synthetic import (
 N = 200
 
 
+class Replay(torch.nn.Module):
+    """A 'generator' that returns the first rows of `images` whatever z is."""
+
+    z_dim, num_classes = 4, 0
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the device generate() runs on
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.images[: z.shape[0]]
+
+
 def _items(variant: str, coherent: bool, n: int = N, channels: int = 3, seed: int = 4) -> torch.Tensor:
     ds = CoherenceDataset(n, 64, channels, seed=seed, variant=variant)
     draw = ds.__getitem__ if coherent else ds.incoherent
@@ -136,22 +150,11 @@ def test_detail_agreement_is_one_on_coherent_data_and_near_chance_on_incoherent(
 def test_coherence_report_adds_the_detail_agreement_for_the_detail_variant():
     from gan.config import ModelConfig
 
-    images = _items("detail", True, 64).float()
-
-    class Replay(torch.nn.Module):
-        z_dim, num_classes = 4, 0
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, z, y):
-            return images[: z.shape[0]]
-
     cfg = ModelConfig(resolution=64, z_dim=4, num_classes=0)
-    line = coherence_report(Replay(), cfg, seed=0, n=64, variant="detail")
+    real = _items("detail", True, 64).float()
+    line = coherence_report(Replay(real), cfg, seed=0, n=64, variant="detail")
     assert line.endswith("; detail agreement 1.000 (real data 1.000, chance 0.000; docs/detail_tie.md)")
-    assert "detail agreement" not in coherence_report(Replay(), cfg, seed=0, n=64)
+    assert "detail agreement" not in coherence_report(Replay(real), cfg, seed=0, n=64)
 
 
 def test_unknown_variant_is_refused():
@@ -169,22 +172,11 @@ def test_config_key_builds_the_variant_scores_it_and_keeps_its_own_reference_cac
     expected = CoherenceDataset(8, 64, 3, variant="detail")[3][0]
     assert torch.equal(data[3][0], expected)
 
-    images = _items("detail", True, 64).float()
-
-    class Replay(torch.nn.Module):
-        z_dim, num_classes = 4, 0
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, z, y=None):
-            return images[: z.shape[0]]
-
-    scores = evaluate(Replay(), cfg, ["coherence"], num_samples=64)
+    real = _items("detail", True, 64).float()
+    scores = evaluate(Replay(real), cfg, ["coherence"], num_samples=64)
     assert scores["detail_agreement"] == 1.0 and scores["coherence"] == 1.0
     plain = load_config(None, ["data.builtin_size=8", "model.resolution=64"])
-    assert "detail_agreement" not in evaluate(Replay(), plain, ["coherence"], num_samples=8)
+    assert "detail_agreement" not in evaluate(Replay(real), plain, ["coherence"], num_samples=8)
     assert reference_cache_name(cfg, "0" * 64) != reference_cache_name(plain, "0" * 64)
     with pytest.raises(ConfigError, match="builtin_variant"):
         load_config(None, ["data.builtin_variant=texture"])
