@@ -9,6 +9,7 @@ See docs/long_range.md for the design, the argument and the measured results.
 
     python experiments/long_range_probe.py run --arms conv attn --depths 0 1 2 3 --seeds 0 1 2
     python experiments/long_range_probe.py report
+    python experiments/long_range_probe.py run --variant detail ...   # the tie in fine detail (docs/detail_tie.md)
 
 `run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
 the Markdown tables of docs/long_range/log.md and draws its plot.
@@ -35,7 +36,7 @@ from experiments.erf import effective_rf, theoretical_rf
 from experiments.experiment import compare, verdict
 from gan.attention import NonLocalBlock
 from gan.layers import DBlock, DBlockOptimized, linear
-from gan.synthetic import CoherenceDataset
+from gan.synthetic import VARIANTS, CoherenceDataset
 from gan.viz import save_image_grid
 from tools.report import machine_line
 
@@ -89,12 +90,13 @@ def probe_rf(depth: int) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def pairs(resolution: int, seed: int, n: int, view: str = "full") -> tuple[Tensor, Tensor]:
+def pairs(resolution: int, seed: int, n: int, view: str = "full", variant: str = "objects") -> tuple[Tensor, Tensor]:
     """n coherent items and their incoherent versions, stacked: images (2n, 3, R, R or R/2), labels 1 then 0.
 
+    `variant`: the CoherenceDataset variant ("detail": only the right object's pattern differs).
     Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
     """
-    x, y = stacked_pairs(CoherenceDataset(n, resolution, seed=seed), range(n))
+    x, y = stacked_pairs(CoherenceDataset(n, resolution, seed=seed, variant=variant), range(n))
     half = x.shape[-1] // 2
     return {"full": x, "left": x[..., :half], "right": x[..., half:]}[view], y
 
@@ -201,8 +203,8 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     view = spec.get("view", "full")
     torch.manual_seed(seed)
     model = Probe(depth, args.width, attention=spec["attention"])
-    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view)
-    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view)
+    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view, args.variant)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view, args.variant)
     name = f"{arm} depth {depth} seed {seed}"
     log, cpu_s = fit(model, spec, (x_train, y_train), (x_test, y_test), args, seed, name)
 
@@ -222,7 +224,8 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "cpu_s": cpu_s,
         "log": log,
         "settings": {
-            k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs")
+            k: getattr(args, k)
+            for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs", "variant")
         },
         "machine": machine_line(),
     }
@@ -317,7 +320,7 @@ def report(args: argparse.Namespace) -> None:
     long_range_plots.erf_profiles(groups, plot.with_name("erf_profile.png"), probe_rf)
     has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
     long_range_plots.block_opening(groups, plot.with_name("block_opening.png"), has_block)
-    x, _ = pairs(args.resolution, TEST_SEED, 6)
+    x, _ = pairs(args.resolution, TEST_SEED, 6, variant=args.variant)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--test-pairs", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument(
+        "--variant", default="objects", choices=VARIANTS, help="the built-in data's tie (docs/detail_tie.md)"
+    )
     parser.add_argument("--out", default="runs/long_range")
     parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
     args = parser.parse_args(argv)

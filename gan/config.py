@@ -92,6 +92,11 @@ class DataConfig:
     split: str = _f("train", "dataset split", ("train", "test", "valid", "all"))
     random_flip: bool = _f(False, "random horizontal flips")
     builtin_size: int = _f(8192, "number of images in the built-in generated dataset")
+    builtin_variant: str = _f(
+        "objects",
+        "the built-in data's tie: mirrored objects, or `detail`: also a mirrored 2x2-px bit pattern inside them",
+        ("objects", "detail"),
+    )
     subset: int = _f(
         0, "train on the first N images of a fixed permutation of the dataset (not seeded by train.seed); 0: all"
     )

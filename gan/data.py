@@ -109,7 +109,7 @@ def subset_indices(size: int, n: int) -> list[int]:
 def build_builtin(cfg: DataConfig, r: int, c: int) -> Dataset:
     from gan.synthetic import CoherenceDataset  # imported here: only this source needs it
 
-    return CoherenceDataset(size=cfg.builtin_size, resolution=r, channels=c)
+    return CoherenceDataset(size=cfg.builtin_size, resolution=r, channels=c, variant=cfg.builtin_variant)
 
 
 def build_cifar10(cfg: DataConfig, r: int, c: int) -> Dataset:

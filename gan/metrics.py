@@ -213,6 +213,8 @@ def reference_cache_name(cfg: Config, weights_sha256: str, subset: bool = False)
         identity["subset"] = d.subset
     if d.dataset == "builtin":
         identity["builtin_size"] = d.builtin_size
+        if d.builtin_variant != "objects":  # the objects variant keeps its old cache name
+            identity["builtin_variant"] = d.builtin_variant
     if d.dataset == "folder":
         identity["root"] = str(Path(d.root).expanduser().resolve())
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]

@@ -6,6 +6,10 @@ Everything else is local: a dark background with a mild random gradient that is 
 A generator that gets local structure right but not the long-range dependency draws two plausible
 objects that disagree; `coherence_score` measures that disagreement from the pixels alone.
 See docs/coherence.md for the design, the score's definition and its measured chance level.
+
+The `detail` variant (docs/detail_tie.md) also fills each object with a random binary pattern of
+PATTERN_CELL-px square cells, the right object's pattern the mirror of the left one's, so the tie reaches
+fine detail; `detail_agreement` scores it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ AREA_RANGE = (0.01, 0.35)  # an object is present on a side if its foreground co
 CENTRE_BAND = 0.42  # columns in [0.42 W, W - 0.42 W) form the central band between the objects
 MAX_CENTRE_FOREGROUND = 0.05  # fraction of all foreground allowed in the central band
 COLOUR_TOLERANCE = 0.25  # RMS colour distance (in [0, 1] units) at which colour agreement reaches 0
+
+# The detail variant (docs/detail_tie.md).
+VARIANTS = ("objects", "detail")  # what the right object repeats: shape, colour and row; or those and a pattern
+PATTERN_CELL = 2  # side (px) of the pattern's square cells, anchored at the object's top-left corner
+PATTERN_CONTRAST = 0.25  # a 0-bit cell is drawn at (1 - this) x the object's colour: still foreground (> 0.4)
+MIN_PATTERN_STD = 0.02  # detail agreement needs this luminance std ([-1, 1] units) on both sides, else it is 0
 
 
 def shape_mask(shape: int, s: int) -> np.ndarray:
@@ -83,6 +93,15 @@ def draw_background(rng: np.random.Generator, resolution: int, channels: int) ->
     return base[:channels, None, None] + amplitude * ramp[None]
 
 
+def pattern_shade(rng: np.random.Generator, s: int) -> np.ndarray:
+    """(s, s) brightness factors of one object's pattern: ceil(s / PATTERN_CELL)^2 fair bits, each a
+    PATTERN_CELL-px square cell, 1 for a 1-bit and 1 - PATTERN_CONTRAST for a 0-bit."""
+    n = -(-s // PATTERN_CELL)
+    bits = rng.integers(0, 2, size=(n, n)).astype(np.float64)
+    cells = np.kron(bits, np.ones((PATTERN_CELL, PATTERN_CELL)))[:s, :s]  # (s, s)
+    return 1.0 - PATTERN_CONTRAST * (1.0 - cells)
+
+
 def check_arguments(what: str, size: int, resolution: int, channels: int, seed: int) -> None:
     """The argument checks every generated dataset shares (`what` names it in the message). Raises ValueError."""
     if size < 1:
@@ -101,13 +120,18 @@ class CoherenceDataset(Dataset):
     Items are (float32 tensor in [-1, 1] of shape (channels, resolution, resolution), shape label).
     The label indexes `SHAPES`, so the dataset also serves conditional training (`num_classes` = 4).
     Images are drawn on the fly from a per-item numpy generator; the global RNGs are never touched.
+    `variant` "detail" adds the mirrored bit pattern (`pattern_shade`), drawn after every other draw of the
+    item, so its geometry, colours and background are those of the "objects" item of the same (seed, index).
     """
 
     num_classes = len(SHAPES)
 
-    def __init__(self, size: int, resolution: int, channels: int = 3, seed: int = 0) -> None:
+    def __init__(self, size: int, resolution: int, channels: int = 3, seed: int = 0, variant: str = "objects") -> None:
         check_arguments("CoherenceDataset", size, resolution, channels, seed)
+        if variant not in VARIANTS:
+            raise ValueError(f"CoherenceDataset variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         self.size, self.resolution, self.channels, self.seed = size, resolution, channels, seed
+        self.variant = variant
 
     def __len__(self) -> int:
         return self.size
@@ -122,6 +146,8 @@ class CoherenceDataset(Dataset):
         mirror image of an independent object (its own shape, size, left-edge offset, row and colour, drawn
         from the same ranges after all of the item's draws). So each half alone has exactly the distribution
         it has in coherent images, and there is no seam. The label is the left object's shape.
+        In the detail variant only the right object's pattern is redrawn (its shape, size, row, column and
+        colour still mirror the left object's), so only the detail tie is broken.
         """
         return self._render(index, coherent=False)
 
@@ -145,15 +171,25 @@ class CoherenceDataset(Dataset):
         # (coherent) or of an independently drawn one (incoherent, drawn last so item i itself is unchanged).
         left = np.zeros((r, r), dtype=bool)
         left[y0 : y0 + s, x0 : x0 + s] = shape_mask(shape, s)
-        img = np.where(left[None], colour[:, None, None], img)
-        if coherent:
+        detail = self.variant == "detail"
+
+        def shade() -> np.ndarray:  # (R, R): the object's pattern in its box (detail), 1 elsewhere
+            out = np.ones((r, r))
+            if detail:
+                out[y0 : y0 + s, x0 : x0 + s] = pattern_shade(rng, s)
+            return out
+
+        left_shade = shade()
+        img = np.where(left[None], colour[:, None, None] * left_shade[None], img)
+        if coherent or detail:  # detail: an incoherent item keeps the mirrored object, redraws its pattern
             right, right_colour = left[:, ::-1], colour
+            right_shade = (left_shade if coherent else shade())[:, ::-1]
         else:
             shape2, s2, x2, y2, right_colour = self._draw_object(rng)
             right = np.zeros((r, r), dtype=bool)
             right[y2 : y2 + s2, x2 : x2 + s2] = shape_mask(shape2, s2)
-            right = right[:, ::-1]
-        img = np.where(right[None], right_colour[:, None, None], img)
+            right, right_shade = right[:, ::-1], np.ones((r, r))
+        img = np.where(right[None], right_colour[:, None, None] * right_shade[None], img)
         return torch.from_numpy((img * 2.0 - 1.0).astype(np.float32)), shape
 
 
@@ -199,6 +235,38 @@ def coherence_components(images: Tensor) -> dict[str, Tensor]:
     return {"valid": valid.float(), "shape_iou": shape_iou, "colour_agreement": colour_agreement}
 
 
+def detail_agreement(images: Tensor) -> Tensor:
+    """(B,) agreement of the fine detail of the two objects (the detail variant's tie), in [-1, 1].
+
+    The Pearson correlation of the luminance (channel mean) of the left object and the mirrored right one,
+    over the pixels where both foreground masks overlap; 0 where the image is not `valid`
+    (`coherence_components`) or either side's luminance there has std below MIN_PATTERN_STD (a flat object
+    carries no detail). Exactly 1 on the detail variant's coherent images (the luminance is an increasing
+    linear function of the shared pattern); 0 in expectation for independent patterns (chance level).
+    """
+    parts = coherence_components(images)
+    x = images.detach().float()
+    w = x.shape[-1]
+    half = w // 2
+    lum = x.mean(dim=1)  # (B, H, W)
+    fg = x.amax(dim=1) > FOREGROUND_THRESHOLD  # (B, H, W)
+    both = (fg[..., :half] & fg[..., w - half :].flip(-1)).float()  # (B, H, half): overlap, right mirrored
+    lum_l, lum_r = lum[..., :half], lum[..., w - half :].flip(-1)
+    n = both.sum((1, 2)).clamp(min=1.0)
+
+    def centred(v: Tensor) -> Tensor:
+        return (v - ((v * both).sum((1, 2)) / n)[:, None, None]) * both  # zero off the overlap
+
+    dl, dr = centred(lum_l), centred(lum_r)
+    var_l, var_r = dl.pow(2).sum((1, 2)) / n, dr.pow(2).sum((1, 2)) / n
+    corr = (dl * dr).sum((1, 2)) / n / (var_l * var_r).sqrt().clamp(min=1e-12)
+    textured = (var_l.sqrt() >= MIN_PATTERN_STD) & (var_r.sqrt() >= MIN_PATTERN_STD)
+    return torch.where(textured & (parts["valid"] > 0), corr.clamp(-1.0, 1.0), torch.zeros_like(corr))
+
+
+DETAIL_CHANCE_LEVEL = 0.0  # detail agreement of independent patterns, in expectation (docs/detail_tie.md)
+
+
 def coherence_per_image(images: Tensor) -> Tensor:
     """(B,) scores in [0, 1]: valid * shape_iou * colour_agreement (see `coherence_components`)."""
     parts = coherence_components(images)
@@ -231,15 +299,23 @@ def chance_level(resolution: int, channels: int) -> float | None:
     return CHANCE_LEVEL.get((resolution, channels))
 
 
-def coherence_report(generator: torch.nn.Module, model_cfg, *, seed: int, n: int = 1000) -> str:
+def coherence_report(
+    generator: torch.nn.Module, model_cfg, *, seed: int, n: int = 1000, variant: str = "objects"
+) -> str:
     """One line: the coherence score of `gan.sampling.sample_images(generator, n, seed)` next to the real-data
-    and chance values."""
+    and chance values (and, for the detail variant, the detail agreement next to its own)."""
     from gan.sampling import sample_images
 
     images = sample_images(generator, n, seed)
     chance = chance_level(model_cfg.resolution, model_cfg.image_channels)
     at_chance = f"chance {chance:.3f}" if chance is not None else "chance not measured at this size"
-    return f"coherence of {n} samples: {coherence_score(images):.3f} (real data {REAL_DATA_LEVEL:.3f}, {at_chance}; docs/coherence.md)"
+    line = f"coherence of {n} samples: {coherence_score(images):.3f} (real data {REAL_DATA_LEVEL:.3f}, {at_chance}; docs/coherence.md)"
+    if variant == "detail":
+        line += (
+            f"; detail agreement {detail_agreement(images).mean().item():.3f} (real data {REAL_DATA_LEVEL:.3f}, "
+            f"chance {DETAIL_CHANCE_LEVEL:.3f}; docs/detail_tie.md)"
+        )
+    return line
 
 
 def make_independent_halves(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -262,9 +338,14 @@ def make_independent_halves(images: Tensor, generator: torch.Generator | None = 
 def coherence_scores(generator: torch.nn.Module, cfg: Any, names: list[str], *, num_samples: int, seed: int = 0,
                      **_options: Any) -> dict[str, float]:  # fmt: skip
     """The registry's `coherence` metric (gan/registry.py): mean coherence of `num_samples` generated images
-    (`gan.sampling.sample_images`, so fixed by `seed`) and the means of its three components."""
+    (`gan.sampling.sample_images`, so fixed by `seed`) and the means of its three components; with
+    data.builtin_variant "detail", also the mean `detail_agreement`."""
     from gan.sampling import sample_images
 
-    parts = coherence_components(sample_images(generator, num_samples, seed))
+    images = sample_images(generator, num_samples, seed)
+    parts = coherence_components(images)
     score = parts["valid"] * parts["shape_iou"] * parts["colour_agreement"]
-    return {"coherence": score.mean().item(), **{k: v.mean().item() for k, v in parts.items()}}
+    out = {"coherence": score.mean().item(), **{k: v.mean().item() for k, v in parts.items()}}
+    if cfg.data.builtin_variant == "detail":
+        out["detail_agreement"] = detail_agreement(images).mean().item()
+    return out

@@ -345,7 +345,13 @@ class Trainer:
             from gan.synthetic import coherence_report
 
             lines.append(
-                "  " + coherence_report(self.sampler_model(), self.cfg.model, seed=self.cfg.train.seed + 54321)
+                "  "
+                + coherence_report(
+                    self.sampler_model(),
+                    self.cfg.model,
+                    seed=self.cfg.train.seed + 54321,
+                    variant=self.cfg.data.builtin_variant,
+                )
             )
         return lines
 

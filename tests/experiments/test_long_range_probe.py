@@ -188,3 +188,16 @@ def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queri
         expected = torch.softmax(q.double() @ k.double().transpose(1, 2) / 2.0, dim=-1)
         torch.testing.assert_close(block._weights(q, k).double(), expected, rtol=1e-5, atol=1e-7)
         assert not torch.equal(models["attn_qk4"](x), models["attn_qk4_inv_sqrt_d"](x))
+
+
+def test_pairs_of_the_detail_variant_differ_only_in_the_right_objects_pattern() -> None:
+    """`--variant detail`: the probe's incoherent images keep every object where it was (same foreground) and
+    differ only right of the centre, inside the right object."""
+    x, y = probe.pairs(32, 3, 6, variant="detail")
+    coherent, incoherent = x[:6], x[6:]
+    assert y.tolist() == [1.0] * 6 + [0.0] * 6
+    for coh, inc in zip(coherent, incoherent):
+        assert torch.equal(_foreground(coh), _foreground(inc))
+        differs = (coh != inc).any(0)
+        assert differs.any() and not differs[:, :16].any() and not (differs & ~_foreground(coh)).any()
+    assert torch.equal(coherent[0], CoherenceDataset(6, 32, seed=3, variant="detail")[0][0])
