@@ -349,7 +349,12 @@ def _colour_bar(width: int, top: float) -> np.ndarray:
     draw.line([(mid, HEADER_HEIGHT - 2), (mid, HEADER_HEIGHT - 1)], fill=(0, 0, 0))
     draw.text((FIGURE_PADDING, 2), low, fill=(0, 0, 0), font=font)
     draw.text((bar_left + bar_width + 3, 2), f"{high}  (middle tick: {middle})", fill=(0, 0, 0), font=font)
-    note = "colour: each key's attention weight as a multiple of uniform (1 / keys), log scale shared by all panels"
+    notes = (  # the longest that fits the figure's width
+        "colour: each key's attention weight as a multiple of uniform (1 / keys), log scale shared by all panels",
+        "colour: attention weight x number of keys (1x = uniform), one log scale",
+        "weight x keys, log scale",
+    )
+    note = next((n for n in notes if draw.textlength(n, font=font) <= width - 2 * FIGURE_PADDING), notes[-1])
     draw.text((FIGURE_PADDING, HEADER_HEIGHT + 1), note, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
 
