@@ -56,6 +56,7 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
         gate=cfg.attn_gate,
         spectral_norm=sn,
         fused=cfg.attn_fused,
+        temperature=cfg.attn_temperature if cfg.attn_pairwise == "cosine" else None,
     )
 
 

@@ -174,7 +174,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     [
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
-        (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
+        (["model.attn_pairwise=sine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
         pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),
     ],
 )
