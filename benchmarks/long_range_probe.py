@@ -464,11 +464,78 @@ def report(args: argparse.Namespace) -> None:
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
 
 
+OPENED_MASS = 0.01  # a block counts as open when > 1% of the ERF's gradient mass lies beyond the object gap
+
+
+def cells_report(args: argparse.Namespace) -> None:
+    """The tables of docs/attention_opens.md: every (cell, arm) under --out at depth --depths[0], the
+    attention runs one by one, and each attention arm against the conv arm of its cell (else of r64)."""
+    gap = object_gap(args.resolution)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(Path(args.out).glob(f"r{args.resolution}*/*/depth{args.depths[0]}/seed*.json")):
+        r = json.loads(path.read_text())
+        groups.setdefault((path.parts[-4], r["arm"]), []).append(r)
+    order = sorted(groups, key=lambda k: (len(k[0]), k[0], list(ARMS).index(k[1])))
+    print("| cell | arm | seeds | test accuracy (mean +/- std) | seeds: accuracy | opened | CPU s / step |")
+    print("|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        rs = sorted(groups[(cell, arm)], key=lambda r: r["seed"])
+        accs = [r["test_acc"] for r in rs]
+        opened = "-" if ARMS[arm]["attention"] is None else f"{sum(_opened(r, gap) for r in rs)} of {len(rs)}"
+        per_step = statistics.mean(r["cpu_s"] / r["settings"]["steps"] for r in rs)
+        print(
+            f"| `{cell}` | `{arm}` | {len(rs)} | {_mean_std(accs)} | {', '.join(f'{a:.3f}' for a in accs)} | "
+            f"{opened} | {per_step:.3f} |"
+        )
+    print(f"\nPer attention run, at the last logged step (opened: ERF mass beyond {gap} px > {OPENED_MASS}):\n")
+    print(
+        f"| cell | arm | seed | test accuracy | gate | residual | entropy / log N | grad theta / grad g | "
+        f"left object's queries on the right object (uniform) | ERF mass beyond {gap} px |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        for r in sorted(groups[(cell, arm)], key=lambda r: r["seed"]) if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            look = f"{r['look_share']:.3f} ({r['look_uniform']:.3f})" if r.get("look_share") is not None else "-"
+            residual = f"{e['residual']:.3f}" if "residual" in e else "-"  # runs before it was logged: none
+            print(
+                f"| `{cell}` | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {gate_label(e)} | "
+                f"{residual} | {e['entropy_ratio']:.4f} | "
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {look} | {mass_beyond(r, gap):.4f} |"
+            )
+    print("\nTest accuracy against the conv arm (rule: the difference counts when |diff| > 2 x pooled std):\n")
+    print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        control = next(((c, "conv") for c in (cell, f"r{args.resolution}") if (c, "conv") in groups), None)
+        if ARMS[arm]["attention"] is None or control is None:
+            continue
+        c = compare(arm, [r["test_acc"] for r in groups[(cell, arm)]], [r["test_acc"] for r in groups[control]], True)
+        print(
+            f"| `{cell}` | `{arm}` | `{control[0]}` `conv` | {c.diff:+.3f} | {c.pooled_std:.3f} | "
+            f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
+        )
+    runs = [r for rs in groups.values() for r in rs]
+    if runs:
+        print(
+            f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s of training in all; "
+            f"settings of the first: {runs[0]['settings']}; machine: {runs[0]['machine']}"
+        )
+
+
+def _opened(result: dict, gap: int) -> bool:
+    """Whether the block opened: the conv path of the depth-1 probe has no gradient mass beyond the object gap,
+    so mass there came through the block."""
+    return mass_beyond(result, gap) > OPENED_MASS
+
+
 def gate_label(entry: dict) -> str:
     """A logged block state's gate for the reports: gamma under the gamma gate, else the norm of `out`'s weight
     (gamma is logged as NaN under the zero-initialised gate)."""
     if entry["gamma"] == entry["gamma"]:
         return f"gamma {entry['gamma']:+.4f}"
+    if "gate_value" in entry and abs(entry["gate_value"] - entry["out_weight_norm"]) > 1e-9:
+        return f"rms tanh(a) {entry['gate_value']:.3f}"  # gate "channel"
     return f"norm(out) {entry['out_weight_norm']:.3f}"
 
 
@@ -497,7 +564,9 @@ def _print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, d
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument(
+        "command", choices=("run", "report", "cells"), help="cells: the tables of docs/attention_opens.md"
+    )
     parser.add_argument("--arms", nargs="+", default=["conv", "attn"], choices=list(ARMS))
     parser.add_argument("--depths", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -522,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/long_range")
     parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
     args = parser.parse_args(argv)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "cells": cells_report}[args.command](args)
 
 
 if __name__ == "__main__":

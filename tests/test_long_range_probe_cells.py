@@ -4,6 +4,7 @@ objects, and where the left object's queries look."""
 from __future__ import annotations
 
 import argparse
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -98,3 +99,19 @@ def test_cell_tag_names_what_differs_from_the_working_configuration() -> None:
     assert probe.cell_tag(argparse.Namespace(**base)) == "r64"
     changed = {**base, "stage": 1, "readout": "mean", "fresh": True, "data": "black", "width": 32, "batch": 64}
     assert probe.cell_tag(argparse.Namespace(**changed)) == "r64-stage1-mean-fresh-black-w32-b64"
+
+
+def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
+    common = ["--depths", "1", "--seeds", "0", "--out", str(tmp_path), "--width", "8", "--batch", "4"]
+    tiny = ["--steps", "2", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "1", "--stage", "1"]
+    probe.main(["run", "--arms", "conv", "attn_channel", *common, *tiny])
+    result = json.loads((tmp_path / "r64-stage1-b4" / "attn_channel" / "depth1" / "seed0.json").read_text())
+    assert result["settings"]["stage"] == 1 and 0.0 <= result["look_share"] <= 1.0
+    assert {"residual", "gate_value", "look_share", "look_uniform"} <= set(result["log"][-1])
+    capsys.readouterr()
+    probe.main(["cells", "--depths", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    opened = int(probe.mass_beyond(result, 16) > probe.OPENED_MASS)
+    assert f"| `r64-stage1-b4` | `attn_channel` | 1 | {result['test_acc']:.3f} (1 seed) |" in printed
+    assert f"| {opened} of 1 |" in printed and "rms tanh(a) " in printed
+    assert "| `r64-stage1-b4` | `attn_channel` | `r64-stage1-b4` `conv` |" in printed
