@@ -47,7 +47,7 @@ class ModelConfig:
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
     attn_pairwise: str = _f(
         "embedded_gaussian",
-        "pairwise function f of the non-local blocks (l2: -|theta_i - theta_j|^2 / sqrt(d); cosine: t cos)",
+        "pairwise function f of the non-local blocks (l2: -dist(theta_i, theta_j)^2 / sqrt(d); cosine: t cos)",
         ("embedded_gaussian", "dot_product", "concatenation", "gaussian", "l2", "cosine"),
     )
     attn_temperature: float = _f(8.0, "t of attn_pairwise=cosine: logits t cos(theta_i, phi_j) (unused otherwise)")
