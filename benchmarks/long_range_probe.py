@@ -12,6 +12,13 @@ See docs/long_range.md for the design, the argument and the measured results.
 
 `run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
 the Markdown tables of docs/long_range.md and draws its plot.
+
+The cells of docs/attention_opens.md (what decides whether the block opens) vary one setting at a time from
+the configuration that worked; each cell has its own folder (r64, r64-stage1, r64-conv, r64-black, ...):
+
+    python -m benchmarks.long_range_probe run --width 8 --train-pairs 1024 --steps 1000 --depths 1 \
+        --arms attn_lr10 --stage 1 --out docs/attention_opens/runs     # --readout, --fresh, --data, --batch
+    python -m benchmarks.long_range_probe cells --depths 1 --out docs/attention_opens/runs
 """
 
 from __future__ import annotations
