@@ -70,6 +70,10 @@ ARMS: dict[str, dict] = {
     "attn_channel": {"attention": {"gate": "channel"}},
     "conv_right_half": {"attention": None, "view": "right"},
 }
+# Issue 26's comparison: each design and lever alone, with the default 1 query/key channel at width 8 and with 4
+# (as at width 32, where the second probe failed): attn_qk4 and attn_lr10_qk4 above, and these.
+for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel"):
+    ARMS[f"{_name}_qk4"] = {"attention": {**ARMS[_name]["attention"], "qk_channels": 4}, "reference": "attn_qk4"}
 TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
 
 
