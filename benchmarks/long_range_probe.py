@@ -222,7 +222,15 @@ def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
         state["log_tau"] = block.log_tau.item()
     if image_probe:
         state.update(zip(("look_share", "look_uniform"), look_share(model, probe_x)))
+        state["alive"] = alive(model, probe_x)
     return state
+
+
+def alive(model: nn.Module, x: Tensor) -> float:
+    """The fraction of the trunk's outputs (every channel and position) above 0, i.e. passed by the final ReLU:
+    at 0 the read-out is constant and no gradient reaches any weight (a dead trunk)."""
+    with torch.no_grad():
+        return float((model.trunk(x) > 0).float().mean())
 
 
 def look_share(model: nn.Module, x: Tensor) -> tuple[float, float]:
@@ -335,6 +343,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
         "look_share": look[0],
         "look_uniform": look[1],
+        "alive": alive(model, x_test[:64]) if view == "full" else None,
         "cpu_s": cpu_s,
         "log": log,
         "settings": {k: getattr(args, k) for k in SETTINGS},
@@ -389,10 +398,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _add_look_share(path: Path, args: argparse.Namespace) -> None:
-    """Adds `look_share` to a finished attention run's JSON that lacks it, from its saved weights."""
+    """Adds `look_share` and `alive` to a finished attention run's JSON that lacks them, from its saved weights."""
     result = json.loads(path.read_text())
     weights = path.with_suffix(".safetensors")
-    if "look_share" in result or result["spec"]["attention"] is None or not weights.exists():
+    if "alive" in result or result["spec"]["attention"] is None or not weights.exists():
         return
     model = Probe(
         result["depth"], args.width, attention=result["spec"]["attention"], stage=args.stage, readout=args.readout
@@ -400,6 +409,7 @@ def _add_look_share(path: Path, args: argparse.Namespace) -> None:
     model.load_state_dict(load_file(str(weights)))
     x_test, _ = pairs(args.resolution, TEST_SEED, args.test_pairs, result["view"], args.data)
     result["look_share"], result["look_uniform"] = look_share(model.eval(), x_test[:64])
+    result["alive"] = alive(model, x_test[:64])
     path.write_text(json.dumps(result, indent=1))
 
 
@@ -476,6 +486,7 @@ def report(args: argparse.Namespace) -> None:
 
 
 OPENED_MASS = 0.01  # a block counts as open when > 1% of the ERF's gradient mass lies beyond the object gap
+DEAD = 0.01  # a trunk counts as dead when at most 1% of its outputs pass the final ReLU (no gradient anywhere)
 
 
 def cells_report(args: argparse.Namespace) -> None:
@@ -487,32 +498,40 @@ def cells_report(args: argparse.Namespace) -> None:
         r = json.loads(path.read_text())
         groups.setdefault((path.parts[-4], r["arm"]), []).append(r)
     order = sorted(groups, key=lambda k: (len(k[0]), k[0], list(ARMS).index(k[1])))
-    print("| cell | arm | seeds | test accuracy (mean +/- std) | seeds: accuracy | opened | CPU s / step |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| cell | arm | seeds | test accuracy (mean +/- std) | seeds: accuracy | opened | dead trunk | CPU s / step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for cell, arm in order:
         rs = sorted(groups[(cell, arm)], key=lambda r: r["seed"])
         accs = [r["test_acc"] for r in rs]
-        opened = "-" if ARMS[arm]["attention"] is None else f"{sum(_opened(r, gap) for r in rs)} of {len(rs)}"
+        has_block = ARMS[arm]["attention"] is not None
+        opened = f"{sum(_opened(r, gap) for r in rs)} of {len(rs)}" if has_block else "-"
+        dead = f"{sum(_dead(r) for r in rs)} of {len(rs)}" if has_block else "-"
         per_step = statistics.mean(r["cpu_s"] / r["settings"]["steps"] for r in rs)
         print(
             f"| `{cell}` | `{arm}` | {len(rs)} | {_mean_std(accs)} | {', '.join(f'{a:.3f}' for a in accs)} | "
-            f"{opened} | {per_step:.3f} |"
+            f"{opened} | {dead} | {per_step:.3f} |"
         )
-    print(f"\nPer attention run, at the last logged step (opened: ERF mass beyond {gap} px > {OPENED_MASS}):\n")
+    print(
+        f"\nPer attention run, at the last logged step (opened: ERF mass beyond {gap} px > {OPENED_MASS} in a live "
+        f"trunk; dead: at most {DEAD} of the trunk's outputs above 0 on 64 test images):\n"
+    )
     print(
         f"| cell | arm | seed | test accuracy | gate | residual | entropy / log N | grad theta / grad g | "
-        f"left object's queries on the right object (uniform) | ERF mass beyond {gap} px |"
+        f"left object's queries on the right object (uniform) | ERF mass beyond {gap} px | trunk alive |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cell, arm in order:
         for r in sorted(groups[(cell, arm)], key=lambda r: r["seed"]) if ARMS[arm]["attention"] is not None else []:
             e = r["log"][-1]
             look = f"{r['look_share']:.3f} ({r['look_uniform']:.3f})" if r.get("look_share") is not None else "-"
             residual = f"{e['residual']:.3f}" if "residual" in e else "-"  # runs before it was logged: none
+            alive_ = f"{r['alive']:.3f}" if r.get("alive") is not None else "-"
             print(
                 f"| `{cell}` | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {gate_label(e)} | "
                 f"{residual} | {e['entropy_ratio']:.4f} | "
-                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {look} | {mass_beyond(r, gap):.4f} |"
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {look} | {mass_beyond(r, gap):.4f} | {alive_} |"
             )
     print("\nTest accuracy against the conv arm (rule: the difference counts when |diff| > 2 x pooled std):\n")
     print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
@@ -536,8 +555,13 @@ def cells_report(args: argparse.Namespace) -> None:
 
 def _opened(result: dict, gap: int) -> bool:
     """Whether the block opened: the conv path of the depth-1 probe has no gradient mass beyond the object gap,
-    so mass there came through the block."""
-    return mass_beyond(result, gap) > OPENED_MASS
+    so mass there came through the block; in a dead trunk that mass reaches nothing, so it does not count."""
+    return mass_beyond(result, gap) > OPENED_MASS and not _dead(result)
+
+
+def _dead(result: dict) -> bool:
+    """Whether the trunk died: (almost) nothing passes the final ReLU, so the read-out is constant."""
+    return result.get("alive") is not None and result["alive"] <= DEAD
 
 
 def gate_label(entry: dict) -> str:
