@@ -246,18 +246,19 @@ class NonLocalBlock(nn.Module):
         scale = self._constant_scale()
         if self.pairwise in _OWN_SCALE:
             q, k, scale = _own_scale_fused_inputs(self.pairwise, q, k, self.temperature)
-        pad = v.shape[-1] - q.shape[-1]
-        if pad > 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
-            # Flash kernels want equal head sizes; zero columns leave every q.k unchanged.
-            q = F.pad(q, (0, pad))  # (B, Nq, Cv)
-            k = F.pad(k, (0, pad))  # (B, N, Cv)
+        pad, cv = v.shape[-1] - q.shape[-1], v.shape[-1]
+        if pad != 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
+            # Flash kernels want equal head sizes; zero columns leave every q.k unchanged, and zero value
+            # columns (when q is the wider, as l2's extra channel can make it) give zero outputs, cut below.
+            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B, Nq, C), (B, N, C)
+            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B, N, C)
         y = F.scaled_dot_product_attention(
             q.unsqueeze(1).contiguous(),  # (B, 1, Nq, C)
             k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
             v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
             scale=scale,  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
-        return y.squeeze(1)  # (B, Nq, Cv)
+        return y.squeeze(1)[..., :cv]  # (B, Nq, Cv)
 
     # -- forward --------------------------------------------------------------------------------
 

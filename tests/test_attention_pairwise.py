@@ -116,12 +116,13 @@ def test_channel_gate_is_the_identity_at_init_and_each_gain_gets_a_gradient(pair
 
 @pytest.mark.parametrize("pairwise", ["l2", "cosine"])
 @pytest.mark.parametrize("grid", [(9,), (7, 5), (3, 5, 4)])
-def test_fused_equals_explicit_forward_and_backward(pairwise: str, grid: tuple[int, ...]) -> None:
-    _assert_fused_matches_explicit(grid, dim=len(grid), pairwise=pairwise)
+@pytest.mark.parametrize("qk", [None, 32])  # 32: l2's augmented queries (33) wider than the values (32)
+def test_fused_equals_explicit_forward_and_backward(pairwise: str, grid: tuple[int, ...], qk: int | None) -> None:
+    _assert_fused_matches_explicit(grid, dim=len(grid), pairwise=pairwise, qk_channels=qk)
     torch.manual_seed(0)
-    block = NonLocalBlock(32, pairwise=pairwise).eval()
+    block = NonLocalBlock(8, pairwise=pairwise, qk_channels=4).eval()  # l2: 5 query channels, 4 value channels
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        block(torch.randn(2, 32, 7, 5))
+        block(torch.randn(2, 8, 7, 5))
     ops = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops and "aten::_softmax" not in ops
 
