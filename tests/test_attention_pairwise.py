@@ -158,3 +158,15 @@ def test_config_reaches_the_blocks() -> None:
     assert (block.pairwise, block.temperature) == ("l2", None)
     with pytest.raises(ConfigError, match="'model.attn_temperature' must be positive"):
         load_config(None, ["model.attn_temperature=0"])
+
+
+def test_attention_off_closes_the_channel_gate_and_restores_it() -> None:
+    from gan.erf import attention_off
+
+    block = make_block("cosine", 2, gate="channel").float()
+    model = torch.nn.Sequential(block)
+    x = torch.randn(2, 16, 6, 6)
+    before = block.gain.detach().clone()
+    with attention_off(model):
+        assert torch.equal(model(x), x)
+    assert torch.equal(block.gain, before) and not torch.equal(model(x), x)
