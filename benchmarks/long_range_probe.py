@@ -343,7 +343,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
         "look_share": look[0],
         "look_uniform": look[1],
-        "alive": alive(model, x_test[:64]) if view == "full" else None,
+        "alive": alive(model, torch.cat([x_test[:32], x_test[-32:]])) if view == "full" else None,  # both classes
         "cpu_s": cpu_s,
         "log": log,
         "settings": {k: getattr(args, k) for k in SETTINGS},
@@ -409,7 +409,7 @@ def _add_look_share(path: Path, args: argparse.Namespace) -> None:
     model.load_state_dict(load_file(str(weights)))
     x_test, _ = pairs(args.resolution, TEST_SEED, args.test_pairs, result["view"], args.data)
     result["look_share"], result["look_uniform"] = look_share(model.eval(), x_test[:64])
-    result["alive"] = alive(model, x_test[:64])
+    result["alive"] = alive(model, torch.cat([x_test[:32], x_test[-32:]]))  # both classes
     path.write_text(json.dumps(result, indent=1))
 
 
