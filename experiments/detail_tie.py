@@ -37,7 +37,7 @@ def held_out_scores(result: dict, weights: Path) -> tuple[float, float]:
     model = Probe(result["depth"], s["width"], attention=result["spec"]["attention"])
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    x, y = pairs(s["resolution"], TEST_SEED, s["test_pairs"], result["view"], s.get("variant", "objects"))
+    x, y = pairs(s["resolution"], TEST_SEED, s["test_pairs"], result["view"], variant=s.get("variant", "objects"))
     logits = torch.cat([model(x[k : k + 250]) for k in range(0, len(x), 250)])  # (2n,)
     return rank_auc(logits[y == 1], logits[y == 0]), float(((logits > 0).float() == y).float().mean())
 

@@ -180,7 +180,7 @@ def gates(module: nn.Module) -> dict[str, float]:
 @contextlib.contextmanager
 def attention_off(module: nn.Module) -> Iterator[None]:
     """Inside the `with`, every non-local block of `module` is the identity (z = x): its gamma, or under
-    gate "zero_init" its unnormalised `out` weight, is 0. The values are restored on exit."""
+    gate "zero_init" its unnormalised `out` weight, under "channel" its gains, is 0. The values are restored on exit."""
     saved = []
     with torch.no_grad():
         for _, block in attention_blocks(module):

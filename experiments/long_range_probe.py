@@ -13,11 +13,19 @@ See docs/long_range.md for the design, the argument and the measured results.
 
 `run` writes one JSON per (arm, depth, seed) under --out and skips those already there; `report` prints
 the Markdown tables of docs/long_range/log.md and draws its plot.
+
+The cells of docs/attention_opens.md (what decides whether the block opens) vary one setting at a time from
+the configuration that worked; each cell has its own folder (r64, r64-stage1, r64-conv, r64-black, ...):
+
+    python -m experiments.long_range_probe run --width 8 --train-pairs 1024 --steps 1000 --depths 1 \
+        --arms attn_lr10 --stage 1 --out docs/attention_opens/runs     # --readout, --fresh, --data, --batch
+    python -m experiments.long_range_probe cells --depths 1 --out docs/attention_opens/runs
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import functools
 import json
 import math
@@ -25,9 +33,10 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from experiments import long_range_plots
@@ -35,8 +44,8 @@ from experiments.clips import CoherentClips
 from experiments.erf import effective_rf, theoretical_rf
 from experiments.experiment import compare, verdict
 from gan.attention import NonLocalBlock
-from gan.layers import DBlock, DBlockOptimized, linear
-from gan.synthetic import VARIANTS, CoherenceDataset
+from gan.layers import DBlock, DBlockOptimized, conv2d, linear
+from gan.synthetic import FOREGROUND_THRESHOLD, VARIANTS, CoherenceDataset
 from gan.viz import save_image_grid
 from tools.report import machine_line
 
@@ -55,31 +64,69 @@ ARMS: dict[str, dict] = {
     "attn_learned_temp": {"attention": {"logit_scale": "learned"}},
     "attn_qk_no_sn": {"attention": {"qk_spectral_norm": False}},
     "attn_lr10": {"attention": {}, "attn_lr_mult": 10.0},
+    "attn_lr10_qk4": {"attention": {"qk_channels": 4}, "attn_lr_mult": 10.0, "reference": "attn_lr10"},
+    # block designs built to open (issue 26): the l2 and cosine pairwise functions, per-channel gains
+    "attn_l2": {"attention": {"pairwise": "l2"}},
+    "attn_cosine": {"attention": {"pairwise": "cosine"}},
+    "attn_channel": {"attention": {"gate": "channel"}},
     "conv_right_half": {"attention": None, "view": "right"},
 }
+# Issue 26's comparison: each design and lever alone, with the default 1 query/key channel at width 8 and with 4
+# (as at width 32, where the second probe failed): attn_qk4 and attn_lr10_qk4 above, and these.
+for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel"):
+    ARMS[f"{_name}_qk4"] = {"attention": {**ARMS[_name]["attention"], "qk_channels": 4}, "reference": "attn_qk4"}
 TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
 
 
-class Probe(nn.Module):
-    """images (B, C, H, W) -> logit (B,): DBlockOptimized [-> NonLocalBlock] -> depth x DBlock -> ReLU, sum, linear."""
+READOUTS = ("sum", "mean", "conv")  # conv: a spectrally normalised 1x1 conv and ReLU, then the sum
 
-    def __init__(self, depth: int, width: int, channels: int = 3, attention: dict | None = None) -> None:
+
+class Probe(nn.Module):
+    """images (B, C, H, W) -> logit (B,): DBlockOptimized -> depth x DBlock -> ReLU, read-out, linear, with
+    ONE NonLocalBlock after `stage` of the down-blocks (0: after the first block, the highest-resolution stage).
+
+    `readout`: "sum" (global sum pooling, as SAGAN's D), "mean" (global mean pooling) or "conv" (a 1x1 conv
+    and ReLU on the map, then the sum; the second probe of issue 26).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        width: int,
+        channels: int = 3,
+        attention: dict | None = None,
+        stage: int = 0,
+        readout: str = "sum",
+    ) -> None:
         super().__init__()
+        if not 0 <= stage <= depth:
+            raise ValueError(f"the block's stage must be in 0..depth ({depth}); got {stage}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}; got {readout!r}")
+        self.stage, self.readout = stage, readout
         self.stem = DBlockOptimized(channels, width, sn=True)
         self.attention = NonLocalBlock(width, **attention) if attention is not None else None
         self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
+        self.read = conv2d(width, width, 1, sn=True) if readout == "conv" else None
         self.head = linear(width, 1, sn=True)
+
+    def block_input(self, x: Tensor) -> Tensor:
+        """The map the non-local block sees: (B, width, H / 2^(stage+1), W / 2^(stage+1))."""
+        return self.blocks[: self.stage](self.stem(x))
 
     def trunk(self, x: Tensor) -> Tensor:
         """The map before the final ReLU: (B, width, H / 2^(depth+1), W / 2^(depth+1)); the ERF is measured here
         (after the ReLU, a unit over plain background can be dead for every input and have no gradient)."""
-        h = self.stem(x)
+        h = self.block_input(x)
         if self.attention is not None:
             h = self.attention(h)
-        return self.blocks(h)
+        return self.blocks[self.stage :](h)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(F.relu(self.trunk(x)).sum(dim=(2, 3))).squeeze(1)
+        h = F.relu(self.trunk(x))
+        if self.read is not None:
+            h = F.relu(self.read(h))
+        return self.head(h.mean(dim=(2, 3)) if self.readout == "mean" else h.sum(dim=(2, 3))).squeeze(1)
 
 
 def probe_rf(depth: int) -> int:
@@ -89,16 +136,58 @@ def probe_rf(depth: int) -> int:
     return theoretical_rf(stem + down * depth)[0]
 
 
+class BlackObjects(CoherenceDataset):
+    """The second probe's images (issue 26): two objects of 9-12 px (at 64x64; 14-19% of the side) at opposite
+    edges, the left one's left edge within 5 px (8%) of the border, on black; shapes disc, square and cross, a
+    random hue. Coherent: the right object mirrors the left one (shape, size, row, colour); incoherent: it is
+    drawn independently, as in `CoherenceDataset`."""
+
+    def _draw_object(self, rng: np.random.Generator) -> tuple[int, int, int, int, np.ndarray]:
+        r = self.resolution
+        shape = int(rng.choice([0, 1, 3]))  # disc, square, cross (gan.synthetic.SHAPES)
+        s = int(rng.integers(round(0.14 * r), round(0.19 * r) + 1))
+        x0 = int(rng.integers(1, max(1, round(0.08 * r)) + 1))
+        y0 = int(rng.integers(1, r - s))
+        colour = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), 1.0))[: self.channels]
+        return shape, s, x0, y0, colour
+
+    def _background(self, rng: np.random.Generator) -> np.ndarray:  # noqa: ARG002 (black: nothing to draw)
+        return np.zeros((self.channels, self.resolution, self.resolution))
+
+
+DATASETS = {"builtin": CoherenceDataset, "black": BlackObjects}
+
+
 @functools.lru_cache(maxsize=4)
-def pairs(resolution: int, seed: int, n: int, view: str = "full", variant: str = "objects") -> tuple[Tensor, Tensor]:
+def pairs(
+    resolution: int, seed: int, n: int, view: str = "full", data: str = "builtin", variant: str = "objects"
+) -> tuple[Tensor, Tensor]:
     """n coherent items and their incoherent versions, stacked: images (2n, 3, R, R or R/2), labels 1 then 0.
 
-    `variant`: the CoherenceDataset variant ("detail": only the right object's pattern differs).
+    `data`: a name of DATASETS; `variant`: the built-in data's tie ("detail": only the right object's pattern
+    differs; docs/detail_tie.md).
     Rendered once per process (numpy drawing costs about as much as a training step of the small probes).
     """
-    x, y = stacked_pairs(CoherenceDataset(n, resolution, seed=seed, variant=variant), range(n))
+    x, y = stacked_pairs(dataset(data, n, resolution, seed, variant), range(n))
     half = x.shape[-1] // 2
     return {"full": x, "left": x[..., :half], "right": x[..., half:]}[view], y
+
+
+def dataset(data: str, n: int, resolution: int, seed: int, variant: str = "objects") -> CoherenceDataset:
+    """n items of DATASETS[data]; `variant` picks the built-in data's tie (the black objects have only one)."""
+    if data == "builtin":
+        return CoherenceDataset(n, resolution, seed=seed, variant=variant)
+    if variant != "objects":
+        raise ValueError(f"--variant {variant} is a variant of the built-in data; --data {data} has none")
+    return DATASETS[data](n, resolution, seed=seed)
+
+
+def pair_stream(data: str, resolution: int, seed: int, half: int, steps: int, variant: str = "objects"):
+    """Fresh training pairs: step s (1, 2, ...) gets items (s - 1) half .. s half - 1 of one dataset and their
+    incoherent versions, (2 half, 3, R, R) with labels 1 then 0; no image is seen twice, and the stream is
+    the same for every run (a function of `seed` alone)."""
+    items = dataset(data, steps * half, resolution, seed, variant)
+    return lambda step: stacked_pairs(items, range((step - 1) * half, step * half))
 
 
 def stacked_pairs(data: CoherenceDataset | CoherentClips, indices: range) -> tuple[Tensor, Tensor]:
@@ -115,30 +204,69 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 250) -> float:
 
 
 def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
-    """Gamma, the last step's gradient norms reaching theta/phi/g/out, attention entropy and logit scale."""
+    """The gate, the last step's gradient norms reaching theta/phi/g/out, attention entropy, logit spread,
+    the block's residual over its input (||z - x|| / ||x||) and where the left object's queries look."""
     block = model.attention
     grads = {
         name: math.sqrt(
             sum(float(p.grad.pow(2).sum()) for p in getattr(block, name).parameters() if p.grad is not None)
         )
         for name in ("theta", "phi", "g", "out")
+        if hasattr(block, name)  # pairwise="l2" ties phi to theta
     }
+    image_probe = hasattr(model, "block_input")  # the clip probe (long_range_clips) has its block after the stem
     with torch.no_grad():
-        q, k, _, _ = block._project(model.stem(probe_x))  # (B, HW, Cqk), (B, N, Cqk)
-        logits = torch.bmm(q, k.transpose(1, 2)) * block._constant_scale()  # (B, HW, N), as the block scales them
+        h = model.block_input(probe_x) if image_probe else model.stem(probe_x)
+        q, k, _, _ = block._project(h)  # (B, HW, Cqk), (B, N, Cqk)
+        logits = block.pairwise_logits(q, k)  # (B, HW, N), as the block scales them
         p = torch.softmax(logits, dim=-1)
         entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
+        residual = float((block(h) - h).norm() / h.norm())
     state = {f"grad_{n}": g for n, g in grads.items()}
     state.update(
         entropy_ratio=entropy,
         logit_std=float(logits.std()),
         logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()),
+        residual=residual,
+        gate_value=block.gate_value(),
     )
     state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
     state["out_weight_norm"] = float(block.out.weight.detach().norm())
     if hasattr(block, "log_tau"):
         state["log_tau"] = block.log_tau.item()
+    if image_probe:
+        state.update(zip(("look_share", "look_uniform"), look_share(model, probe_x)))
+        state["alive"] = alive(model, probe_x)
     return state
+
+
+def alive(model: nn.Module, x: Tensor) -> float:
+    """The fraction of the trunk's outputs (every channel and position) above 0, i.e. passed by the final ReLU:
+    at 0 the read-out is constant and no gradient reaches any weight (a dead trunk)."""
+    with torch.no_grad():
+        return float((model.trunk(x) > 0).float().mean())
+
+
+def look_share(model: nn.Module, x: Tensor) -> tuple[float, float]:
+    """Where the left object's queries look (the 2D counterpart of `long_range_clips.frame_attention`): the
+    attention mass that the block's queries on cells holding left-object pixels put on keys whose cells hold
+    right-object pixels, averaged over those queries and the images; and the mass uniform attention would put
+    there (the right object's share of the key cells). Objects are the pixels above FOREGROUND_THRESHOLD in
+    either half (the backgrounds stay below it)."""
+    with torch.no_grad():
+        h = model.block_input(x)
+        _, attn = model.attention(h, return_attention=True)  # (B, Nq, N)
+    fg = (x.amax(1, keepdim=True) > FOREGROUND_THRESHOLD).float()  # (B, 1, R, R)
+    half = x.shape[-1] // 2
+    left, right = fg.clone(), fg.clone()
+    left[..., half:], right[..., :half] = 0.0, 0.0
+    pool = model.attention.pool or (1, 1)
+    hq, wq = h.shape[2:]
+    queries = F.adaptive_max_pool2d(left, (hq, wq)).flatten(1)  # (B, Nq): 1 on left-object cells
+    keys = F.adaptive_max_pool2d(right, (-(-hq // pool[0]), -(-wq // pool[1]))).flatten(1)  # (B, N)
+    on_right = torch.bmm(attn, keys.unsqueeze(-1)).squeeze(-1)  # (B, Nq): each query's mass on the right object
+    share = (on_right * queries).sum(1) / queries.sum(1).clamp_min(1.0)
+    return float(share.mean()), float(keys.mean(1).mean())
 
 
 def fit(
@@ -202,14 +330,20 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     spec = ARMS[arm]
     view = spec.get("view", "full")
     torch.manual_seed(seed)
-    model = Probe(depth, args.width, attention=spec["attention"])
-    x_train, y_train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view, args.variant)
-    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view, args.variant)
+    model = Probe(depth, args.width, attention=spec["attention"], stage=args.stage, readout=args.readout)
+    if args.fresh:  # every step draws new images: the model cannot fit a fixed set instead of the rule
+        if view != "full":
+            raise ValueError("--fresh streams full images; the half-view arms use the fixed set")
+        train = pair_stream(args.data, args.resolution, TRAIN_SEED, args.batch // 2, args.steps, args.variant)
+    else:
+        train = pairs(args.resolution, TRAIN_SEED, args.train_pairs, view, args.data, args.variant)
+    x_test, y_test = pairs(args.resolution, TEST_SEED, args.test_pairs, view, args.data, args.variant)
     name = f"{arm} depth {depth} seed {seed}"
-    log, cpu_s = fit(model, spec, (x_train, y_train), (x_test, y_test), args, seed, name)
+    log, cpu_s = fit(model, spec, train, (x_test, y_test), args, seed, name)
 
     save_file(model.state_dict(), str(weights_path))
     erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
+    look = look_share(model.eval(), x_test[:64]) if model.attention is not None and view == "full" else (None, None)
     return {
         "arm": arm,
         "depth": depth,
@@ -221,14 +355,51 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "test_acc": accuracy(model, x_test, y_test),
         "erf_r90": erf.r90 if erf else None,
         "erf_profile": [[float(d), float(m)] for d, m in zip(erf.distances, erf.mass)] if erf else None,
+        "look_share": look[0],
+        "look_uniform": look[1],
+        "alive": alive(model, torch.cat([x_test[:32], x_test[-32:]])) if view == "full" else None,  # both classes
         "cpu_s": cpu_s,
         "log": log,
-        "settings": {
-            k: getattr(args, k)
-            for k in ("steps", "batch", "width", "lr", "resolution", "train_pairs", "test_pairs", "variant")
-        },
+        "settings": {k: getattr(args, k) for k in SETTINGS},
         "machine": machine_line(),
     }
+
+
+SETTINGS = (
+    "steps",
+    "batch",
+    "width",
+    "lr",
+    "resolution",
+    "train_pairs",
+    "test_pairs",
+    "stage",
+    "readout",
+    "fresh",
+    "data",
+    "variant",
+)
+# The probe's configuration that worked (docs/long_range.md, "Longer training") for the settings that name a cell.
+CELL_DEFAULTS = {
+    "stage": 0, "readout": "sum", "fresh": False, "data": "builtin", "variant": "objects", "width": 8, "batch": 32
+}  # fmt: skip
+
+
+def cell_tag(args: argparse.Namespace) -> str:
+    """The results folder of one probe configuration: r64 for the configuration that worked, then one suffix per
+    setting that differs from it, e.g. r64-stage1, r64-mean-fresh, r64-w32."""
+    short = {
+        "stage": "stage{}",
+        "readout": "{}",
+        "fresh": "fresh",
+        "data": "{}",
+        "variant": "{}",
+        "width": "w{}",
+        "batch": "b{}",
+    }
+    return f"r{args.resolution}" + "".join(
+        "-" + short[k].format(getattr(args, k)) for k, v in CELL_DEFAULTS.items() if getattr(args, k) != v
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -237,8 +408,9 @@ def run(args: argparse.Namespace) -> None:
     for arm in args.arms:
         for depth in args.depths:
             for seed in args.seeds:
-                path = out / f"r{args.resolution}" / arm / f"depth{depth}" / f"seed{seed}.json"
+                path = out / cell_tag(args) / arm / f"depth{depth}" / f"seed{seed}.json"
                 if path.exists():
+                    add_look_share(path, args)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 result = train_one(arm, depth, seed, args, path.with_suffix(".safetensors"))
@@ -248,6 +420,22 @@ def run(args: argparse.Namespace) -> None:
                     f"{result['params']} params, {result['cpu_s']:.0f} CPU s",
                     flush=True,
                 )
+
+
+def add_look_share(path: Path, args: argparse.Namespace) -> None:
+    """Adds `look_share` and `alive` to a finished attention run's JSON that lacks them, from its saved weights."""
+    result = json.loads(path.read_text())
+    weights = path.with_suffix(".safetensors")
+    if "alive" in result or result["spec"]["attention"] is None or not weights.exists():
+        return
+    model = Probe(
+        result["depth"], args.width, attention=result["spec"]["attention"], stage=args.stage, readout=args.readout
+    )
+    model.load_state_dict(load_file(str(weights)))
+    x_test, _ = pairs(args.resolution, TEST_SEED, args.test_pairs, result["view"], args.data, args.variant)
+    result["look_share"], result["look_uniform"] = look_share(model.eval(), x_test[:64])
+    result["alive"] = alive(model, torch.cat([x_test[:32], x_test[-32:]]))  # both classes
+    path.write_text(json.dumps(result, indent=1))
 
 
 def mean_std_text(xs: list[float]) -> str:
@@ -270,9 +458,7 @@ def mass_beyond(result: dict, distance: float) -> float | None:
 
 def report(args: argparse.Namespace) -> None:
     gap = object_gap(args.resolution)
-    results = [
-        json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"r{args.resolution}/*/depth*/seed*.json"))
-    ]
+    results = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"{cell_tag(args)}/*/depth*/seed*.json"))]
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         groups.setdefault((r["arm"], r["depth"]), []).append(r)
@@ -320,8 +506,87 @@ def report(args: argparse.Namespace) -> None:
     long_range_plots.erf_profiles(groups, plot.with_name("erf_profile.png"), probe_rf)
     has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
     long_range_plots.block_opening(groups, plot.with_name("block_opening.png"), has_block)
-    x, _ = pairs(args.resolution, TEST_SEED, 6, variant=args.variant)
+    x, _ = pairs(args.resolution, TEST_SEED, 6, data=args.data, variant=args.variant)
     save_image_grid(x, Path(args.plot).with_name(f"pairs_{args.resolution}.png"), nrow=6)  # top: coherent
+
+
+OPENED_MASS = 0.01  # a block counts as open when > 1% of the ERF's gradient mass lies beyond the object gap
+DEAD = 0.01  # a trunk counts as dead when at most 1% of its outputs pass the final ReLU (no gradient anywhere)
+
+
+def cells_report(args: argparse.Namespace) -> None:
+    """The tables of docs/attention_opens.md: every (cell, arm) under --out at depth --depths[0], the
+    attention runs one by one, and each attention arm against the conv arm of its cell (else of r64)."""
+    gap = object_gap(args.resolution)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(Path(args.out).glob(f"r{args.resolution}*/*/depth{args.depths[0]}/seed*.json")):
+        r = json.loads(path.read_text())
+        groups.setdefault((path.parts[-4], r["arm"]), []).append(r)
+    order = sorted(groups, key=lambda k: (len(k[0]), k[0], list(ARMS).index(k[1])))
+    print(
+        "| cell | arm | seeds | test accuracy (mean +/- std) | seeds: accuracy | opened | dead trunk | CPU s / step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        rs = sorted(groups[(cell, arm)], key=lambda r: r["seed"])
+        accs = [r["test_acc"] for r in rs]
+        has_block = ARMS[arm]["attention"] is not None
+        opened = f"{sum(_opened(r, gap) for r in rs)} of {len(rs)}" if has_block else "-"
+        dead = f"{sum(_dead(r) for r in rs)} of {len(rs)}" if has_block else "-"
+        per_step = statistics.mean(r["cpu_s"] / r["settings"]["steps"] for r in rs)
+        print(
+            f"| `{cell}` | `{arm}` | {len(rs)} | {mean_std_text(accs)} | {', '.join(f'{a:.3f}' for a in accs)} | "
+            f"{opened} | {dead} | {per_step:.3f} |"
+        )
+    print(
+        f"\nPer attention run, at the last logged step (opened: ERF mass beyond {gap} px > {OPENED_MASS} in a live "
+        f"trunk; dead: at most {DEAD} of the trunk's outputs above 0 on 64 test images):\n"
+    )
+    print(
+        f"| cell | arm | seed | test accuracy | gate | residual | entropy / log N | grad theta / grad g | "
+        f"left object's queries on the right object (uniform) | ERF mass beyond {gap} px | trunk alive |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        for r in sorted(groups[(cell, arm)], key=lambda r: r["seed"]) if ARMS[arm]["attention"] is not None else []:
+            e = r["log"][-1]
+            look = f"{r['look_share']:.3f} ({r['look_uniform']:.3f})" if r.get("look_share") is not None else "-"
+            residual = f"{e['residual']:.3f}" if "residual" in e else "-"  # runs before it was logged: none
+            alive_ = f"{r['alive']:.3f}" if r.get("alive") is not None else "-"
+            print(
+                f"| `{cell}` | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {gate_label(e)} | "
+                f"{residual} | {e['entropy_ratio']:.4f} | "
+                f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} | {look} | {mass_beyond(r, gap):.4f} | {alive_} |"
+            )
+    print("\nTest accuracy against the conv arm (rule: the difference counts when |diff| > 2 x pooled std):\n")
+    print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for cell, arm in order:
+        control = next(((c, "conv") for c in (cell, f"r{args.resolution}") if (c, "conv") in groups), None)
+        if ARMS[arm]["attention"] is None or control is None:
+            continue
+        c = compare(arm, [r["test_acc"] for r in groups[(cell, arm)]], [r["test_acc"] for r in groups[control]], True)
+        print(
+            f"| `{cell}` | `{arm}` | `{control[0]}` `conv` | {c.diff:+.3f} | {c.pooled_std:.3f} | "
+            f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
+        )
+    runs = [r for rs in groups.values() for r in rs]
+    if runs:
+        print(
+            f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s of training in all; "
+            f"settings of the first: {runs[0]['settings']}; machine: {runs[0]['machine']}"
+        )
+
+
+def _opened(result: dict, gap: int) -> bool:
+    """Whether the block opened: the conv path of the depth-1 probe has no gradient mass beyond the object gap,
+    so mass there came through the block; in a dead trunk that mass reaches nothing, so it does not count."""
+    return mass_beyond(result, gap) > OPENED_MASS and not _dead(result)
+
+
+def _dead(result: dict) -> bool:
+    """Whether the trunk died: (almost) nothing passes the final ReLU, so the read-out is constant."""
+    return result.get("alive") is not None and result["alive"] <= DEAD
 
 
 def gate_label(entry: dict) -> str:
@@ -329,6 +594,8 @@ def gate_label(entry: dict) -> str:
     (gamma is logged as NaN under the zero-initialised gate)."""
     if entry["gamma"] == entry["gamma"]:
         return f"gamma {entry['gamma']:+.4f}"
+    if "gate_value" in entry and abs(entry["gate_value"] - entry["out_weight_norm"]) > 1e-9:
+        return f"rms tanh(a) {entry['gate_value']:.3f}"  # gate "channel"
     return f"norm(out) {entry['out_weight_norm']:.3f}"
 
 
@@ -357,7 +624,9 @@ def print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, di
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument(
+        "command", choices=("run", "report", "cells"), help="cells: the tables of docs/attention_opens.md"
+    )
     parser.add_argument("--arms", nargs="+", default=["conv", "attn"], choices=list(ARMS))
     parser.add_argument("--depths", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -372,12 +641,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-pairs", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument(
+        "--stage", type=int, default=0, help="down-blocks before the non-local block (0: 32x32 at 64x64)"
+    )
+    parser.add_argument("--readout", choices=READOUTS, default="sum", help="sum, mean, or conv (1x1 conv, ReLU, sum)")
+    parser.add_argument("--fresh", action="store_true", help="new training images every step (--train-pairs unused)")
+    parser.add_argument(
+        "--data", choices=list(DATASETS), default="builtin", help="builtin, or black (issue 26's objects)"
+    )
+    parser.add_argument(
         "--variant", default="objects", choices=VARIANTS, help="the built-in data's tie (docs/detail_tie.md)"
     )
     parser.add_argument("--out", default="runs/long_range")
     parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
     args = parser.parse_args(argv)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "cells": cells_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ are (B, Nq, N) whatever `dim` is, and the output is restored to the input's grid
     dot_product        f = theta(x_i)^T phi(x_j),           C = N
     concatenation      f = ReLU(w_f^T [theta(x_i); phi(x_j)]), C = N
     gaussian           f = exp(x_i^T x_j) on the raw input, C = sum_j f
+    l2                 f = exp(-||theta(x_i) - theta(x_j)||^2 / sqrt(d)),   C = sum_j f   (phi tied to theta)
+    cosine             f = exp(t cos(theta(x_i), phi(x_j))),                  C = sum_j f   (t: `temperature`)
 
-where N is the number of key positions. `logit_scale` multiplies the softmax variants' logits
+where N is the number of key positions and d the query/key width. l2 is the Lipschitz attention of
+ViTGAN / GigaGAN's discriminators (keys from the query projection, pooled like phi when subsampling);
+cosine bounds every logit to [-t, t], so the softmax's sharpness is set by t, not by the size of the
+(spectrally normalised) projections. `logit_scale` multiplies the softmax variants' logits
 theta_i^T phi_j by s: "one" (s = 1, SAGAN), "inv_sqrt_d" (s = 1/sqrt(d_qk), the transformer and video
 non-local code; d_qk = C for the Gaussian), or "learned" (s = exp(log_tau), a learnable temperature
 starting at 1). dot_product and concatenation divide by N, not by a softmax sum, so a logit scale there
@@ -51,6 +56,8 @@ from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
 from gan.choices import SOFTMAX_PAIRWISE as _SOFTMAX
 from gan.layers import spectral_norm
 
+_OWN_SCALE = ("l2", "cosine")  # their formula fixes the logits' scale (1/sqrt(d), the temperature)
+COSINE_TEMPERATURE = 8.0  # the default t of pairwise="cosine" (R3GAN2's choice)
 _AXES = {1: "L", 2: "H, W", 3: "T, H, W"}  # the grid of each `dim`, for messages
 _SUBSAMPLE = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}  # subsample=True's kernel: video pools space only
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -109,13 +116,17 @@ class NonLocalBlock(nn.Module):
       a non-zero start gives up the identity at initialisation) [model.attn_gate, model.attn_gamma_init].
       `gate="zero_init"`: z = x + out(y) with `out`'s weight starting at 0 (non-local paper). Spectral
       normalisation cannot represent a zero weight (it rescales by the largest singular value, 0/0 here),
-      so under this gate `out` is left unnormalised; theta, phi and g still are. `gate_value()` reads how
-      far either gate is open.
+      so under this gate `out` is left unnormalised; theta, phi and g still are.
+      `gate="channel"`: z = x + tanh(a) * out(y), one gain per channel, a starting at 0, so each gain is
+      bounded in (-1, 1) and moves on its own gradient (a scalar gamma sums the channels' gradients, which can
+      cancel); `out` keeps its spectral norm. `gate_value()` reads how far any gate is open.
     - `spectral_norm`: normalise the 1x1 convolutions [model.g_spectral_norm / model.d_spectral_norm];
       `qk_spectral_norm` normalises theta/phi independently of g/out (None: follow `spectral_norm`)
       [model.attn_qk_spectral_norm].
     - `fused`: the fused path when no weights are needed (module docstring) [model.attn_fused].
     - `logit_scale`: one of LOGIT_SCALES, softmax variants only (module docstring) [model.attn_logit_scale].
+    - `temperature`: t of pairwise="cosine" (None: `COSINE_TEMPERATURE`); the other functions take none
+      [model.attn_temperature].
     """
 
     def __init__(
@@ -134,6 +145,7 @@ class NonLocalBlock(nn.Module):
         logit_scale: str = "one",
         gamma_init: float = 0.0,
         qk_spectral_norm: bool | None = None,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         if dim not in _AXES:
@@ -156,6 +168,7 @@ class NonLocalBlock(nn.Module):
             )
         if gamma_init != 0.0 and gate != "gamma":
             raise ValueError(f"gamma_init={gamma_init} needs gate='gamma'; gate={gate!r} has no gamma")
+        self.temperature = _check_own_scale(pairwise, logit_scale, temperature)
         self.channels = channels
         self.dim = dim
         self.pairwise = pairwise
@@ -170,6 +183,7 @@ class NonLocalBlock(nn.Module):
         qk_sn = spectral_norm if qk_spectral_norm is None else qk_spectral_norm
         if pairwise != "gaussian":
             self.theta = _conv1x1(dim, channels, self.qk_channels, qk_sn)
+        if pairwise not in ("gaussian", "l2"):  # l2 ties phi to theta
             self.phi = _conv1x1(dim, channels, self.qk_channels, qk_sn)
         if pairwise == "concatenation":
             self.w_f = nn.Parameter(torch.randn(2 * self.qk_channels) / math.sqrt(2 * self.qk_channels))
@@ -177,6 +191,9 @@ class NonLocalBlock(nn.Module):
         if gate == "gamma":
             self.out = _conv1x1(dim, self.v_channels, channels, spectral_norm)
             self.gamma = nn.Parameter(torch.full((), float(gamma_init)))
+        elif gate == "channel":
+            self.out = _conv1x1(dim, self.v_channels, channels, spectral_norm)
+            self.gain = nn.Parameter(torch.zeros(channels))  # a in tanh(a), per channel
         else:
             self.out = _conv1x1(dim, self.v_channels, channels, False)
             nn.init.zeros_(self.out.weight)
@@ -189,6 +206,7 @@ class NonLocalBlock(nn.Module):
         return (
             f"{self.channels}, dim={self.dim}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
             f"pool={self.pool}, gate={self.gate}, fused={self.fused}, logit_scale={self.logit_scale}"
+            + (f", temperature={self.temperature}" if self.temperature is not None else "")
         )
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -198,7 +216,8 @@ class NonLocalBlock(nn.Module):
         if self.pairwise == "gaussian":
             theta, phi = x, x
         else:
-            theta, phi = self.theta(x), self.phi(x)  # (B, Cqk, *S)
+            theta = self.theta(x)  # (B, Cqk, *S)
+            phi = theta if self.pairwise == "l2" else self.phi(x)  # (B, Cqk, *S)
         g = self.g(x)  # (B, Cv, *S)
         if self.pool is not None:  # after the projections; per axis ceil(S_a / k_a) keys
             phi = _MAX_POOL[self.dim](phi, self.pool, self.pool, ceil_mode=True)  # (B, Cqk, *S_k)
@@ -214,10 +233,7 @@ class NonLocalBlock(nn.Module):
         """Normalised weights f(x_i, x_j) / C(x): (B, Nq, N); softmax rows at least in float32."""
         n_keys = k.shape[1]
         if self.pairwise in _SOFTMAX:
-            logits = torch.bmm(q, k.transpose(1, 2))  # (B, Nq, N)
-            if self.logit_scale == "inv_sqrt_d":
-                logits = logits * self._constant_scale()
-            return torch.softmax(_at_least_float32(logits), dim=-1)
+            return torch.softmax(_at_least_float32(self.pairwise_logits(q, k)), dim=-1)
         if self.pairwise == "dot_product":
             return torch.bmm(q, k.transpose(1, 2)) / n_keys  # (B, Nq, N)
         # concatenation: w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j, never building the pairs
@@ -225,24 +241,35 @@ class NonLocalBlock(nn.Module):
         f = F.relu((q @ w_theta).unsqueeze(2) + (k @ w_phi).unsqueeze(1))  # (B, Nq, N)
         return f / n_keys
 
+    def pairwise_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        """The softmax variants' logits, as the block scales them: (B, Nq, N)."""
+        if self.pairwise in _OWN_SCALE:
+            return _own_scale_logits(self.pairwise, q, k, self.temperature)
+        logits = torch.bmm(q, k.transpose(1, 2))  # (B, Nq, N)
+        return logits * self._constant_scale() if self.logit_scale == "inv_sqrt_d" else logits
+
     def _constant_scale(self) -> float:
         """The fixed factor on the logits: 1/sqrt(d_qk) under "inv_sqrt_d", else 1 (the learned one is in q)."""
         return 1.0 / math.sqrt(self.qk_channels) if self.logit_scale == "inv_sqrt_d" else 1.0
 
     def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """softmax(s q k^T) v without the (Nq x N) matrix: (B, Nq, Cv)."""
-        pad = v.shape[-1] - q.shape[-1]
-        if pad > 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
-            # Flash kernels want equal head sizes; zero columns leave every q.k unchanged.
-            q = F.pad(q, (0, pad))  # (B, Nq, Cv)
-            k = F.pad(k, (0, pad))  # (B, N, Cv)
+        scale = self._constant_scale()
+        if self.pairwise in _OWN_SCALE:
+            q, k, scale = _own_scale_fused_inputs(self.pairwise, q, k, self.temperature)
+        pad, cv = v.shape[-1] - q.shape[-1], v.shape[-1]
+        if pad != 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
+            # Flash kernels want equal head sizes; zero columns leave every q.k unchanged, and zero value
+            # columns (when q is the wider, as l2's extra channel can make it) give zero outputs, cut below.
+            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B, Nq, C), (B, N, C)
+            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B, N, C)
         y = F.scaled_dot_product_attention(
             q.unsqueeze(1).contiguous(),  # (B, 1, Nq, C)
             k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
             v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
-            scale=self._constant_scale(),  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
+            scale=scale,  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
-        return y.squeeze(1)  # (B, Nq, Cv)
+        return y.squeeze(1)[..., :cv]  # (B, Nq, Cv)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -263,21 +290,78 @@ class NonLocalBlock(nn.Module):
             y = self._fused_attend(q, k, v)  # (B, Nq, Cv)
         y = y.transpose(1, 2).reshape(x.shape[0], self.v_channels, *grid)  # (B, Cv, *S)
         o = self.out(y)  # (B, C, *S)
-        z = x + self.gamma.to(o.dtype) * o if self.gate == "gamma" else x + o
+        if self.gate == "gamma":
+            z = x + self.gamma.to(o.dtype) * o
+        elif self.gate == "channel":
+            z = x + self.gain.tanh().to(o.dtype).view(-1, *[1] * self.dim) * o  # (C, 1, ...) over (B, C, *S)
+        else:
+            z = x + o
         if self._records is not None:
             self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
 
-    def gate_parameter(self) -> nn.Parameter:
-        """The parameter that opens the residual gate: gamma (gate "gamma") or `out`'s weight ("zero_init");
-        at 0 the block is the identity."""
-        return self.gamma if self.gate == "gamma" else self.out.weight
-
     def gate_value(self) -> float:
-        """How far the residual gate is open, the one place it is read: gamma itself (signed) or the Frobenius
-        norm of `out`'s weight."""
+        """How far the residual gate is open, the one place it is read: gamma itself (signed), the Frobenius
+        norm of `out`'s weight ("zero_init") or the root mean square of the gains tanh(a) ("channel"); at 0 the
+        block is the identity."""
         opening = self.gate_parameter().detach()
+        if self.gate == "channel":
+            return float(opening.tanh().pow(2).mean().sqrt())
         return float(opening) if opening.dim() == 0 else float(opening.norm())
+
+    def gate_parameter(self) -> nn.Parameter:
+        """The parameter whose zero makes the block the identity: gamma, the gains' a, or `out`'s weight."""
+        if self.gate == "gamma":
+            return self.gamma
+        return self.gain if self.gate == "channel" else self.out.weight
+
+
+# ----------------------------------------------------------------------------------------------
+# The l2 and cosine pairwise functions (their logits carry their own scale)
+
+
+def _check_own_scale(pairwise: str, logit_scale: str, temperature: float | None) -> float | None:
+    """The cosine temperature t (None for every other function); ValueError for options that do not fit."""
+    if pairwise in _OWN_SCALE and logit_scale != "one":
+        raise ValueError(
+            f"pairwise={pairwise!r} fixes its logits' scale (l2: 1/sqrt(d), cosine: the temperature); use logit_scale='one'"
+        )
+    if pairwise != "cosine":
+        if temperature is not None:
+            raise ValueError(f"temperature sets pairwise='cosine'; pairwise={pairwise!r} takes none")
+        return None
+    t = COSINE_TEMPERATURE if temperature is None else float(temperature)
+    if not t > 0:
+        raise ValueError(f"temperature must be positive (cosine logits are t cos, in [-t, t]); got {temperature!r}")
+    return t
+
+
+def _own_scale_logits(pairwise: str, q: Tensor, k: Tensor, temperature: float | None) -> Tensor:
+    """(B, Nq, N) logits: l2 -||q_i - k_j||^2 / sqrt(d), expanded as (2 q.k - |q|^2 - |k|^2) / sqrt(d) (the
+    gradient of a distance's square root is undefined where q_i = k_j, as tied keys make common);
+    cosine t q_i.k_j / (|q_i| |k_j|), a zero vector's cosine 0."""
+    if pairwise == "cosine":
+        return temperature * torch.bmm(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(1, 2))
+    qk = torch.bmm(q, k.transpose(1, 2))  # (B, Nq, N)
+    sq_q, sq_k = q.pow(2).sum(-1, keepdim=True), k.pow(2).sum(-1).unsqueeze(1)  # (B, Nq, 1), (B, 1, N)
+    return (2.0 * qk - sq_q - sq_k) / math.sqrt(q.shape[-1])
+
+
+def _own_scale_fused_inputs(
+    pairwise: str, q: Tensor, k: Tensor, temperature: float | None
+) -> tuple[Tensor, Tensor, float]:
+    """Queries, keys and scale s for SDPA's softmax(s q' k'^T) that give the same weights as the logits above.
+
+    cosine: unit q and k, s = t. l2: -|q_i|^2 is the same for every key j, so it cancels in the softmax over
+    j; what is left, (2 q.k - |k|^2) / sqrt(d), is s q'.k' with q' = [q, 1], k' = [k, -|k|^2 / 2] and
+    s = 2 / sqrt(d): one more channel, no additive mask (whose gradient the fused kernels do not give).
+    """
+    if pairwise == "cosine":
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), temperature
+    d = q.shape[-1]
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (B, Nq, d + 1)
+    k1 = torch.cat([k, -0.5 * k.pow(2).sum(-1, keepdim=True)], dim=-1)  # (B, N, d + 1)
+    return q1, k1, 2.0 / math.sqrt(d)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,11 @@ are gan/registry.py's (name -> entry), for the same reason kept free of torch.
 from __future__ import annotations
 
 # gan/attention.py's NonLocalBlock: pairwise function f, and which of them normalise by a softmax
-PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
-SOFTMAX_PAIRWISE = ("embedded_gaussian", "gaussian")
-GATES = ("gamma", "zero_init")  # the residual gate: learnable gamma, or a zero-initialised output conv
+PAIRWISE = ("embedded_gaussian", "dot_product", "concatenation", "gaussian", "l2", "cosine")
+SOFTMAX_PAIRWISE = ("embedded_gaussian", "gaussian", "l2", "cosine")
+GATES = (
+    "gamma",
+    "zero_init",
+    "channel",
+)  # residual gate: learnable gamma, zero-initialised out conv, per-channel gains
 LOGIT_SCALES = ("one", "inv_sqrt_d", "learned")  # the factor on the softmax logits

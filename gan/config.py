@@ -48,11 +48,20 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
-    attn_pairwise: str = _f("embedded_gaussian", "pairwise function f of the non-local blocks", PAIRWISE)
+    attn_pairwise: str = _f(
+        "embedded_gaussian",
+        "pairwise function f of the non-local blocks (l2: -dist(theta_i, theta_j)^2 / sqrt(d); cosine: t cos)",
+        PAIRWISE,
+    )
+    attn_temperature: float = _f(8.0, "t of attn_pairwise=cosine: logits t cos(theta_i, phi_j) (unused otherwise)")
     attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
     attn_v_divisor: int = _f(2, "g channels = block channels // this")
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
-    attn_gate: str = _f("gamma", "residual gate: learnable gamma at 0, or zero-initialised output conv", GATES)
+    attn_gate: str = _f(
+        "gamma",
+        "residual gate: learnable gamma at 0, zero-initialised output conv, or per-channel gains tanh(a), a at 0",
+        GATES,
+    )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
     attn_logit_scale: str = _f(
         "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
@@ -349,6 +358,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be at least 1")
     if cfg.train.threads < 0:
         raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
+    if not cfg.model.attn_temperature > 0:
+        raise ConfigError("config key 'model.attn_temperature' must be positive (cosine logits lie in [-t, t])")
     if cfg.data.subset < 0:
         raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:

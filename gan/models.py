@@ -80,6 +80,7 @@ def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
         logit_scale=cfg.attn_logit_scale,
         gamma_init=cfg.attn_gamma_init,
         qk_spectral_norm=sn and cfg.attn_qk_spectral_norm,
+        temperature=cfg.attn_temperature if cfg.attn_pairwise == "cosine" else None,
     )
 
 

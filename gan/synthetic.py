@@ -155,6 +155,10 @@ class CoherenceDataset(Dataset):
         """shape, side s, left edge x0, top row y0 and colour (C,) of one left-side object."""
         return draw_object(rng, self.resolution, self.channels, max(1, round(MAX_EDGE_OFFSET * self.resolution)))
 
+    def _background(self, rng: np.random.Generator) -> np.ndarray:
+        """(C, R, R) in [0, 1], drawn after the left object (a subclass may draw another kind)."""
+        return draw_background(rng, self.resolution, self.channels)
+
     def _render(self, index: int, coherent: bool) -> tuple[Tensor, int]:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a dataset of {self.size} images")
@@ -165,7 +169,7 @@ class CoherenceDataset(Dataset):
         # Draw every attribute in a fixed order, whatever `channels` is, so that the geometry of item i is
         # the same in the RGB and the grayscale dataset.
         shape, s, x0, y0, colour = self._draw_object(rng)
-        img = draw_background(rng, r, self.channels)  # (C, R, R)
+        img = self._background(rng)  # (C, R, R)
 
         # Objects: the left one at columns [x0, x0 + s); the right one the mirror image of the left one
         # (coherent) or of an independently drawn one (incoherent, drawn last so item i itself is unchanged).

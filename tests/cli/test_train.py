@@ -185,7 +185,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     [
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
-        (["model.attn_pairwise=cosine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
+        (["model.attn_pairwise=sine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
         pytest.param(
             ["model.d_depth=1", "model.d_attention=[4]"],
             "config key 'model.d_attention' has side 4, which no block outputs at resolution 32; valid sides: 8, 16",

@@ -26,7 +26,8 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
     assert summary["settings"]["variant"] == "detail" and summary["seed"] == 1
     # independent reference: the saved probe's logits on freshly rendered test pairs, Mann-Whitney by a double loop
     model = probe.Probe(0, 8)
-    model.load_state_dict(load_file(str(tmp_path / "detail" / "r32" / "conv" / "depth0" / "seed1.safetensors")))
+    (weights,) = (tmp_path / "detail").glob("r32*/conv/depth0/seed1.safetensors")  # the cell folder: r32-detail-b4
+    model.load_state_dict(load_file(str(weights)))
     model.eval()
     data = CoherenceDataset(6, 32, seed=probe.TEST_SEED, variant="detail")
     with torch.no_grad():

@@ -143,7 +143,7 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
         "2",
     ]
     probe.main(["run", "--arms", "conv", "attn", *common, *tiny])
-    result = json.loads((out / "r32" / "attn" / "depth0" / "seed0.json").read_text())
+    result = json.loads((out / "r32-b4" / "attn" / "depth0" / "seed0.json").read_text())  # batch 4: its own cell
     assert result["params"] == _hand_count(0, 8, 3, True)
     assert result["theoretical_rf"] == 6 and result["settings"]["steps"] == 3
     assert [e["step"] for e in result["log"]] == [1, 2]
@@ -151,7 +151,7 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
     assert 0.0 <= result["test_acc"] <= 1.0 and (result["test_acc"] * 12) % 1 == 0  # 12 test images
     assert 0.0 < result["erf_r90"] <= 16
     capsys.readouterr()
-    probe.main(["report", *common])
+    probe.main(["report", *common, "--batch", "4", "--width", "8"])  # the run's cell (r32-b4)
     assert plot.stat().st_size > 0
     printed = capsys.readouterr().out
     # one seed per arm: the verdict table names the comparison and refuses a verdict

@@ -43,7 +43,7 @@ def reference(block: NonLocalBlock, x: torch.Tensor) -> tuple[np.ndarray, np.nda
             th, ph = xb, xb
         else:
             th = np.einsum("oc,chw->ohw", _w(block.theta), xb)
-            ph = np.einsum("oc,chw->ohw", _w(block.phi), xb)
+            ph = th if block.pairwise == "l2" else np.einsum("oc,chw->ohw", _w(block.phi), xb)  # l2: tied keys
         gx = np.einsum("oc,chw->ohw", _w(block.g), xb)
         if block.subsample:
             ph, gx = _pool(ph), _pool(gx)
@@ -57,17 +57,24 @@ def reference(block: NonLocalBlock, x: torch.Tensor) -> tuple[np.ndarray, np.nda
             for j, kj in enumerate(keys):
                 if block.pairwise in ("embedded_gaussian", "gaussian", "dot_product"):
                     f[j] = float(qi @ kj)
+                elif block.pairwise == "l2":
+                    f[j] = -float(((qi - kj) ** 2).sum()) / math.sqrt(len(qi))
+                elif block.pairwise == "cosine":
+                    f[j] = block.temperature * float(qi @ kj) / (np.linalg.norm(qi) * np.linalg.norm(kj))
                 else:
                     wf = block.w_f.detach().double().numpy()
                     f[j] = max(0.0, float(wf @ np.concatenate([qi, kj])))
-            if block.pairwise in ("embedded_gaussian", "gaussian"):
+            if block.pairwise in ("embedded_gaussian", "gaussian", "l2", "cosine"):
                 f = np.exp(f - f.max())
                 weights[i] = f / f.sum()
             else:
                 weights[i] = f / n
         y = weights @ values  # (HW, Cv)
         o = _w(block.out) @ y.T  # (C, HW)
-        gate = block.gamma.item() if block.gate == "gamma" else 1.0
+        if block.gate == "channel":
+            gate = np.tanh(block.gain.detach().double().numpy())[:, None, None]  # (C, 1, 1)
+        else:
+            gate = block.gamma.item() if block.gate == "gamma" else 1.0
         zs.append(xb + gate * o.reshape(c, h, w))
         ws.append(weights)
     return np.stack(zs), np.stack(ws)
@@ -79,6 +86,8 @@ def make_block(pairwise, subsample, *, channels=16, sn=True, gate="gamma", seed=
     with torch.no_grad():
         if gate == "gamma":
             block.gamma.fill_(0.7)
+        elif gate == "channel":
+            block.gain.normal_(0, 1.0)
         else:
             block.out.weight.normal_(0, 0.3)
     # eval(): spectral norm stops its power iteration, so the weights read by the reference are the ones used
@@ -101,9 +110,10 @@ def test_matches_float64_loop(pairwise, subsample, hw):
     np.testing.assert_allclose(block(x).detach().numpy(), z_ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("gate", ["zero_init", "channel"])
 @pytest.mark.parametrize("pairwise", PAIRWISE)
-def test_zero_init_gate_matches_loop(pairwise):
-    block = make_block(pairwise, True, gate="zero_init")
+def test_other_gates_match_loop(pairwise, gate):
+    block = make_block(pairwise, True, gate=gate)
     x = torch.randn(1, 16, 5, 6, dtype=torch.float64) * 0.3
     z_ref, _ = reference(block, x)
     np.testing.assert_allclose(block(x).detach().numpy(), z_ref, rtol=1e-9, atol=1e-10)
@@ -262,7 +272,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"expects \(B, 16, H, W\)"):
         block(torch.randn(2, 8, 4, 4))
     with pytest.raises(ValueError, match="pairwise must be one of"):
-        NonLocalBlock(16, pairwise="cosine")
+        NonLocalBlock(16, pairwise="sine")
     with pytest.raises(ValueError, match="gate must be one of"):
         NonLocalBlock(16, gate="sigmoid")
 

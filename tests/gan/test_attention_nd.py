@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 
 from gan.attention import NonLocalBlock, record_attention
 
-from shared import ROOT
+from shared import ROOT, assert_fused_matches_explicit
 
 SOFTMAX = ("embedded_gaussian", "gaussian")
 
@@ -149,32 +149,9 @@ def test_learned_scale_gradient_matches_finite_difference_of_loop(fused):
     assert block.log_tau.grad.item() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
 
-def _assert_fused_matches_explicit(grid: tuple[int, ...], **kw) -> None:
-    """Equal weights and input: the fused and explicit paths agree in z and in every gradient."""
-    torch.manual_seed(0)
-    fused, explicit = NonLocalBlock(64, fused=True, **kw), NonLocalBlock(64, fused=False, **kw)
-    explicit.load_state_dict(fused.state_dict())
-    for b in (fused, explicit):
-        b.gamma.data.fill_(0.5)
-        if kw.get("logit_scale") == "learned":
-            b.log_tau.data.fill_(-0.5)
-        b.eval()
-    x1 = torch.randn(2, 64, *grid, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    z1, z2 = fused(x1), explicit(x2)
-    torch.testing.assert_close(z1, z2, rtol=1e-5, atol=1e-5)
-    gz = torch.randn_like(z1)
-    z1.backward(gz)
-    z2.backward(gz)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (n, p1), (_, p2) in zip(fused.named_parameters(), explicit.named_parameters()):
-        assert p1.grad is not None and p1.grad.abs().sum() > 0, n
-        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-5, msg=n)
-
-
 @pytest.mark.parametrize("logit_scale", ["one", "inv_sqrt_d", "learned"])
 def test_fused_and_explicit_agree_with_each_scale(logit_scale):
-    _assert_fused_matches_explicit((7, 9), logit_scale=logit_scale)
+    assert_fused_matches_explicit((7, 9), logit_scale=logit_scale)
 
 
 def test_defaults_keep_the_state_dict_keys():
@@ -307,7 +284,7 @@ def test_nd_permutation_equivariant_over_all_positions(grid, pairwise):
 @pytest.mark.parametrize("subsample", [True, False])
 @pytest.mark.parametrize("grid", [(13,), (16,), (3, 5, 7), (2, 6, 6)])
 def test_nd_fused_and_explicit_agree_forward_and_backward(grid, subsample, logit_scale):
-    _assert_fused_matches_explicit(grid, dim=len(grid), subsample=subsample, logit_scale=logit_scale)
+    assert_fused_matches_explicit(grid, dim=len(grid), subsample=subsample, logit_scale=logit_scale)
 
 
 def _ops(block, x) -> set[str]:

@@ -71,6 +71,7 @@ def finished_records(path: Path, timeout: float = 60.0) -> list[bytes]:
 @pytest.mark.slow
 def test_offline_wandb_run_holds_media_scalars_and_config(tmp_path, monkeypatch):
     from wandb.proto import wandb_internal_pb2 as pb  # wandb is pinned: a missing module is a failure, not a skip
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"

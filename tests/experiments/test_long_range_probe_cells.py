@@ -1,0 +1,120 @@
+"""The probe's cell options (issue 26): the block's stage, the read-out, fresh images, the black-background
+objects, and where the left object's queries look."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from experiments import long_range_probe as probe
+from gan.synthetic import FOREGROUND_THRESHOLD
+
+
+def test_stage_puts_the_block_after_that_many_down_blocks() -> None:
+    torch.manual_seed(0)
+    model = probe.Probe(2, width=8, attention={}, stage=1)
+    x = torch.randn(2, 3, 64, 64)
+    assert model.block_input(x).shape == (2, 8, 16, 16)
+    seen = []
+    model.attention.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    assert model.trunk(x).shape == (2, 8, 8, 8) and seen == [(2, 8, 16, 16)]
+    with torch.no_grad():  # gamma = 0: the block is the identity, the trunk is the conv path's
+        expected = model.blocks[1](model.blocks[0](model.stem(x)))
+    torch.testing.assert_close(model.trunk(x), expected)
+    with pytest.raises(ValueError, match="stage must be in 0..depth"):
+        probe.Probe(1, width=8, attention={}, stage=2)
+
+
+def test_readouts_sum_mean_and_conv() -> None:
+    x = torch.randn(3, 3, 64, 64)
+    models = {}
+    for readout in probe.READOUTS:
+        torch.manual_seed(0)
+        models[readout] = probe.Probe(1, width=8, readout=readout).eval()
+    with torch.no_grad():
+        b = models["sum"].head.bias
+        # same weights: the sum read-out's logit minus the bias is 16 x 16 times the mean read-out's
+        torch.testing.assert_close(models["sum"](x) - b, 256 * (models["mean"](x) - b), rtol=1e-5, atol=1e-4)
+        h = torch.relu(models["conv"].trunk(x))
+        by_hand = models["conv"].head(torch.relu(models["conv"].read(h)).sum((2, 3))).squeeze(1)
+        torch.testing.assert_close(models["conv"](x), by_hand)
+    extra = sum(p.numel() for p in models["conv"].parameters()) - sum(p.numel() for p in models["sum"].parameters())
+    assert extra == 8 * 8 + 8  # the 1x1 conv's weight and bias
+
+
+def test_black_objects_are_the_second_probes_images() -> None:
+    data = probe.BlackObjects(30, 64, seed=4)
+    for i in range(len(data)):
+        img, shape = data[i]
+        inc, _ = data.incoherent(i)
+        fg = img.amax(0) > FOREGROUND_THRESHOLD
+        assert torch.equal(img[:, ~fg], torch.full_like(img[:, ~fg], -1.0))  # black outside the objects
+        assert shape in (0, 1, 3)  # disc, square, cross
+        cols = fg[:, :32].any(0).nonzero()
+        rows = fg[:, :32].any(1).nonzero()
+        assert 1 <= int(cols[0]) <= 5 and 9 <= int(rows[-1] - rows[0] + 1) <= 12  # edge within 5 px, 9-12 px
+        assert torch.equal(img, img.flip(-1))  # coherent on black: the whole image is its mirror image
+        assert torch.equal(img[..., :32], inc[..., :32])  # incoherent: only the right object changes
+
+
+def test_fresh_stream_never_repeats_and_is_the_same_for_every_run() -> None:
+    stream = probe.pair_stream("builtin", 32, 100, 3, 4)
+    x1, y1 = stream(1)
+    x2, _ = stream(2)
+    assert x1.shape == (6, 3, 32, 32) and y1.tolist() == [1, 1, 1, 0, 0, 0]
+    assert not any(torch.equal(a, b) for a in x1 for b in x2)
+    torch.testing.assert_close(probe.pair_stream("builtin", 32, 100, 3, 4)(2)[0], x2)
+    first = probe.CoherenceDataset(12, 32, seed=100)
+    torch.testing.assert_close(x2[0], first[3][0])  # step 2 starts at item 3
+
+
+def _stub(attn: torch.Tensor, side: int) -> SimpleNamespace:
+    """A model whose block input is a (B, 1, side, side) map and whose block (2x2 key pooling) returns `attn`."""
+
+    def block(h: torch.Tensor, return_attention: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return h, attn
+
+    block.pool = (2, 2)
+    return SimpleNamespace(block_input=lambda x: torch.zeros(x.shape[0], 1, side, side), attention=block)
+
+
+def test_look_share_by_hand() -> None:
+    # 8x8 image, query grid 4x4 (2x2 px cells), key grid 2x2 (4x4 px cells). Left object: pixels (1, 1) and
+    # (1, 2): query cells (0, 0) and (0, 1). Right object: pixel (5, 6): key cell (1, 1), index 3.
+    x = torch.full((1, 3, 8, 8), -1.0)
+    x[0, :, 1, 1:3] = 1.0
+    x[0, :, 5, 6] = 1.0
+    attn = torch.full((1, 16, 4), 0.25)  # uniform everywhere ...
+    attn[0, 1] = torch.tensor([0.1, 0.1, 0.0, 0.8])  # ... except query (0, 1): 0.8 on the right object's key
+    share, uniform = probe.look_share(_stub(attn, 4), x)
+    assert share == pytest.approx((0.25 + 0.8) / 2) and uniform == pytest.approx(0.25)
+
+
+def test_cell_tag_names_what_differs_from_the_working_configuration() -> None:
+    base = dict(
+        resolution=64, stage=0, readout="sum", fresh=False, data="builtin", variant="objects", width=8, batch=32
+    )
+    assert probe.cell_tag(argparse.Namespace(**base)) == "r64"
+    changed = {**base, "stage": 1, "readout": "mean", "fresh": True, "data": "black", "width": 32, "batch": 64}
+    assert probe.cell_tag(argparse.Namespace(**changed)) == "r64-stage1-mean-fresh-black-w32-b64"
+    assert probe.cell_tag(argparse.Namespace(**{**base, "variant": "detail"})) == "r64-detail"
+
+
+def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
+    common = ["--depths", "1", "--seeds", "0", "--out", str(tmp_path), "--width", "8", "--batch", "4"]
+    tiny = ["--steps", "2", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "1", "--stage", "1"]
+    probe.main(["run", "--arms", "conv", "attn_channel", *common, *tiny])
+    result = json.loads((tmp_path / "r64-stage1-b4" / "attn_channel" / "depth1" / "seed0.json").read_text())
+    assert result["settings"]["stage"] == 1 and 0.0 <= result["look_share"] <= 1.0
+    assert {"residual", "gate_value", "look_share", "look_uniform"} <= set(result["log"][-1])
+    capsys.readouterr()
+    probe.main(["cells", "--depths", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    opened = int(probe.mass_beyond(result, 16) > probe.OPENED_MASS)
+    assert f"| `r64-stage1-b4` | `attn_channel` | 1 | {result['test_acc']:.3f} (1 seed) |" in printed
+    assert f"| {opened} of 1 |" in printed and "rms tanh(a) " in printed
+    assert "| `r64-stage1-b4` | `attn_channel` | `r64-stage1-b4` `conv` |" in printed
