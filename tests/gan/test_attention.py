@@ -14,6 +14,8 @@ from gan.attention import (
     record_attention,
 )
 
+from shared import assert_fused_matches_explicit
+
 SIZES = [(4, 4), (5, 7), (7, 7), (9, 6)]
 
 
@@ -197,23 +199,7 @@ def test_spectral_norm_top_singular_value_is_one():
 @pytest.mark.parametrize("subsample", [True, False])
 @pytest.mark.parametrize("hw", [(8, 8), (7, 9)])
 def test_fused_and_explicit_paths_agree_forward_and_backward(subsample, hw):
-    torch.manual_seed(0)
-    fused = NonLocalBlock(64, subsample=subsample, fused=True)
-    explicit = NonLocalBlock(64, subsample=subsample, fused=False)
-    explicit.load_state_dict(fused.state_dict())
-    for b in (fused, explicit):
-        b.gamma.data.fill_(0.5)
-        b.eval()  # same spectral-norm vectors in both
-    x1 = torch.randn(2, 64, *hw, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    z1, z2 = fused(x1), explicit(x2)
-    torch.testing.assert_close(z1, z2, rtol=1e-5, atol=1e-5)
-    gz = torch.randn_like(z1)
-    z1.backward(gz)
-    z2.backward(gz)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (n, p1), (_, p2) in zip(fused.named_parameters(), explicit.named_parameters()):
-        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-5, msg=n)
+    assert_fused_matches_explicit(hw, subsample=subsample)
 
 
 def _ops_run(block, x) -> set[str]:
