@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with fail_cleanly():
         from gan.classifier import IN_DOMAIN
         from gan.config import ConfigError, from_dict, parse_overrides, to_dict
-        from gan.files import OutputError, disk_full, user_output, write_text
+        from gan.files import user_output, write_text
         from gan.metrics import evaluate
         from gan.models import load_generator
         from gan.registry import METRICS
@@ -106,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         pairs = args.pairs_grid or (str(Path(args.json).with_suffix(".pairs.png")) if args.json else None)
         pairs = pairs if "copy" in metrics else None
-        try:
-            scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed, pairs_grid=pairs)
-        except OSError as exc:  # the pairs grid or the reference statistics' cache
-            if not disk_full(exc):
-                raise
-            raise OutputError(
-                f"disk full: could not write {exc.filename or 'a file'} (nothing partial left); free space, then "
-                "run the same command again (cached reference statistics already written are reused)"
-            ) from None
+        scores = evaluate(generator, cfg, metrics, num_samples=num, device=device, seed=args.seed, pairs_grid=pairs)
         result = {
             "checkpoint": str(args.checkpoint),
             "feature_extractor": cfg.eval.feature_extractor if uses_features else None,  # coherence uses none

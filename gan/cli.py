@@ -11,15 +11,24 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from gan.errors import UserError
+from gan.files import disk_full
 
 
 @contextlib.contextmanager
 def fail_cleanly() -> Iterator[None]:
-    """Turn a `UserError` into `error: <message>` and exit status 2; anything else is a bug and keeps its traceback."""
+    """Turn a `UserError` into `error: <message>` and exit status 2, and a full disk (or quota) that no caller
+    explained further into one line naming the file; anything else is a bug and keeps its traceback."""
     try:
         yield
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        what = exc.filename or "a file"
+        print(f"error: disk full: could not write {what} ({exc.strerror}); free space, then run the same command again",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
 
 
