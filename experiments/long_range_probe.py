@@ -76,6 +76,13 @@ ARMS: dict[str, dict] = {
 for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel"):
     ARMS[f"{_name}_qk4"] = {"attention": {**ARMS[_name]["attention"], "qk_channels": 4}, "reference": "attn_qk4"}
 TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
+BLOCK_SEED = 7_000_000  # --block-init own: the block's weights of seed s come from their own generator, seeded s + this
+BLOCK_INITS = ("own", "shared")
+
+
+def block_seed(seed: int, block_init: str) -> int | None:
+    """The `Probe(block_seed=...)` of a run: its own stream (`own`), or None (`shared`: the global stream)."""
+    return seed + BLOCK_SEED if block_init == "own" else None
 
 
 READOUTS = ("sum", "mean", "conv")  # conv: a spectrally normalised 1x1 conv and ReLU, then the sum
@@ -86,7 +93,7 @@ class Probe(nn.Module):
     ONE NonLocalBlock after `stage` of the down-blocks (0: after the first block, the highest-resolution stage).
 
     `readout`: "sum" (global sum pooling, as SAGAN's D), "mean" (global mean pooling) or "conv" (a 1x1 conv
-    and ReLU on the map, then the sum; the second probe of issue 26).
+    and ReLU on the map, then the sum; the second probe of issue 26). `block_seed`: see below.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Probe(nn.Module):
         attention: dict | None = None,
         stage: int = 0,
         readout: str = "sum",
+        block_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= stage <= depth:
@@ -105,7 +113,16 @@ class Probe(nn.Module):
             raise ValueError(f"readout must be one of {READOUTS}; got {readout!r}")
         self.stage, self.readout = stage, readout
         self.stem = DBlockOptimized(channels, width, sn=True)
-        self.attention = NonLocalBlock(width, **attention) if attention is not None else None
+        self.attention = None
+        if attention is not None:
+            # block_seed: the block's weights come from a generator of their own, so the trunk and head are those
+            # of the conv arm at the same seed whatever the block's design; None draws them between the stem's and
+            # the down-blocks' from the global generator (the first runs of docs/attention_opens.md, --block-init
+            # shared), which makes the trunk depend on the block's parameter shapes.
+            with torch.random.fork_rng(devices=[], enabled=block_seed is not None):
+                if block_seed is not None:
+                    torch.manual_seed(block_seed)
+                self.attention = NonLocalBlock(width, **attention)
         self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
         self.read = conv2d(width, width, 1, sn=True) if readout == "conv" else None
         self.head = linear(width, 1, sn=True)
@@ -330,7 +347,14 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     spec = ARMS[arm]
     view = spec.get("view", "full")
     torch.manual_seed(seed)
-    model = Probe(depth, args.width, attention=spec["attention"], stage=args.stage, readout=args.readout)
+    model = Probe(
+        depth,
+        args.width,
+        attention=spec["attention"],
+        stage=args.stage,
+        readout=args.readout,
+        block_seed=block_seed(seed, args.block_init),
+    )
     if args.fresh:  # every step draws new images: the model cannot fit a fixed set instead of the rule
         if view != "full":
             raise ValueError("--fresh streams full images; the half-view arms use the fixed set")
@@ -378,10 +402,12 @@ SETTINGS = (
     "fresh",
     "data",
     "variant",
+    "block_init",
 )
 # The probe's configuration that worked (docs/long_range.md, "Longer training") for the settings that name a cell.
 CELL_DEFAULTS = {
-    "stage": 0, "readout": "sum", "fresh": False, "data": "builtin", "variant": "objects", "width": 8, "batch": 32
+    "stage": 0, "readout": "sum", "fresh": False, "data": "builtin", "variant": "objects", "width": 8, "batch": 32,
+    "block_init": "own",
 }  # fmt: skip
 
 
@@ -396,6 +422,7 @@ def cell_tag(args: argparse.Namespace) -> str:
         "variant": "{}",
         "width": "w{}",
         "batch": "b{}",
+        "block_init": "{}init",
     }
     return f"r{args.resolution}" + "".join(
         "-" + short[k].format(getattr(args, k)) for k, v in CELL_DEFAULTS.items() if getattr(args, k) != v
@@ -650,6 +677,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--variant", default="objects", choices=VARIANTS, help="the built-in data's tie (docs/detail_tie.md)"
+    )
+    parser.add_argument(
+        "--block-init",
+        choices=BLOCK_INITS,
+        default="own",
+        help="own: the block's weights from their own generator (every arm on the conv arm's trunk); shared: the "
+        "global generator (the first runs of docs/attention_opens.md)",
     )
     parser.add_argument("--out", default="runs/long_range")
     parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
