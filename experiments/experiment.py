@@ -357,7 +357,7 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
     if cfg.data.dataset == "builtin":  # does the trained D notice a broken long-range tie? (0.5: it cannot)
         from experiments.mismatch import mismatch_auc
 
-        result.update(mismatch_auc(D, cfg.model, num=num_samples))
+        result.update(mismatch_auc(D, cfg.model, num=num_samples, variant=cfg.data.builtin_variant))
 
     figures = run_dir / "ablation"
     images = sample_images(G, min(GRID_IMAGES, num_samples), SAMPLE_SEED)  # the first images the scores saw

@@ -31,18 +31,25 @@ def rank_auc(positive: Tensor, negative: Tensor) -> float:
 
 @torch.no_grad()
 def mismatch_auc(
-    discriminator: torch.nn.Module, model_cfg: Any, *, num: int = 1000, seed: int = 1, batch_size: int = 100
+    discriminator: torch.nn.Module,
+    model_cfg: Any,
+    *,
+    num: int = 1000,
+    seed: int = 1,
+    batch_size: int = 100,
+    variant: str = "objects",
 ) -> dict[str, float]:
     """How well D's output tells coherent images from their incoherent versions (issue 16, part 3).
 
     `num` images of a CoherenceDataset drawn with `seed` (1 by default: not the training images, which use
     seed 0) and, for each, `CoherenceDataset.incoherent` of the same index: identical background and left
-    object, right object redrawn, so only the long-range tie differs. D is called as D(images, labels) with
+    object, right object redrawn, so only the long-range tie differs; in the `detail` variant (the run's
+    data.builtin_variant) only the right object's fine pattern is redrawn. D is called as D(images, labels) with
     the left object's shape as the label when it is class-conditional (the label a real image carries).
     Returns `d_auc` (rank_auc of D's outputs, coherent as positives: 0.5 = D cannot see the mismatch),
     `d_paired` (fraction of the `num` pairs where the coherent image scores higher, ties one half) and the
     mean outputs `d_coherent` / `d_incoherent`."""
-    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed)
+    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed, variant=variant)
     conditional = bool(model_cfg.num_classes)
     scores: dict[str, list[Tensor]] = {"coherent": [], "incoherent": []}
     for start in range(0, num, batch_size):
