@@ -52,10 +52,6 @@ def test_own_block_stream_keeps_the_conv_arms_trunk_whatever_the_design() -> Non
         shared["blocks.0.conv1.parametrizations.weight.original"],
         conv["blocks.0.conv1.parametrizations.weight.original"],
     )
-    assert probe.cell_tag(argparse.Namespace(**probe.CELL_DEFAULTS, resolution=64)) == "r64"
-    assert probe.cell_tag(argparse.Namespace(**{**probe.CELL_DEFAULTS, "block_init": "shared"}, resolution=64)) == (
-        "r64-sharedinit"
-    )
 
 
 def test_readouts_sum_mean_and_conv() -> None:
@@ -125,12 +121,21 @@ def test_look_share_by_hand() -> None:
 
 def test_cell_tag_names_what_differs_from_the_working_configuration() -> None:
     base = dict(
-        resolution=64, stage=0, readout="sum", fresh=False, data="builtin", variant="objects", width=8, batch=32
+        resolution=64,
+        stage=0,
+        readout="sum",
+        fresh=False,
+        data="builtin",
+        variant="objects",
+        width=8,
+        batch=32,
+        block_init="own",
     )
     assert probe.cell_tag(argparse.Namespace(**base)) == "r64"
     changed = {**base, "stage": 1, "readout": "mean", "fresh": True, "data": "black", "width": 32, "batch": 64}
     assert probe.cell_tag(argparse.Namespace(**changed)) == "r64-stage1-mean-fresh-black-w32-b64"
     assert probe.cell_tag(argparse.Namespace(**{**base, "variant": "detail"})) == "r64-detail"
+    assert probe.cell_tag(argparse.Namespace(**{**base, "block_init": "shared"})) == "r64-sharedinit"
 
 
 def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
