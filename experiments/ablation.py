@@ -126,10 +126,11 @@ METRICS = {  # key -> (label, higher is better, datasets it is reported for)
     "valid": ("valid", COHERENCE_UP, ("builtin",)),
     "shape_iou": ("shape IoU", COHERENCE_UP, ("builtin",)),
     "colour_agreement": ("grey/colour agreement", COHERENCE_UP, ("builtin",)),
+    "detail_agreement": ("detail agreement", COHERENCE_UP, ("builtin",)),  # data.builtin_variant=detail only
     "fcd": ("FCD (Frechet classifier distance)", higher_is_better("fid"), ("builtin", "fashion_mnist")),
     "d_auc": ("D's AUC, coherent vs incoherent", True, ("builtin",)),  # 0.5: D cannot see the mismatch
 }
-VERDICT_METRICS = ("coherence", "fcd", "d_auc")
+VERDICT_METRICS = ("coherence", "detail_agreement", "fcd", "d_auc")
 KEEP_MARKER = "<!-- written by hand below this line; `ablation.py report` keeps it -->"
 DATASET_TITLES = {"builtin": "Coherence benchmark (built-in dataset)", "fashion_mnist": "Fashion-MNIST"}
 

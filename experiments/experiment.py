@@ -355,9 +355,10 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
     result["fcd"] = scores[registry.result_key("fid", "fashion_classifier")]
     result["fcd_seconds"] = time.perf_counter() - t0
     if cfg.data.dataset == "builtin":  # does the trained D notice a broken long-range tie? (0.5: it cannot)
-        from experiments.mismatch import mismatch_auc
+        from experiments.mismatch import d_look_share, mismatch_auc
 
-        result.update(mismatch_auc(D, cfg.model, num=num_samples))
+        result.update(mismatch_auc(D, cfg.model, num=num_samples, variant=cfg.data.builtin_variant))
+        result["d_look_share"] = d_look_share(D, cfg.model, variant=cfg.data.builtin_variant)  # per block
 
     figures = run_dir / "ablation"
     images = sample_images(G, min(GRID_IMAGES, num_samples), SAMPLE_SEED)  # the first images the scores saw

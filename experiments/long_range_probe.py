@@ -43,9 +43,10 @@ from experiments import long_range_plots
 from experiments.clips import CoherentClips
 from experiments.erf import effective_rf, theoretical_rf
 from experiments.experiment import compare, verdict
+from experiments.mismatch import object_look_share
 from gan.attention import NonLocalBlock
 from gan.layers import DBlock, DBlockOptimized, conv2d, linear
-from gan.synthetic import FOREGROUND_THRESHOLD, VARIANTS, CoherenceDataset
+from gan.synthetic import VARIANTS, CoherenceDataset
 from gan.viz import save_image_grid
 from tools.report import machine_line
 
@@ -265,25 +266,13 @@ def alive(model: nn.Module, x: Tensor) -> float:
 
 
 def look_share(model: nn.Module, x: Tensor) -> tuple[float, float]:
-    """Where the left object's queries look (the 2D counterpart of `long_range_clips.frame_attention`): the
-    attention mass that the block's queries on cells holding left-object pixels put on keys whose cells hold
-    right-object pixels, averaged over those queries and the images; and the mass uniform attention would put
-    there (the right object's share of the key cells). Objects are the pixels above FOREGROUND_THRESHOLD in
-    either half (the backgrounds stay below it)."""
+    """Where the probe block's left-object queries look on images `x` (`mismatch.object_look_share`)."""
     with torch.no_grad():
         h = model.block_input(x)
         _, attn = model.attention(h, return_attention=True)  # (B, Nq, N)
-    fg = (x.amax(1, keepdim=True) > FOREGROUND_THRESHOLD).float()  # (B, 1, R, R)
-    half = x.shape[-1] // 2
-    left, right = fg.clone(), fg.clone()
-    left[..., half:], right[..., :half] = 0.0, 0.0
     pool = model.attention.pool or (1, 1)
     hq, wq = h.shape[2:]
-    queries = F.adaptive_max_pool2d(left, (hq, wq)).flatten(1)  # (B, Nq): 1 on left-object cells
-    keys = F.adaptive_max_pool2d(right, (-(-hq // pool[0]), -(-wq // pool[1]))).flatten(1)  # (B, N)
-    on_right = torch.bmm(attn, keys.unsqueeze(-1)).squeeze(-1)  # (B, Nq): each query's mass on the right object
-    share = (on_right * queries).sum(1) / queries.sum(1).clamp_min(1.0)
-    return float(share.mean()), float(keys.mean(1).mean())
+    return object_look_share(attn, (hq, wq), (-(-hq // pool[0]), -(-wq // pool[1])), x)
 
 
 def fit(

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from gan.synthetic import CoherenceDataset
+from gan.synthetic import FOREGROUND_THRESHOLD, CoherenceDataset
 
 
 def rank_auc(positive: Tensor, negative: Tensor) -> float:
@@ -31,18 +32,25 @@ def rank_auc(positive: Tensor, negative: Tensor) -> float:
 
 @torch.no_grad()
 def mismatch_auc(
-    discriminator: torch.nn.Module, model_cfg: Any, *, num: int = 1000, seed: int = 1, batch_size: int = 100
+    discriminator: torch.nn.Module,
+    model_cfg: Any,
+    *,
+    num: int = 1000,
+    seed: int = 1,
+    batch_size: int = 100,
+    variant: str = "objects",
 ) -> dict[str, float]:
     """How well D's output tells coherent images from their incoherent versions (issue 16, part 3).
 
     `num` images of a CoherenceDataset drawn with `seed` (1 by default: not the training images, which use
     seed 0) and, for each, `CoherenceDataset.incoherent` of the same index: identical background and left
-    object, right object redrawn, so only the long-range tie differs. D is called as D(images, labels) with
+    object, right object redrawn, so only the long-range tie differs; in the `detail` variant (the run's
+    data.builtin_variant) only the right object's fine pattern is redrawn. D is called as D(images, labels) with
     the left object's shape as the label when it is class-conditional (the label a real image carries).
     Returns `d_auc` (rank_auc of D's outputs, coherent as positives: 0.5 = D cannot see the mismatch),
     `d_paired` (fraction of the `num` pairs where the coherent image scores higher, ties one half) and the
     mean outputs `d_coherent` / `d_incoherent`."""
-    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed)
+    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed, variant=variant)
     conditional = bool(model_cfg.num_classes)
     scores: dict[str, list[Tensor]] = {"coherent": [], "incoherent": []}
     for start in range(0, num, batch_size):
@@ -60,3 +68,48 @@ def mismatch_auc(
         "d_coherent": coherent.mean().item(),
         "d_incoherent": incoherent.mean().item(),
     }
+
+
+def object_look_share(
+    attn: Tensor, query_hw: tuple[int, int], key_hw: tuple[int, int], x: Tensor
+) -> tuple[float, float]:
+    """Where the left object's queries look (the 2D counterpart of `long_range_clips.frame_attention`).
+
+    `attn` (B, Nq, N): a block's attention on images `x` (B, C, R, R), queries on a `query_hw` grid, keys on a
+    `key_hw` grid (pooled). Returns the attention mass that queries on cells holding left-object pixels put on
+    keys whose cells hold right-object pixels, averaged over those queries and the images, and the mass uniform
+    attention would put there (the right object's share of the key cells). Objects are the pixels above
+    FOREGROUND_THRESHOLD in either half (the backgrounds stay below it)."""
+    fg = (x.amax(1, keepdim=True) > FOREGROUND_THRESHOLD).float()  # (B, 1, R, R)
+    half = x.shape[-1] // 2
+    left, right = fg.clone(), fg.clone()
+    left[..., half:], right[..., :half] = 0.0, 0.0
+    queries = F.adaptive_max_pool2d(left, query_hw).flatten(1)  # (B, Nq): 1 on left-object cells
+    keys = F.adaptive_max_pool2d(right, key_hw).flatten(1)  # (B, N)
+    on_right = torch.bmm(attn.float(), keys.unsqueeze(-1)).squeeze(-1)  # (B, Nq): each query's mass on the right
+    share = (on_right * queries).sum(1) / queries.sum(1).clamp_min(1.0)
+    return float(share.mean()), float(keys.mean(1).mean())
+
+
+@torch.no_grad()
+def d_look_share(
+    discriminator: torch.nn.Module, model_cfg: Any, *, num: int = 64, seed: int = 1, variant: str = "objects"
+) -> dict[str, list[float]]:
+    """Where each non-local block of a trained D looks on `num` unseen coherent images (seed 1, as
+    `mismatch_auc`): {block name: [share of the left object's queries' attention on the right object, the
+    share uniform attention would give]}; empty for a D without blocks."""
+    from gan.attention import record_attention
+
+    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed, variant=variant)
+    items = [data[i] for i in range(num)]
+    x = torch.stack([image for image, _ in items])
+    y = torch.tensor([label for _, label in items]) if model_cfg.num_classes else None
+    with record_attention(discriminator) as records:
+        discriminator(x, y)
+    return {r.name: list(object_look_share(r.weights, r.query_hw, _hw(r.key_shape), x)) for r in records}
+
+
+def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"d_look_share reads 2D blocks; got a key grid of shape {shape}")
+    return shape[0], shape[1]

@@ -29,6 +29,31 @@ def test_stage_puts_the_block_after_that_many_down_blocks() -> None:
         probe.Probe(1, width=8, attention={}, stage=2)
 
 
+def test_own_block_stream_keeps_the_conv_arms_trunk_whatever_the_design() -> None:
+    def build(attention, block_init="own", seed=5):
+        torch.manual_seed(seed)
+        return probe.Probe(1, width=8, attention=attention, block_seed=probe.block_seed(seed, block_init))
+
+    conv = build(None).state_dict()
+    designs = ({}, {"qk_channels": 4}, {"pairwise": "l2"}, {"gate": "channel"})
+    for attention in designs:
+        state = build(attention).state_dict()
+        assert all(torch.equal(conv[k], state[k]) for k in conv)  # stem, down-block and head: the conv arm's
+    # the block itself: drawn from seed + BLOCK_SEED, the same for every trunk seed's conv draws before it
+    torch.manual_seed(5 + probe.BLOCK_SEED)
+    alone = probe.NonLocalBlock(8).state_dict()
+    assert all(torch.equal(v, build({}).attention.state_dict()[k]) for k, v in alone.items())
+    # shared (the first runs): the block is drawn between the stem and the down-block, so the trunk moves with it
+    shared = build({"qk_channels": 4}, "shared").state_dict()
+    assert torch.equal(
+        shared["stem.conv1.parametrizations.weight.original"], conv["stem.conv1.parametrizations.weight.original"]
+    )
+    assert not torch.equal(
+        shared["blocks.0.conv1.parametrizations.weight.original"],
+        conv["blocks.0.conv1.parametrizations.weight.original"],
+    )
+
+
 def test_readouts_sum_mean_and_conv() -> None:
     x = torch.randn(3, 3, 64, 64)
     models = {}
@@ -96,12 +121,21 @@ def test_look_share_by_hand() -> None:
 
 def test_cell_tag_names_what_differs_from_the_working_configuration() -> None:
     base = dict(
-        resolution=64, stage=0, readout="sum", fresh=False, data="builtin", variant="objects", width=8, batch=32
+        resolution=64,
+        stage=0,
+        readout="sum",
+        fresh=False,
+        data="builtin",
+        variant="objects",
+        width=8,
+        batch=32,
+        block_init="own",
     )
     assert probe.cell_tag(argparse.Namespace(**base)) == "r64"
     changed = {**base, "stage": 1, "readout": "mean", "fresh": True, "data": "black", "width": 32, "batch": 64}
     assert probe.cell_tag(argparse.Namespace(**changed)) == "r64-stage1-mean-fresh-black-w32-b64"
     assert probe.cell_tag(argparse.Namespace(**{**base, "variant": "detail"})) == "r64-detail"
+    assert probe.cell_tag(argparse.Namespace(**{**base, "block_init": "shared"})) == "r64-sharedinit"
 
 
 def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:

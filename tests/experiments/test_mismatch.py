@@ -64,3 +64,77 @@ def test_mismatch_auc_oracle_d_sees_every_mismatch_and_gets_labels():
     unconditional = _ScoreD(coherence_per_image)
     mismatch_auc(unconditional, _cfg(classes=0), num=4, seed=3)
     assert unconditional.labels == [None, None]
+
+
+def test_mismatch_auc_detail_variant_pairs_differ_only_in_the_pattern():
+    # With the run's variant, the pairs are the detail tie's: an oracle on the pattern (detail_agreement, exactly
+    # 1.0 on coherent images) separates every pair, a left-half D sees nothing, and the objects' coherence score
+    # separates far less than on the objects tie, since shape, row and grey level still mirror each other.
+    from gan.synthetic import detail_agreement
+
+    cfg = _cfg()
+    oracle = mismatch_auc(_ScoreD(detail_agreement), cfg, num=40, seed=3, batch_size=16, variant="detail")
+    assert oracle["d_auc"] == 1.0 and oracle["d_coherent"] == pytest.approx(1.0)
+    left = mismatch_auc(_ScoreD(lambda x: x[..., :16].sum(dim=(1, 2, 3))), cfg, num=40, seed=3, variant="detail")
+    assert left["d_auc"] == 0.5
+    objects = mismatch_auc(_ScoreD(coherence_per_image), cfg, num=40, seed=3, variant="objects")
+    detail = mismatch_auc(_ScoreD(coherence_per_image), cfg, num=40, seed=3, variant="detail")
+    assert detail["d_coherent"] == pytest.approx(1.0) and detail["d_incoherent"] > objects["d_incoherent"]
+
+
+def _right_key_cells(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, side * side): 1 where a key cell of a side x side grid over the image holds a right-half foreground
+    pixel, by a loop over cells (the reference for object_look_share's pooling)."""
+    from gan.synthetic import FOREGROUND_THRESHOLD
+
+    fg = x.amax(1) > FOREGROUND_THRESHOLD  # (B, R, R)
+    r = x.shape[-1]
+    cell, out = r // side, torch.zeros(len(x), side * side)
+    for b in range(len(x)):
+        for i in range(side):
+            for j in range(side):
+                if j * cell >= r // 2 and fg[b, i * cell : (i + 1) * cell, j * cell : (j + 1) * cell].any():
+                    out[b, i * side + j] = 1.0
+    return out
+
+
+def test_object_look_share_hand_built_attention() -> None:
+    from experiments.mismatch import object_look_share
+
+    x = torch.stack([CoherenceDataset(4, 32, 1, seed=3)[i][0] for i in range(4)])  # (4, 1, 32, 32)
+    keys = _right_key_cells(x, 8)  # (4, 64)
+    # every query looks only at the first right-object key cell: share 1; only at the top-left cell: share 0
+    on_right = torch.zeros(4, 256, 64)
+    off = torch.zeros(4, 256, 64)
+    for b in range(4):
+        on_right[b, :, int(keys[b].nonzero()[0])] = 1.0
+        off[b, :, 0] = 1.0
+    assert object_look_share(on_right, (16, 16), (8, 8), x)[0] == pytest.approx(1.0)
+    assert object_look_share(off, (16, 16), (8, 8), x)[0] == pytest.approx(0.0)
+    uniform_share = keys.mean(1).mean().item()
+    share, uniform = object_look_share(torch.full((4, 256, 64), 1 / 64), (16, 16), (8, 8), x)
+    assert share == pytest.approx(uniform_share, abs=1e-6) and uniform == pytest.approx(uniform_share, abs=1e-6)
+
+
+def test_d_look_share_of_a_real_d_with_uniform_attention_is_the_uniform_share() -> None:
+    from experiments.mismatch import d_look_share
+    from gan.config import ModelConfig
+    from gan.models import Discriminator
+
+    cfg = ModelConfig(
+        resolution=32, image_channels=1, num_classes=4, d_width=8, d_attention=[16], attn_logit_scale="learned"
+    )
+    torch.manual_seed(0)
+    d = Discriminator(cfg).eval()
+    (name, block), *rest = [(n, m) for n, m in d.named_modules() if hasattr(m, "log_tau")]
+    assert not rest
+    with torch.no_grad():
+        block.log_tau.fill_(-1e4)  # logits exp(-1e4) theta^T phi = 0: every query attends uniformly
+    out = d_look_share(d, cfg, num=6, variant="detail")
+    data = CoherenceDataset(6, 32, 1, seed=1, variant="detail")
+    x = torch.stack([data[i][0] for i in range(6)])
+    expected = _right_key_cells(x, 8).mean(1).mean().item()  # 16x16 queries, keys 2x2-pooled to 8x8
+    assert list(out) == [name] and out[name] == pytest.approx([expected, expected], abs=1e-6)
+    assert (
+        d_look_share(Discriminator(ModelConfig(resolution=32, image_channels=1, d_width=8, d_attention=[])), cfg) == {}
+    )
