@@ -76,6 +76,14 @@ ARMS: dict[str, dict] = {
 # (as at width 32, where the second probe failed): attn_qk4 and attn_lr10_qk4 above, and these.
 for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel"):
     ARMS[f"{_name}_qk4"] = {"attention": {**ARMS[_name]["attention"], "qk_channels": 4}, "reference": "attn_qk4"}
+# The tie in fine detail (docs/detail_tie.md): keys and values not pooled (the 2x2 max-pool mixes 4x4-px
+# regions, two pattern cells a side) and 8 query/key channels, with either lever.
+for _name in ("attn_zero_init", "attn_lr10"):
+    ARMS[f"{_name}_nopool_qk8"] = {
+        **ARMS[_name],
+        "attention": {**ARMS[_name]["attention"], "subsample": False, "qk_channels": 8},
+        "reference": _name,
+    }
 TRAIN_SEED, TEST_SEED = 100, 12345  # dataset seeds: one training set for every run, a disjoint test set
 BLOCK_SEED = 7_000_000  # --block-init own: the block's weights of seed s come from their own generator, seeded s + this
 BLOCK_INITS = ("own", "shared")
