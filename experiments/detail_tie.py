@@ -42,18 +42,23 @@ def held_out_scores(result: dict, weights: Path) -> tuple[float, float]:
     return rank_auc(logits[y == 1], logits[y == 0]), float(((logits > 0).float() == y).float().mean())
 
 
-def summarise(runs: Path, summaries: Path) -> dict[tuple[str, int], list[dict]]:
+def summarise(runs: Path, summaries: Path) -> dict[tuple[str, str, int], list[dict]]:
     """One summary JSON per run (the run's record plus `test_auc` and `test_acc_eval`) under `summaries`,
-    named <variant>_<arm>_depth<d>_steps<s>_seed<k>.json; returns the summaries by (variant, steps)."""
+    named <variant>_<arm>_depth<d>_steps<s>_seed<k>.json, written for the runs under `runs` that have none
+    yet (their weights are needed once); returns every summary by (variant, arm, steps). The report thus
+    regenerates from the committed summaries alone."""
     summaries.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[str, int], list[dict]] = {}
     for path in sorted(runs.glob("*/r*/*/depth*/seed*.json")):
         result = json.loads(path.read_text())
         variant, steps = result["settings"].get("variant", "objects"), result["settings"]["steps"]
-        result["test_auc"], result["test_acc_eval"] = held_out_scores(result, path.with_suffix(".safetensors"))
         name = f"{variant}_{result['arm']}_depth{result['depth']}_steps{steps}_seed{result['seed']}.json"
-        (summaries / name).write_text(json.dumps(result, indent=1) + "\n")
-        groups.setdefault((variant, steps), []).append(result)
+        if not (summaries / name).exists():
+            result["test_auc"], result["test_acc_eval"] = held_out_scores(result, path.with_suffix(".safetensors"))
+            (summaries / name).write_text(json.dumps(result, indent=1) + "\n")
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for path in sorted(summaries.glob("*_depth*_steps*_seed*.json")):
+        r = json.loads(path.read_text())
+        groups.setdefault((r["settings"].get("variant", "objects"), r["arm"], r["settings"]["steps"]), []).append(r)
     return groups
 
 
@@ -61,25 +66,42 @@ def mean_std(xs: list[float]) -> str:
     return f"{xs[0]:.3f} (1 seed)" if len(xs) == 1 else f"{statistics.mean(xs):.3f} +/- {statistics.stdev(xs):.3f}"
 
 
-def print_report(groups: dict[tuple[str, int], list[dict]]) -> None:
-    """The table (one row per variant and step count) and, at each step count run for both variants, the
-    verdict on detail vs objects by the repository's rule (|diff| > 2 x pooled std)."""
-    print("| variant | steps | seeds | test AUC (mean +/- std) | seeds: AUC | test accuracy | CPU s per run |")
-    print("|---|---|---|---|---|---|---|")
-    for variant, steps in sorted(groups, key=lambda k: (VARIANTS.index(k[0]), k[1])):
-        rs = sorted(groups[(variant, steps)], key=lambda r: r["seed"])
+def _outcome(c) -> str:
+    return verdict(c) if c.seeds < 2 else f"{'beyond' if c.exceeds else 'within'} the seed spread"
+
+
+def print_report(groups: dict[tuple[str, str, int], list[dict]]) -> None:
+    """The table (one row per variant, arm and step count), then the verdicts by the repository's rule
+    (|diff| > 2 x pooled std): the conv D's detail tie against its objects tie, and each attention arm on a
+    variant against the conv arm on it, at equal steps."""
+    print(
+        "| variant | arm | steps | seeds | test AUC (mean +/- std) | seeds: AUC | test accuracy | "
+        "grad theta / grad g (last log) | CPU s per run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    order = sorted(groups, key=lambda k: (VARIANTS.index(k[0]), k[2], k[1] != "conv", k[1]))
+    for variant, arm, steps in order:
+        rs = sorted(groups[(variant, arm, steps)], key=lambda r: r["seed"])
         aucs = [r["test_auc"] for r in rs]
+        grads = [
+            r["log"][-1]["grad_theta"] / max(r["log"][-1]["grad_g"], 1e-12) for r in rs if "grad_g" in r["log"][-1]
+        ]
         print(
-            f"| `{variant}` | {steps} | {len(rs)} | {mean_std(aucs)} | {', '.join(f'{a:.3f}' for a in aucs)} | "
-            f"{mean_std([r['test_acc'] for r in rs])} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+            f"| `{variant}` | `{arm}` | {steps} | {len(rs)} | {mean_std(aucs)} | {', '.join(f'{a:.3f}' for a in aucs)} | "
+            f"{mean_std([r['test_acc'] for r in rs])} | {', '.join(f'{g:.2g}' for g in grads) or '-'} | "
+            f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
-    for steps in sorted({s for v, s in groups if v == "detail" and ("objects", s) in groups}):
-        auc = {v: [r["test_auc"] for r in groups[(v, steps)]] for v in ("detail", "objects")}
-        c = compare("detail", auc["detail"], auc["objects"], True)
-        outcome = verdict(c) if c.seeds < 2 else f"{'beyond' if c.exceeds else 'within'} the seed spread"
-        print(
-            f"\ndetail vs objects at {steps} steps, test AUC: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: {outcome}"
-        )
+    auc = {k: [r["test_auc"] for r in rs] for k, rs in groups.items()}
+    print()
+    for variant, arm, steps in order:
+        if arm == "conv" and variant == "detail" and ("objects", "conv", steps) in auc:
+            c = compare("detail", auc[(variant, arm, steps)], auc[("objects", "conv", steps)], True)
+            print(f"- conv, detail vs objects at {steps} steps, test AUC: diff {c.diff:+.3f}, "
+                  f"pooled std {c.pooled_std:.3f}: {_outcome(c)}")  # fmt: skip
+        elif arm != "conv" and (variant, "conv", steps) in auc:
+            c = compare(arm, auc[(variant, arm, steps)], auc[(variant, "conv", steps)], True)
+            print(f"- `{arm}` vs conv on `{variant}` at {steps} steps, test AUC: diff {c.diff:+.3f}, "
+                  f"pooled std {c.pooled_std:.3f}: {_outcome(c)}")  # fmt: skip
     first = next(iter(groups.values()))[0]
     print(f"\nMachine: {first['machine']}")
 

@@ -91,6 +91,10 @@ class ModelConfig:
         "D's logits: one per image (sum pooling) or one per position (PatchGAN, losses averaged)",
         ("sum", "patch"),
     )
+    d_coords: bool = _f(
+        False,
+        "append two coordinate channels (x, y in [-1, 1]) to D's input (CoordConv): a local D knows where it looks",
+    )
 
 
 @dataclass

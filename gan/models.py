@@ -269,6 +269,7 @@ class Discriminator(nn.Module):
         self.resolution = cfg.resolution
         self.image_channels = cfg.image_channels
         self.output = cfg.d_output
+        self.coords = cfg.d_coords
         self.receptive_field = d_receptive_field(cfg)[0]  # side in pixels, through the convolutions
         sn = cfg.d_spectral_norm
         sides, side = [], cfg.resolution
@@ -279,7 +280,7 @@ class Discriminator(nn.Module):
         _check_attention_sides("model.d_attention", cfg.d_attention, sides, cfg.resolution)
 
         self.blocks = nn.ModuleDict()
-        cin, attended = cfg.image_channels, set()
+        cin, attended = cfg.image_channels + (2 if cfg.d_coords else 0), set()
         for i, ((mult, down, kernel), side) in enumerate(zip(plan, sides)):
             cout = mult * cfg.d_width
             first = i == 0
@@ -320,11 +321,18 @@ class Discriminator(nn.Module):
         if attention:
             field += f" through its convolutions (the non-local block at {', '.join(attention)} sees the whole image)"
         output = "one logit per image" if self.output == "sum" else f"one logit per position ({side}x{side})"
+        output += ", coordinate channels" if self.coords else ""
         params = sum(p.numel() for p in self.parameters())
         return f"D: {blocks} residual blocks to a {side}x{side} map, {field}, {output}, {params:,} parameters"
 
     def features(self, x: Tensor) -> Tensor:
-        """The last feature map, before the final ReLU and the global sum pooling: (B, C, h, w)."""
+        """The last feature map, before the final ReLU and the global sum pooling: (B, C, h, w). With
+        `d_coords`, the images get two more channels first: x (column) and y (row), each from -1 to 1."""
+        if self.coords:
+            axis = torch.linspace(-1.0, 1.0, self.resolution, dtype=x.dtype, device=x.device)  # (R,)
+            cols = axis.view(1, 1, 1, -1).expand(x.shape[0], 1, self.resolution, self.resolution)
+            rows = axis.view(1, 1, -1, 1).expand(x.shape[0], 1, self.resolution, self.resolution)
+            x = torch.cat([x, cols, rows], dim=1)  # (B, C + 2, R, R)
         for block in self.blocks.values():
             x = block(x)
         return x
