@@ -271,11 +271,15 @@ def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
         if real is not None:
             ax.axhline(real, color="k", ls="--", lw=0.8, label="real data")
         ax.set_xscale("log")
+        fields = sorted({field for field, _, _ in cells})
+        ax.set_xticks(fields, [str(f) for f in fields])
+        ax.minorticks_off()
+        ax.set_xlim(min(fields) / 1.4, max(fields) * 1.4)
         ax.set_xlabel("D's receptive field through its convolutions (px of 64)")
         ax.set_ylabel(
             {"coherence": "G's coherence (1,000 EMA samples)", "d_auc": "D's AUC, coherent vs incoherent"}[key]
         )
-    axes[0].legend(fontsize=7, loc="center right")
+    axes[0].legend(fontsize=7, loc="center left")
     fig.suptitle("The GAN where locality binds: 64x64 built-in data, D with coordinate channels", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
