@@ -1,7 +1,8 @@
-"""Sizing and diagnosing the local discriminator of issue 25 (docs/local_d.md), on one CPU thread.
+"""Sizing, diagnosing and reporting the local discriminator of issue 25 (docs/local_d.md), on one CPU thread.
 
     python -m experiments.local_d cost  --out docs/local_d/step_cost.json
     python -m experiments.local_d judge RUN_DIR/generator --out docs/local_d/judge.json
+    python -m experiments.local_d ladder --runs OUT --summaries docs/local_d/ladder --figure docs/local_d/ladder.png
 
 `cost`: CPU seconds per training step (`gan.step.train_step`, built as training builds it; median of 20 steps
 after 2 warm-up steps) of the 64x64 pilot's models, G width 8 without attention, D cut to two blocks plus a
@@ -12,15 +13,23 @@ after 2 warm-up steps) of the 64x64 pilot's models, G width 8 without attention,
 moving? A fresh D per variant (sum or patch output, spectral norm on or off, D learning rate) trains 150 hinge
 steps (Adam 0 / 0.9, batch 16 + 16, 512 images of each kind) and is scored on 128 held-out images of each:
 the per-image AUC of real against fake and the gap of the mean logits.
+
+`ladder`: the GAN ladder's runs (`experiments.ablation run`, one OUT folder per D setting below --runs: for
+example `blind16` and `full`) summarised into one small JSON per run under --summaries (setting, arm, seed,
+overrides, D's receptive field, the scores, D's look share, the gate and loss history), then the table, the
+verdicts and the figure (G's coherence and D's AUC against D's receptive field) from those summaries alone, so
+an interrupted grid is finished later without rerunning what is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,6 +117,176 @@ def judge(generator_dir: Path) -> list[dict]:
     return rows
 
 
+LADDER_SCORES = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc")
+LADDER_LABELS = {"coherence": "coherence", "valid": "valid", "shape_iou": "shape IoU",
+                 "colour_agreement": "grey agreement", "fcd": "FCD", "d_auc": "D's AUC"}  # fmt: skip
+CHANCE = {"coherence": 0.067, "d_auc": 0.5}  # grayscale coherence of independently drawn pairs (docs/coherence.md)
+
+
+def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
+    """One JSON per evaluated run under `runs/<setting>/` (an `experiments.ablation run` OUT folder) written
+    to `summaries/<setting>_<arm>_seed<k>.json` unless there already; returns every summary there."""
+    from experiments import ablation, experiment
+    from experiments.gates import gate_history
+    from gan.config import load_config
+    from gan.models import d_receptive_field
+    from tools.report import machine_line
+
+    summaries.mkdir(parents=True, exist_ok=True)
+    for out in sorted(p for p in runs.glob("*") if (p / ablation.MANIFEST).is_file()):
+        found = experiment.collect(out, ablation.MANIFEST, "none", "python -m experiments.ablation run")
+        for arm, by_seed in found["runs"].items():
+            for seed, result in by_seed.items():
+                path = summaries / f"{out.name}_{arm}_seed{seed}.json"
+                if path.exists():
+                    continue
+                rd = Path(result["run_dir"])
+                run = json.loads((rd / "ablation_run.json").read_text())
+                cfg = load_config(run["config"], run["overrides"])
+                log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
+                summary = {
+                    "setting": out.name,
+                    "arm": arm,
+                    "seed": seed,
+                    "config": run["config"],
+                    "overrides": run["overrides"],
+                    "steps": cfg.train.steps,
+                    "d_receptive_field": d_receptive_field(cfg.model)[0],
+                    "d_depth": cfg.model.d_depth,
+                    "scores": {k: result[k] for k in (*LADDER_SCORES, "d_paired") if k in result},
+                    "d_look_share": result.get("d_look_share", {}),
+                    "params": result["params"],
+                    "gates": {k: v for k, v in gate_history(rd).items()},
+                    "losses": [
+                        {k: e[k] for k in ("step", "loss_d", "d_real", "d_fake", "loss_g")}
+                        for e in log
+                        if "loss_d" in e
+                    ],  # fmt: skip
+                    "train_wall_s": result.get("train_seconds", 0.0),
+                    "eval_wall_s": result.get("eval_seconds", 0.0),
+                    "machine": machine_line(),
+                }
+                path.write_text(json.dumps(summary, indent=1) + "\n")
+    return [json.loads(p.read_text()) for p in sorted(summaries.glob("*_seed*.json"))]
+
+
+def _uniform(key: str) -> float:
+    """log N of a D block's logged entropy key (attn_entropy/D.blocks.attn<side>; keys 2x2-pooled)."""
+    from experiments.gates import uniform_entropy
+
+    return uniform_entropy(int(key.rsplit("attn", 1)[1]), subsample=True)
+
+
+def _by_cell(summaries: list[dict[str, Any]]) -> dict[tuple[int, str, str], list[dict[str, Any]]]:
+    cells: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    for s in summaries:
+        cells.setdefault((s["d_receptive_field"], s["setting"], s["arm"]), []).append(s)
+    return dict(sorted(cells.items()))
+
+
+def _ms(xs: list[float], digits: int = 3) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f} (1 seed)"
+    return f"{statistics.mean(xs):.{digits}f} +/- {statistics.stdev(xs):.{digits}f}"
+
+
+def ladder_report(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (D setting, arm), mean +/- std over seeds and each seed; the final gates and where
+    D's block looks; verdicts by the repository's rule (|diff| > 2 x pooled std): each attention arm against
+    the no-attention arm of its setting, and each setting's no-attention arm against the most local one."""
+    from experiments.experiment import compare, verdict
+
+    cells = _by_cell(summaries)
+    head = ["D setting", "D field (px)", "arm", "steps", "seeds", *(LADDER_LABELS[k] for k in LADDER_SCORES)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (field, setting, arm), rs in cells.items():
+        cols = [_ms([r["scores"][k] for r in rs], 2 if k == "fcd" else 3) for k in LADDER_SCORES]
+        lines.append(f"| `{setting}` | {field} | `{arm}` | {rs[0]['steps']} | {len(rs)} | " + " | ".join(cols) + " |")
+    lines += ["", "Per seed (coherence, D's AUC; the block's final gate and attention entropy over log N; the "
+              "left object's queries' share on the right object, uniform in brackets):", "",
+              "| D setting | arm | seed | coherence | valid | D's AUC | FCD | D block: gate | entropy / log N | look share |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (_, setting, arm), rs in cells.items():
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            sc = r["scores"]
+            gate = {k: v[-1][1] for k, v in r["gates"].items() if k.startswith(("gamma/D", "out_norm/D"))}
+            entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith("attn_entropy/D")}
+            look = next(iter(r["d_look_share"].values()), None)
+            lines.append(
+                f"| `{setting}` | `{arm}` | {r['seed']} | {sc['coherence']:.3f} | {sc['valid']:.3f} | "
+                f"{sc['d_auc']:.3f} | {sc['fcd']:.2f} | "
+                + (", ".join(f"{k.split('/')[0]} {v:.3f}" for k, v in gate.items()) or "-")
+                + " | "
+                + (", ".join(f"{v:.3f}" for v in entropy.values()) or "-")
+                + " | "
+                + (f"{look[0]:.3f} ({look[1]:.3f})" if look else "-")
+                + " |"
+            )
+    lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std):", ""]
+    most_local = min(cells)[0] if cells else None
+    for (field, setting, arm), rs in cells.items():
+        controls = []
+        if arm != "none" and (field, setting, "none") in cells:
+            controls.append(((field, setting, "none"), f"`{arm}` vs `none` in `{setting}`"))
+        if arm == "none" and most_local is not None and field != most_local:
+            local = [k for k in cells if k[0] == most_local and k[2] == "none"]
+            controls += [(k, f"`{setting}` vs `{k[1]}` (no attention)") for k in local]
+        for key, label in controls:
+            for k in ("coherence", "d_auc", "fcd"):
+                higher = k != "fcd"
+                c = compare(arm, [r["scores"][k] for r in rs], [r["scores"][k] for r in cells[key]], higher)
+                outcome = verdict(c)  # attention: helped / hurt / within; the field: beyond or within the spread
+                if arm == "none" and c.seeds >= 2:
+                    outcome = f"{'beyond' if c.exceeds else 'within'} the seed spread"
+                lines.append(f"- {label}, {LADDER_LABELS[k]}: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: "
+                             f"{outcome}")  # fmt: skip
+    first = summaries[0] if summaries else {}
+    lines += ["", f"{len(summaries)} runs, {sum(s['train_wall_s'] + s['eval_wall_s'] for s in summaries) / 60:.0f} "
+              f"wall-minutes of training and evaluation (one thread each); machine: {first.get('machine', '-')}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
+    """Two panels against D's receptive field (px, log axis): G's coherence and D's AUC (coherent vs
+    incoherent), with and without a block in D, mean +/- std over seeds and every seed as a dot; chance and
+    real-data levels as lines."""
+    from tools.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    cells = _by_cell(summaries)
+    for ax, key, real in ((axes[0], "coherence", 1.0), (axes[1], "d_auc", None)):
+        for arm, colour, marker in (("none", "C0", "o"), ("d32-zero", "C1", "s")):
+            pts = [(field, [r["scores"][key] for r in rs]) for (field, _, a), rs in cells.items() if a == arm]
+            if not pts:
+                continue
+            xs = [f * (1.06 if arm != "none" else 1.0) for f, _ in pts]  # nudge the attention arm sideways
+            means = [statistics.mean(v) for _, v in pts]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
+            label = "no attention in D" if arm == "none" else "one block in D (32x32, zero-init gate)"
+            ax.errorbar(xs, means, yerr=stds, fmt=marker + "-", color=colour, capsize=4, label=label)
+            for x, (_, v) in zip(xs, pts):
+                ax.plot([x] * len(v), v, ".", color=colour, alpha=0.5)
+        ax.axhline(CHANCE[key], color="grey", ls=":", label="chance")
+        if real is not None:
+            ax.axhline(real, color="k", ls="--", lw=0.8, label="real data")
+        ax.set_xscale("log")
+        fields = sorted({field for field, _, _ in cells})
+        ax.set_xticks(fields, [str(f) for f in fields])
+        ax.minorticks_off()
+        ax.set_xlim(min(fields) / 1.4, max(fields) * 1.4)
+        ax.set_xlabel("D's receptive field through its convolutions (px of 64)")
+        ax.set_ylabel(
+            {"coherence": "G's coherence (1,000 EMA samples)", "d_auc": "D's AUC, coherent vs incoherent"}[key]
+        )
+    axes[0].legend(fontsize=7, loc="center left")
+    fig.suptitle("The GAN where locality binds: 64x64 built-in data, D with coordinate channels", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,8 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     p_judge = sub.add_parser("judge", help="train fresh local Ds on real images vs a G's fixed samples")
     p_judge.add_argument("generator", help="a generator export (RUN_DIR/generator)")
     p_judge.add_argument("--out", required=True)
+    p_ladder = sub.add_parser("ladder", help="summaries, table and figure of the GAN ladder's runs")
+    p_ladder.add_argument("--runs", default=None, help="a folder of `experiments.ablation run` OUT folders (optional)")
+    p_ladder.add_argument("--summaries", default="docs/local_d/ladder")
+    p_ladder.add_argument("--figure", default="docs/local_d/ladder.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.command == "ladder":
+        summaries = Path(args.summaries)
+        found = summarise_ladder(Path(args.runs), summaries) if args.runs else [
+            json.loads(p.read_text()) for p in sorted(summaries.glob("*_seed*.json"))]  # fmt: skip
+        print(ladder_report(found), end="")
+        ladder_figure(found, Path(args.figure))
+        return 0
     rows = step_cost() if args.command == "cost" else judge(Path(args.generator))
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -20,7 +20,6 @@ This module knows files only: no network class and no Hub (gan.pretrained and ga
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -103,15 +102,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (never the whole file in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' `save_file`, its I/O failures (reported as SafetensorError text) raised as the OSError they are."""
     try:
@@ -140,7 +130,7 @@ def _write_atomically(final: Path, contents: dict[str, Any], finish: Callable[[P
             path = tmp / name
             if name.endswith(".safetensors"):
                 _save_tensors(content, path)
-                hashes[name] = sha256_of(path)
+                hashes[name] = files.sha256_of(path)
             else:
                 path.write_text(json.dumps({**content, "sha256": hashes}, indent=1))
             with open(path, "rb") as fh:
@@ -308,7 +298,7 @@ def _verify(path: Path, recorded: str | None) -> None:
                 file=sys.stderr,
             )
         return
-    actual = sha256_of(path)
+    actual = files.sha256_of(path)
     if actual != recorded:
         raise CheckpointError(
             f"{path} fails its SHA-256 check (recorded {recorded[:12]}..., file {actual[:12]}...): the file is corrupt; "

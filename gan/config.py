@@ -59,7 +59,8 @@ class ModelConfig:
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
     attn_gate: str = _f(
         "gamma",
-        "residual gate: learnable gamma at 0, zero-initialised output conv, or per-channel gains tanh(a), a at 0",
+        "residual gate: learnable gamma at 0 (SAGAN), zero-initialised output conv, or per-channel gains tanh(a), a "
+        "at 0; zero_init and channel opened in every seed where gamma opened in half (docs/attention_opens.md)",
         GATES,
     )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")

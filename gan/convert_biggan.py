@@ -368,7 +368,7 @@ def convert(
 def provenance(generator_path: str | Path, discriminator_path: str | Path | None, origin: str) -> dict:
     """The export's `source` (gan.hub.model_card): converted from BigGAN-PyTorch, `origin`, and the SHA-256 of
     each file read, so a card names exactly which published checkpoint it holds."""
-    from gan.checkpoint import sha256_of
+    from gan.files import sha256_of
 
     paths = [Path(p) for p in (generator_path, discriminator_path) if p is not None]
     return {

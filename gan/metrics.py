@@ -35,7 +35,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from gan import classifier, registry
 from gan.config import Config
 from gan.data import build_dataset
-from gan.files import write_text
+from gan.files import sha256_of, write_text
 from gan.registry import CLASSIFIER_KEYS, MetricsError
 from gan.viz import images_to_uint8
 
@@ -58,14 +58,6 @@ _FIDELITY_NAMES = {"inception": "inception-v3-compat", "fashion_classifier": cla
 
 # ----------------------------------------------------------------------------------------------------------
 # Weights
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hub_checkpoints() -> Path:
@@ -111,7 +103,7 @@ def resolve_inception_weights(
         else:
             raise MetricsError(f"Inception weights not found; {_where_to_put_weights()}")
     if expected_sha256 is not None:
-        actual = file_sha256(weights)
+        actual = sha256_of(weights)
         if actual != expected_sha256:
             raise MetricsError(
                 f"Inception weights '{weights}' have sha256 {actual[:16]}..., not the published "
@@ -298,7 +290,7 @@ def compute_metrics(
     if "fid" in metrics or "kid" in metrics:  # IS alone never looks at the reference set
         reference = ReferenceImages(cfg)
         options["input2"] = reference
-        options["input2_cache_name"] = reference_cache_name(cfg, file_sha256(weights))
+        options["input2_cache_name"] = reference_cache_name(cfg, sha256_of(weights))
         options["cache_root"] = str(cache_root(cfg))
     if "kid" in metrics:  # KID draws subsets of this size from both sides (len() builds, never iterates)
         options["kid_subset_size"] = min(KID_SUBSET_SIZE, num_samples, len(reference))
@@ -373,7 +365,7 @@ def memorisation_scores(
             extractor.convert_features_tuple_to_dict(extractor(to_uint8(chunk).to("cuda" if cuda else "cpu")))[layer].cpu()
             for chunk in images.split(cfg.eval.batch_size)
         ])  # fmt: skip
-    sha = file_sha256(weights)
+    sha = sha256_of(weights)
     options = {"batch_size": cfg.eval.batch_size, "cuda": cuda, "save_cpu_ram": True, "verbose": verbose,
                "cache_root": str(cache_root(cfg))}  # fmt: skip
 

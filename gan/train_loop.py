@@ -30,7 +30,7 @@ from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
 from gan.data_order import build_loader
 from gan.errors import UserError
-from gan.files import disk_full
+from gan.files import disk_full, sha256_of, write_text
 from gan.pretrained import export_generator
 from gan.runtime import eval_mode, set_threads
 from gan.step import Parts, build_parts, samples_per_step, train_step
@@ -133,6 +133,17 @@ def initialise(parts: Parts, networks: dict[str, dict | None], where: Path, say:
     else:
         say(f"--init-from: {where} holds no discriminator; D starts from random weights")
     say(f"--init-from: {', '.join(loaded)} from {where}; optimisers fresh, starting at step 0")
+
+
+def record_init(run_dir: Path, networks: dict[str, dict | None], where: Path) -> Path:
+    """Writes `run_dir/init_from.json`: where a `--init-from` run's weights came from (the directory read, which
+    networks it gave, and the SHA-256 of each of its .safetensors / .json files), so the run says its origin."""
+    record = {
+        "source": str(where),
+        "networks": [name for name in ("G", "G_ema", "D") if networks[name] is not None],
+        "sha256": {p.name: sha256_of(p) for p in sorted(where.iterdir()) if p.suffix in (".safetensors", ".json")},
+    }
+    return write_text(run_dir / "init_from.json", json.dumps(record, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,6 +473,8 @@ def _train_locked(
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        if init is not None and where is None:
+            record_init(run_dir, *init)
     if log_with:
         init = {"wandb": {"dir": str(run_dir), "name": cfg.log.run_name or run_dir.name, "tags": cfg.log.tags}}
         if cfg.log.entity:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import ablation, experiment
+from experiments import ablation, experiment, local_d
 from experiments.ablation import Arm, parse_arm, parse_arms
 from experiments.experiment import ExperimentError, compare, parse_seeds
 
@@ -179,7 +179,7 @@ def test_run_and_report_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "experiments.ablation", "run", "--config", "configs/ablation_coherence.yaml",
            "--arms", "none,gd16,gd16-zero", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
            "train.steps=2", "train.batch_size=4", "data.builtin_size=64", "model.g_width=16", "model.d_width=16",
-           f"eval.cache_dir={cache}"]  # fmt: skip
+           "train.log_every=1", f"eval.cache_dir={cache}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for arm in ("none", "gd16", "gd16-zero"):
@@ -200,6 +200,19 @@ def test_run_and_report_end_to_end(tmp_path):
     none, gd = (json.loads((out / a / "seed0" / "ablation_eval.json").read_text())["params"] for a in ("none", "gd16"))
     assert none["G_attention"] == none["D_attention"] == 0
     assert gd["G"] - none["G"] == gd["G_attention"] > 0 and gd["D"] - none["D"] == gd["D_attention"] > 0
+
+    # the GAN ladder's summaries (experiments.local_d ladder) read the same runs, once, and report from the files
+    summaries = tmp_path / "summaries"
+    found = local_d.summarise_ladder(tmp_path, summaries)
+    s = json.loads((summaries / "runs_gd16-zero_seed0.json").read_text())
+    assert s["setting"] == "runs" and s["steps"] == 2 and s["d_receptive_field"] == 48  # SAGAN's D at 32x32
+    assert "model.d_width=16" in s["overrides"] and [e["step"] for e in s["losses"]] == [1, 2]
+    assert s["scores"]["d_auc"] == json.loads((out / "gd16-zero" / "seed0" / "ablation_eval.json").read_text())["d_auc"]
+    assert list(s["d_look_share"]) == ["blocks.attn16"] and "out_norm/D.blocks.attn16" in s["gates"]
+    (summaries / "runs_none_seed0.json").write_text("{}")  # written once: a second pass keeps what is there
+    assert {} in local_d.summarise_ladder(tmp_path, summaries) and len(found) == 3
+    (summaries / "runs_none_seed0.json").unlink()
+    assert local_d.ladder_report(local_d.summarise_ladder(tmp_path, summaries)) == local_d.ladder_report(found)
 
     # a second call finds everything cached and trains nothing
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

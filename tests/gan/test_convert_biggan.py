@@ -455,3 +455,7 @@ def test_train_init_from_runs_and_refuses_another_architecture(ten_class_export,
     start = load_file(str(ten_class_export / "generator.safetensors"))
     moved = [float((state["G"][k] - start[k]).norm() / start[k].norm()) for k in start if k.endswith(".original")]
     assert 0 < max(moved) < 0.2  # two Adam steps from the export's weights, not from a fresh initialisation
+    origin = json.loads((run / "init_from.json").read_text())  # the run says where its weights came from
+    assert origin["source"] == str(ten_class_export) and origin["networks"] == ["G", "D"]
+    for name in ("generator.safetensors", "discriminator.safetensors", "config.json"):
+        assert origin["sha256"][name] == hashlib.sha256((ten_class_export / name).read_bytes()).hexdigest()

@@ -22,7 +22,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from gan import metrics
 from gan.classifier import FashionClassifierExtractor
 from gan.config import Config, ModelConfig
-from gan.metrics import INCEPTION_FILENAMES, MetricsError, compute_metrics, file_sha256, resolve_inception_weights
+from gan.files import sha256_of
+from gan.metrics import INCEPTION_FILENAMES, MetricsError, compute_metrics, resolve_inception_weights
 from gan.models import Generator
 from gan.registry import result_key
 
@@ -337,7 +338,7 @@ def test_weights_in_the_hub_cache_are_found_under_either_name_and_hash_checked(h
     hub.mkdir(parents=True)
     placed = hub / INCEPTION_FILENAMES[1]  # pytorch-fid's name
     placed.write_bytes(b"not the published weights")
-    assert resolve_inception_weights(expected_sha256=file_sha256(placed)) == placed
+    assert resolve_inception_weights(expected_sha256=sha256_of(placed)) == placed
     assert resolve_inception_weights(expected_sha256=None) == placed
     with pytest.raises(MetricsError, match="refusing to load") as err:
         resolve_inception_weights()  # the published hash

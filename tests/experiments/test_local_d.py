@@ -1,0 +1,49 @@
+"""The GAN ladder's summaries, report and figure (experiments.local_d ladder): hand-made summaries against
+hand-computed means, spreads and verdicts. The summaries of real runs are tested with the ablation runner's
+end-to-end test (tests/experiments/test_ablation.py), which already trains them."""
+
+from __future__ import annotations
+
+from experiments import local_d
+
+
+def _summary(setting: str, field: int, arm: str, seed: int, coherence: float, d_auc: float) -> dict:
+    scores = {"coherence": coherence, "valid": 0.5, "shape_iou": 0.4, "colour_agreement": 0.6, "fcd": 20.0,
+              "d_auc": d_auc, "d_paired": d_auc}  # fmt: skip
+    gates = {"out_norm/D.blocks.attn32": [[50, 0.1], [100, 0.25]], "attn_entropy/D.blocks.attn32": [[100, 2.0]]}
+    return {"setting": setting, "arm": arm, "seed": seed, "steps": 100, "d_receptive_field": field,
+            "scores": scores, "d_look_share": {"blocks.attn32": [0.3, 0.1]} if arm != "none" else {},
+            "gates": gates if arm != "none" else {}, "train_wall_s": 60.0, "eval_wall_s": 0.0,
+            "machine": "test machine"}  # fmt: skip
+
+
+def test_report_and_figure_from_hand_made_summaries(tmp_path) -> None:
+    runs = [
+        _summary("blind16", 16, "none", 0, 0.10, 0.50),
+        _summary("blind16", 16, "none", 1, 0.30, 0.52),
+        _summary("blind16", 16, "d32-zero", 0, 0.60, 0.90),
+        _summary("blind16", 16, "d32-zero", 1, 0.80, 0.94),
+        _summary("full", 140, "none", 0, 0.50, 0.98),
+    ]
+    text = local_d.ladder_report(runs)
+    # coherence of blind16/none: mean 0.2, sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414
+    assert "| `blind16` | 16 | `none` | 100 | 2 | 0.200 +/- 0.141 |" in text
+    assert "| `blind16` | 16 | `d32-zero` | 100 | 2 | 0.700 +/- 0.141 |" in text
+    assert "| `full` | 140 | `none` | 100 | 1 | 0.500 (1 seed) |" in text
+    # diff 0.5 against 2 x pooled std 0.283: beyond the spread; the full D's single seed: no verdict
+    assert "- `d32-zero` vs `none` in `blind16`, coherence: diff +0.500, pooled std 0.141: helped" in text
+    assert (
+        "- `full` vs `blind16` (no attention), coherence: diff +0.300, pooled std 0.100: no verdict (one seed)" in text
+    )
+    runs.append(_summary("full", 140, "none", 1, 0.52, 0.99))  # two seeds: the field's difference gets a verdict
+    assert "- `full` vs `blind16` (no attention), D's AUC: diff +0.475, pooled std 0.011: beyond the seed spread" in (
+        local_d.ladder_report(runs)
+    )
+    # the block's last gate, its entropy over log 256 (keys of a 32x32 map, 2x2-pooled), where it looks
+    assert (
+        "| `blind16` | `d32-zero` | 0 | 0.600 | 0.500 | 0.900 | 20.00 | out_norm 0.250 | 0.361 | 0.300 (0.100) |"
+        in text
+    )
+    assert "5 runs, 5 wall-minutes" in text
+    local_d.ladder_figure(runs, tmp_path / "ladder.png")
+    assert (tmp_path / "ladder.png").stat().st_size > 10_000
