@@ -106,10 +106,4 @@ def d_look_share(
     y = torch.tensor([label for _, label in items]) if model_cfg.num_classes else None
     with record_attention(discriminator) as records:
         discriminator(x, y)
-    return {r.name: list(object_look_share(r.weights, r.query_hw, _hw(r.key_shape), x)) for r in records}
-
-
-def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) != 2:
-        raise ValueError(f"d_look_share reads 2D blocks; got a key grid of shape {shape}")
-    return shape[0], shape[1]
+    return {r.name: list(object_look_share(r.weights, r.query_hw, r.key_hw, x)) for r in records}
