@@ -145,6 +145,7 @@ def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
     result = json.loads((tmp_path / "r64-stage1-b4" / "attn_channel" / "depth1" / "seed0.json").read_text())
     assert result["settings"]["stage"] == 1 and 0.0 <= result["look_share"] <= 1.0
     assert {"residual", "gate_value", "look_share", "look_uniform"} <= set(result["log"][-1])
+    probe.main(["run", "--arms", "attn_channel", "--block-init", "shared", *common, *tiny])
     capsys.readouterr()
     probe.main(["cells", "--depths", "1", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -152,3 +153,5 @@ def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
     assert f"| `r64-stage1-b4` | `attn_channel` | 1 | {result['test_acc']:.3f} (1 seed) |" in printed
     assert f"| {opened} of 1 |" in printed and "rms tanh(a) " in printed
     assert "| `r64-stage1-b4` | `attn_channel` | `r64-stage1-b4` `conv` |" in printed
+    # the shared-stream cell is held against the conv arm of the same setting, which has no block to draw
+    assert "| `r64-stage1-b4-sharedinit` | `attn_channel` | `r64-stage1-b4` `conv` |" in printed
