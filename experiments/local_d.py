@@ -330,7 +330,7 @@ def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(
             {"coherence": "G's coherence (1,000 EMA samples)", "d_auc": "D's AUC, coherent vs incoherent"}[key]
         )
-    axes[0].legend(fontsize=7, loc="center left")
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("The GAN where locality binds: 64x64 built-in data, D with coordinate channels", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
