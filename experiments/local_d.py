@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -190,6 +191,46 @@ def _ms(xs: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(xs):.{digits}f} +/- {statistics.stdev(xs):.{digits}f}"
 
 
+ARM_STYLES = {
+    "none": ("C0", "o", "no attention in D"),
+    "d32-zero": ("C1", "s", "one block in D (32x32, zero-init gate)"),
+    "d32": ("C2", "^", "one block in D (32x32, SAGAN's gamma)"),
+}
+QUARTERS = (0.25, 0.5, 0.75, 1.0)  # of the run's steps: where the report reads the block's gate and entropy
+
+
+def _arm_style(arm: str, i: int) -> tuple[str, str, str]:
+    return ARM_STYLES.get(arm, (f"C{3 + i}", "D", f"D arm {arm}"))
+
+
+def _value_at(points: list[list[float]], step: float) -> float:
+    """The last logged value at or before `step` (points: [[step, value], ...] in logging order)."""
+    before = [v for s, v in points if s <= step]
+    return before[-1] if before else float("nan")
+
+
+def _fmt(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
+
+
+def block_trajectories(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[list[float]]]]:
+    """Per (D setting, arm) with a block in D: the gate (|gamma| or norm(out)) and the attention entropy over
+    log N at each quarter of the run (QUARTERS), one list per seed in seed order:
+    {(setting, arm): {"gate": [[q1, q2, q3, q4], ...], "entropy": [...]}}."""
+    out: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
+    for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
+        gates = [(k, v) for k, v in s["gates"].items() if k.startswith(("gamma/D", "out_norm/D"))]
+        entropy = [(k, v) for k, v in s["gates"].items() if k.startswith("attn_entropy/D")]
+        if not gates:
+            continue
+        steps = [q * s["steps"] for q in QUARTERS]
+        cell = out.setdefault((s["setting"], s["arm"]), {"gate": [], "entropy": []})
+        cell["gate"].append([abs(_value_at(gates[0][1], t)) for t in steps])
+        if entropy:
+            cell["entropy"].append([_value_at(entropy[0][1], t) / _uniform(entropy[0][0]) for t in steps])
+    return out
+
+
 def ladder_report(summaries: list[dict[str, Any]]) -> str:
     """Markdown: one row per (D setting, arm), mean +/- std over seeds and each seed; the final gates and where
     D's block looks; verdicts by the repository's rule (|diff| > 2 x pooled std): each attention arm against
@@ -222,6 +263,17 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
                 + (f"{look[0]:.3f} ({look[1]:.3f})" if look else "-")
                 + " |"
             )
+    trajectories = block_trajectories(summaries)
+    if trajectories:
+        quarters = ", ".join(f"{q:g}" for q in QUARTERS)
+        lines += ["", f"D's block over training: the gate (|gamma| or norm(out)) and the attention entropy over log N "
+                  f"at {quarters} of the run's steps (mean over seeds; [docs/local_d/ladder_gates.png]"
+                  "(local_d/ladder_gates.png) draws every logged step):", "",
+                  "| D setting | arm | seeds | gate | entropy / log N |", "|---|---|---|---|---|"]  # fmt: skip
+        for (setting, arm), t in trajectories.items():
+            cols = [" / ".join(_fmt(statistics.mean(x)) for x in zip(*t[k])) if t[k] else "-"
+                    for k in ("gate", "entropy")]  # fmt: skip
+            lines.append(f"| `{setting}` | `{arm}` | {len(t['gate'])} | {cols[0]} | {cols[1]} |")
     lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std):", ""]
     most_local = min(cells)[0] if cells else None
     for (field, setting, arm), rs in cells.items():
@@ -256,14 +308,13 @@ def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     cells = _by_cell(summaries)
     for ax, key, real in ((axes[0], "coherence", 1.0), (axes[1], "d_auc", None)):
-        for arm, colour, marker in (("none", "C0", "o"), ("d32-zero", "C1", "s")):
+        arms = sorted({a for _, _, a in cells}, key=lambda a: (a != "none", a))
+        for i, arm in enumerate(arms):
+            colour, marker, label = _arm_style(arm, i)
             pts = [(field, [r["scores"][key] for r in rs]) for (field, _, a), rs in cells.items() if a == arm]
-            if not pts:
-                continue
-            xs = [f * (1.06 if arm != "none" else 1.0) for f, _ in pts]  # nudge the attention arm sideways
+            xs = [f * 1.06**i for f, _ in pts]  # nudge each attention arm sideways
             means = [statistics.mean(v) for _, v in pts]
             stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
-            label = "no attention in D" if arm == "none" else "one block in D (32x32, zero-init gate)"
             ax.errorbar(xs, means, yerr=stds, fmt=marker + "-", color=colour, capsize=4, label=label)
             for x, (_, v) in zip(xs, pts):
                 ax.plot([x] * len(v), v, ".", color=colour, alpha=0.5)
@@ -279,8 +330,41 @@ def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(
             {"coherence": "G's coherence (1,000 EMA samples)", "d_auc": "D's AUC, coherent vs incoherent"}[key]
         )
-    axes[0].legend(fontsize=7, loc="center left")
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("The GAN where locality binds: 64x64 built-in data, D with coordinate channels", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gates_figure(summaries: list[dict[str, Any]], path: Path) -> None:
+    """Two panels against the training step, one line per run with a block in D (colour: the D setting; line
+    style: the arm): the block's gate (|gamma| or norm(out)) and its attention entropy over log N (1 = uniform)."""
+    from tools.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    settings = sorted({s["setting"] for s in summaries})
+    arms = sorted({s["arm"] for s in summaries if s["arm"] != "none"})
+    styles = ("-", "--", ":", "-.")
+    for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
+        for ax, prefixes in ((axes[0], ("gamma/D", "out_norm/D")), (axes[1], ("attn_entropy/D",))):
+            for key, points in s["gates"].items():
+                if not key.startswith(prefixes):
+                    continue
+                scale = _uniform(key) if key.startswith("attn_entropy") else 1.0
+                ax.plot([p[0] for p in points], [abs(p[1]) / scale for p in points],
+                        color=f"C{settings.index(s['setting'])}", ls=styles[arms.index(s["arm"]) % len(styles)],
+                        lw=1, label=f"{s['setting']} / {s['arm']}" if s["seed"] == 0 else None)  # fmt: skip
+    axes[0].set_ylabel("gate: |gamma| or norm(out)")
+    axes[1].set_ylabel("attention entropy / log N")
+    axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
+    for ax in axes:
+        ax.set_xlabel("training step")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("D's block over training (every seed)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -306,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(p.read_text()) for p in sorted(summaries.glob("*_seed*.json"))]  # fmt: skip
         print(ladder_report(found), end="")
         ladder_figure(found, Path(args.figure))
+        gates_figure(found, Path(args.figure).with_name(Path(args.figure).stem + "_gates.png"))
         return 0
     rows = step_cost() if args.command == "cost" else judge(Path(args.generator))
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")

@@ -29,6 +29,7 @@ import colorsys
 import functools
 import json
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -540,7 +541,8 @@ DEAD = 0.01  # a trunk counts as dead when at most 1% of its outputs pass the fi
 
 def cells_report(args: argparse.Namespace) -> None:
     """The tables of docs/attention_opens.md: every (cell, arm) under --out at depth --depths[0], the
-    attention runs one by one, and each attention arm against the conv arm of its cell (else of r64)."""
+    attention runs one by one, and each attention arm against the conv arm of its cell (else of the cell that
+    differs only in the block's stream and stage, which a conv arm does not have; else of r64)."""
     gap = object_gap(args.resolution)
     groups: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(Path(args.out).glob(f"r{args.resolution}*/*/depth{args.depths[0]}/seed*.json")):
@@ -586,7 +588,10 @@ def cells_report(args: argparse.Namespace) -> None:
     print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
     print("|---|---|---|---|---|---|---|")
     for cell, arm in order:
-        control = next(((c, "conv") for c in (cell, f"r{args.resolution}") if (c, "conv") in groups), None)
+        # a conv arm has no block, so neither the block's stream nor its stage matters to it: a *-sharedinit or
+        # *-stage<k> cell is held against the conv arm of the setting that differs only in those
+        candidates = (cell, re.sub(r"-(sharedinit|stage\d+)", "", cell), f"r{args.resolution}")
+        control = next(((c, "conv") for c in candidates if (c, "conv") in groups), None)
         if ARMS[arm]["attention"] is None or control is None:
             continue
         c = compare(arm, [r["test_acc"] for r in groups[(cell, arm)]], [r["test_acc"] for r in groups[control]], True)

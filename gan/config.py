@@ -60,7 +60,9 @@ class ModelConfig:
     attn_gate: str = _f(
         "gamma",
         "residual gate: learnable gamma at 0 (SAGAN), zero-initialised output conv, or per-channel gains tanh(a), a "
-        "at 0; zero_init and channel opened in every seed where gamma opened in half (docs/attention_opens.md)",
+        "at 0; in the probe zero_init and channel opened in every seed on the built-in objects where gamma opened "
+        "in half, but in half on small objects, where optim.attn_lr_mult=10 was the reliable lever "
+        "(docs/attention_opens.md); in the GAN ladder's local D gamma opened in every seed (docs/local_d.md)",
         GATES,
     )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")

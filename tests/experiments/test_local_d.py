@@ -47,3 +47,26 @@ def test_report_and_figure_from_hand_made_summaries(tmp_path) -> None:
     assert "5 runs, 5 wall-minutes" in text
     local_d.ladder_figure(runs, tmp_path / "ladder.png")
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
+
+
+def test_block_trajectories_read_each_quarter_of_the_run(tmp_path) -> None:
+    import math
+
+    a = _summary("blind16", 16, "d32-zero", 0, 0.6, 0.9)
+    a["gates"] = {"out_norm/D.blocks.attn32": [[25, 0.1], [50, 0.2], [75, 0.4], [100, 0.8]],
+                  "attn_entropy/D.blocks.attn32": [[25, 5.0], [50, 4.0], [75, 3.0], [100, 2.0]]}  # fmt: skip
+    b = _summary("blind16", 16, "d32-zero", 1, 0.6, 0.9)  # logged every 50 steps: the quarter reads the step before
+    b["gates"] = {"gamma/D.blocks.attn32": [[50, -0.3], [100, 0.5]], "attn_entropy/D.blocks.attn32": [[50, 4.0]]}
+    runs = [a, b, _summary("blind16", 16, "none", 0, 0.1, 0.5)]
+    t = local_d.block_trajectories(runs)
+    assert list(t) == [("blind16", "d32-zero")]  # the arm without a block has no trajectory
+    assert t[("blind16", "d32-zero")]["gate"][0] == [0.1, 0.2, 0.4, 0.8]
+    gate_b = t[("blind16", "d32-zero")]["gate"][1]
+    assert math.isnan(gate_b[0]) and gate_b[1:] == [0.3, 0.3, 0.5]  # |gamma|
+    log_n = math.log(16 * 16)  # keys of a 32x32 map, 2x2-pooled
+    assert t[("blind16", "d32-zero")]["entropy"][0] == [5.0 / log_n, 4.0 / log_n, 3.0 / log_n, 2.0 / log_n]
+    # the report's row: the mean over seeds at each quarter, "-" where a seed had logged nothing yet
+    text = local_d.ladder_report(runs)
+    assert f"| `blind16` | `d32-zero` | 2 | - / 0.250 / 0.350 / 0.650 | - / {4 / log_n:.3f} / " in text
+    local_d.gates_figure(runs, tmp_path / "gates.png")
+    assert (tmp_path / "gates.png").stat().st_size > 10_000

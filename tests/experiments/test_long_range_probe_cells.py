@@ -141,14 +141,18 @@ def test_cell_tag_names_what_differs_from_the_working_configuration() -> None:
 def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
     common = ["--depths", "1", "--seeds", "0", "--out", str(tmp_path), "--width", "8", "--batch", "4"]
     tiny = ["--steps", "2", "--train-pairs", "4", "--test-pairs", "6", "--log-every", "1", "--stage", "1"]
-    probe.main(["run", "--arms", "conv", "attn_channel", *common, *tiny])
+    probe.main(["run", "--arms", "conv", *common, *tiny[:-2]])  # stage 0: a conv arm has no block to place
+    probe.main(["run", "--arms", "attn_channel", *common, *tiny])
     result = json.loads((tmp_path / "r64-stage1-b4" / "attn_channel" / "depth1" / "seed0.json").read_text())
     assert result["settings"]["stage"] == 1 and 0.0 <= result["look_share"] <= 1.0
     assert {"residual", "gate_value", "look_share", "look_uniform"} <= set(result["log"][-1])
+    probe.main(["run", "--arms", "attn_channel", "--block-init", "shared", *common, *tiny])
     capsys.readouterr()
     probe.main(["cells", "--depths", "1", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     opened = int(probe.mass_beyond(result, 16) > probe.OPENED_MASS)
     assert f"| `r64-stage1-b4` | `attn_channel` | 1 | {result['test_acc']:.3f} (1 seed) |" in printed
     assert f"| {opened} of 1 |" in printed and "rms tanh(a) " in printed
-    assert "| `r64-stage1-b4` | `attn_channel` | `r64-stage1-b4` `conv` |" in printed
+    assert "| `r64-stage1-b4` | `attn_channel` | `r64-b4` `conv` |" in printed
+    # the shared-stream cell is held against the conv arm of the same setting, which has no block to draw
+    assert "| `r64-stage1-b4-sharedinit` | `attn_channel` | `r64-b4` `conv` |" in printed
