@@ -195,6 +195,7 @@ ARM_STYLES = {
     "none": ("C0", "o", "no attention in D"),
     "d32-zero": ("C1", "s", "one block in D (32x32, zero-init gate)"),
     "d32": ("C2", "^", "one block in D (32x32, SAGAN's gamma)"),
+    "d32-lr10": ("C3", "v", "one block in D (32x32, gamma, 10x block rate)"),
 }
 QUARTERS = (0.25, 0.5, 0.75, 1.0)  # of the run's steps: where the report reads the block's gate and entropy
 
