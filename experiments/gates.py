@@ -19,7 +19,10 @@ from typing import Any
 
 from experiments.experiment import mean_std
 
-GATE_PREFIXES = ("gamma/", "out_norm/", "attn_entropy/")  # train.py's per-block keys (gan.tracking.attention_stats)
+# train.py's per-block keys (gan.tracking.attention_stats): the gate's value under each gate, then the entropy
+GATE_VALUE_PREFIXES = ("gamma/", "out_norm/")
+ENTROPY_PREFIX = "attn_entropy/"
+GATE_PREFIXES = (*GATE_VALUE_PREFIXES, ENTROPY_PREFIX)
 
 
 def gate_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from experiments.gates import ENTROPY_PREFIX, GATE_VALUE_PREFIXES
+
 PILOT_D = ["model.resolution=64", "model.image_channels=1", "model.d_depth=1", "model.d_extra_blocks=1",
            "model.d_extra_kernel=1"]  # fmt: skip
 JUDGES = [  # name, overrides, D learning rate
@@ -197,6 +199,8 @@ ARM_STYLES = {
     "d32": ("C2", "^", "one block in D (32x32, SAGAN's gamma)"),
     "d32-lr10": ("C3", "v", "one block in D (32x32, gamma, 10x block rate)"),
 }
+GATE_KEYS = tuple(f"{p}D" for p in GATE_VALUE_PREFIXES)  # a D block's logged gate and attention entropy
+ENTROPY_KEY = f"{ENTROPY_PREFIX}D"
 QUARTERS = (0.25, 0.5, 0.75, 1.0)  # of the run's steps: where the report reads the block's gate and entropy
 
 
@@ -220,8 +224,8 @@ def block_trajectories(summaries: list[dict[str, Any]]) -> dict[tuple[str, str],
     {(setting, arm): {"gate": [[q1, q2, q3, q4], ...], "entropy": [...]}}."""
     out: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
-        gates = [(k, v) for k, v in s["gates"].items() if k.startswith(("gamma/D", "out_norm/D"))]
-        entropy = [(k, v) for k, v in s["gates"].items() if k.startswith("attn_entropy/D")]
+        gates = [(k, v) for k, v in s["gates"].items() if k.startswith(GATE_KEYS)]
+        entropy = [(k, v) for k, v in s["gates"].items() if k.startswith(ENTROPY_KEY)]
         if not gates:
             continue
         steps = [q * s["steps"] for q in QUARTERS]
@@ -251,8 +255,8 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
     for (_, setting, arm), rs in cells.items():
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = r["scores"]
-            gate = {k: v[-1][1] for k, v in r["gates"].items() if k.startswith(("gamma/D", "out_norm/D"))}
-            entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith("attn_entropy/D")}
+            gate = {k: v[-1][1] for k, v in r["gates"].items() if k.startswith(GATE_KEYS)}
+            entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
             look = next(iter(r["d_look_share"].values()), None)
             lines.append(
                 f"| `{setting}` | `{arm}` | {r['seed']} | {sc['coherence']:.3f} | {sc['valid']:.3f} | "
@@ -350,11 +354,11 @@ def gates_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     arms = sorted({s["arm"] for s in summaries if s["arm"] != "none"})
     styles = ("-", "--", ":", "-.")
     for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
-        for ax, prefixes in ((axes[0], ("gamma/D", "out_norm/D")), (axes[1], ("attn_entropy/D",))):
+        for ax, prefixes in ((axes[0], GATE_KEYS), (axes[1], (ENTROPY_KEY,))):
             for key, points in s["gates"].items():
                 if not key.startswith(prefixes):
                     continue
-                scale = _uniform(key) if key.startswith("attn_entropy") else 1.0
+                scale = _uniform(key) if key.startswith(ENTROPY_KEY) else 1.0
                 ax.plot([p[0] for p in points], [abs(p[1]) / scale for p in points],
                         color=f"C{settings.index(s['setting'])}", ls=styles[arms.index(s["arm"]) % len(styles)],
                         lw=1, label=f"{s['setting']} / {s['arm']}" if s["seed"] == 0 else None)  # fmt: skip

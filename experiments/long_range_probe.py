@@ -29,7 +29,6 @@ import colorsys
 import functools
 import json
 import math
-import re
 import statistics
 import time
 from pathlib import Path
@@ -588,9 +587,10 @@ def cells_report(args: argparse.Namespace) -> None:
     print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
     print("|---|---|---|---|---|---|---|")
     for cell, arm in order:
-        # a conv arm has no block, so neither the block's stream nor its stage matters to it: a *-sharedinit or
-        # *-stage<k> cell is held against the conv arm of the setting that differs only in those
-        candidates = (cell, re.sub(r"-(sharedinit|stage\d+)", "", cell), f"r{args.resolution}")
+        # a conv arm has no block, so neither the block's stream nor its stage matters to it: the control's cell
+        # is this run's settings with those two at their defaults (runs from before a setting existed lack it)
+        blockless = {**CELL_DEFAULTS, **groups[(cell, arm)][0]["settings"], "stage": 0, "block_init": "own"}
+        candidates = (cell, cell_tag(argparse.Namespace(**blockless)), f"r{args.resolution}")
         control = next(((c, "conv") for c in candidates if (c, "conv") in groups), None)
         if ARMS[arm]["attention"] is None or control is None:
             continue
