@@ -15,6 +15,9 @@ Arms: `none`, `g<S>` (G only), `d<S>` (D only), `gd<S>` (both at S), or `g<S>d<T
 sides (32x32 models: G has 8, 16, 32; D has 16, 8; 64x64 models add 32 and 64). A `-zero` suffix (`gd32-zero`)
 gives the arm's blocks the non-local paper's zero-initialised output conv instead of SAGAN's gamma gate, and
 `-lr<M>` (`gd32-lr10`) trains the blocks' parameters at M x the networks' learning rate (optim.attn_lr_mult).
+A `-uniform` suffix (`d32-uniform`) is the uniform-attention control: the same block, parameters and value path,
+but every query averages all keys (cosine logits at temperature 1e-6, so the softmax is uniform to 1e-6): a
+global-context path (the image mean of g(x) added at every position) in place of content-based attention.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ from gan.cli import fail_cleanly  # (light: no torch)
 from gan.registry import higher_is_better
 
 MANIFEST = "ablation.json"
+# The uniform-attention control: cosine logits t cos(theta_i, phi_j) lie in [-t, t], so at t = 1e-6 every
+# attention weight is 1/N to within 1e-6 and each query averages g over all keys.
+UNIFORM_OVERRIDES = ("model.attn_pairwise=cosine", "model.attn_temperature=1e-6")
 _ARM = re.compile(
-    r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?(?:-lr(?P<lr>\d+(?:\.\d+)?))?)$"
+    r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?(?P<uniform>-uniform)?(?:-lr(?P<lr>\d+(?:\.\d+)?))?)$"
 )
 
 
@@ -62,6 +68,7 @@ class Arm:
     d: tuple[int, ...]
     gate: str = "gamma"
     lr_mult: float = 1.0  # of the blocks' parameters
+    uniform: bool = False  # the uniform-attention control (UNIFORM_OVERRIDES)
 
     def overrides(self) -> list[str]:
         gate = [f"model.attn_gate={self.gate}"] if self.gate != "gamma" else []  # gamma: the config's own value
@@ -71,6 +78,7 @@ class Arm:
             f"model.d_attention=[{','.join(map(str, self.d))}]",
             *gate,
             *lr,
+            *(UNIFORM_OVERRIDES if self.uniform else []),
         ]
 
     @property
@@ -81,21 +89,22 @@ class Arm:
 def parse_arm(name: str) -> Arm:
     """ "none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8;
     "gd32-zero" -> both at 32 with the zero-initialised output gate; "gd32-lr10" -> both at 32, the blocks
-    learning 10x faster."""
+    learning 10x faster; "d32-uniform" -> D at 32 with its attention held uniform (the global-context control)."""
     match = _ARM.match(name.strip())
     lr = float(match["lr"]) if match and match["lr"] else 1.0
     if not match or not (match["both"] or match["g"] or match["d"] or name.strip() == "none") or lr <= 0:
         raise ExperimentError(
             f"arm '{name}' is not none, g<side>, d<side>, gd<side> or g<side>d<side>, optionally followed by "
-            "-zero and/or -lr<multiplier> (e.g. gd16, gd32-zero, gd32-lr10)"
+            "-zero, -uniform and/or -lr<multiplier> (e.g. gd16, gd32-zero, d32-uniform, gd32-lr10)"
         )
     gate = "zero_init" if match["zero"] else "gamma"
+    uniform = bool(match["uniform"])
     if match["both"]:
         side = int(match["both"])
-        return Arm(name.strip(), (side,), (side,), gate, lr)
+        return Arm(name.strip(), (side,), (side,), gate, lr, uniform)
     g = (int(match["g"]),) if match["g"] else ()
     d = (int(match["d"]),) if match["d"] else ()
-    return Arm(name.strip(), g, d, gate, lr)
+    return Arm(name.strip(), g, d, gate, lr, uniform)
 
 
 def parse_arms(text: str) -> list[Arm]:
