@@ -57,7 +57,9 @@ def block_options(arm: str) -> dict | None:
     spec = ARMS[arm]
     missing = [o for o in spec.get("needs", ()) if o not in spec["block"] or o not in _block_parameters()]
     if missing:
-        raise UserError(f"arm {arm!r} needs the block's position/heads options ({', '.join(missing)}: issue 34, section 1)")
+        raise UserError(
+            f"arm {arm!r} needs the block's position/heads options ({', '.join(missing)}: issue 34, section 1)"
+        )
     return spec["block"]
 
 
@@ -177,7 +179,10 @@ def run(args: argparse.Namespace) -> None:
                 result = train_one(probe, arm, seed, args)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(result, indent=1) + "\n")
-                print(f"{probe} {arm} seed {seed}: test acc {result['test_acc']:.3f}, {result['cpu_s']:.0f} CPU s", flush=True)
+                print(
+                    f"{probe} {arm} seed {seed}: test acc {result['test_acc']:.3f}, {result['cpu_s']:.0f} CPU s",
+                    flush=True,
+                )
 
 
 def summaries(out: Path) -> dict[tuple[str, str], list[dict]]:
@@ -231,7 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch < 2 or args.batch % 2:
         parser.error(f"--batch must be an even number >= 2; got {args.batch}")
-    args.command_line = shlex.join(["python", "-m", "experiments.probe_apart", *(sys.argv[1:] if argv is None else argv)])
+    args.command_line = shlex.join(
+        ["python", "-m", "experiments.probe_apart", *(sys.argv[1:] if argv is None else argv)]
+    )
     with fail_cleanly():
         {"run": run, "table": table}[args.command](args)
 

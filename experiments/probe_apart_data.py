@@ -6,7 +6,9 @@ Each probe draws, per item, a background, two object boxes and each object's nui
 which dots) from one generator seeded (seed, item). The first object's attribute a is uniform over K values;
 the second's is b = a in the positive and b = (a + o) mod K in the negative, with o uniform over 1..K-1, so
 each object's attribute is uniform over the K values in both classes (the marginals match; only the joint
-differs) and the negative never satisfies the tie by chance. The pair shares every other pixel.
+differs) and the negative never satisfies the tie by chance. The pair shares every other pixel. The values
+(`values` of each probe) and the layouts were made easier until the global control learnt them (pilots in
+docs/probes_apart.md).
 
 - `bars` (32x32 grey): one bar in the top band, one in the bottom band, columns drawn independently (so the
   pair is vertical or diagonal); the tie is the bars' length (2, 4, 6 or 8 px); each bar's orientation (0, 45,
@@ -62,7 +64,7 @@ class Bars:
     """Probe A: the length of two bars, top band against bottom band, on noise (module docstring)."""
 
     name, resolution, channels = "bars", 32, 1
-    lengths = (2, 4, 6, 8)  # px: the attribute's values
+    values = (2, 4, 6, 8)  # the attribute's values: the bar's length (px)
     side = 8  # each bar's box
     top_rows, bottom_rows = (1, 2), (22, 23)  # the boxes' first rows: top rows <= 9, bottom rows >= 22
     columns = (3, 4, 20, 21)  # the boxes' first columns, drawn independently: vertical or diagonal pairs
@@ -77,11 +79,11 @@ class Bars:
         )
         levels = rng.uniform(0.5, 1.0, size=2)  # brightness of each bar (nuisance)
         angles = rng.integers(4, size=2) * np.pi / 4  # orientation of each bar (nuisance)
-        a, b_pos, b_neg = tie_attributes(rng, len(self.lengths))
-        first = self._paint(bg, boxes[0], self.lengths[a], angles[0], levels[0])
+        a, b_pos, b_neg = tie_attributes(rng, len(self.values))
+        first = self._paint(bg, boxes[0], self.values[a], angles[0], levels[0])
         return Item(
-            self._paint(first, boxes[1], self.lengths[b_pos], angles[1], levels[1]),
-            self._paint(first, boxes[1], self.lengths[b_neg], angles[1], levels[1]),
+            self._paint(first, boxes[1], self.values[b_pos], angles[1], levels[1]),
+            self._paint(first, boxes[1], self.values[b_neg], angles[1], levels[1]),
             (a, b_pos, b_neg),
             boxes,
         )
@@ -108,29 +110,29 @@ class Dots:
     grating texture (module docstring)."""
 
     name, resolution, channels = "dots", 48, 3
-    counts = (1, 2, 3, 4)  # the attribute's values: dots of the four slots
+    values = (1, 4)  # the attribute's values: how many of the four slots hold a dot
     side, dot = 9, 3  # each group's box; each dot's side
     slots = ((1, 1), (1, 5), (5, 1), (5, 5))  # (row, column) of each dot's top-left corner in the box
     corner = 2  # each group's box starts 1 .. `corner` px from its corner's two edges: the boxes are at least
-    # 48 - 2 (8 + 9) = 14 px apart, more than the trunk's receptive field allows it to span (13 px: no window of
-    # the trunk covers both; probe_apart_model.receptive_field)
+    # 48 - 2 (2 + 9) + 1 = 27 px apart on both axes, more than the trunk's receptive field spans (13 px:
+    # probe_apart_model.receptive_field)
 
     def draw(self, rng: np.random.Generator) -> Item:
         r, s = self.resolution, self.side
         bg = self._texture(rng)
         near = [rng.integers(1, self.corner + 1, size=2) for _ in range(2)]  # offsets from each group's corner
-        far = r - s - self.corner - 1  # added for a far corner: first row / column 31 .. 38 at 48x48
+        far = r - s - self.corner - 1  # added for a far corner: first row / column 37 or 38 at 48x48
         corners = ((0, 0), (1, 1)) if rng.random() < 0.5 else ((0, 1), (1, 0))  # (row side, column side)
         if rng.random() < 0.5:
             corners = corners[::-1]
         boxes = tuple((int(n[1] + far * cx), int(n[0] + far * cy), s) for n, (cy, cx) in zip(near, corners))
         hues = rng.random(2)  # each group's tint (nuisance)
         orders = [rng.permutation(len(self.slots)) for _ in range(2)]  # which slots fill first (nuisance)
-        a, b_pos, b_neg = tie_attributes(rng, len(self.counts))
-        first = self._paint(bg, boxes[0], self.counts[a], hues[0], orders[0])
+        a, b_pos, b_neg = tie_attributes(rng, len(self.values))
+        first = self._paint(bg, boxes[0], self.values[a], hues[0], orders[0])
         return Item(
-            self._paint(first, boxes[1], self.counts[b_pos], hues[1], orders[1]),
-            self._paint(first, boxes[1], self.counts[b_neg], hues[1], orders[1]),
+            self._paint(first, boxes[1], self.values[b_pos], hues[1], orders[1]),
+            self._paint(first, boxes[1], self.values[b_neg], hues[1], orders[1]),
             (a, b_pos, b_neg),
             boxes,  # type: ignore[arg-type]
         )
@@ -147,7 +149,9 @@ class Dots:
             wave += 0.08 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase)
         return np.clip(base + wave[None], -1.0, FOREGROUND - 0.05)
 
-    def _paint(self, img: np.ndarray, box: tuple[int, int, int], count: int, hue: float, order: np.ndarray) -> np.ndarray:
+    def _paint(
+        self, img: np.ndarray, box: tuple[int, int, int], count: int, hue: float, order: np.ndarray
+    ) -> np.ndarray:
         x0, y0, _ = box
         colour = np.array(colorsys.hsv_to_rgb(hue, 0.3, 1.0)) * 2 - 1  # a light tint: every channel >= 0.4
         out = img.copy()

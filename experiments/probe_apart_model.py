@@ -4,16 +4,20 @@ design, optionally ONE `gan.attention.NonLocalBlock` after one of its layers, an
 The two trunks share a skeleton (3x3 convs with strides 1, 2, 1, 2: receptive field 13 px) and differ in
 everything else, neither like the repository's probe (D's residual blocks, spectral norm, ReLU, average
 pooling):
-- `bars`: width 16, a LayerNorm over each position's channels (local: a norm over positions, GroupNorm or
-  InstanceNorm, would pool the whole map and void the receptive-field argument), GELU, Kaiming-normal
-  weights; the block on the last map (8x8); read-out: a linear map of the whole flattened map.
-- `dots`: width 8, no normalisation, SiLU, orthogonal weights; the block after the second conv (24x24);
-  read-out: attention pooling (softmax over positions of a 1x1 score, then a linear head).
+- `bars`: width 16, GELU, Kaiming-normal weights; the block on the last map (8x8); read-out: a linear map of
+  the whole flattened map.
+- `dots`: width 8, SiLU, orthogonal weights; the block after the second conv (24x24); read-out: `patch`, a
+  logit per position (a 1x1 MLP: width -> 16 -> 1) averaged over positions, as a PatchGAN judge.
+Neither normalises its activations. A norm over positions (GroupNorm, InstanceNorm, batch statistics) would
+pool the map and void the receptive-field argument; the local one tried first, a LayerNorm over each
+position's channels, kept the global control at chance in pilots (docs/probes_apart.md).
 
-Each read-out keeps the blind arm's logit a sum of per-position terms (for attention pooling its sign is: the
-sign of sum_p exp(s_p) (w . f_p + c)). A max-pool read-out does not (max over positions of one-hot features
-counts the distinct values), nor does the global control `mlp` (an MLP on the flattened map), which is why it
-is the positive control.
+Both read-outs keep the blind arm's logit a sum of per-position terms, which the receptive-field argument
+needs (docs/probes_apart.md). `attnpool` (a softmax over positions of a 1x1 score weighting the features, then
+a linear head) does not: it is a soft max over positions, and its blind arm found a one-sided rule in a
+pilot; a max-pool read-out would not either (the max over positions of one-hot features counts distinct
+values). The global control `mlp` (an MLP on the flattened map) does not by design: it is the positive
+control.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from gan.attention import NonLocalBlock
 
 LAYERS = ((3, 1), (3, 2), (3, 1), (3, 2))  # (kernel, stride) of the trunk's convs
 TRUNKS = {
-    "bars": {"width": 16, "norm": "channel_ln", "act": "gelu", "init": "kaiming", "block_after": 4, "readout": "flat"},
-    "dots": {"width": 8, "norm": "none", "act": "silu", "init": "orthogonal", "block_after": 2, "readout": "attnpool"},
+    "bars": {"width": 16, "act": "gelu", "init": "kaiming", "block_after": 4, "readout": "flat"},
+    "dots": {"width": 8, "act": "silu", "init": "orthogonal", "block_after": 2, "readout": "patch"},
 }
-READOUTS = ("flat", "attnpool", "mlp")
+READOUTS = ("flat", "patch", "attnpool", "mlp")
 MLP_HIDDEN = 64
+PATCH_HIDDEN = 16
 BLOCK_SEED = 7_000_000  # the block's weights come from their own generator (seed + this): every arm of a seed
 # shares the conv arm's trunk and head
 
@@ -41,17 +46,6 @@ BLOCK_SEED = 7_000_000  # the block's weights come from their own generator (see
 def receptive_field(layers: tuple[tuple[int, int], ...] = LAYERS) -> int:
     """The trunk's theoretical receptive field in input pixels (13 for LAYERS)."""
     return theoretical_rf(layers)[0]
-
-
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of each position (ConvNeXt's LayerNorm2d): nothing crosses positions."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class AttentionPool(nn.Module):
@@ -103,8 +97,7 @@ class ProbeNet(nn.Module):
         layers, c_in = [], channels
         for kernel, stride in LAYERS:
             conv = _init(nn.Conv2d(c_in, width, kernel, stride, padding=kernel // 2), spec["init"])
-            norm = ChannelLayerNorm(width) if spec["norm"] == "channel_ln" else nn.Identity()
-            layers.append(nn.Sequential(conv, norm, _act(spec["act"])))
+            layers.append(nn.Sequential(conv, _act(spec["act"])))
             c_in = width
         self.layers = nn.ModuleList(layers)
         self.block = None
@@ -117,6 +110,8 @@ class ProbeNet(nn.Module):
         flat = width * side * side
         if self.readout == "flat":
             self.head = nn.Linear(flat, 1)
+        elif self.readout == "patch":
+            self.head = nn.Sequential(nn.Conv2d(width, PATCH_HIDDEN, 1), nn.ReLU(), nn.Conv2d(PATCH_HIDDEN, 1, 1))
         elif self.readout == "attnpool":
             self.head = nn.Sequential(AttentionPool(width), nn.Linear(width, 1))
         else:
@@ -139,6 +134,8 @@ class ProbeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x)
+        if self.readout == "patch":
+            return self.head(h).mean(dim=(1, 2, 3))  # (B, 1, h, w) -> (B,)
         return self.head(h if self.readout == "attnpool" else h.flatten(1)).squeeze(1)
 
 

@@ -28,10 +28,13 @@ def _attribute_from_pixels(probe: str, img: np.ndarray, box: tuple[int, int, int
     """The object's attribute read back from the pixels alone: the bar mask it matches, or its number of dots."""
     fg = _object_pixels(img, box)
     if probe == "bars":
-        hits = {k for k in range(4) for t in range(4) if np.array_equal(fg, data.bar_mask(box[2], t * np.pi / 4, data.bar_length(k)))}
+        masks = {
+            (k, t): data.bar_mask(box[2], t * np.pi / 4, n) for k, n in enumerate(data.Bars.values) for t in range(4)
+        }
+        hits = {k for (k, _), mask in masks.items() if np.array_equal(fg, mask)}
         assert len(hits) == 1
         return hits.pop()
-    return int(fg.sum()) // data.Dots.dot**2 - 1  # dots of 3x3 px; attribute = count - 1
+    return data.Dots.values.index(int(fg.sum()) // data.Dots.dot**2)  # dots of 3x3 px
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -59,11 +62,11 @@ def test_tie_holds_in_positives_and_is_broken_in_negatives(probe: str) -> None:
 def test_each_object_alone_has_the_same_distribution_in_both_classes(probe: str) -> None:
     n = 2000
     batch = data.items(probe, 5, 0, n)
-    k = data.PROBES[probe].k
+    k = len(data.PROBES[probe].values)
     first = np.bincount([it.attributes[0] for it in batch], minlength=k) / n
     second_pos = np.bincount([it.attributes[1] for it in batch], minlength=k) / n
     second_neg = np.bincount([it.attributes[2] for it in batch], minlength=k) / n
-    tol = 4 * math.sqrt(0.25 * 0.75 / n)  # four binomial SEs around 1/k = 0.25
+    tol = 4 * math.sqrt((1 / k) * (1 - 1 / k) / n)  # four binomial SEs around 1/k
     for hist in (first, second_pos, second_neg):
         assert np.all(np.abs(hist - 1 / k) < tol), hist
     # the second object's attribute histogram is the same in both classes (within two samples' noise)
@@ -105,14 +108,15 @@ def test_no_output_position_of_the_conv_trunk_reaches_both_objects(probe: str) -
     x = torch.from_numpy(it.positive)[None].double().requires_grad_()
     feats = model.features(x)  # (1, C, h, w)
     masks = data.box_masks([it], gen.resolution)[0].bool()  # (2, R, R)
+    _, c, h, w = feats.shape
+    seeds = torch.eye(h * w, dtype=x.dtype).view(h * w, 1, 1, h, w).expand(h * w, 1, c, h, w)  # one per position
+    (grads,) = torch.autograd.grad(feats, x, seeds, is_grads_batched=True)  # (hw, 1, C, R, R)
     sides = []
-    for i in range(feats.shape[2]):
-        for j in range(feats.shape[3]):
-            (grad,) = torch.autograd.grad(feats[0, :, i, j].sum(), x, retain_graph=True)
-            reach = grad[0].abs().sum(0) > 0  # (R, R)
-            assert not ((reach & masks[0]).any() and (reach & masks[1]).any()), (i, j)
-            rows, cols = reach.any(1).nonzero(), reach.any(0).nonzero()
-            sides.append((int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1))
+    for p, grad in enumerate(grads):
+        reach = grad[0].abs().sum(0) > 0  # (R, R): the pixels output position p depends on
+        assert not ((reach & masks[0]).any() and (reach & masks[1]).any()), divmod(p, w)
+        rows, cols = reach.any(1).nonzero(), reach.any(0).nonzero()
+        sides.append((int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1))
     assert receptive_field() == 13 and max(sides) == (13, 13)  # interior positions see exactly 13 x 13 px
     # the check can fail: with an open non-local block before the last layer, some position reaches both
     torch.manual_seed(0)
@@ -162,7 +166,7 @@ def test_placeholder_arms_stop_with_one_line(arm: str, capsys: pytest.CaptureFix
 
 
 def test_cli_runs_writes_summaries_and_tables(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--seeds", "0", "--steps", "2", "--batch", "4", "--test-pairs", "6", "--log-every", "1", "--out", str(tmp_path)]
+    args = [*"--seeds 0 --steps 2 --batch 4 --test-pairs 6 --log-every 1 --out".split(), str(tmp_path)]
     pa.main(["run", "--arms", "conv", "global", "sagan", *args])
     for probe in PROBES:
         conv = json.loads((tmp_path / probe / "conv" / "seed0.json").read_text())
@@ -178,3 +182,27 @@ def test_cli_runs_writes_summaries_and_tables(tmp_path, capsys: pytest.CaptureFi
     pa.main(["table", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "| bars | `global` | 0 |" in out and "| dots | `sagan` | 0 |" in out and " of 1 |" in out
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_the_blind_logit_is_a_sum_of_per_object_terms(probe: str) -> None:
+    """The receptive-field argument's premise: swapping what sits in object 0's box and in object 1's box has no
+    interaction in the blind arm's logit (logit(A, B) - logit(A', B) - logit(A, B') + logit(A', B') = 0), and has
+    one with a read-out that is not a sum over positions (attention pooling, the global MLP)."""
+    gen = data.PROBES[probe]
+    it, other = data.items(probe, 21, 0, 2)
+    variants = []
+    for first, second in ((it, it), (other, it), (it, other), (other, other)):
+        img = it.positive.copy()
+        for box, source in zip(it.boxes, (first, second)):
+            x0, y0, s = box
+            img[:, y0 : y0 + s, x0 : x0 + s] = source.negative[:, y0 : y0 + s, x0 : x0 + s]
+        variants.append(img)
+    x = torch.from_numpy(np.stack(variants)).double()
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[0], x[2])
+    for readout, additive in ((None, True), ("attnpool", False), ("mlp", False)):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            logit = ProbeNet(probe, gen.channels, gen.resolution, readout=readout).double()(x)
+        interaction = float(logit[0] - logit[1] - logit[2] + logit[3])
+        assert (abs(interaction) < 1e-12) == additive, (readout, interaction)
