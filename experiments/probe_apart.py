@@ -140,6 +140,7 @@ def train_one(probe: str, arm: str, seed: int, args: argparse.Namespace) -> dict
         "arm": arm,
         "seed": seed,
         "spec": spec,
+        "data": data.settings(probe),
         "trunk": model_description(model),
         "receptive_field": receptive_field(),
         "params": sum(p.numel() for p in model.parameters()),
@@ -198,10 +199,14 @@ def table(args: argparse.Namespace) -> None:
     groups = summaries(Path(args.out))
     if not groups:
         raise UserError(f"no run summaries under {args.out}: run `python -m experiments.probe_apart run` first")
-    print("| probe | arm | seeds | test accuracy per seed | mean | learns (rule) | steps | CPU s per run |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| probe | arm | seeds | test accuracy per seed | mean | learns (rule) | last batch's loss per seed | steps | "
+        "CPU s per run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for (probe, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(ARMS).index(kv[0][1]))):
         accs = [r["test_acc"] for r in rs]
+        losses = ", ".join(f"{r['log'][-1]['loss']:.4f}" for r in rs)
         learns = "-"
         conv = groups.get((probe, "conv"))
         if arm != "conv" and conv:
@@ -209,7 +214,8 @@ def table(args: argparse.Namespace) -> None:
             learns = f"{k} of {n}"
         print(
             f"| {probe} | `{arm}` | {', '.join(str(r['seed']) for r in rs)} | {', '.join(f'{a:.3f}' for a in accs)} | "
-            f"{statistics.mean(accs):.3f} | {learns} | {rs[0]['steps']} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+            f"{statistics.mean(accs):.3f} | {learns} | {losses} | "
+            f"{rs[0]['steps']} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
     for probe in sorted({p for p, _ in groups}):
         conv = groups.get((probe, "conv"))

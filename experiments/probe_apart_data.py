@@ -10,13 +10,14 @@ differs) and the negative never satisfies the tie by chance. The pair shares eve
 (`values` of each probe) and the layouts were made easier until the global control learnt them (pilots in
 docs/probes_apart.md).
 
-- `bars` (32x32 grey): one bar in the top band, one in the bottom band, columns drawn independently (so the
-  pair is vertical or diagonal); the tie is the bars' length (2, 4, 6 or 8 px); each bar's orientation (0, 45,
-  90, 135 degrees) and brightness are nuisances; the background is i.i.d. Gaussian noise.
+- `bars` (32x32 grey): one bar in the top band, one in the bottom band, each box's column drawn
+  independently from four (so the pair is vertical or diagonal); the tie is the bars' length (2 or 8 px,
+  K = 2); each bar's orientation (0, 45, 90, 135 degrees) and brightness are nuisances; the background is
+  i.i.d. Gaussian noise.
 - `dots` (48x48 RGB): two 9x9 groups of 3x3-px dots in opposite corners (top-left and bottom-right, or
-  top-right and bottom-left; which group sits where is random), at least 14 px apart (Chebyshev, between
-  their boxes); the tie is the number of dots (1-4 of four slots); which slots fill and each group's
-  tint are nuisances; the background is a stationary texture of two random gratings.
+  top-right and bottom-left; which group sits where is random), 27 px or more apart (Chebyshev, between their
+  boxes); the tie is the number of dots (1 or 4 of four slots, K = 2); which slots fill and each group's tint
+  are nuisances; the background is a stationary texture of two random gratings.
 
 Images are in [-1, 1]; every background pixel stays below FOREGROUND (-0.2) and every object pixel above it.
 """
@@ -24,6 +25,7 @@ Images are in [-1, 1]; every background pixel stays below FOREGROUND (-0.2) and 
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +53,22 @@ def tie_attributes(rng: np.random.Generator, k: int) -> tuple[int, int, int]:
     return a, a, (a + int(rng.integers(1, k))) % k
 
 
+def tied_pair(
+    paint: Callable[..., np.ndarray],
+    background: np.ndarray,
+    boxes: tuple[tuple[int, int, int], tuple[int, int, int]],
+    nuisances: list[tuple],
+    values: tuple[int, ...],
+    rng: np.random.Generator,
+) -> Item:
+    """One item: object 0 painted with value a on the background, then object 1 with b_pos (the positive) or
+    b_neg (the negative) on that; `paint(image, box, value, *nuisances[i])` draws object i."""
+    a, b_pos, b_neg = tie_attributes(rng, len(values))
+    first = paint(background, boxes[0], values[a], *nuisances[0])
+    positive, negative = (paint(first, boxes[1], values[b], *nuisances[1]) for b in (b_pos, b_neg))
+    return Item(positive, negative, (a, b_pos, b_neg), boxes)
+
+
 def box_gap(box0: tuple[int, int, int], box1: tuple[int, int, int]) -> int:
     """The smallest Chebyshev distance between a pixel of one box and a pixel of the other (0: they touch or
     overlap). A window of side w covers two pixels only if their distance is at most w - 1."""
@@ -64,7 +82,7 @@ class Bars:
     """Probe A: the length of two bars, top band against bottom band, on noise (module docstring)."""
 
     name, resolution, channels = "bars", 32, 1
-    values = (2, 4, 6, 8)  # the attribute's values: the bar's length (px)
+    values = (2, 8)  # the attribute's values: the bar's length (px)
     side = 8  # each bar's box
     top_rows, bottom_rows = (1, 2), (22, 23)  # the boxes' first rows: top rows <= 9, bottom rows >= 22
     columns = (3, 4, 20, 21)  # the boxes' first columns, drawn independently: vertical or diagonal pairs
@@ -79,14 +97,7 @@ class Bars:
         )
         levels = rng.uniform(0.5, 1.0, size=2)  # brightness of each bar (nuisance)
         angles = rng.integers(4, size=2) * np.pi / 4  # orientation of each bar (nuisance)
-        a, b_pos, b_neg = tie_attributes(rng, len(self.values))
-        first = self._paint(bg, boxes[0], self.values[a], angles[0], levels[0])
-        return Item(
-            self._paint(first, boxes[1], self.values[b_pos], angles[1], levels[1]),
-            self._paint(first, boxes[1], self.values[b_neg], angles[1], levels[1]),
-            (a, b_pos, b_neg),
-            boxes,
-        )
+        return tied_pair(self._paint, bg, boxes, list(zip(angles, levels)), self.values, rng)
 
     def _paint(self, img: np.ndarray, box: tuple[int, int, int], length: int, angle: float, level: float) -> np.ndarray:
         x0, y0, s = box
@@ -106,8 +117,8 @@ def bar_mask(side: int, angle: float, length: float) -> np.ndarray:
 
 
 class Dots:
-    """Probe B: the number of dots in two groups in opposite corners, at least `min_gap` px apart, on a
-    grating texture (module docstring)."""
+    """Probe B: the number of dots in two groups in opposite corners, 27 px or more apart, on a grating
+    texture (module docstring)."""
 
     name, resolution, channels = "dots", 48, 3
     values = (1, 4)  # the attribute's values: how many of the four slots hold a dot
@@ -128,14 +139,7 @@ class Dots:
         boxes = tuple((int(n[1] + far * cx), int(n[0] + far * cy), s) for n, (cy, cx) in zip(near, corners))
         hues = rng.random(2)  # each group's tint (nuisance)
         orders = [rng.permutation(len(self.slots)) for _ in range(2)]  # which slots fill first (nuisance)
-        a, b_pos, b_neg = tie_attributes(rng, len(self.values))
-        first = self._paint(bg, boxes[0], self.values[a], hues[0], orders[0])
-        return Item(
-            self._paint(first, boxes[1], self.values[b_pos], hues[1], orders[1]),
-            self._paint(first, boxes[1], self.values[b_neg], hues[1], orders[1]),
-            (a, b_pos, b_neg),
-            boxes,  # type: ignore[arg-type]
-        )
+        return tied_pair(self._paint, bg, boxes, list(zip(hues, orders)), self.values, rng)  # type: ignore[arg-type]
 
     def _texture(self, rng: np.random.Generator) -> np.ndarray:
         """A base tint plus two sinusoidal gratings (random orientation, period 3-8 px, phase): stationary, so
@@ -162,6 +166,13 @@ class Dots:
 
 
 PROBES = {"bars": Bars, "dots": Dots}
+
+
+def settings(probe: str) -> dict:
+    """A probe's generator settings (its class's plain attributes: resolution, values, layout, background), for
+    the run summaries."""
+    gen = PROBES[probe]
+    return {k: v for k, v in vars(gen).items() if not k.startswith("_") and isinstance(v, (int, float, str, tuple))}
 
 
 def items(probe: str, seed: int, start: int, n: int) -> list[Item]:

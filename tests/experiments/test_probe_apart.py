@@ -12,7 +12,7 @@ import torch
 
 from experiments import probe_apart as pa
 from experiments import probe_apart_data as data
-from experiments.probe_apart_model import ProbeNet, grid_masks, look_share, receptive_field
+from experiments.probe_apart_model import ProbeNet, block_look, grid_masks, look_share, receptive_field
 from gan.errors import UserError
 
 PROBES = list(data.PROBES)
@@ -90,13 +90,14 @@ def test_generators_are_deterministic_under_a_seed_and_slice_alone(probe: str) -
 
 def test_one_sided_rules_on_per_object_scores_beat_chance_in_principle() -> None:
     """The limit the report states: equal marginals give equal class means for any sum of per-object scores,
-    not chance for every threshold on it. On attributes alone, 'both in {0, 1}' reaches 2/3 and 'a <= b' 3/4."""
+    not chance for every threshold on it. With K = 2 values, 'both objects take value 0' and 'a <= b' (both
+    thresholds on a sum of per-object scores) reach 3/4 on the attributes alone."""
     batch = data.items("bars", 11, 0, 3000)
     a = np.array([it.attributes[0] for it in batch])
     pos, neg = np.array([it.attributes[1] for it in batch]), np.array([it.attributes[2] for it in batch])
-    both = 0.5 * (np.mean((a < 2) & (pos < 2)) + np.mean(~((a < 2) & (neg < 2))))
+    both = 0.5 * (np.mean((a == 0) & (pos == 0)) + np.mean(~((a == 0) & (neg == 0))))
     ordered = 0.5 * (np.mean(a <= pos) + np.mean(a > neg))
-    assert both == pytest.approx(2 / 3, abs=0.02) and ordered == pytest.approx(3 / 4, abs=0.02)
+    assert both == pytest.approx(3 / 4, abs=0.02) and ordered == pytest.approx(3 / 4, abs=0.02)
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -206,3 +207,18 @@ def test_the_blind_logit_is_a_sum_of_per_object_terms(probe: str) -> None:
             logit = ProbeNet(probe, gen.channels, gen.resolution, readout=readout).double()(x)
         interaction = float(logit[0] - logit[1] - logit[2] + logit[3])
         assert (abs(interaction) < 1e-12) == additive, (readout, interaction)
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_block_look_of_uniform_attention_is_uniforms_share(probe: str) -> None:
+    """With theta's weights at 0 every logit is 0, the attention is uniform (up to float32 softmax), and each
+    object's queries put on the other object exactly the share of key cells it holds."""
+    gen = data.PROBES[probe]
+    batch = data.items(probe, 4, 0, 3)
+    x, _ = data.stack(batch)
+    torch.manual_seed(0)
+    model = ProbeNet(probe, gen.channels, gen.resolution, block={"spectral_norm": False}, block_seed=1)
+    torch.nn.init.zeros_(model.block.theta.weight)
+    look = block_look(model, x[:3], data.box_masks(batch, gen.resolution)[:3])
+    for name in ("look_0_on_1", "look_1_on_0"):
+        assert 0.0 < look[name] < 0.5 and look[name] == pytest.approx(look[name + "_uniform"], abs=1e-6)
