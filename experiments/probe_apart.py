@@ -1,13 +1,14 @@
 """Probes built apart (issue 34, sections 2 and 3; docs/probes_apart.md): the arms, the training loop, the
 "learns" rule fixed before the numbers, and the command line.
 
-    python -m experiments.probe_apart run --probe bars --arms conv global --seeds 0 1 --out docs/probes_apart/runs
+    python -m experiments.probe_apart run --probes bars --arms conv global --seeds 0 1 --out docs/probes_apart/runs
     python -m experiments.probe_apart table --out docs/probes_apart/runs
 
 `run` trains one classifier per (probe, arm, seed) on fresh pairs every step (positives and their negatives,
 experiments/probe_apart_data.py) and writes one JSON summary per run (test accuracy, steps, CPU seconds, the
 machine, the date, the exact command) under OUT/<probe>/<arm>/seed<s>.json, skipping those that exist.
-`table` prints the Markdown table of every summary under OUT, with each block arm's count of runs that learn.
+`table` prints the Markdown tables of every summary under OUT: accuracy, the count of runs that learn (the rule
+below) and where each block run's attention looks.
 """
 
 from __future__ import annotations
@@ -196,34 +197,57 @@ def summaries(out: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def table(args: argparse.Namespace) -> None:
+    """The Markdown tables of every summary under --out: accuracy and learns counts per (probe, arm), each block
+    arm's count over all probes here, and where each block run's attention looks."""
     groups = summaries(Path(args.out))
     if not groups:
         raise UserError(f"no run summaries under {args.out}: run `python -m experiments.probe_apart run` first")
+    order = sorted(groups, key=lambda k: (k[0], list(ARMS).index(k[1])))
+    thresholds = {
+        probe: learn_threshold([r["test_acc"] for r in rs], rs[0]["test_images"])
+        for (probe, arm), rs in groups.items()
+        if arm == "conv"
+    }
+    learns = {
+        (probe, arm): learns_count([r["test_acc"] for r in groups[(probe, arm)]], thresholds[probe])
+        for probe, arm in order
+        if arm != "conv" and probe in thresholds
+    }
     print(
         "| probe | arm | seeds | test accuracy per seed | mean | learns (rule) | last batch's loss per seed | steps | "
         "CPU s per run |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for (probe, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(ARMS).index(kv[0][1]))):
+    for probe, arm in order:
+        rs = groups[(probe, arm)]
         accs = [r["test_acc"] for r in rs]
         losses = ", ".join(f"{r['log'][-1]['loss']:.4f}" for r in rs)
-        learns = "-"
-        conv = groups.get((probe, "conv"))
-        if arm != "conv" and conv:
-            k, n = learns_count(accs, learn_threshold([r["test_acc"] for r in conv], rs[0]["test_images"]))
-            learns = f"{k} of {n}"
+        counted = "{} of {}".format(*learns[(probe, arm)]) if (probe, arm) in learns else "-"
         print(
             f"| {probe} | `{arm}` | {', '.join(str(r['seed']) for r in rs)} | {', '.join(f'{a:.3f}' for a in accs)} | "
-            f"{statistics.mean(accs):.3f} | {learns} | {losses} | "
-            f"{rs[0]['steps']} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
+            f"{statistics.mean(accs):.3f} | {counted} | {losses} | {rs[0]['steps']} | "
+            f"{statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
-    for probe in sorted({p for p, _ in groups}):
-        conv = groups.get((probe, "conv"))
-        if conv:
-            t = learn_threshold([r["test_acc"] for r in conv], conv[0]["test_images"])
-            print(f"\n{probe}: a run learns above {t:.3f} (the conv arm's mean + 2 x max(seed std, binomial SE))")
-    first = next(iter(groups.values()))[0]
-    print(f"\nMachine: {first['machine']}")
+    for probe, t in sorted(thresholds.items()):
+        print(f"\n{probe}: a run learns above {t:.3f} (the conv arm's mean + 2 x max(seed std, binomial SE))")
+    block_arms = [a for a in ARMS if ARMS[a]["block"] is not None and any(arm == a for _, arm in learns)]
+    if block_arms:
+        print("\nEach block arm over the probes here (reliable only if every run learns):\n")
+        for a in block_arms:
+            k, n = (sum(c[i] for (_, arm), c in learns.items() if arm == a) for i in (0, 1))
+            print(f"- `{a}`: {k} of {n} runs learn{' (reliable here)' if k == n else ''}")
+        print("\n| probe | arm | seed | test accuracy | gate | object 0's queries on object 1 (uniform) | object 1's on object 0 (uniform) |")
+        print("|---|---|---|---|---|---|---|")
+        for probe, arm in order:
+            for r in (x for x in groups[(probe, arm)] if "block" in x):
+                b = r["block"]
+                print(
+                    f"| {probe} | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {b['gate']:.4f} | "
+                    f"{b['look_0_on_1']:.3f} ({b['look_0_on_1_uniform']:.3f}) | "
+                    f"{b['look_1_on_0']:.3f} ({b['look_1_on_0_uniform']:.3f}) |"
+                )
+    runs = [r for rs in groups.values() for r in rs]
+    print(f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s in all; machine: {runs[0]['machine']}")
 
 
 def main(argv: list[str] | None = None) -> None:
