@@ -236,7 +236,9 @@ def table(args: argparse.Namespace) -> None:
         for a in block_arms:
             k, n = (sum(c[i] for (_, arm), c in learns.items() if arm == a) for i in (0, 1))
             print(f"- `{a}`: {k} of {n} runs learn{' (reliable here)' if k == n else ''}")
-        print("\n| probe | arm | seed | test accuracy | gate | object 0's queries on object 1 (uniform) | object 1's on object 0 (uniform) |")
+        print(
+            "\n| probe | arm | seed | test accuracy | gate | object 0's queries on object 1 (uniform) | object 1's on object 0 (uniform) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for probe, arm in order:
             for r in (x for x in groups[(probe, arm)] if "block" in x):
