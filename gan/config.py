@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from gan.choices import GATES, LOGIT_SCALES, PAIRWISE, SOFTMAX_PAIRWISE
+from gan.attention_rules import OptionError, check_block_options
+from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
 from gan.errors import UserError
 from gan.files import write_text
 from gan.registry import DATASETS, METRICS
@@ -39,6 +40,33 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 
 @dataclass
+class AttnLabConfig:
+    """The non-local block's research options: variants from the literature that the lab's experiments compare
+    (gan/attention.py). Spelled `model.attn_lab.<key>`; configs saved before they moved here spelled them
+    `model.attn_<key>`, which still load (`LAB_KEYS`)."""
+
+    pairwise: str = _f(
+        "embedded_gaussian",
+        "pairwise function f of the non-local blocks (docs/attention.md, Pairwise functions)",
+        PAIRWISE,
+    )
+    temperature: float | None = _f(None, "t of pairwise=cosine, logits t cos(theta_i, phi_j); null: 8")
+    logit_scale: str = _f(
+        "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
+    )
+    gamma_init: float = _f(0.0, "start of the gamma gate (0: the block starts as the identity)")
+    qk_spectral_norm: bool = _f(
+        True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
+    )
+
+
+# Where the research options lived before `model.attn_lab`: old key -> new key inside model.attn_lab
+LAB_KEYS = {
+    f"attn_{name}": name for name in ("pairwise", "temperature", "logit_scale", "gamma_init", "qk_spectral_norm")
+}
+
+
+@dataclass
 class ModelConfig:
     resolution: int = _f(32, "image side in pixels", (32, 64, 128))
     image_channels: int = _f(3, "channels of the images (3 RGB, 1 grayscale)", (1, 3))
@@ -48,31 +76,17 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
-    attn_pairwise: str = _f(
-        "embedded_gaussian",
-        "pairwise function f of the non-local blocks (l2: -dist(theta_i, theta_j)^2 / sqrt(d); cosine: t cos)",
-        PAIRWISE,
-    )
-    attn_temperature: float = _f(8.0, "t of attn_pairwise=cosine: logits t cos(theta_i, phi_j) (unused otherwise)")
     attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
     attn_v_divisor: int = _f(2, "g channels = block channels // this")
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
     attn_gate: str = _f(
         "gamma",
-        "residual gate: learnable gamma at 0 (SAGAN), zero-initialised output conv, or per-channel gains tanh(a), a "
-        "at 0; in the probe zero_init and channel opened in every seed on the built-in objects where gamma opened "
-        "in half, but in half on small objects, where optim.attn_lr_mult=10 was the reliable lever "
-        "(docs/attention_opens.md); in the GAN ladder's local D gamma opened in every seed (docs/local_d.md)",
+        "residual gate of the non-local blocks: a learnable gamma starting at 0 (SAGAN), a zero-initialised output "
+        "conv, or per-channel gains tanh(a) with a starting at 0 (docs/attention.md, Gates)",
         GATES,
     )
-    attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
-    attn_logit_scale: str = _f(
-        "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
-    )
-    attn_gamma_init: float = _f(0.0, "start of the gamma gate (0: the block starts as the identity)")
-    attn_qk_spectral_norm: bool = _f(
-        True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
-    )
+    attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (softmax functions)")
+    attn_lab: AttnLabConfig = field(default_factory=AttnLabConfig)  # the block's research options (above)
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
     g_shared_dim: int = _f(
         0, "BigGAN's shared class embedding width; G's BN gain/bias become linear in it (0: a gain/bias table per BN)"
@@ -335,8 +349,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     if path is not None:
         for delta in _read_delta(Path(path)):
-            _apply(cfg, delta)
-    _apply(cfg, parse_overrides(overrides or []))
+            _apply(cfg, _upgrade(delta))
+    _apply(cfg, _upgrade(parse_overrides(overrides or [])))
     validate(cfg)
     return cfg
 
@@ -350,23 +364,16 @@ def validate(cfg: Config) -> None:
                 f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
                 f"use powers of two from 4 to {m.resolution}"
             )
-    if m.attn_logit_scale != "one" and m.attn_pairwise not in SOFTMAX_PAIRWISE:
-        raise ConfigError(
-            f"config key 'model.attn_logit_scale' scales softmax logits; model.attn_pairwise={m.attn_pairwise!r} "
-            f"has none: use one, or a pairwise function among {', '.join(SOFTMAX_PAIRWISE)}"
-        )
-    if m.attn_gamma_init != 0.0 and m.attn_gate != "gamma":
-        raise ConfigError(
-            "config key 'model.attn_gamma_init' needs model.attn_gate=gamma (the other gate has no gamma)"
-        )
+    try:
+        check_block_options(**attention_options(m))
+    except OptionError as exc:
+        raise ConfigError(f"config key '{_OPTION_KEYS[exc.option]}': {exc}") from None
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1")
     if cfg.train.threads < 0:
         raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
-    if not cfg.model.attn_temperature > 0:
-        raise ConfigError("config key 'model.attn_temperature' must be positive (cosine logits lie in [-t, t])")
     if cfg.data.subset < 0:
         raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -380,6 +387,47 @@ def validate(cfg: Config) -> None:
         for metric in names:
             if metric not in METRICS:
                 raise ConfigError(f"config key '{key}' accepts {', '.join(METRICS)}; got {metric!r}")
+
+
+# The config key of each block option that a config sets (gan/attention_rules.py names the option at fault)
+_OPTION_KEYS = {
+    "pairwise": "model.attn_lab.pairwise",
+    "gate": "model.attn_gate",
+    "logit_scale": "model.attn_lab.logit_scale",
+    "temperature": "model.attn_lab.temperature",
+    "gamma_init": "model.attn_lab.gamma_init",
+    "subsample": "model.attn_subsample",
+}
+
+
+def attention_options(m: ModelConfig) -> dict[str, Any]:
+    """The non-local block options a model config sets, as NonLocalBlock's keyword arguments (the same for every
+    block; gan.models adds the widths, spectral normalisation and `fused`). gan/attention_rules.py checks them."""
+    lab = m.attn_lab
+    return {
+        "pairwise": lab.pairwise,
+        "gate": m.attn_gate,
+        "logit_scale": lab.logit_scale,
+        "temperature": lab.temperature,
+        "gamma_init": lab.gamma_init,
+        "subsample": m.attn_subsample,
+    }
+
+
+def _upgrade(delta: dict) -> dict:
+    """`delta` with the research options' old flat spelling (`model.attn_pairwise`, ...; LAB_KEYS) moved under
+    `model.attn_lab`, the one place old configs, run directories and exports are mapped to today's keys. A config
+    saved whole before the move holds attn_temperature (then 8.0, used by cosine only) beside every pairwise
+    function; where it names another function than cosine, the unused temperature is dropped."""
+    model = delta.get("model")
+    if not isinstance(model, dict) or not model.keys() & LAB_KEYS.keys():
+        return delta
+    model = dict(model)
+    lab = dict(model.get("attn_lab") or {})
+    if model.get("attn_pairwise", "cosine") != "cosine":
+        model.pop("attn_temperature", None)
+    lab.update({LAB_KEYS[old]: model.pop(old) for old in list(model) if old in LAB_KEYS})
+    return {**delta, "model": {**model, "attn_lab": lab}}
 
 
 def _validate_augmentation(cfg: Config) -> None:
@@ -410,7 +458,7 @@ def to_dict(cfg: Config) -> dict:
 def from_dict(data: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. a checkpoint's config.json); same checks as a YAML file."""
     cfg = Config()
-    _apply(cfg, data)
+    _apply(cfg, _upgrade(data))
     validate(cfg)
     return cfg
 
@@ -421,11 +469,17 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def describe() -> str:
     """Every key with its default and meaning, for `--help-config` and the README."""
+    return "\n".join(_describe(Config(), ""))
+
+
+def _describe(section: Any, prefix: str) -> list[str]:
     lines = []
-    for section in dataclasses.fields(Config):
-        sub = getattr(Config(), section.name)
-        for f in dataclasses.fields(sub):
-            choices = f.metadata.get("choices")
-            extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
-            lines.append(f"{section.name}.{f.name} = {getattr(sub, f.name)!r}: {f.metadata['help']}{extra}")
-    return "\n".join(lines)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += _describe(value, f"{prefix}{f.name}.")
+            continue
+        choices = f.metadata.get("choices")
+        extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
+        lines.append(f"{prefix}{f.name} = {value!r}: {f.metadata['help']}{extra}")
+    return lines
