@@ -104,7 +104,7 @@ def _dot(q: Tensor, k: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # Pairwise functions: small stateless strategies; what one needs (a temperature, w_f) it reads from the block.
-# Queries and keys are (B, heads, Nq, d) and (B, heads, N, d).
+# Queries and keys are (B, Nq, d) and (B, N, d).
 
 
 class _Pairwise:
@@ -117,7 +117,7 @@ class _Pairwise:
         """Parameters the function owns beyond theta / phi (registered on the block under today's names)."""
 
     def logits(self, block: NonLocalBlock, q: Tensor, k: Tensor) -> Tensor:
-        logits = _dot(q, k)  # (B, h, Nq, N)
+        logits = _dot(q, k)  # (B, Nq, N)
         return logits * block._constant_scale() if block.logit_scale == "inv_sqrt_d" else logits
 
     def fused_inputs(self, block: NonLocalBlock, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float]:
@@ -141,7 +141,7 @@ class _DotProduct(_Pairwise):
     softmax = False
 
     def weights(self, block: NonLocalBlock, q: Tensor, k: Tensor) -> Tensor:
-        return _dot(q, k) / k.shape[-2]  # (B, h, Nq, N)
+        return _dot(q, k) / k.shape[-2]  # (B, Nq, N)
 
 
 class _Concatenation(_Pairwise):
@@ -155,7 +155,7 @@ class _Concatenation(_Pairwise):
     def weights(self, block: NonLocalBlock, q: Tensor, k: Tensor) -> Tensor:
         # w_f^T [theta_i; phi_j] = w_theta . theta_i + w_phi . phi_j, never building the pairs
         w_theta, w_phi = block.w_f.to(q.dtype).split(block.qk_channels)
-        f = F.relu((q @ w_theta).unsqueeze(-1) + (k @ w_phi).unsqueeze(-2))  # (B, h, Nq, N)
+        f = F.relu((q @ w_theta).unsqueeze(-1) + (k @ w_phi).unsqueeze(-2))  # (B, Nq, N)
         return f / k.shape[-2]
 
 
@@ -174,8 +174,8 @@ class _L2(_Pairwise):
         return (2.0 * _dot(q, k) - sq_q - sq_k) / math.sqrt(q.shape[-1])
 
     def fused_inputs(self, block: NonLocalBlock, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float]:
-        q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (B, h, Nq, d + 1)
-        k1 = torch.cat([k, -0.5 * k.pow(2).sum(-1, keepdim=True)], dim=-1)  # (B, h, N, d + 1)
+        q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (B, Nq, d + 1)
+        k1 = torch.cat([k, -0.5 * k.pow(2).sum(-1, keepdim=True)], dim=-1)  # (B, N, d + 1)
         return q1, k1, 2.0 / math.sqrt(q.shape[-1])
 
 
@@ -365,7 +365,7 @@ class NonLocalBlock(nn.Module):
         return self.f.logits(self, q, k)
 
     def _weights(self, q: Tensor, k: Tensor) -> Tensor:
-        """Normalised weights f(x_i, x_j) / C(x): (B, h, Nq, N); softmax rows at least in float32."""
+        """Normalised weights f(x_i, x_j) / C(x): (B, Nq, N); softmax rows at least in float32."""
         if self.f.softmax:
             return torch.softmax(_at_least_float32(self.pairwise_logits(q, k)), dim=-1)
         return self.f.weights(self, q, k)
@@ -375,21 +375,21 @@ class NonLocalBlock(nn.Module):
         return 1.0 / math.sqrt(self.qk_channels) if self.logit_scale == "inv_sqrt_d" else 1.0
 
     def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """softmax(s q k^T) v without the (Nq x N) matrix: (B, h, Nq, Cv)."""
+        """softmax(s q k^T) v without the (Nq x N) matrix: (B, Nq, Cv)."""
         q, k, scale = self.f.fused_inputs(self, q, k)
         pad, cv = v.shape[-1] - q.shape[-1], v.shape[-1]
         if pad != 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
             # Flash kernels want equal head sizes; zero columns leave every q.k unchanged, and zero value
             # columns (when q is the wider, as l2's extra channel can make it) give zero outputs, cut below.
-            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B, h, Nq, C), (B, h, N, C)
-            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B, h, N, C)
+            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B, Nq, C), (B, N, C)
+            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B, N, C)
         y = F.scaled_dot_product_attention(
-            q.contiguous(),  # (B, h, Nq, C)
-            k.contiguous(),  # (B, h, N, C)
-            v.contiguous(),  # (B, h, N, Cv); a non-contiguous last dim sends SDPA to its math path
+            q.unsqueeze(1).contiguous(),  # (B, 1, Nq, C)
+            k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
+            v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
             scale=scale,  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
-        return y[..., :cv]  # (B, h, Nq, Cv)
+        return y.squeeze(1)[..., :cv]  # (B, Nq, Cv)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -401,17 +401,15 @@ class NonLocalBlock(nn.Module):
             )
         grid = tuple(x.shape[2:])  # S: (L,), (H, W) or (T, H, W)
         q, k, v, key_grid = self.project(x)  # (B, Nq, Cqk), (B, N, Cqk), (B, N, Cv)
-        q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)  # one head: (B, 1, Nq, Cqk), ...
         need_weights = return_attention or self._records is not None
         if need_weights or not (self.fused and self.f.softmax):
-            attn = self._weights(q, k)  # (B, 1, Nq, N)
-            y = attn.to(v.dtype) @ v  # (B, 1, Nq, Cv)
+            attn = self._weights(q, k)  # (B, Nq, N)
+            y = torch.bmm(attn.to(v.dtype), v)  # (B, Nq, Cv)
         else:
             attn = None
-            y = self._fused_attend(q, k, v)  # (B, 1, Nq, Cv)
-        y = y.squeeze(1).transpose(1, 2).reshape(x.shape[0], self.v_channels, *grid)  # (B, Cv, *S)
+            y = self._fused_attend(q, k, v)  # (B, Nq, Cv)
+        y = y.transpose(1, 2).reshape(x.shape[0], self.v_channels, *grid)  # (B, Cv, *S)
         z = x + GATE_KINDS[self.gate].apply(self, self.out(y))  # out(y): (B, C, *S)
-        attn = attn.squeeze(1) if attn is not None else None  # (B, Nq, N)
         if self._records is not None:
             self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
