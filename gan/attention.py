@@ -261,6 +261,49 @@ GATE_KINDS: dict[str, _Gamma] = {"gamma": _Gamma(), "zero_init": _ZeroInit(), "c
 assert tuple(GATE_KINDS) == GATES
 
 
+# ----------------------------------------------------------------------------------------------
+# The relative position term: logits_ij += b_h(offset(i, j)), one table per head, zero at initialisation.
+
+
+class _NoPosition:
+    """No position term: the logits are the pairwise function's alone."""
+
+    def add_parameters(self, block: NonLocalBlock) -> None:
+        """Nothing to register: state dicts without a position term keep their keys."""
+
+    def bias(self, block: NonLocalBlock, grid: tuple[int, ...], key_grid: tuple[int, ...]) -> Tensor | None:
+        return None
+
+
+class _RelativePosition(_NoPosition):
+    """b_h(offset(i, j)) from a table per head over every offset on maps with sides up to M.
+
+    Per axis a, a query at input coordinate i_a and a key at pooled coordinate j_a (the window of input rows
+    k_a j_a ... k_a j_a + k_a - 1, k_a the pooling kernel, 1 without pooling) are offset_a = i_a - k_a j_a
+    input rows apart: the offset from the key window's first row, in input rows (k_a times the offset in the key
+    grid's units). Two pairs share a bias exactly when one is the other moved by whole key windows; a ceil-mode
+    last window of one row starts at its only row, so odd sides need no special case. On sides up to M,
+    offset_a lies in [-k_a (ceil(M / k_a) - 1), M - 1]; the table holds one value per head and per joint offset.
+    """
+
+    def add_parameters(self, block: NonLocalBlock) -> None:
+        sizes = [block.position_max_side + k * (-(-block.position_max_side // k) - 1) for k in block._kernel()]
+        block.position_bias = nn.Parameter(torch.zeros(block.heads, *sizes))  # (h, R_1, ..., R_dim)
+
+    def bias(self, block: NonLocalBlock, grid: tuple[int, ...], key_grid: tuple[int, ...]) -> Tensor:
+        """(h, Nq, N): the table read at every (query, key) pair's offset."""
+        m = block.position_max_side
+        if max(grid) > m:
+            raise ValueError(f"the position term covers maps with sides up to {m} (position_max_side); got {grid}")
+        dim, device = len(grid), block.position_bias.device
+        index = []
+        for a, (s, s_k, k) in enumerate(zip(grid, key_grid, block._kernel())):
+            i = torch.arange(s, device=device).view(*[1] * a, s, *[1] * (2 * dim - a - 1))  # query axis a
+            j = torch.arange(s_k, device=device).view(*[1] * (dim + a), s_k, *[1] * (dim - a - 1))  # key axis a
+            index.append((i - k * j + k * (-(-m // k) - 1)).expand(*grid, *key_grid).flatten(dim).flatten(0, dim - 1))
+        return block.position_bias[(slice(None), *index)]  # (h, Nq, N): Nq, N flattened in C order
+
+
 def gate_of(block: NonLocalBlock) -> tuple[str, float]:
     """A block's gate kind (one of GATES) and how far it is open, the one place both are read: gamma itself
     (signed), the Frobenius norm of `out`'s weight ("zero_init") or the RMS of the gains tanh(a) ("channel");
@@ -292,6 +335,12 @@ class NonLocalBlock(nn.Module):
     - `logit_scale`: one of LOGIT_SCALES, softmax variants only (module docstring) [model.attn_lab.logit_scale].
     - `temperature`: t of pairwise="cosine" (None: `COSINE_TEMPERATURE`); the other functions take none
       [model.attn_lab.temperature].
+    - `heads`: split theta/phi and g into this many heads, each attending on its own (C/h channels each);
+      1 is SAGAN's single head [model.attn_heads]. `return_attention` then gives (B, h, Nq, N) weights and
+      `record_attention` their mean over heads.
+    - `position_max_side`: add a relative position term b_h(offset(i, j)) to the softmax logits, zero at
+      initialisation, one table per head covering maps with sides up to this (0: none; `_RelativePosition`
+      defines the offset) [model.attn_lab.position_max_side].
     """
 
     def __init__(
@@ -311,16 +360,20 @@ class NonLocalBlock(nn.Module):
         gamma_init: float = 0.0,
         qk_spectral_norm: bool | None = None,
         temperature: float | None = None,
+        heads: int = 1,
+        position_max_side: int = 0,
     ) -> None:
         super().__init__()
-        options = dict(pairwise=pairwise, gate=gate, logit_scale=logit_scale, gamma_init=gamma_init)
-        rules = check_block_options(dim=dim, subsample=subsample, pool=pool, temperature=temperature, **options)
-        self.channels, self.dim, self.pairwise, self.gate = channels, dim, pairwise, gate
+        rules = check_block_options(
+            dim=dim, pairwise=pairwise, gate=gate, logit_scale=logit_scale, temperature=temperature,
+            gamma_init=gamma_init, subsample=subsample, pool=pool, heads=heads, position_max_side=position_max_side,
+            channels=channels, qk_channels=qk_channels, v_channels=v_channels,
+        )  # fmt: skip
+        self.channels, self.dim, self.pairwise, self.gate, self.heads = channels, dim, pairwise, gate, heads
         self.subsample, self.pool, self.fused, self.logit_scale = subsample, rules.pool, fused, logit_scale
-        self.temperature = rules.temperature
-        self.f, gate_kind = PAIRWISE_FUNCTIONS[pairwise], GATE_KINDS[gate]
-        self.qk_channels = channels if self.f.keys == "x" else (qk_channels or max(channels // 8, 1))
-        self.v_channels = v_channels or max(channels // 2, 1)
+        self.temperature, self.qk_channels, self.v_channels = rules.temperature, rules.qk_channels, rules.v_channels
+        self.position_max_side, self.f, gate_kind = position_max_side, PAIRWISE_FUNCTIONS[pairwise], GATE_KINDS[gate]
+        self.position = _RelativePosition() if position_max_side else _NoPosition()
 
         qk_sn = spectral_norm if qk_spectral_norm is None else qk_spectral_norm
         if self.f.keys != "x":
@@ -333,6 +386,7 @@ class NonLocalBlock(nn.Module):
         gate_kind.add_parameters(self, gamma_init)
         if logit_scale == "learned":  # registered only when chosen: older state dicts still load
             self.log_tau = nn.Parameter(torch.zeros(()))  # temperature exp(log_tau), starting at 1
+        self.position.add_parameters(self)
         self._records: list[AttentionRecord] | None = None  # set by record_attention
         self._record_name = ""
 
@@ -341,7 +395,13 @@ class NonLocalBlock(nn.Module):
             f"{self.channels}, dim={self.dim}, pairwise={self.pairwise}, qk={self.qk_channels}, v={self.v_channels}, "
             f"pool={self.pool}, gate={self.gate}, fused={self.fused}, logit_scale={self.logit_scale}"
             + (f", temperature={self.temperature}" if self.temperature is not None else "")
+            + (f", heads={self.heads}" if self.heads > 1 else "")
+            + (f", position_max_side={self.position_max_side}" if self.position_max_side else "")
         )
+
+    def _kernel(self) -> tuple[int, ...]:
+        """The key pooling kernel per axis (1 on every axis without subsampling)."""
+        return self.pool or (1,) * self.dim
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -364,32 +424,50 @@ class NonLocalBlock(nn.Module):
         """The softmax variants' logits, as the block scales them: (..., Nq, N) for q (..., Nq, d), k (..., N, d)."""
         return self.f.logits(self, q, k)
 
-    def _weights(self, q: Tensor, k: Tensor) -> Tensor:
-        """Normalised weights f(x_i, x_j) / C(x): (B, Nq, N); softmax rows at least in float32."""
-        if self.f.softmax:
-            return torch.softmax(_at_least_float32(self.pairwise_logits(q, k)), dim=-1)
-        return self.f.weights(self, q, k)
+    def position_logits(self, grid: tuple[int, ...], key_grid: tuple[int, ...]) -> Tensor | None:
+        """The position term b_h(offset(i, j)) on these grids: (h, Nq, N); None without one."""
+        return self.position.bias(self, grid, key_grid)
+
+    def _weights(self, q: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Normalised weights f(x_i, x_j) / C(x): (B h, Nq, N), heads folded into the batch; softmax rows at
+        least in float32, over the pairwise logits plus the position term `bias` (h, Nq, N) if any."""
+        if not self.f.softmax:
+            return self.f.weights(self, q, k)
+        logits = _at_least_float32(self.pairwise_logits(q, k))  # (B h, Nq, N)
+        if bias is not None:
+            logits = (logits.unflatten(0, (-1, self.heads)) + bias.to(logits.dtype)).flatten(0, 1)  # (B h, Nq, N)
+        return torch.softmax(logits, dim=-1)
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        """(B, N, C) -> (B h, N, C / h): head n takes channels n C/h ... (n + 1) C/h - 1."""
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2).flatten(0, 1)
+
+    def _merge_heads(self, y: Tensor) -> Tensor:
+        """(B h, Nq, Cv / h) -> (B, Nq, Cv), the inverse of `_split_heads`."""
+        return y.unflatten(0, (-1, self.heads)).transpose(1, 2).flatten(2)
 
     def _constant_scale(self) -> float:
         """The fixed factor on the logits: 1/sqrt(d_qk) under "inv_sqrt_d", else 1 (the learned one is in q)."""
-        return 1.0 / math.sqrt(self.qk_channels) if self.logit_scale == "inv_sqrt_d" else 1.0
+        return 1.0 / math.sqrt(self.qk_channels // self.heads) if self.logit_scale == "inv_sqrt_d" else 1.0
 
-    def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """softmax(s q k^T) v without the (Nq x N) matrix: (B, Nq, Cv)."""
+    def _fused_attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """softmax(s q k^T + bias) v without the (Nq x N) matrix: (B h, Nq, Cv / h); the position term goes in
+        as SDPA's additive float mask."""
         q, k, scale = self.f.fused_inputs(self, q, k)
         pad, cv = v.shape[-1] - q.shape[-1], v.shape[-1]
         if pad != 0 and (q.device.type == "cpu" or q.dtype in (torch.float16, torch.bfloat16)):
             # Flash kernels want equal head sizes; zero columns leave every q.k unchanged, and zero value
             # columns (when q is the wider, as l2's extra channel can make it) give zero outputs, cut below.
-            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B, Nq, C), (B, N, C)
-            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B, N, C)
+            q, k = (F.pad(q, (0, pad)), F.pad(k, (0, pad))) if pad > 0 else (q, k)  # (B h, Nq, C), (B h, N, C)
+            v = F.pad(v, (0, -pad)) if pad < 0 else v  # (B h, N, C)
         y = F.scaled_dot_product_attention(
-            q.unsqueeze(1).contiguous(),  # (B, 1, Nq, C)
-            k.unsqueeze(1).contiguous(),  # (B, 1, N, C)
-            v.unsqueeze(1).contiguous(),  # (B, 1, N, Cv); a non-contiguous last dim sends SDPA to its math path
+            q.unflatten(0, (-1, self.heads)).contiguous(),  # (B, h, Nq, C)
+            k.unflatten(0, (-1, self.heads)).contiguous(),  # (B, h, N, C)
+            v.unflatten(0, (-1, self.heads)).contiguous(),  # (B, h, N, Cv); a non-contiguous last dim: SDPA's math path
+            attn_mask=bias.to(q.dtype) if bias is not None else None,  # (h, Nq, N), broadcast over B
             scale=scale,  # explicit: padding q/k must not change SDPA's 1/sqrt(width)
         )
-        return y.squeeze(1)[..., :cv]  # (B, Nq, Cv)
+        return y.flatten(0, 1)[..., :cv]  # (B h, Nq, Cv / h)
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -401,17 +479,24 @@ class NonLocalBlock(nn.Module):
             )
         grid = tuple(x.shape[2:])  # S: (L,), (H, W) or (T, H, W)
         q, k, v, key_grid = self.project(x)  # (B, Nq, Cqk), (B, N, Cqk), (B, N, Cv)
+        q, k, v = (self._split_heads(t) for t in (q, k, v))  # (B h, Nq, Cqk / h), (B h, N, ...), (B h, N, Cv / h)
+        bias = self.position_logits(grid, key_grid)  # (h, Nq, N) or None
         need_weights = return_attention or self._records is not None
         if need_weights or not (self.fused and self.f.softmax):
-            attn = self._weights(q, k)  # (B, Nq, N)
-            y = torch.bmm(attn.to(v.dtype), v)  # (B, Nq, Cv)
+            attn = self._weights(q, k, bias)  # (B h, Nq, N)
+            y = torch.bmm(attn.to(v.dtype), v)  # (B h, Nq, Cv / h)
         else:
             attn = None
-            y = self._fused_attend(q, k, v)  # (B, Nq, Cv)
+            y = self._fused_attend(q, k, v, bias)  # (B h, Nq, Cv / h)
+        y = self._merge_heads(y)  # (B, Nq, Cv)
         y = y.transpose(1, 2).reshape(x.shape[0], self.v_channels, *grid)  # (B, Cv, *S)
         z = x + GATE_KINDS[self.gate].apply(self, self.out(y))  # out(y): (B, C, *S)
-        if self._records is not None:
-            self._records.append(AttentionRecord(self._record_name, attn.detach().float(), grid, key_grid))
+        if attn is not None:
+            attn = attn.unflatten(0, (-1, self.heads))  # (B, h, Nq, N)
+            attn = attn.squeeze(1) if self.heads == 1 else attn  # one head: (B, Nq, N), as SAGAN's block
+        if self._records is not None:  # the heads' mean: still a distribution over the keys, (B, Nq, N)
+            mean = attn if self.heads == 1 else attn.mean(1)
+            self._records.append(AttentionRecord(self._record_name, mean.detach().float(), grid, key_grid))
         return (z, attn) if return_attention else z
 
     def gate_value(self) -> float:

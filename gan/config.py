@@ -58,6 +58,9 @@ class AttnLabConfig:
     qk_spectral_norm: bool = _f(
         True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
     )
+    position_max_side: int = _f(
+        0, "relative position term on the softmax logits, for feature maps with sides up to this (0: none)"
+    )
 
 
 # Where the research options lived before `model.attn_lab`: old key -> new key inside model.attn_lab
@@ -84,6 +87,9 @@ class ModelConfig:
         "residual gate of the non-local blocks: a learnable gamma starting at 0 (SAGAN), a zero-initialised output "
         "conv, or per-channel gains tanh(a) with a starting at 0 (docs/attention.md, Gates)",
         GATES,
+    )
+    attn_heads: int = _f(
+        1, "attention heads of the non-local blocks, splitting theta/phi and g (1: SAGAN's single head)"
     )
     attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (softmax functions)")
     attn_lab: AttnLabConfig = field(default_factory=AttnLabConfig)  # the block's research options (above)
@@ -367,7 +373,7 @@ def validate(cfg: Config) -> None:
     try:
         check_block_options(**attention_options(m))
     except OptionError as exc:
-        raise ConfigError(f"config key '{_OPTION_KEYS[exc.option]}': {exc}") from None
+        raise option_error(exc) from None
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
@@ -397,7 +403,14 @@ _OPTION_KEYS = {
     "temperature": "model.attn_lab.temperature",
     "gamma_init": "model.attn_lab.gamma_init",
     "subsample": "model.attn_subsample",
+    "heads": "model.attn_heads",
+    "position_max_side": "model.attn_lab.position_max_side",
 }
+
+
+def option_error(exc: OptionError) -> ConfigError:
+    """A block option's error as the config's one line, naming the key that sets it."""
+    return ConfigError(f"config key '{_OPTION_KEYS[exc.option]}': {exc}")
 
 
 def attention_options(m: ModelConfig) -> dict[str, Any]:
@@ -411,6 +424,8 @@ def attention_options(m: ModelConfig) -> dict[str, Any]:
         "temperature": lab.temperature,
         "gamma_init": lab.gamma_init,
         "subsample": m.attn_subsample,
+        "heads": m.attn_heads,
+        "position_max_side": lab.position_max_side,
     }
 
 

@@ -1,6 +1,7 @@
 """The non-local block's option rules are written once (gan/attention_rules.py): the config check refuses, in
 one line naming the config key, exactly the option combinations that NonLocalBlock's constructor refuses, and
-accepts exactly those it accepts. Configs saved with the research options' old flat keys still load."""
+accepts exactly those it accepts (widths aside: a config does not know each block's width, so gan.models checks
+heads against them as it builds the blocks, tests/gan/test_attention_heads_position.py). Configs saved with the research options' old flat keys still load."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from gan.attention import NonLocalBlock
 from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
-from gan.config import ConfigError, from_dict, load_config, to_dict
+from gan.config import LAB_KEYS, ConfigError, from_dict, load_config, to_dict
 
 from shared import ROOT
 
@@ -24,6 +25,8 @@ OPTIONS = {
     "temperature": (None, 4.0, 0.0),
     "gamma_init": (0.0, 0.5),
     "subsample": (True, False),
+    "heads": (1, 2, 3),
+    "position_max_side": (0, 8, -1),
 }
 CONFIG_KEY = {  # where a config sets each option
     "pairwise": "model.attn_lab.pairwise",
@@ -32,6 +35,8 @@ CONFIG_KEY = {  # where a config sets each option
     "temperature": "model.attn_lab.temperature",
     "gamma_init": "model.attn_lab.gamma_init",
     "subsample": "model.attn_subsample",
+    "heads": "model.attn_heads",
+    "position_max_side": "model.attn_lab.position_max_side",
 }
 
 
@@ -44,7 +49,7 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
     refused = 0
     for options in combos:
         try:
-            NonLocalBlock(8, spectral_norm=False, **options)
+            NonLocalBlock(48, qk_channels=6, v_channels=24, spectral_norm=False, **options)  # widths: any heads
             block_error = None
         except ValueError as exc:
             block_error = str(exc)
@@ -61,7 +66,7 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
         assert config_error is not None, (options, block_error)
         key, message = config_error.removeprefix("config key '").split("': ", 1)
         assert "\n" not in config_error and key in CONFIG_KEY.values() and message == block_error, options
-    assert len(combos) == 6 * 3 * 3 * 3 * 2 * 2 and 0 < refused < len(combos)
+    assert len(combos) == 6 * 3 * 3 * 3 * 2 * 2 * 3 * 3 and 0 < refused < len(combos)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +77,8 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
         ({"pairwise": "l2", "temperature": 4.0}, "temperature"),
         ({"pairwise": "cosine", "temperature": 0.0}, "temperature"),
         ({"gate": "channel", "gamma_init": 0.5}, "gamma_init"),
+        ({"pairwise": "concatenation", "heads": 2}, "heads"),
+        ({"pairwise": "dot_product", "position_max_side": 8}, "position_max_side"),
     ],
 )
 def test_each_rule_names_the_key_at_fault(options: dict, key: str) -> None:
@@ -86,8 +93,9 @@ def test_the_rules_and_the_config_load_without_torch() -> None:
 
 
 def _flat(lab: dict) -> dict:
-    """A config's model section as saved before the research options moved under model.attn_lab."""
-    return {f"attn_{name}": value for name, value in lab.items()}
+    """A config's model section as saved before the research options moved under model.attn_lab (which then
+    held none of the later ones, such as position_max_side)."""
+    return {f"attn_{name}": value for name, value in lab.items() if f"attn_{name}" in LAB_KEYS}
 
 
 def test_configs_saved_with_the_old_flat_keys_load() -> None:
