@@ -396,7 +396,7 @@ def validate(cfg: Config) -> None:
 
 
 # The config key of each block option that a config sets (gan/attention_rules.py names the option at fault)
-_OPTION_KEYS = {
+OPTION_KEYS = {
     "pairwise": "model.attn_lab.pairwise",
     "gate": "model.attn_gate",
     "logit_scale": "model.attn_lab.logit_scale",
@@ -410,7 +410,7 @@ _OPTION_KEYS = {
 
 def option_error(exc: OptionError) -> ConfigError:
     """A block option's error as the config's one line, naming the key that sets it."""
-    return ConfigError(f"config key '{_OPTION_KEYS[exc.option]}': {exc}")
+    return ConfigError(f"config key '{OPTION_KEYS[exc.option]}': {exc}")
 
 
 def attention_options(m: ModelConfig) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The non-local block's option rules are written once (gan/attention_rules.py): the config check refuses, in
 one line naming the config key, exactly the option combinations that NonLocalBlock's constructor refuses, and
 accepts exactly those it accepts (widths aside: a config does not know each block's width, so gan.models checks
-heads against them as it builds the blocks, tests/gan/test_attention_heads_position.py). Configs saved with the research options' old flat keys still load."""
+heads against them as it builds the blocks, tests/gan/test_attention_heads_position.py). Configs saved with the
+research options' old flat keys still load."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import sys
 import pytest
 
 from gan.attention import NonLocalBlock
+from gan.attention_rules import OptionError
 from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
-from gan.config import LAB_KEYS, ConfigError, from_dict, load_config, to_dict
+from gan.config import LAB_KEYS, OPTION_KEYS, ConfigError, attention_options, from_dict, load_config, to_dict
 
 from shared import ROOT
 
@@ -28,16 +30,18 @@ OPTIONS = {
     "heads": (1, 2, 3),
     "position_max_side": (0, 8, -1),
 }
-CONFIG_KEY = {  # where a config sets each option
-    "pairwise": "model.attn_lab.pairwise",
-    "gate": "model.attn_gate",
-    "logit_scale": "model.attn_lab.logit_scale",
-    "temperature": "model.attn_lab.temperature",
-    "gamma_init": "model.attn_lab.gamma_init",
-    "subsample": "model.attn_subsample",
-    "heads": "model.attn_heads",
-    "position_max_side": "model.attn_lab.position_max_side",
-}
+
+
+def test_each_config_key_sets_its_option() -> None:
+    """OPTION_KEYS (which key names an option in errors) against what the key really sets."""
+    assert set(OPTION_KEYS) == set(OPTIONS)
+    for option, key in OPTION_KEYS.items():
+        value = next(v for v in OPTIONS[option] if v != attention_options(load_config(None, []).model)[option])
+        if option == "temperature":  # a temperature is taken by cosine only
+            cfg = load_config(None, [f"{key}={_yaml(value)}", "model.attn_lab.pairwise=cosine"])
+        else:
+            cfg = load_config(None, [f"{key}={_yaml(value)}"])
+        assert attention_options(cfg.model)[option] == value, key
 
 
 def _yaml(value: object) -> str:
@@ -51,9 +55,9 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
         try:
             NonLocalBlock(48, qk_channels=6, v_channels=24, spectral_norm=False, **options)  # widths: any heads
             block_error = None
-        except ValueError as exc:
-            block_error = str(exc)
-        overrides = [f"{CONFIG_KEY[name]}={_yaml(value)}" for name, value in options.items()]
+        except OptionError as exc:
+            block_error, at_fault = str(exc), OPTION_KEYS[exc.option]
+        overrides = [f"{OPTION_KEYS[name]}={_yaml(value)}" for name, value in options.items()]
         try:
             load_config(None, overrides)
             config_error = None
@@ -65,7 +69,7 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
         refused += 1
         assert config_error is not None, (options, block_error)
         key, message = config_error.removeprefix("config key '").split("': ", 1)
-        assert "\n" not in config_error and key in CONFIG_KEY.values() and message == block_error, options
+        assert "\n" not in config_error and key == at_fault and message == block_error, options
     assert len(combos) == 6 * 3 * 3 * 3 * 2 * 2 * 3 * 3 and 0 < refused < len(combos)
 
 
@@ -82,8 +86,8 @@ def test_the_config_refuses_exactly_what_the_block_refuses() -> None:
     ],
 )
 def test_each_rule_names_the_key_at_fault(options: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=f"^config key '{CONFIG_KEY[key]}': ") as exc:
-        load_config(None, [f"{CONFIG_KEY[k]}={_yaml(v)}" for k, v in options.items()])
+    with pytest.raises(ConfigError, match=f"^config key '{OPTION_KEYS[key]}': ") as exc:
+        load_config(None, [f"{OPTION_KEYS[k]}={_yaml(v)}" for k, v in options.items()])
     assert "\n" not in str(exc.value)
 
 
