@@ -54,9 +54,9 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
         "d_fake",
         "images_per_s",
         "lr_g",
-        "gamma/G.blocks.attn16",
+        "gate/gamma/G.blocks.attn16",
         "attn_entropy/G.blocks.attn16",
-        "gamma/D.blocks.attn16",
+        "gate/gamma/D.blocks.attn16",
         "attn_entropy/D.blocks.attn16",
     ):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key]  # present and not NaN
