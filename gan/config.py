@@ -3,15 +3,13 @@
 Every field carries a one-line meaning in its metadata (`help`); `python train.py --help-config`
 prints them. A YAML file only lists what it changes, optionally over another file named by `base:`
 (the no-attention twins are a base plus two lines). Unknown keys and wrong types stop with one line
-(`ConfigError`) that names the key and what it accepts.
+(`ConfigError`) that names the key and what it accepts; gan/config_merge.py holds that machinery, this module
+the keys, their cross-field checks and the mapping of keys that moved.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,23 +18,13 @@ import yaml
 
 from gan.attention_rules import OptionError, check_block_options
 from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
-from gan.errors import UserError
+from gan.config_merge import ConfigError, apply_delta, describe_fields, parse_overrides, read_deltas
+from gan.config_merge import described_field as _f
 from gan.files import write_text
 from gan.registry import DATASETS, METRICS
 
 # DiffAugment's policy names (gan/augment.py's POLICIES; kept here so the config loads without torch; a test checks).
 AUGMENT_POLICIES = ("color", "translation", "cutout")
-
-
-class ConfigError(UserError, ValueError):
-    """A user-caused configuration problem; its message is one line that says what to do."""
-
-
-def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -224,139 +212,15 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checking and merging
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return f"list of {typing.get_args(tp)[0].__name__}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
-    """Check `value` against the field type; return it (ints widen to floats). Raise ConfigError."""
-    origin = typing.get_origin(tp)
-    nullable = origin in (typing.Union, types.UnionType)  # `X | None`: null, or an X
-    if nullable:
-        if value is None:
-            return None
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a {_type_name(tp)}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp, choices) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string; accept any spelling Python reads as a number.
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if tp is str and isinstance(value, bool) and choices is not None:
-        # YAML 1.1 reads `no` / `off` (and `yes` / `on`) as booleans: `train.mixed_precision=no` means "no".
-        spellings = ("no", "off", "false") if value is False else ("yes", "on", "true")
-        value = next((c for c in choices if c in spellings), value)
-    ok = (
-        (tp is bool and isinstance(value, bool))
-        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
-    )
-    if not ok:
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}{' or null' if nullable else ''}, got {value!r}")
-    if tp is float:
-        value = float(value)
-    if choices is not None and value not in choices:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return value
-
-
-def _fields(obj: Any) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
-
-
-def _apply(obj: Any, delta: dict, prefix: str = "") -> None:
-    fields = _fields(obj)
-    hints = typing.get_type_hints(type(obj))
-    for name, value in delta.items():
-        key = f"{prefix}{name}"
-        if name not in fields:
-            raise ConfigError(f"unknown config key '{key}'; accepted: {', '.join(f'{prefix}{n}' for n in fields)}")
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"config key '{key}' is a section; give it a mapping of {', '.join(_fields(current))}"
-                )
-            _apply(current, value, prefix=f"{key}.")
-        else:
-            setattr(obj, name, _coerce(key, value, hints[name], fields[name].metadata.get("choices")))
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's problem and its context in one line, e.g. "expected ',' or ']', but got ':' (while parsing a
-    flow sequence)", without the source excerpt that follows them."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    return f"{problem} ({context})" if context else problem
-
-
-def parse_overrides(words: list[str]) -> dict:
-    """Turn `["train.steps=10", "model.g_attention=[16,32]"]` into a nested dict (values parsed as YAML)."""
-    delta: dict = {}
-    for word in words:
-        if "=" not in word:
-            raise ConfigError(f"override '{word}' is not of the form key.sub=value")
-        dotted, raw = word.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"override '{word}': the value is not valid YAML ({_yaml_problem(exc)}); "
-                "close every bracket, e.g. model.g_attention=[16,32], and quote text holding ':' or '['"
-            ) from None
-        node = delta
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{word}' conflicts with an earlier override of '{part}'")
-        node[parts[-1]] = value
-    return delta
-
-
-def _read_delta(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
-    """The deltas a YAML file stands for: its `base:` file's first (recursively), then its own."""
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass one of configs/*.yaml")
-    if path.resolve() in seen:
-        raise ConfigError(f"config file '{path}' names itself as a base through {' -> '.join(map(str, seen))}")
-    try:
-        delta = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {_yaml_problem(exc)}") from None
-    if not isinstance(delta, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
-    base = delta.pop("base", None)
-    if base is None:
-        return [delta]
-    if not isinstance(base, str):
-        raise ConfigError(f"config file '{path}': 'base' must be the path of another config file")
-    return [*_read_delta(path.parent / base, (*seen, path.resolve())), delta]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file's delta (after its `base:` file's, if it names one), then the overrides.
 
     Raises ConfigError on any bad input."""
     cfg = Config()
     if path is not None:
-        for delta in _read_delta(Path(path)):
-            _apply(cfg, _upgrade(delta))
-    _apply(cfg, _upgrade(parse_overrides(overrides or [])))
+        for delta in read_deltas(Path(path)):
+            apply_delta(cfg, _upgrade(delta))
+    apply_delta(cfg, _upgrade(parse_overrides(overrides or [])))
     validate(cfg)
     return cfg
 
@@ -473,7 +337,7 @@ def to_dict(cfg: Config) -> dict:
 def from_dict(data: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. a checkpoint's config.json); same checks as a YAML file."""
     cfg = Config()
-    _apply(cfg, _upgrade(data))
+    apply_delta(cfg, _upgrade(data))
     validate(cfg)
     return cfg
 
@@ -484,17 +348,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def describe() -> str:
     """Every key with its default and meaning, for `--help-config` and the README."""
-    return "\n".join(_describe(Config(), ""))
-
-
-def _describe(section: Any, prefix: str) -> list[str]:
-    lines = []
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if dataclasses.is_dataclass(value):
-            lines += _describe(value, f"{prefix}{f.name}.")
-            continue
-        choices = f.metadata.get("choices")
-        extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"{prefix}{f.name} = {value!r}: {f.metadata['help']}{extra}")
-    return lines
+    return "\n".join(describe_fields(Config()))
