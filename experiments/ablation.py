@@ -49,7 +49,7 @@ from gan.registry import higher_is_better
 MANIFEST = "ablation.json"
 # The uniform-attention control: cosine logits t cos(theta_i, phi_j) lie in [-t, t], so at t = 1e-6 every
 # attention weight is 1/N to within 1e-6 and each query averages g over all keys.
-UNIFORM_OVERRIDES = ("model.attn_pairwise=cosine", "model.attn_temperature=1e-6")
+UNIFORM_OVERRIDES = ("model.attn_lab.pairwise=cosine", "model.attn_lab.temperature=1e-6")
 _ARM = re.compile(
     r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?(?P<uniform>-uniform)?(?:-lr(?P<lr>\d+(?:\.\d+)?))?)$"
 )

@@ -1,7 +1,9 @@
 """How far the attention blocks opened, read from the metrics.jsonl that train.py writes at every log step
-(gan.tracking.attention_stats): per block `gamma/<net>.<block>` (SAGAN's gate) or `out_norm/<net>.<block>` (the
-Frobenius norm of `out`'s weight under the zero-initialised gate, 0 at init) and `attn_entropy/<net>.<block>`
-(mean row entropy of its attention). Used by the ablation report and the GPU evidence summary.
+(gan.tracking.attention_stats): per block `gate/<kind>/<net>.<block>`, the gate's kind and value as
+gan.attention.gate_of gives them (gamma; the Frobenius norm of `out`'s weight under the zero-initialised gate;
+the RMS of tanh(a) under the channel gate; 0 at init), and `attn_entropy/<net>.<block>` (mean row entropy of its
+attention). Runs logged before the gate had its own key wrote `gamma/<net>.<block>` and `out_norm/<net>.<block>`
+(every other gate); `gate_key` reads both spellings. Used by the ablation report and the GPU evidence summary.
 
 What these cannot: they see only the logged steps (train.log_every), G's blocks on fixed latents and D's on a
 few real images; a gate near 0 means the block barely changes the network, but a large gate does not by itself
@@ -19,10 +21,25 @@ from typing import Any
 
 from experiments.experiment import mean_std
 
-# train.py's per-block keys (gan.tracking.attention_stats): the gate's value under each gate, then the entropy
-GATE_VALUE_PREFIXES = ("gamma/", "out_norm/")
+# train.py's per-block keys (gan.tracking.attention_stats): the gate's value, then the entropy
+GATE_PREFIX = "gate/"  # gate/<kind>/<net>.<block>
+OLD_GATE_PREFIXES = ("gamma/", "out_norm/")  # <kind>/<net>.<block>, as logged before gate/
+GATE_VALUE_PREFIXES = (GATE_PREFIX, *OLD_GATE_PREFIXES)
 ENTROPY_PREFIX = "attn_entropy/"
 GATE_PREFIXES = (*GATE_VALUE_PREFIXES, ENTROPY_PREFIX)
+# What each kind's value is, for tables ("out_norm": an old log's non-gamma gate, norm(out) or rms tanh(a))
+GATE_LABELS = {"gamma": "gamma", "zero_init": "norm(out)", "channel": "rms tanh(a)", "out_norm": "norm(out)"}
+
+
+def gate_key(key: str) -> tuple[str, str] | None:
+    """(kind, "<net>.<block>") of a logged gate key in either spelling; None for any other key."""
+    if key.startswith(GATE_PREFIX):
+        kind, block = key.removeprefix(GATE_PREFIX).split("/", 1)
+        return kind, block
+    if key.startswith(OLD_GATE_PREFIXES):
+        kind, block = key.split("/", 1)
+        return kind, block
+    return None
 
 
 def gate_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -58,9 +75,9 @@ def gates_table(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool) -> 
         "|---|---|---|---|---|",
     ]
     for name, by_seed in runs.items():
-        gates = sorted({k for r in by_seed.values() for k in r["gates"] if k.startswith(("gamma/", "out_norm/"))})
+        gates = sorted({k for r in by_seed.values() for k in r["gates"] if gate_key(k)})
         for key in gates:
-            kind, block = key.split("/", 1)
+            kind, block = gate_key(key)
             gammas = [r["gates"][key] for r in by_seed.values() if key in r["gates"]]
             entropies = [
                 r["gates"][f"attn_entropy/{block}"] for r in by_seed.values() if f"attn_entropy/{block}" in r["gates"]
@@ -68,7 +85,7 @@ def gates_table(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool) -> 
             side = int(re.search(r"attn(\d+)$", block)[1])
             m, sd = mean_std(gammas)
             rel = mean_std(entropies)[0] / uniform_entropy(side, subsample) if entropies else float("nan")
-            label = "gamma" if kind == "gamma" else "norm(out)"
+            label = GATE_LABELS[kind]
             lines.append(
                 f"| `{name}` | {block} | {label} {m:+.4f} +/- {sd:.4f} | {', '.join(f'{g:+.4f}' for g in gammas)} "
                 f"| {rel:.3f} |"
@@ -76,18 +93,29 @@ def gates_table(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool) -> 
     return lines
 
 
-GATE_ROWS = (("gamma/", "gamma"), ("out_norm/", "norm(out), zero-init gate"), ("attn_entropy/", "entropy / uniform"))
+GATE_ROWS = (  # the figure's rows: (kind, label); an old log's out_norm/ is drawn as the zero-init gate was
+    ("gamma", "gamma"),
+    ("zero_init", "norm(out), zero-init gate"),
+    ("channel", "rms tanh(a), channel gate"),
+    ("attn_entropy", "entropy / uniform"),
+)
+
+
+def _row_block(key: str) -> tuple[str, str]:
+    """(figure row, block) of a logged gate or entropy key."""
+    kind, block = gate_key(key) or key.split("/", 1)
+    return ("zero_init" if kind == "out_norm" else kind), block
 
 
 def plot_gates(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool, path: Path) -> bool:
     """Gate and attention entropy of every block over training (metrics.jsonl), one column per block and one
     row per quantity, every arm in its colour and every seed as its own line; False (nothing drawn) when no
     run logged any."""
-    histories = {(name, seed): gate_history(Path(r["run_dir"])) for name, by_seed in runs.items()
-                 for seed, r in by_seed.items()}  # fmt: skip
+    histories = {(name, seed): {_row_block(k): v for k, v in gate_history(Path(r["run_dir"])).items()}
+                 for name, by_seed in runs.items() for seed, r in by_seed.items()}  # fmt: skip
     keys = {k for h in histories.values() for k in h}
-    blocks = sorted({k.split("/", 1)[1] for k in keys})
-    rows = [(prefix, label) for prefix, label in GATE_ROWS if any(k.startswith(prefix) for k in keys)]
+    blocks = sorted({block for _, block in keys})
+    rows = [(kind, label) for kind, label in GATE_ROWS if any(k[0] == kind for k in keys)]
     if not blocks:
         return False
     from tools.report import pyplot  # (late: it imports torch)
@@ -98,11 +126,11 @@ def plot_gates(runs: dict[str, dict[int, dict[str, Any]]], subsample: bool, path
     fig, axes = plt.subplots(len(rows), len(blocks), figsize=(4.2 * len(blocks), 2.6 * len(rows)), squeeze=False)
     for col, block in enumerate(blocks):
         side = int(re.search(r"attn(\d+)$", block)[1])
-        for row, (prefix, label) in enumerate(rows):
+        for row, (kind, label) in enumerate(rows):
             ax = axes[row][col]
-            scale = uniform_entropy(side, subsample) if prefix == "attn_entropy/" else 1.0
+            scale = uniform_entropy(side, subsample) if kind == "attn_entropy" else 1.0
             for (name, seed), history in histories.items():
-                points = history.get(prefix + block)
+                points = history.get((kind, block))
                 if points:
                     steps, values = zip(*points)
                     ax.plot(steps, [v / scale for v in values], color=colours[name], lw=1.2, alpha=0.8,
@@ -126,9 +154,9 @@ def over_training_table(runs: Path, points: int = 6) -> list[str]:
     gates: dict[tuple[str, str], dict[int, list[float]]] = {}  # (arm, block) -> step -> gate of each seed
     for run_dir in sorted(p.parent for p in runs.glob("*/seed*/metrics.jsonl")):
         for key, history in gate_history(run_dir).items():
-            kind, block = key.split("/", 1)
-            if kind != "attn_entropy":
-                label = block if kind == "gamma" else f"{block} (norm(out))"
+            if gate_key(key):
+                kind, block = gate_key(key)
+                label = block if kind == "gamma" else f"{block} ({GATE_LABELS[kind]})"
                 for step, value in history:
                     gates.setdefault((run_dir.parent.name, label), {}).setdefault(step, []).append(value)
     if not gates:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from experiments.gates import ENTROPY_PREFIX, GATE_VALUE_PREFIXES
+from experiments.gates import ENTROPY_PREFIX, gate_key
 
 PILOT_D = ["model.resolution=64", "model.image_channels=1", "model.d_depth=1", "model.d_extra_blocks=1",
            "model.d_extra_kernel=1"]  # fmt: skip
@@ -199,8 +199,7 @@ ARM_STYLES = {
     "d32": ("C2", "^", "one block in D (32x32, SAGAN's gamma)"),
     "d32-lr10": ("C3", "v", "one block in D (32x32, gamma, 10x block rate)"),
 }
-GATE_KEYS = tuple(f"{p}D" for p in GATE_VALUE_PREFIXES)  # a D block's logged gate and attention entropy
-ENTROPY_KEY = f"{ENTROPY_PREFIX}D"
+ENTROPY_KEY = f"{ENTROPY_PREFIX}D"  # a D block's logged attention entropy
 QUARTERS = (0.25, 0.5, 0.75, 1.0)  # of the run's steps: where the report reads the block's gate and entropy
 
 
@@ -214,6 +213,11 @@ def _value_at(points: list[list[float]], step: float) -> float:
     return before[-1] if before else float("nan")
 
 
+def _d_gate(key: str) -> bool:
+    """Whether `key` is a D block's logged gate (either spelling, experiments.gates.gate_key)."""
+    return (gate_key(key) or ("", ""))[1].startswith("D")
+
+
 def _fmt(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.3f}"
 
@@ -224,7 +228,7 @@ def block_trajectories(summaries: list[dict[str, Any]]) -> dict[tuple[str, str],
     {(setting, arm): {"gate": [[q1, q2, q3, q4], ...], "entropy": [...]}}."""
     out: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
-        gates = [(k, v) for k, v in s["gates"].items() if k.startswith(GATE_KEYS)]
+        gates = [(k, v) for k, v in s["gates"].items() if _d_gate(k)]
         entropy = [(k, v) for k, v in s["gates"].items() if k.startswith(ENTROPY_KEY)]
         if not gates:
             continue
@@ -255,13 +259,13 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
     for (_, setting, arm), rs in cells.items():
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = r["scores"]
-            gate = {k: v[-1][1] for k, v in r["gates"].items() if k.startswith(GATE_KEYS)}
+            gate = {k: v[-1][1] for k, v in r["gates"].items() if _d_gate(k)}
             entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
             look = next(iter(r["d_look_share"].values()), None)
             lines.append(
                 f"| `{setting}` | `{arm}` | {r['seed']} | {sc['coherence']:.3f} | {sc['valid']:.3f} | "
                 f"{sc['d_auc']:.3f} | {sc['fcd']:.2f} | "
-                + (", ".join(f"{k.split('/')[0]} {v:.3f}" for k, v in gate.items()) or "-")
+                + (", ".join(f"{gate_key(k)[0]} {v:.3f}" for k, v in gate.items()) or "-")
                 + " | "
                 + (", ".join(f"{v:.3f}" for v in entropy.values()) or "-")
                 + " | "
@@ -354,9 +358,9 @@ def gates_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     arms = sorted({s["arm"] for s in summaries if s["arm"] != "none"})
     styles = ("-", "--", ":", "-.")
     for s in sorted(summaries, key=lambda s: (s["setting"], s["arm"], s["seed"])):
-        for ax, prefixes in ((axes[0], GATE_KEYS), (axes[1], (ENTROPY_KEY,))):
+        for ax, wanted in ((axes[0], _d_gate), (axes[1], lambda k: k.startswith(ENTROPY_KEY))):
             for key, points in s["gates"].items():
-                if not key.startswith(prefixes):
+                if not wanted(key):
                     continue
                 scale = _uniform(key) if key.startswith(ENTROPY_KEY) else 1.0
                 ax.plot([p[0] for p in points], [abs(p[1]) / scale for p in points],

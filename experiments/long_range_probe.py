@@ -43,8 +43,9 @@ from experiments import long_range_plots
 from experiments.clips import CoherentClips
 from experiments.erf import effective_rf, theoretical_rf
 from experiments.experiment import compare, verdict
+from experiments.gates import GATE_LABELS
 from experiments.mismatch import object_look_share
-from gan.attention import NonLocalBlock
+from gan.attention import NonLocalBlock, gate_of
 from gan.layers import DBlock, DBlockOptimized, conv2d, linear
 from gan.synthetic import VARIANTS, CoherenceDataset
 from gan.viz import save_image_grid
@@ -243,7 +244,7 @@ def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
     image_probe = hasattr(model, "block_input")  # the clip probe (long_range_clips) has its block after the stem
     with torch.no_grad():
         h = model.block_input(probe_x) if image_probe else model.stem(probe_x)
-        q, k, _, _ = block._project(h)  # (B, HW, Cqk), (B, N, Cqk)
+        q, k, _, _ = block.project(h)  # (B, HW, Cqk), (B, N, Cqk)
         logits = block.pairwise_logits(q, k)  # (B, HW, N), as the block scales them
         p = torch.softmax(logits, dim=-1)
         entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
@@ -254,8 +255,8 @@ def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
         logit_std=float(logits.std()),
         logit_range=float(logits.amax(-1).sub(logits.amin(-1)).mean()),
         residual=residual,
-        gate_value=block.gate_value(),
     )
+    state["gate_kind"], state["gate_value"] = gate_of(block)
     state["gamma"] = block.gamma.item() if block.gate == "gamma" else float("nan")
     state["out_weight_norm"] = float(block.out.weight.detach().norm())
     if hasattr(block, "log_tau"):
@@ -333,7 +334,8 @@ def fit(
                 entry.update(block_state(model, x_test[:16]))
             log.append(entry)
             print(
-                f"  {name} step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"),
+                f"  {name} step {step}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("step", "gate_kind")),
                 flush=True,
             )
         opt.step()
@@ -619,8 +621,12 @@ def _dead(result: dict) -> bool:
 
 
 def gate_label(entry: dict) -> str:
-    """A logged block state's gate for the reports: gamma under the gamma gate, else the norm of `out`'s weight
-    (gamma is logged as NaN under the zero-initialised gate)."""
+    """A logged block state's gate for the reports, by its kind (gan.attention.gate_of); states logged before the
+    kind was: gamma where it is not NaN, else the channel gate where its value is not the norm of `out`'s weight."""
+    kind = entry.get("gate_kind")
+    if kind is not None:
+        value = entry["gate_value"]
+        return f"gamma {value:+.4f}" if kind == "gamma" else f"{GATE_LABELS[kind]} {value:.3f}"
     if entry["gamma"] == entry["gamma"]:
         return f"gamma {entry['gamma']:+.4f}"
     if "gate_value" in entry and abs(entry["gate_value"] - entry["out_weight_norm"]) > 1e-9:

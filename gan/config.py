@@ -3,23 +3,23 @@
 Every field carries a one-line meaning in its metadata (`help`); `python train.py --help-config`
 prints them. A YAML file only lists what it changes, optionally over another file named by `base:`
 (the no-attention twins are a base plus two lines). Unknown keys and wrong types stop with one line
-(`ConfigError`) that names the key and what it accepts.
+(`ConfigError`) that names the key and what it accepts; gan/config_merge.py holds that machinery, this module
+the keys, their cross-field checks and the mapping of keys that moved.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gan.choices import GATES, LOGIT_SCALES, PAIRWISE, SOFTMAX_PAIRWISE
-from gan.errors import UserError
+from gan.attention_rules import OptionError, check_block_options
+from gan.choices import GATES, LOGIT_SCALES, PAIRWISE
+from gan.config_merge import ConfigError, apply_delta, describe_fields, parse_overrides, read_deltas
+from gan.config_merge import described_field as _f
 from gan.files import write_text
 from gan.registry import DATASETS, METRICS
 
@@ -27,15 +27,34 @@ from gan.registry import DATASETS, METRICS
 AUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
-class ConfigError(UserError, ValueError):
-    """A user-caused configuration problem; its message is one line that says what to do."""
+@dataclass
+class AttnLabConfig:
+    """The non-local block's research options: variants from the literature that the lab's experiments compare
+    (gan/attention.py). Spelled `model.attn_lab.<key>`; configs saved before they moved here spelled them
+    `model.attn_<key>`, which still load (`LAB_KEYS`)."""
+
+    pairwise: str = _f(
+        "embedded_gaussian",
+        "pairwise function f of the non-local blocks (docs/attention.md, Pairwise functions)",
+        PAIRWISE,
+    )
+    temperature: float | None = _f(None, "t of pairwise=cosine, logits t cos(theta_i, phi_j); null: 8")
+    logit_scale: str = _f(
+        "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
+    )
+    gamma_init: float = _f(0.0, "start of the gamma gate (0: the block starts as the identity)")
+    qk_spectral_norm: bool = _f(
+        True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
+    )
+    position_max_side: int = _f(
+        0, "relative position term on the softmax logits, for feature maps with sides up to this (0: none)"
+    )
 
 
-def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help, "choices": choices}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
+# Where the research options lived before `model.attn_lab`: old key -> new key inside model.attn_lab
+LAB_KEYS = {
+    f"attn_{name}": name for name in ("pairwise", "temperature", "logit_scale", "gamma_init", "qk_spectral_norm")
+}
 
 
 @dataclass
@@ -48,31 +67,20 @@ class ModelConfig:
     d_width: int = _f(128, "discriminator base width (32x32: channels of every block; 64/128: BigGAN `ch`)")
     g_attention: list[int] = _f([16], "feature-map sides at which G gets a non-local block ([] for none)")
     d_attention: list[int] = _f([16], "feature-map sides at which D gets a non-local block ([] for none)")
-    attn_pairwise: str = _f(
-        "embedded_gaussian",
-        "pairwise function f of the non-local blocks (l2: -dist(theta_i, theta_j)^2 / sqrt(d); cosine: t cos)",
-        PAIRWISE,
-    )
-    attn_temperature: float = _f(8.0, "t of attn_pairwise=cosine: logits t cos(theta_i, phi_j) (unused otherwise)")
     attn_qk_divisor: int = _f(8, "theta/phi channels = block channels // this")
     attn_v_divisor: int = _f(2, "g channels = block channels // this")
     attn_subsample: bool = _f(True, "2x2 max-pool phi(x) and g(x) (4x fewer keys)")
     attn_gate: str = _f(
         "gamma",
-        "residual gate: learnable gamma at 0 (SAGAN), zero-initialised output conv, or per-channel gains tanh(a), a "
-        "at 0; in the probe zero_init and channel opened in every seed on the built-in objects where gamma opened "
-        "in half, but in half on small objects, where optim.attn_lr_mult=10 was the reliable lever "
-        "(docs/attention_opens.md); in the GAN ladder's local D gamma opened in every seed (docs/local_d.md)",
+        "residual gate of the non-local blocks: a learnable gamma starting at 0 (SAGAN), a zero-initialised output "
+        "conv, or per-channel gains tanh(a) with a starting at 0 (docs/attention.md, Gates)",
         GATES,
     )
-    attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (embedded Gaussian)")
-    attn_logit_scale: str = _f(
-        "one", "factor on the softmax logits: 1 (SAGAN), 1/sqrt(d_qk), or a learned temperature", LOGIT_SCALES
+    attn_heads: int = _f(
+        1, "attention heads of the non-local blocks, splitting theta/phi and g (1: SAGAN's single head)"
     )
-    attn_gamma_init: float = _f(0.0, "start of the gamma gate (0: the block starts as the identity)")
-    attn_qk_spectral_norm: bool = _f(
-        True, "spectral normalisation on theta/phi as on g/out (false: g/out only; no effect without SN)"
-    )
+    attn_fused: bool = _f(True, "use scaled_dot_product_attention when weights are not needed (softmax functions)")
+    attn_lab: AttnLabConfig = field(default_factory=AttnLabConfig)  # the block's research options (above)
     g_spectral_norm: bool = _f(True, "spectral normalisation on every G conv / linear")
     g_shared_dim: int = _f(
         0, "BigGAN's shared class embedding width; G's BN gain/bias become linear in it (0: a gain/bias table per BN)"
@@ -204,139 +212,15 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checking and merging
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return f"list of {typing.get_args(tp)[0].__name__}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any, choices: tuple | None) -> Any:
-    """Check `value` against the field type; return it (ints widen to floats). Raise ConfigError."""
-    origin = typing.get_origin(tp)
-    nullable = origin in (typing.Union, types.UnionType)  # `X | None`: null, or an X
-    if nullable:
-        if value is None:
-            return None
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a {_type_name(tp)}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp, choices) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-4` (no dot) as a string; accept any spelling Python reads as a number.
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if tp is str and isinstance(value, bool) and choices is not None:
-        # YAML 1.1 reads `no` / `off` (and `yes` / `on`) as booleans: `train.mixed_precision=no` means "no".
-        spellings = ("no", "off", "false") if value is False else ("yes", "on", "true")
-        value = next((c for c in choices if c in spellings), value)
-    ok = (
-        (tp is bool and isinstance(value, bool))
-        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
-    )
-    if not ok:
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}{' or null' if nullable else ''}, got {value!r}")
-    if tp is float:
-        value = float(value)
-    if choices is not None and value not in choices:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return value
-
-
-def _fields(obj: Any) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
-
-
-def _apply(obj: Any, delta: dict, prefix: str = "") -> None:
-    fields = _fields(obj)
-    hints = typing.get_type_hints(type(obj))
-    for name, value in delta.items():
-        key = f"{prefix}{name}"
-        if name not in fields:
-            raise ConfigError(f"unknown config key '{key}'; accepted: {', '.join(f'{prefix}{n}' for n in fields)}")
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"config key '{key}' is a section; give it a mapping of {', '.join(_fields(current))}"
-                )
-            _apply(current, value, prefix=f"{key}.")
-        else:
-            setattr(obj, name, _coerce(key, value, hints[name], fields[name].metadata.get("choices")))
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's problem and its context in one line, e.g. "expected ',' or ']', but got ':' (while parsing a
-    flow sequence)", without the source excerpt that follows them."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    return f"{problem} ({context})" if context else problem
-
-
-def parse_overrides(words: list[str]) -> dict:
-    """Turn `["train.steps=10", "model.g_attention=[16,32]"]` into a nested dict (values parsed as YAML)."""
-    delta: dict = {}
-    for word in words:
-        if "=" not in word:
-            raise ConfigError(f"override '{word}' is not of the form key.sub=value")
-        dotted, raw = word.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"override '{word}': the value is not valid YAML ({_yaml_problem(exc)}); "
-                "close every bracket, e.g. model.g_attention=[16,32], and quote text holding ':' or '['"
-            ) from None
-        node = delta
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{word}' conflicts with an earlier override of '{part}'")
-        node[parts[-1]] = value
-    return delta
-
-
-def _read_delta(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
-    """The deltas a YAML file stands for: its `base:` file's first (recursively), then its own."""
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass one of configs/*.yaml")
-    if path.resolve() in seen:
-        raise ConfigError(f"config file '{path}' names itself as a base through {' -> '.join(map(str, seen))}")
-    try:
-        delta = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}'{where} is not valid YAML: {_yaml_problem(exc)}") from None
-    if not isinstance(delta, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections (model, data, ...)")
-    base = delta.pop("base", None)
-    if base is None:
-        return [delta]
-    if not isinstance(base, str):
-        raise ConfigError(f"config file '{path}': 'base' must be the path of another config file")
-    return [*_read_delta(path.parent / base, (*seen, path.resolve())), delta]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file's delta (after its `base:` file's, if it names one), then the overrides.
 
     Raises ConfigError on any bad input."""
     cfg = Config()
     if path is not None:
-        for delta in _read_delta(Path(path)):
-            _apply(cfg, delta)
-    _apply(cfg, parse_overrides(overrides or []))
+        for delta in read_deltas(Path(path)):
+            apply_delta(cfg, _upgrade(delta))
+    apply_delta(cfg, _upgrade(parse_overrides(overrides or [])))
     validate(cfg)
     return cfg
 
@@ -350,23 +234,16 @@ def validate(cfg: Config) -> None:
                 f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
                 f"use powers of two from 4 to {m.resolution}"
             )
-    if m.attn_logit_scale != "one" and m.attn_pairwise not in SOFTMAX_PAIRWISE:
-        raise ConfigError(
-            f"config key 'model.attn_logit_scale' scales softmax logits; model.attn_pairwise={m.attn_pairwise!r} "
-            f"has none: use one, or a pairwise function among {', '.join(SOFTMAX_PAIRWISE)}"
-        )
-    if m.attn_gamma_init != 0.0 and m.attn_gate != "gamma":
-        raise ConfigError(
-            "config key 'model.attn_gamma_init' needs model.attn_gate=gamma (the other gate has no gamma)"
-        )
+    try:
+        check_block_options(**attention_options(m))
+    except OptionError as exc:
+        raise option_error(exc) from None
     for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key '{key}' must be at least 1")
     if cfg.train.threads < 0:
         raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
-    if not cfg.model.attn_temperature > 0:
-        raise ConfigError("config key 'model.attn_temperature' must be positive (cosine logits lie in [-t, t])")
     if cfg.data.subset < 0:
         raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -380,6 +257,56 @@ def validate(cfg: Config) -> None:
         for metric in names:
             if metric not in METRICS:
                 raise ConfigError(f"config key '{key}' accepts {', '.join(METRICS)}; got {metric!r}")
+
+
+# The config key of each block option that a config sets (gan/attention_rules.py names the option at fault)
+OPTION_KEYS = {
+    "pairwise": "model.attn_lab.pairwise",
+    "gate": "model.attn_gate",
+    "logit_scale": "model.attn_lab.logit_scale",
+    "temperature": "model.attn_lab.temperature",
+    "gamma_init": "model.attn_lab.gamma_init",
+    "subsample": "model.attn_subsample",
+    "heads": "model.attn_heads",
+    "position_max_side": "model.attn_lab.position_max_side",
+}
+
+
+def option_error(exc: OptionError) -> ConfigError:
+    """A block option's error as the config's one line, naming the key that sets it."""
+    return ConfigError(f"config key '{OPTION_KEYS[exc.option]}': {exc}")
+
+
+def attention_options(m: ModelConfig) -> dict[str, Any]:
+    """The non-local block options a model config sets, as NonLocalBlock's keyword arguments (the same for every
+    block; gan.models adds the widths, spectral normalisation and `fused`). gan/attention_rules.py checks them."""
+    lab = m.attn_lab
+    return {
+        "pairwise": lab.pairwise,
+        "gate": m.attn_gate,
+        "logit_scale": lab.logit_scale,
+        "temperature": lab.temperature,
+        "gamma_init": lab.gamma_init,
+        "subsample": m.attn_subsample,
+        "heads": m.attn_heads,
+        "position_max_side": lab.position_max_side,
+    }
+
+
+def _upgrade(delta: dict) -> dict:
+    """`delta` with the research options' old flat spelling (`model.attn_pairwise`, ...; LAB_KEYS) moved under
+    `model.attn_lab`, the one place old configs, run directories and exports are mapped to today's keys. A config
+    saved whole before the move holds attn_temperature (then 8.0, used by cosine only) beside every pairwise
+    function; where it names another function than cosine, the unused temperature is dropped."""
+    model = delta.get("model")
+    if not isinstance(model, dict) or not model.keys() & LAB_KEYS.keys():
+        return delta
+    model = dict(model)
+    lab = dict(model.get("attn_lab") or {})
+    if model.get("attn_pairwise", "cosine") != "cosine":
+        model.pop("attn_temperature", None)
+    lab.update({LAB_KEYS[old]: model.pop(old) for old in list(model) if old in LAB_KEYS})
+    return {**delta, "model": {**model, "attn_lab": lab}}
 
 
 def _validate_augmentation(cfg: Config) -> None:
@@ -410,7 +337,7 @@ def to_dict(cfg: Config) -> dict:
 def from_dict(data: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. a checkpoint's config.json); same checks as a YAML file."""
     cfg = Config()
-    _apply(cfg, data)
+    apply_delta(cfg, _upgrade(data))
     validate(cfg)
     return cfg
 
@@ -421,11 +348,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def describe() -> str:
     """Every key with its default and meaning, for `--help-config` and the README."""
-    lines = []
-    for section in dataclasses.fields(Config):
-        sub = getattr(Config(), section.name)
-        for f in dataclasses.fields(sub):
-            choices = f.metadata.get("choices")
-            extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
-            lines.append(f"{section.name}.{f.name} = {getattr(sub, f.name)!r}: {f.metadata['help']}{extra}")
-    return "\n".join(lines)
+    return "\n".join(describe_fields(Config()))

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gan import viz  # noqa: E402
-from gan.attention import AttentionRecord, attention_blocks, record_attention  # noqa: E402
+from gan.attention import AttentionRecord, attention_blocks, gate_of, record_attention  # noqa: E402
 from gan.config import Config, ConfigError  # noqa: E402
 from gan.errors import UserError  # noqa: E402
 from gan.runtime import eval_mode  # noqa: E402
@@ -195,21 +195,23 @@ class Explorer:
         for tag, block, rec in named:
             hq, wq = rec.query_hw
             cell = (row * hq // h, col * wq // w)  # the query cell holding the pixel, as gan.viz maps it
-            gamma = block.gate_value() if block.gate == "gamma" else None
+            kind, value = gate_of(block)
+            gamma = value if kind == "gamma" else None
             info["blocks"].append(
                 {
                     "network": tag,
                     "block": rec.name,
                     "resolution": [hq, wq],
                     "key_grid": list(rec.key_hw),
-                    "gamma": gamma,
+                    "gamma": gamma,  # None under another gate (its kind and value below)
+                    "gate": {"kind": kind, "value": value},
                     "query_cell": list(cell),
                     "weights": rec.weights[0, cell[0] * wq + cell[1]].tolist(),  # (Hk*Wk,) row-major keys
                     "uniform_weight": 1.0 / (rec.key_hw[0] * rec.key_hw[1]),
                     "entropy_of_uniform": viz.entropy_fraction(rec.weights[0]),  # over every query of the image
                 }
             )
-            gate = f"gamma={gamma:+.3f}" if gamma is not None else "no gamma"
+            gate = f"gamma={value:+.3f}" if kind == "gamma" else f"{kind} gate {value:.3f}"
             label = f"{tag} {rec.name.removeprefix('blocks.')} {hq}x{wq} {gate}"
             shown.append(dataclasses.replace(rec, name=label))
         if not shown:

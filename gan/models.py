@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan.attention import NonLocalBlock
-from gan.config import Config, ConfigError, ModelConfig
+from gan.attention_rules import OptionError
+from gan.config import Config, ConfigError, ModelConfig, attention_options, option_error
 from gan.layers import (
     ConditionalBatchNorm2d,
     DBlock,
@@ -68,20 +69,19 @@ def _check_resolution(cfg: ModelConfig) -> None:
 
 
 def _attention(cfg: ModelConfig, channels: int, sn: bool) -> NonLocalBlock:
-    return NonLocalBlock(
-        channels,
-        pairwise=cfg.attn_pairwise,
-        qk_channels=max(channels // cfg.attn_qk_divisor, 1),
-        v_channels=max(channels // cfg.attn_v_divisor, 1),
-        subsample=cfg.attn_subsample,
-        gate=cfg.attn_gate,
-        spectral_norm=sn,
-        fused=cfg.attn_fused,
-        logit_scale=cfg.attn_logit_scale,
-        gamma_init=cfg.attn_gamma_init,
-        qk_spectral_norm=sn and cfg.attn_qk_spectral_norm,
-        temperature=cfg.attn_temperature if cfg.attn_pairwise == "cosine" else None,
-    )
+    """A block of `channels`; options that do not fit its widths (heads) fail as the config's one line."""
+    try:
+        return NonLocalBlock(
+            channels,
+            qk_channels=max(channels // cfg.attn_qk_divisor, 1),
+            v_channels=max(channels // cfg.attn_v_divisor, 1),
+            spectral_norm=sn,
+            fused=cfg.attn_fused,
+            qk_spectral_norm=sn and cfg.attn_lab.qk_spectral_norm,
+            **attention_options(cfg),
+        )
+    except OptionError as exc:
+        raise option_error(exc) from None
 
 
 def _z_chunk(cfg: ModelConfig, n_blocks: int) -> int:

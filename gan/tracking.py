@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from gan.attention import attention_blocks, attention_entropy, record_attention
+from gan.attention import attention_blocks, attention_entropy, gate_of, record_attention
 from gan.files import append_line
 from gan.runtime import eval_mode
 
 
 def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) -> dict[str, float]:
-    """How far every attention block of G (on z) and D (on real images) has opened: its gamma (SAGAN's gate) or,
-    under the zero-initialised output gate, the Frobenius norm of `out`'s weight (`out_norm/`, 0 at init), and
-    the mean row entropy of its attention."""
+    """How far every attention block of G (on z) and D (on real images) has opened, `gate/<kind>/<net>.<block>`
+    (gan.attention.gate_of: gamma, the norm of `out`'s weight under the zero-initialised gate, or the RMS of
+    tanh(a) under the channel gate; 0 at init), and the mean row entropy of its attention."""
     out: dict[str, float] = {}
     for tag, net, args in (("G", G, (z, y)), ("D", D, (real, y_real))):
         blocks = attention_blocks(net)
@@ -30,7 +30,8 @@ def attention_stats(G: torch.nn.Module, D: torch.nn.Module, z, y, real, y_real) 
         with eval_mode(net), record_attention(net) as records:
             net(*args)
         for (name, block), record in zip(blocks, records):
-            out[f"{'gamma' if block.gate == 'gamma' else 'out_norm'}/{tag}.{name}"] = block.gate_value()
+            kind, value = gate_of(block)
+            out[f"gate/{kind}/{tag}.{name}"] = value
             out[f"attn_entropy/{tag}.{name}"] = attention_entropy(record.weights).item()
     return out
 

@@ -145,8 +145,8 @@ def test_tiny_run_end_to_end(tmp_path):
     assert (out / "ablation" / "figures" / "ablation_plot.png").is_file()
     records = [json.loads(x) for x in (out / "ablation/runs/gd32/seed0/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    last = records[-1]["gamma/G.blocks.attn32"]
-    assert f"| `gd32` | G.blocks.attn32 | {records[0]['gamma/G.blocks.attn32']:+.4f} +/- 0.0000 (1) |" in summary
+    last = records[-1]["gate/gamma/G.blocks.attn32"]
+    assert f"| `gd32` | G.blocks.attn32 | {records[0]['gate/gamma/G.blocks.attn32']:+.4f} +/- 0.0000 (1) |" in summary
     assert f" {last:+.4f} +/- 0.0000 (1) |\n" in summary
 
     # the throughput table: one row per variant, finite losses, on the CPU

@@ -54,9 +54,9 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
         "d_fake",
         "images_per_s",
         "lr_g",
-        "gamma/G.blocks.attn16",
+        "gate/gamma/G.blocks.attn16",
         "attn_entropy/G.blocks.attn16",
-        "gamma/D.blocks.attn16",
+        "gate/gamma/D.blocks.attn16",
         "attn_entropy/D.blocks.attn16",
     ):
         assert key in rows[-1] and rows[-1][key] == rows[-1][key]  # present and not NaN
@@ -185,7 +185,10 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     [
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
-        (["model.attn_pairwise=sine"], "config key 'model.attn_pairwise' must be one of embedded_gaussian"),
+        (["model.attn_lab.pairwise=sine"], "config key 'model.attn_lab.pairwise' must be one of embedded_gaussian"),
+        # a contradictory pair of block options, in the old flat spelling too: the config refuses it (one rule set)
+        (["model.attn_pairwise=l2", "model.attn_logit_scale=inv_sqrt_d"], "config key 'model.attn_lab.logit_scale'"),
+        (["model.attn_lab.pairwise=cosine", "model.attn_lab.temperature=0"], "temperature must be positive"),
         pytest.param(
             ["model.d_depth=1", "model.d_attention=[4]"],
             "config key 'model.d_attention' has side 4, which no block outputs at resolution 32; valid sides: 8, 16",

@@ -208,7 +208,7 @@ def test_run_and_report_end_to_end(tmp_path):
     assert s["setting"] == "runs" and s["steps"] == 2 and s["d_receptive_field"] == 48  # SAGAN's D at 32x32
     assert "model.d_width=16" in s["overrides"] and [e["step"] for e in s["losses"]] == [1, 2]
     assert s["scores"]["d_auc"] == json.loads((out / "gd16-zero" / "seed0" / "ablation_eval.json").read_text())["d_auc"]
-    assert list(s["d_look_share"]) == ["blocks.attn16"] and "out_norm/D.blocks.attn16" in s["gates"]
+    assert list(s["d_look_share"]) == ["blocks.attn16"] and "gate/zero_init/D.blocks.attn16" in s["gates"]
     (summaries / "runs_none_seed0.json").write_text("{}")  # written once: a second pass keeps what is there
     assert {} in local_d.summarise_ladder(tmp_path, summaries) and len(found) == 3
     (summaries / "runs_none_seed0.json").unlink()

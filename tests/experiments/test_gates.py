@@ -79,3 +79,39 @@ def test_plot_gates_draws_only_what_was_logged(tmp_path):
     assert gates.plot_gates(runs, True, tmp_path / "gates.png") and (tmp_path / "gates.png").stat().st_size > 0
     assert not gates.plot_gates({"none": runs["none"]}, True, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_gate_keys_read_in_both_spellings(tmp_path):
+    """train.py logs gate/<kind>/<block> (gan.attention.gate_of); runs logged before wrote gamma/ and out_norm/."""
+    assert gates.gate_key("gate/channel/D.blocks.attn16") == ("channel", "D.blocks.attn16")
+    assert gates.gate_key("gate/gamma/G.blocks.attn8") == ("gamma", "G.blocks.attn8")
+    assert gates.gate_key("gamma/G.blocks.attn8") == ("gamma", "G.blocks.attn8")
+    assert gates.gate_key("out_norm/D.blocks.attn8") == ("out_norm", "D.blocks.attn8")
+    assert gates.gate_key("attn_entropy/D.blocks.attn8") is None and gates.gate_key("loss_d") is None
+    runs = {
+        "new": {0: {"gates": {"gate/channel/D.blocks.attn16": 0.25, "attn_entropy/D.blocks.attn16": math.log(64)}}},
+        "old": {0: {"gates": {"gamma/D.blocks.attn16": 0.5, "attn_entropy/D.blocks.attn16": math.log(64)}}},
+        "zero": {0: {"gates": {"gate/zero_init/D.blocks.attn16": 0.75}}},
+    }
+    table = gates.gates_table(runs, subsample=True)
+    assert table[2] == "| `new` | D.blocks.attn16 | rms tanh(a) +0.2500 +/- 0.0000 | +0.2500 | 1.000 |"
+    assert table[3] == "| `old` | D.blocks.attn16 | gamma +0.5000 +/- 0.0000 | +0.5000 | 1.000 |"
+    assert table[4].startswith("| `zero` | D.blocks.attn16 | norm(out) +0.7500 +/- 0.0000 | +0.7500 | nan")
+    for arm, key in (("a", "gate/channel/D.blocks.attn8"), ("b", "out_norm/D.blocks.attn8")):
+        (tmp_path / arm / "seed0").mkdir(parents=True)
+        (tmp_path / arm / "seed0" / "metrics.jsonl").write_text(json.dumps({"step": 10, key: 0.5}) + "\n")
+    rows = gates.over_training_table(tmp_path, points=1)
+    assert rows[2:] == [
+        "| `a` | D.blocks.attn8 (rms tanh(a)) | +0.5000 +/- 0.0000 (1) |",
+        "| `b` | D.blocks.attn8 (norm(out)) | +0.5000 +/- 0.0000 (1) |",
+    ]
+
+
+def test_the_probe_labels_a_gate_by_its_logged_kind():
+    from experiments.long_range_probe import gate_label
+
+    old = {"gamma": float("nan"), "gate_value": 0.5, "out_weight_norm": 0.5}  # logged before gate_kind
+    assert gate_label(old) == "norm(out) 0.500"
+    assert gate_label({**old, "gate_kind": "zero_init"}) == "norm(out) 0.500"
+    assert gate_label({**old, "gate_kind": "channel"}) == "rms tanh(a) 0.500"  # equal floats: no guessing
+    assert gate_label({**old, "gate_kind": "gamma", "gate_value": -0.25}) == "gamma -0.2500"

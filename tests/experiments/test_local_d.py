@@ -70,3 +70,18 @@ def test_block_trajectories_read_each_quarter_of_the_run(tmp_path) -> None:
     assert f"| `blind16` | `d32-zero` | 2 | - / 0.250 / 0.350 / 0.650 | - / {4 / log_n:.3f} / " in text
     local_d.gates_figure(runs, tmp_path / "gates.png")
     assert (tmp_path / "gates.png").stat().st_size > 10_000
+
+
+def test_the_report_reads_the_gate_key_of_new_runs() -> None:
+    """Runs logged after the gate had its own key (gate/<kind>/<block>) read as the old ones did."""
+    old = _summary("blind16", 16, "d32-zero", 0, 0.6, 0.9)
+    new = {**old, "gates": {"gate/zero_init/D.blocks.attn32": [[50, 0.1], [100, 0.25]],
+                            "attn_entropy/D.blocks.attn32": [[100, 2.0]]}}  # fmt: skip
+    old_row, new_row = (
+        next(
+            line for line in local_d.ladder_report([s]).splitlines() if line.startswith("| `blind16` | `d32-zero` | 0")
+        )
+        for s in (old, new)
+    )
+    assert new_row == old_row.replace("out_norm 0.250", "zero_init 0.250")
+    assert str(local_d.block_trajectories([new])) == str(local_d.block_trajectories([old]))  # NaN before the log

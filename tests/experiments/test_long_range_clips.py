@@ -286,7 +286,7 @@ def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None
     assert mass.shape == (6, 4)
     torch.testing.assert_close(mass.sum(1), torch.ones(6))
     # hand-made weights: uniform over the 256 keys -> 1/4 per slot
-    model.attention._weights = lambda q, k: torch.full((q.shape[0], q.shape[1], k.shape[1]), 1 / k.shape[1])
+    model.attention._weights = lambda q, k, bias=None: torch.full((q.shape[0], q.shape[1], k.shape[1]), 1 / k.shape[1])
     torch.testing.assert_close(clips_probe.frame_attention(model, x), torch.full((6, 4), 0.25))
     # frame 0's object cells look at slot 3 (frames 6-7), every other query at slot 0 (or 1 for frame 0's background)
     cells = clips_probe.first_object_cells(x)  # (6, 16, 16)

@@ -184,7 +184,7 @@ def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queri
     block = models["attn_qk4_inv_sqrt_d"].attention
     assert block.qk_channels == 4
     with torch.no_grad():
-        q, k, _, _ = block._project(models["attn_qk4_inv_sqrt_d"].stem(x))  # (B, 1024, 4), (B, 256, 4)
+        q, k, _, _ = block.project(models["attn_qk4_inv_sqrt_d"].stem(x))  # (B, 1024, 4), (B, 256, 4)
         expected = torch.softmax(q.double() @ k.double().transpose(1, 2) / 2.0, dim=-1)
         torch.testing.assert_close(block._weights(q, k).double(), expected, rtol=1e-5, atol=1e-7)
         assert not torch.equal(models["attn_qk4"](x), models["attn_qk4_inv_sqrt_d"](x))

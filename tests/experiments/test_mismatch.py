@@ -118,12 +118,11 @@ def test_object_look_share_hand_built_attention() -> None:
 
 def test_d_look_share_of_a_real_d_with_uniform_attention_is_the_uniform_share() -> None:
     from experiments.mismatch import d_look_share
-    from gan.config import ModelConfig
+    from gan.config import AttnLabConfig, ModelConfig
     from gan.models import Discriminator
 
-    cfg = ModelConfig(
-        resolution=32, image_channels=1, num_classes=4, d_width=8, d_attention=[16], attn_logit_scale="learned"
-    )
+    lab = AttnLabConfig(logit_scale="learned")
+    cfg = ModelConfig(resolution=32, image_channels=1, num_classes=4, d_width=8, d_attention=[16], attn_lab=lab)
     torch.manual_seed(0)
     d = Discriminator(cfg).eval()
     (name, block), *rest = [(n, m) for n, m in d.named_modules() if hasattr(m, "log_tau")]

@@ -157,7 +157,7 @@ def test_config_reaches_the_blocks() -> None:
     cfg = load_config(None, ["model.resolution=32", "model.d_width=16", "model.attn_pairwise=l2"])
     ((_, block),) = attention_blocks(Discriminator(cfg.model))
     assert (block.pairwise, block.temperature) == ("l2", None)
-    with pytest.raises(ConfigError, match="'model.attn_temperature' must be positive"):
+    with pytest.raises(ConfigError, match="'model.attn_lab.temperature': temperature must be positive"):
         load_config(None, ["model.attn_temperature=0"])
 
 

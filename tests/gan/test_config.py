@@ -123,8 +123,16 @@ def test_round_trip_through_yaml_and_dict(tmp_path):
 def test_describe_lists_every_key_with_a_meaning():
     lines = describe().splitlines()
     keys = [line.split(" = ")[0] for line in lines]
-    flat = [f"{s}.{k}" for s, sub in to_dict(Config()).items() for k in sub]
-    assert keys == flat
+
+    def flat(d: dict, prefix: str = "") -> list[str]:  # nested sections (model.attn_lab) one key a line
+        return [
+            k
+            for name, v in d.items()
+            for k in (flat(v, f"{prefix}{name}.") if isinstance(v, dict) else [prefix + name])
+        ]
+
+    assert keys == flat(to_dict(Config()))
+    assert "model.attn_lab.pairwise" in keys
     assert all(line.split(": ", 1)[1].strip() for line in lines)
 
 
@@ -161,8 +169,12 @@ def test_docs_config_reference_is_exactly_the_help_config_output(capsys):
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["model.attn_logit_scale=inv_sqrt_d", "model.attn_pairwise=dot_product"], "model.attn_logit_scale"),
-        (["model.attn_gamma_init=0.1", "model.attn_gate=zero_init"], "model.attn_gamma_init"),
+        (
+            ["model.attn_lab.logit_scale=inv_sqrt_d", "model.attn_lab.pairwise=dot_product"],
+            "model.attn_lab.logit_scale",
+        ),
+        (["model.attn_lab.gamma_init=0.1", "model.attn_gate=zero_init"], "model.attn_lab.gamma_init"),
+        (["model.attn_lab.pairwise=l2", "model.attn_lab.logit_scale=inv_sqrt_d"], "model.attn_lab.logit_scale"),
     ],
 )
 def test_attention_levers_that_do_not_fit_are_one_line_errors(overrides, key):
@@ -176,12 +188,13 @@ def test_choice_lists_are_written_once():
     import dataclasses
 
     from gan import attention, choices, registry
-    from gan.config import DataConfig, ModelConfig
+    from gan.config import AttnLabConfig, DataConfig, ModelConfig
 
-    choice = {f.name: f.metadata["choices"] for cls in (ModelConfig, DataConfig) for f in dataclasses.fields(cls)}
-    assert choice["attn_pairwise"] is choices.PAIRWISE is attention.PAIRWISE
+    classes = (ModelConfig, AttnLabConfig, DataConfig)
+    choice = {f.name: f.metadata.get("choices") for cls in classes for f in dataclasses.fields(cls)}
+    assert choice["pairwise"] is choices.PAIRWISE is attention.PAIRWISE
     assert choice["attn_gate"] is choices.GATES is attention.GATES
-    assert choice["attn_logit_scale"] is choices.LOGIT_SCALES is attention.LOGIT_SCALES
+    assert choice["logit_scale"] is choices.LOGIT_SCALES is attention.LOGIT_SCALES
     assert choice["dataset"] == tuple(registry.DATASETS)
     with pytest.raises(ConfigError, match="accepts " + ", ".join(registry.METRICS)):
         load_config(None, ["eval.metrics=[nope]"])

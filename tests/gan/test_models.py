@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from gan.attention import NonLocalBlock, attention_blocks, record_attention
-from gan.config import ConfigError, ModelConfig
+from gan.config import AttnLabConfig, ConfigError, ModelConfig
 from gan.layers import ConditionalBatchNorm2d, DBlock, DBlockOptimized, GBlock
 from gan.models import Discriminator, Generator
 
@@ -119,7 +119,7 @@ def test_attention_options_come_from_config():
     cfg = tiny(
         32,
         g_width=16,
-        attn_pairwise="dot_product",
+        attn_lab=AttnLabConfig(pairwise="dot_product"),
         attn_qk_divisor=4,
         attn_v_divisor=1,
         attn_subsample=False,
@@ -135,7 +135,7 @@ def test_attention_options_come_from_config():
 
 
 def test_attention_levers_come_from_config():
-    cfg = tiny(32, attn_logit_scale="learned", attn_gamma_init=0.25, attn_qk_spectral_norm=False)
+    cfg = tiny(32, attn_lab=AttnLabConfig(logit_scale="learned", gamma_init=0.25, qk_spectral_norm=False))
     ((_, g_block),) = attention_blocks(Generator(cfg))
     assert g_block.logit_scale == "learned" and "log_tau" in dict(g_block.named_parameters())
     assert g_block.gate_value() == 0.25

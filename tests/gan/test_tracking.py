@@ -24,8 +24,8 @@ SCALARS = {
     "lr_g",
     "lr_d",
     "images_per_s",
-    "gamma/G.blocks.attn16",
-    "gamma/D.blocks.attn16",
+    "gate/gamma/G.blocks.attn16",
+    "gate/gamma/D.blocks.attn16",
     "attn_entropy/G.blocks.attn16",
     "attn_entropy/D.blocks.attn16",
 }
@@ -122,7 +122,7 @@ class _TwoArgs(torch.nn.Module):
         return self.attn(x)
 
 
-@pytest.mark.parametrize("gate", ["gamma", "zero_init"])
+@pytest.mark.parametrize("gate", ["gamma", "zero_init", "channel"])
 def test_attention_stats_logs_each_gate_and_entropy(gate):
     torch.manual_seed(0)
     G, D = _TwoArgs(gate), _TwoArgs(gate)
@@ -130,17 +130,21 @@ def test_attention_stats_logs_each_gate_and_entropy(gate):
         for net in (G, D):
             if gate == "gamma":
                 net.attn.gamma.fill_(0.25)
+            elif gate == "channel":
+                net.attn.gain.copy_(torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
             else:
                 net.attn.out.weight.copy_(torch.arange(net.attn.out.weight.numel()).view_as(net.attn.out.weight))
     x = torch.randn(2, 8, 4, 4)
     stats = attention_stats(G, D, x, None, x, None)
+    n = 8 * (8 // 2)
+    expected_gate = {  # by hand: gamma; sqrt(0^2 + 1^2 + ... + (n-1)^2); the RMS of tanh(a) over 8 channels
+        "gamma": 0.25,
+        "zero_init": math.sqrt(sum(i * i for i in range(n))),
+        "channel": math.sqrt((2 * math.tanh(0.5) ** 2 + math.tanh(1.0) ** 2) / 8),
+    }[gate]
+    assert {k for k in stats if not k.startswith("attn_entropy/")} == {f"gate/{gate}/G.attn", f"gate/{gate}/D.attn"}
     for tag in ("G", "D"):
-        if gate == "gamma":
-            assert stats[f"gamma/{tag}.attn"] == 0.25 and f"out_norm/{tag}.attn" not in stats
-        else:  # the Frobenius norm of out's weight, by hand: sqrt(0^2 + 1^2 + ... + (n-1)^2)
-            n = 8 * (8 // 2)
-            assert stats[f"out_norm/{tag}.attn"] == pytest.approx(math.sqrt(sum(i * i for i in range(n))))
-            assert f"gamma/{tag}.attn" not in stats
+        assert stats[f"gate/{gate}/{tag}.attn"] == pytest.approx(expected_gate)
         # entropy of the softmax rows of theta^T phi over the 16 positions, from the block's own projections
         block = (G if tag == "G" else D).attn
         theta = block.theta(x).flatten(2).double()
