@@ -328,8 +328,10 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
     against their incoherent versions (experiments.mismatch.mismatch_auc)."""
     import torch
 
-    from gan import registry, viz
+    from gan import registry
+    from gan.attention_maps import attention_figures, save_attention_figure
     from gan.data import build_dataset
+    from gan.grids import save_image_grid
     from gan.metrics import cache_root, evaluate
     from gan.models import load_discriminator, load_generator
     from gan.sampling import sample_images
@@ -362,14 +364,14 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
 
     figures = run_dir / "ablation"
     images = sample_images(G, min(GRID_IMAGES, num_samples), SAMPLE_SEED)  # the first images the scores saw
-    viz.save_image_grid(images[:GRID_IMAGES], figures / "samples.png", nrow=8)
+    save_image_grid(images[:GRID_IMAGES], figures / "samples.png", nrow=8)
     z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))
     y = torch.arange(4) % cfg.model.num_classes if cfg.model.num_classes else None
     data = build_dataset(cfg.data, cfg.model)
     real = torch.stack([data[i][0] for i in range(4)])
     labels = torch.tensor([data[i][1] for i in range(4)]) if cfg.model.num_classes else None
-    for net, figure in viz.attention_figures(G, D, z, y, real, labels).items():
-        viz.save_attention_figure(figure, figures / f"attention_{net}.png")
+    for net, figure in attention_figures(G, D, z, y, real, labels).items():
+        save_attention_figure(figure, figures / f"attention_{net}.png")
     result["eval_seconds"] = time.perf_counter() - start
     (run_dir / "ablation_eval.json").write_text(json.dumps(result, indent=1))
     return result

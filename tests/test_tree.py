@@ -17,7 +17,7 @@ ENTRY_SCRIPTS = ("train", "sample", "evaluate", "explore")
 
 
 def imported_names(tree: ast.AST) -> set[str]:
-    """Every dotted name a module imports, anywhere in it ("from gan import viz" -> "gan", "gan.viz")."""
+    """Every dotted name a module imports, anywhere in it ("from gan import grids" -> "gan", "gan.grids")."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
