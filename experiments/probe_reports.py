@@ -95,8 +95,9 @@ DEAD = 0.01  # a trunk counts as dead when at most 1% of its outputs pass the fi
 
 def cells_report(args: argparse.Namespace) -> None:
     """The tables of docs/attention_opens.md: every (cell, arm) under --out at depth --depths[0], the
-    attention runs one by one, and each attention arm against the conv arm of its cell (else of the cell that
-    differs only in the block's stream and stage, which a conv arm does not have; else of r64)."""
+    attention runs one by one, and each attention arm against the conv arm of its cell, else of `conv_cell`:
+    the same data and every other setting a conv arm has (an attention cell with no such conv run gets no
+    verdict, never another data's control)."""
     gap = object_gap(args.resolution)
     groups: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(Path(args.out).glob(f"r{args.resolution}*/*/depth{args.depths[0]}/seed*.json")):
@@ -142,12 +143,15 @@ def cells_report(args: argparse.Namespace) -> None:
     print("| cell | arm | control | diff of means | pooled std | Welch t | verdict |")
     print("|---|---|---|---|---|---|---|")
     for cell, arm in order:
-        # a conv arm has no block, so neither the block's stream nor its stage matters to it: the control's cell
-        # is this run's settings with those two at their defaults (runs from before a setting existed lack it)
-        blockless = {**CELL_DEFAULTS, **groups[(cell, arm)][0]["settings"], "stage": 0, "block_init": "own"}
-        candidates = (cell, cell_tag(argparse.Namespace(**blockless)), f"r{args.resolution}")
-        control = next(((c, "conv") for c in candidates if (c, "conv") in groups), None)
-        if ARMS[arm]["attention"] is None or control is None:
+        if ARMS[arm]["attention"] is None:
+            continue
+        control = next(
+            ((c, "conv") for c in (cell, conv_cell(groups[(cell, arm)][0]["settings"])) if (c, "conv") in groups), None
+        )
+        if control is None:  # no conv arm was run on this cell's data and settings: no verdict, said so
+            print(
+                f"| `{cell}` | `{arm}` | none: no `conv` run at `{conv_cell(groups[(cell, arm)][0]['settings'])}` | - | - | - | no control |"
+            )
             continue
         c = compare(arm, [r["test_acc"] for r in groups[(cell, arm)]], [r["test_acc"] for r in groups[control]], True)
         print(
@@ -160,6 +164,13 @@ def cells_report(args: argparse.Namespace) -> None:
             f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s of training in all; "
             f"settings of the first: {runs[0]['settings']}; machine: {runs[0]['machine']}"
         )
+
+
+def conv_cell(settings: dict) -> str:
+    """The folder of the conv arm a run with these `settings` is held against: the same data, variant, width,
+    batch, read-out, image stream and resolution; a conv arm has no block, so the block's stage and stream are
+    at their defaults (runs from before a setting existed lack it: its default)."""
+    return cell_tag(argparse.Namespace(**{**CELL_DEFAULTS, **settings, "stage": 0, "block_init": "own"}))
 
 
 def _opened(result: dict, gap: int) -> bool:

@@ -157,3 +157,36 @@ def test_cells_run_and_report_end_to_end(tmp_path, capsys) -> None:
     assert "| `r64-stage1-b4` | `attn_channel` | `r64-b4` `conv` |" in printed
     # the shared-stream cell is held against the conv arm of the same setting, which has no block to draw
     assert "| `r64-stage1-b4-sharedinit` | `attn_channel` | `r64-b4` `conv` |" in printed
+
+
+def _fake_run(out, cell: str, arm: str, seed: int, acc: float, **settings) -> None:
+    """A run summary with the fields `cells` reads (a conv-only ERF, so no run counts as opened)."""
+    e = {"gamma": 0.0, "entropy_ratio": 1.0, "grad_theta": 1.0, "grad_g": 1.0, "out_weight_norm": 1.0}
+    path = out / cell / arm / "depth1" / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {**probe_training.CELL_DEFAULTS, "resolution": 64, "steps": 10, **settings}
+    result = {"arm": arm, "seed": seed, "test_acc": acc, "settings": full, "cpu_s": 1.0, "log": [e],
+              "erf_profile": [[0.0, 1.0]], "machine": "m"}  # fmt: skip
+    path.write_text(json.dumps(result))
+
+
+def test_a_cells_control_is_the_conv_arm_of_the_same_data_and_settings(tmp_path, capsys) -> None:
+    """Issue 33: the combined cell (black objects) was held against the built-in objects' conv arm (r64)."""
+    for seed, acc in enumerate((0.50, 0.52)):
+        _fake_run(tmp_path, "r64", "conv", seed, acc)  # the built-in objects' conv arm
+        _fake_run(tmp_path, "r64-black", "conv", seed, acc - 0.02)  # the black objects' conv arm: 0.48, 0.50
+    for seed, acc in enumerate((0.60, 0.70)):
+        black = {"data": "black", "block_init": "shared"}
+        _fake_run(tmp_path, "r64-stage1-black-sharedinit", "attn_lr10", seed, acc, stage=1, **black)
+        _fake_run(tmp_path, "r64-fresh-black-sharedinit", "attn_lr10", seed, acc, fresh=True, **black)
+    assert (
+        probe_reports.conv_cell({"resolution": 64, "data": "black", "stage": 1, "block_init": "shared"}) == "r64-black"
+    )
+    long_range_probe.main(["cells", "--depths", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    # stage and stream are the block's: the same data's conv arm; diff of means 0.65 - 0.49 = +0.160, by hand
+    assert "| `r64-stage1-black-sharedinit` | `attn_lr10` | `r64-black` `conv` | +0.160 |" in printed
+    # fresh black images: no conv arm was run on them, so no verdict, and never r64's or r64-black's
+    row = "| `r64-fresh-black-sharedinit` | `attn_lr10` | none: no `conv` run at `r64-fresh-black` | - | - | - | no control |"
+    assert row in printed
+    assert "`r64` `conv`" not in printed
