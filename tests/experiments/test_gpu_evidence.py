@@ -135,7 +135,7 @@ def test_tiny_run_end_to_end(tmp_path):
 
     # the ablation: the three arms, seed 0, 4 steps each, evaluated; its report; gamma over training
     for arm in ("none", "gd32", "gd32-lr10"):
-        ev = json.loads((out / "ablation" / "runs" / arm / "seed0" / "ablation_eval.json").read_text())
+        ev = json.loads((out / "ablation" / "runs" / arm / "seed0" / "eval.json").read_text())
         assert (ev["step"], ev["num_samples"], ev["dataset"]) == (4, 16, "builtin")
         assert (ev["params"]["G_attention"] > 0) == (arm != "none") and 0.0 <= ev["d_auc"] <= 1.0
     report = (out / "ablation" / "report.md").read_text()
