@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load_file
 
 from experiments.experiment import compare, verdict
+from experiments.long_range_data import TEST_SEED, pairs
+from experiments.long_range_model import Probe
 from experiments.mismatch import rank_auc
-from experiments.probe_data import TEST_SEED, pairs
-from experiments.probe_model import Probe
 from gan.synthetic import VARIANTS
 
 

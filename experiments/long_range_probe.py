@@ -21,8 +21,8 @@ the configuration that worked; each cell has its own folder (r64, r64-stage1, r6
         --arms attn_lr10 --stage 1 --out docs/attention_opens/runs     # --readout, --fresh, --data, --batch
     python -m experiments.long_range_probe cells --depths 1 --out docs/attention_opens/runs
 
-The probe lives in four modules: experiments/probe_data.py (the images), probe_model.py (the classifier and
-its arms), probe_training.py (the loop and the runs) and probe_reports.py (the tables); this one is their
+The probe lives in four modules: experiments/long_range_data.py (the images), long_range_model.py (the classifier and
+its arms), long_range_training.py (the loop and the runs) and long_range_reports.py (the tables); this one is their
 command line.
 """
 
@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.probe_data import DATASETS
-from experiments.probe_model import ARMS, BLOCK_INITS, READOUTS
-from experiments.probe_reports import cells_report, report
-from experiments.probe_training import run
+from experiments.long_range_data import DATASETS
+from experiments.long_range_model import ARMS, BLOCK_INITS, READOUTS
+from experiments.long_range_reports import cells_report, report
+from experiments.long_range_training import run
 from gan.synthetic import VARIANTS
 
 

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from experiments import detail_tie, long_range_probe, probe_data, probe_model
+from experiments import detail_tie, long_range_data, long_range_model, long_range_probe
 from gan.synthetic import CoherenceDataset
 
 
@@ -26,11 +26,11 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
     summary = json.loads((tmp_path / "summaries" / "detail_conv_depth0_steps3_seed1.json").read_text())
     assert summary["settings"]["variant"] == "detail" and summary["seed"] == 1
     # independent reference: the saved probe's logits on freshly rendered test pairs, Mann-Whitney by a double loop
-    model = probe_model.Probe(0, 8)
+    model = long_range_model.Probe(0, 8)
     (weights,) = (tmp_path / "detail").glob("r32*/conv/depth0/seed1.safetensors")  # the cell folder: r32-detail-b4
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    data = CoherenceDataset(6, 32, seed=probe_data.TEST_SEED, variant="detail")
+    data = CoherenceDataset(6, 32, seed=long_range_data.TEST_SEED, variant="detail")
     with torch.no_grad():
         pos = model(torch.stack([data[i][0] for i in range(6)])).double().tolist()
         neg = model(torch.stack([data.incoherent(i)[0] for i in range(6)])).double().tolist()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from experiments import long_range_plots
 from experiments.experiment import compare, verdict
-from experiments.probe_data import TEST_SEED, pairs
-from experiments.probe_model import ARMS, probe_rf
-from experiments.probe_training import CELL_DEFAULTS, cell_tag
+from experiments.long_range_data import TEST_SEED, pairs
+from experiments.long_range_model import ARMS, probe_rf
+from experiments.long_range_training import CELL_DEFAULTS, cell_tag
 from gan.grids import save_image_grid
 
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from experiments.erf import effective_rf
+from experiments.long_range_data import TEST_SEED, TRAIN_SEED, pair_stream, pairs
+from experiments.long_range_model import ARMS, Probe, block_seed, probe_rf
 from experiments.mismatch import object_look_share
-from experiments.probe_data import TEST_SEED, TRAIN_SEED, pair_stream, pairs
-from experiments.probe_model import ARMS, Probe, block_seed, probe_rf
 from tools.report import machine_line
 
 
