@@ -96,11 +96,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     """Write --grid, --out and --npz; returns one line per output saying where it landed."""
-    from gan import viz
+    from gan import grids
 
     lines = []
     if args.grid is not None:
-        user_output(args.grid, lambda: viz.save_image_grid(images, args.grid, nrow=args.interpolate or None))
+        user_output(args.grid, lambda: grids.save_image_grid(images, args.grid, nrow=args.interpolate or None))
         where = args.grid
         if getattr(args, "default_grid", False):  # False when a script builds `args` itself
             where = f"{Path(args.grid).resolve()} (no output option given, so the default --grid {DEFAULT_GRID}; --grid, --out, --npz choose others)"
@@ -108,10 +108,10 @@ def write_outputs(images: torch.Tensor, args: argparse.Namespace) -> list[str]:
     if args.out is not None:
         for i in range(len(images)):
             path = Path(args.out) / f"{i:06d}.png"
-            user_output(path, functools.partial(viz.save_image_grid, images[i : i + 1], path, padding=0, min_cell=0))
+            user_output(path, functools.partial(grids.save_image_grid, images[i : i + 1], path, padding=0, min_cell=0))
         lines.append(f"{len(images)} PNGs: {args.out}/000000.png ... {len(images) - 1:06d}.png")
     if args.npz is not None:
-        arr = viz.images_to_uint8(images)  # (N, H, W, 3) uint8
+        arr = grids.images_to_uint8(images)  # (N, H, W, 3) uint8
         user_output(args.npz, lambda: _save_npz(args.npz, arr))
         lines.append(f"uint8 array {tuple(arr.shape)} under 'arr_0': {args.npz}")
     return lines
@@ -130,12 +130,12 @@ def write_attention_maps(
     G: Generator, z: torch.Tensor, labels: torch.Tensor | None, path: str, device: torch.device
 ) -> str:
     """The SAGAN-paper figure for the first four latents: where each G non-local block attends."""
-    from gan import viz
+    from gan.attention_maps import attention_figures, save_attention_figure
 
     head = None if labels is None else labels[:4].to(device)
     step = getattr(G, "checkpoint_step", None)  # None for exports: the title then names no step
-    figure = viz.attention_figures(G, None, z[:4].to(device), head, step=step)["G"]  # main() checked G has blocks
-    return f"attention maps: {user_output(path, lambda: viz.save_attention_figure(figure, path))}"
+    figure = attention_figures(G, None, z[:4].to(device), head, step=step)["G"]  # main() checked G has blocks
+    return f"attention maps: {user_output(path, lambda: save_attention_figure(figure, path))}"
 
 
 def main(argv: list[str] | None = None) -> int:

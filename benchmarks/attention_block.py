@@ -35,11 +35,11 @@ import sys
 
 import torch
 
-from benchmarks.common import device_line, interleaved, median, mib, paired_ratio, peak_memory, run_child
+from benchmarks.common import interleaved, median, mib, paired_ratio, peak_memory, run_child
 from gan.attention import NonLocalBlock
 from gan.cli import fail_cleanly
 from gan.runtime import resolve_device
-from tools.report import machine_line, table
+from tools.report import device_line, machine_line, table
 
 CHANNELS = 256
 MODULE = "benchmarks.attention_block"  # children run as `python -m` from the repository root

@@ -44,15 +44,6 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def device_line(device: str | torch.device) -> str:
-    """The accelerator a benchmark ran on: 'NVIDIA H200 (cuda, 139 GiB; CUDA 12.x)' or 'cpu'."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return "cpu"
-    props = torch.cuda.get_device_properties(device)
-    return f"{props.name} (cuda, {props.total_memory / 2**30:.0f} GiB; CUDA {torch.version.cuda})"
-
-
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per call of every variant, run in turn (A B C A B C ...) after `warmup` rounds."""
     for _ in range(warmup):

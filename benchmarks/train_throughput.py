@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, device_line, interleaved, median, paired_ratio, synchronize, timed
+from benchmarks.common import ROOT, interleaved, median, paired_ratio, synchronize, timed
 from gan.cli import fail_cleanly
 from gan.config import Config, load_config
 from gan.runtime import resolve_device
-from tools.report import machine_line, table
+from tools.report import device_line, machine_line, table
 
 CONFIG = ROOT / "configs" / "cifar10.yaml"
 

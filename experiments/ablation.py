@@ -47,6 +47,7 @@ from gan.cli import fail_cleanly  # (light: no torch)
 from gan.registry import higher_is_better
 
 MANIFEST = "ablation.json"
+EVAL_HOOK = "experiments.ablation:d_scores"  # the ablation's own evaluation of every run (see `d_scores`)
 # The uniform-attention control: cosine logits t cos(theta_i, phi_j) lie in [-t, t], so at t = 1e-6 every
 # attention weight is 1/N to within 1e-6 and each query averages g over all keys.
 UNIFORM_OVERRIDES = ("model.attn_lab.pairwise=cosine", "model.attn_lab.temperature=1e-6")
@@ -122,8 +123,22 @@ def run(
     config: str, arms: list[Arm], seeds: list[int], out: Path, jobs: int, extra: list[str], num_samples: int | None
 ) -> None:
     experiment.run_all(
-        config, arms, seeds, out, jobs, extra, num_samples, MANIFEST, experiment.command_line("experiments.ablation")
-    )
+        config, arms, seeds, out, jobs, extra, num_samples, MANIFEST, experiment.command_line("experiments.ablation"),
+        hook=EVAL_HOOK,
+    )  # fmt: skip
+
+
+def d_scores(G: Any, D: Any, cfg: Any, num_samples: int) -> dict[str, Any]:  # noqa: ARG001 (the hook's signature)
+    """The runner's hook for the ablation: on the built-in dataset, does the trained D notice a broken
+    long-range tie (`d_auc` of its outputs on `num_samples` unseen coherent images against their incoherent
+    versions, 0.5: it cannot), and where D's blocks look (`d_look_share`, per block)."""
+    if cfg.data.dataset != "builtin":
+        return {}
+    from experiments.mismatch import d_look_share, mismatch_auc
+
+    scores = mismatch_auc(D, cfg.model, num=num_samples, variant=cfg.data.builtin_variant)
+    scores["d_look_share"] = d_look_share(D, cfg.model, variant=cfg.data.builtin_variant)
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,7 +359,7 @@ def report(outs: list[Path], report_path: Path, figures: Path) -> str:
         tag = d["tag"]
         for name, by_seed in d["runs"].items():
             seed = min(by_seed)
-            src = Path(by_seed[seed]["run_dir"]) / "ablation"
+            src = Path(by_seed[seed]["figures"])
             shown = []
             for kind in ("samples", "attention_G", "attention_D"):
                 if (src / f"{kind}.png").is_file():

@@ -214,8 +214,8 @@ def report(out: Path, path: Path) -> str:
             by_seed = runs.get(f"{size_name(n)}-{m}", {})
             if not by_seed:
                 continue
-            run_dir = Path(by_seed[min(by_seed)]["run_dir"]) / "ablation"
-            for src, tag in ((run_dir / "samples.png", "samples"), (run_dir / "closest_pairs.png", "pairs")):
+            figures_dir = Path(by_seed[min(by_seed)]["figures"])
+            for src, tag in ((figures_dir / "samples.png", "samples"), (figures_dir / "closest_pairs.png", "pairs")):
                 if src.is_file():
                     shutil.copyfile(src, figures / f"{size_name(n)}-{m}-{tag}.png")
             lines.append(

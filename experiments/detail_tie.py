@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file
 
 from experiments.experiment import compare, verdict
-from experiments.long_range_probe import TEST_SEED, Probe, pairs
+from experiments.long_range_data import TEST_SEED, pairs
+from experiments.long_range_model import Probe
 from experiments.mismatch import rank_auc
 from gan.synthetic import VARIANTS
 

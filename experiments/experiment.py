@@ -5,8 +5,11 @@ name plus the config overrides that make it) and the metrics it reports; this mo
 
 - `run_all` trains every (arm, seed) through the real `train.py` in its own subprocess (OMP_NUM_THREADS=1,
   `jobs` at a time) into `OUT/<arm>/seed<k>/`, then evaluates its final EMA generator in another subprocess
-  (`python -m experiments.experiment evaluate`, i.e. `evaluate_run`). Both steps are cached per run directory
-  (`ablation_run.json`, `ablation_eval.json`): a second call only does what is missing or was asked differently.
+  (`python -m experiments.experiment evaluate`, i.e. `evaluate_run`), which also calls the study's own
+  evaluation when it passes one (`hook`: "module:function", e.g. the ablation's D scores). Both steps are
+  cached per run directory (`run.json`, `eval.json`; figures in `figures/`): a second call only does what is
+  missing or was asked differently. Run directories written before these names (`ablation_run.json`,
+  `ablation_eval.json`, `ablation/`) still read, through `run_path`.
 - `collect` reads the cached results back as {arm: {seed: result}}.
 - `compare` and `verdict` are the rule every report applies, written once: an arm "helped" or "hurt" when
   |mean(arm) - mean(control)| > SPREAD_FACTOR x pooled std over seeds, otherwise it is "within the seed spread".
@@ -19,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import importlib
 import json
 import math
 import os
@@ -26,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SEED = 2026  # z and labels of the evaluation samples, the same for every arm
 GRID_IMAGES = 32  # images in each run's sample grid
 SPREAD_FACTOR = 2.0  # a difference "exceeds the seed spread" when |diff| > SPREAD_FACTOR * pooled std
+RUN_SUMMARY = "run.json"  # what was trained: config, arm, seed, overrides, command, seconds
+EVAL_SUMMARY = "eval.json"  # the scores of `evaluate_run`
+FIGURES = "figures"  # each run's sample grid, attention figures and closest pairs
+# The names the runner wrote before it was generic (it was the ablation's): read, never written.
+EARLIER_NAMES = {RUN_SUMMARY: "ablation_run.json", EVAL_SUMMARY: "ablation_eval.json", FIGURES: "ablation"}
 
 
 class ExperimentError(UserError, ValueError):
@@ -164,11 +173,18 @@ def run_dir_of(out: Path, arm: str, seed: int) -> Path:
     return out / arm / f"seed{seed}"
 
 
+def run_path(run_dir: Path, name: str) -> Path:
+    """Where a run directory holds RUN_SUMMARY, EVAL_SUMMARY or FIGURES: under that name, or, in a directory
+    written before the runner was generic that holds only the earlier name, under the earlier one."""
+    earlier = run_dir / EARLIER_NAMES[name]
+    return earlier if not (run_dir / name).exists() and earlier.exists() else run_dir / name
+
+
 def _child_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _subprocess(cmd: list[str], log_path: Path, what: str) -> float:
+def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
     """Run cmd from the repository root with its output in log_path; seconds spent. One-line error on failure."""
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -187,7 +203,7 @@ def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[s
         "seed": seed,
         "overrides": [*arm.overrides(), f"train.seed={seed}", *extra],
     }
-    done = run_dir / "ablation_run.json"
+    done = run_path(run_dir, RUN_SUMMARY)
     if done.is_file() and (run_dir / "generator" / "config.json").is_file():
         old = json.loads(done.read_text())
         if {k: old.get(k) for k in record} == record:
@@ -204,30 +220,39 @@ def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[s
         str(run_dir),
         *record["overrides"],
     ]
-    seconds = _subprocess(cmd, run_dir / "train.log", f"training {arm.name} seed {seed}")
-    done.write_text(json.dumps({**record, "command": cmd, "train_seconds": seconds}, indent=1))
+    seconds = run_logged(cmd, run_dir / "train.log", f"training {arm.name} seed {seed}")
+    (run_dir / RUN_SUMMARY).write_text(json.dumps({**record, "command": cmd, "train_seconds": seconds}, indent=1))
     return seconds
 
 
-def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -> float:
-    """Evaluate run_dir in a subprocess unless ablation_eval.json already holds it for num_samples (and the
-    extra feature `metrics`, e.g. prc, copy); seconds spent."""
-    done = run_dir / "ablation_eval.json"
+def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = (), hook: str | None = None) -> float:
+    """Evaluate run_dir in a subprocess unless its EVAL_SUMMARY already holds it for num_samples, the extra
+    feature `metrics` (e.g. prc, copy) and the study's `hook`; seconds spent. (Summaries from before hooks
+    name none: the runner then ran the one study's scores itself, so they count as any hook's.)"""
+    done = run_path(run_dir, EVAL_SUMMARY)
     if done.is_file():
         old = json.loads(done.read_text())
-        if old.get("num_samples") == num_samples and old.get("metrics", []) == list(metrics):
+        if (old.get("num_samples"), old.get("metrics", []), old.get("hook", hook)) == (
+            num_samples,
+            list(metrics),
+            hook,
+        ):
             return 0.0
     cmd = [sys.executable, "-m", "experiments.experiment", "evaluate", str(run_dir), "--num-samples", str(num_samples)]
     if metrics:
         cmd += ["--metrics", ",".join(metrics)]
-    return _subprocess(cmd, run_dir / "eval.log", f"evaluating {run_dir}")
+    if hook:
+        cmd += ["--hook", hook]
+    return run_logged(cmd, run_dir / "eval.log", f"evaluating {run_dir}")
 
 
 def run_all(config: str, arms: Sequence[ArmLike], seeds: list[int], out: Path, jobs: int, extra: list[str],
-            num_samples: int | None, manifest: str, command: str, metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+            num_samples: int | None, manifest: str, command: str, metrics: Sequence[str] = (),
+            hook: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Train and evaluate every (arm, seed) not already done; write OUT/<manifest> (keeping earlier calls').
 
-    `metrics`: registry metrics scored in the classifier features besides FCD (e.g. prc, copy)."""
+    `metrics`: registry metrics scored in the classifier features besides FCD (e.g. prc, copy); `hook`: the
+    study's own evaluation, "module:function" (see `evaluate_run`)."""
     from gan.config import load_config  # checks the config and every arm's overrides before anything runs
     from gan.data import build_dataset
 
@@ -246,7 +271,7 @@ def run_all(config: str, arms: Sequence[ArmLike], seeds: list[int], out: Path, j
         arm, seed = pair
         rd = run_dir_of(out, arm.name, seed)
         t = train_one(config, arm, seed, rd, extra)
-        e = evaluate_one(rd, num_samples, metrics)
+        e = evaluate_one(rd, num_samples, metrics, hook)
         print(f"{arm.name} seed {seed}: trained {t:.0f} s, evaluated {e:.0f} s", flush=True)
 
     # Seeds outermost: if the budget runs out, every arm has the same seeds done.
@@ -281,10 +306,12 @@ def collect(out: Path, manifest: str, control: str, how: str) -> dict[str, Any]:
     for name in arms:
         for seed in seeds:
             rd = run_dir_of(out, name, seed)
-            if (rd / "ablation_eval.json").is_file() and (rd / "ablation_run.json").is_file():
-                result = json.loads((rd / "ablation_eval.json").read_text())
-                result["train_seconds"] = json.loads((rd / "ablation_run.json").read_text()).get("train_seconds", 0.0)
+            evaluated, trained = run_path(rd, EVAL_SUMMARY), run_path(rd, RUN_SUMMARY)
+            if evaluated.is_file() and trained.is_file():
+                result = json.loads(evaluated.read_text())
+                result["train_seconds"] = json.loads(trained.read_text()).get("train_seconds", 0.0)
                 result["run_dir"] = str(rd)
+                result["figures"] = str(run_path(rd, FIGURES))
                 runs.setdefault(name, {})[seed] = result
     if control not in runs:
         raise ExperimentError(f"{out} has no evaluated '{control}' run; finish `{how}` first")
@@ -318,18 +345,32 @@ def parameter_counts(model_cfg: Any) -> dict[str, int]:
     return counts
 
 
-def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -> dict[str, Any]:
-    """Scores, parameter counts and figures of a finished run (its final EMA G and its D); writes ablation_eval.json.
+def load_hook(spec: str) -> Callable[..., dict[str, Any]]:
+    """A study's evaluation from its name, "package.module:function"."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ExperimentError(f"--hook {spec}: no function {name!r} in module {module!r}") from None
+
+
+def evaluate_run(
+    run_dir: Path, num_samples: int, metrics: Sequence[str] = (), hook: str | None = None
+) -> dict[str, Any]:
+    """Scores, parameter counts and figures of a finished run (its final EMA G and its D); writes EVAL_SUMMARY.
 
     Scores: every registered metric defined on the run's dataset without a feature network (the coherence
     score on the built-in dataset), and the Frechet classifier distance `fcd` (registry `fid` under the
     Fashion-MNIST classifier features; not FID), plus the registry `metrics` asked for (same features, same samples).
-    On the built-in dataset also D's own view: `d_auc` of its outputs on `num_samples` unseen coherent images
-    against their incoherent versions (experiments.mismatch.mismatch_auc)."""
+    Then the study's own scores: `hook(G, D, cfg, num_samples)` returns a dict merged into the result (the
+    ablation's: D's AUC on incoherent images and where D's blocks look)."""
+    study_scores = load_hook(hook) if hook else None  # a wrong name fails here, before any work
     import torch
 
-    from gan import registry, viz
+    from gan import registry
+    from gan.attention_maps import attention_figures, save_attention_figure
     from gan.data import build_dataset
+    from gan.grids import save_image_grid
     from gan.metrics import cache_root, evaluate
     from gan.models import load_discriminator, load_generator
     from gan.sampling import sample_images
@@ -339,7 +380,7 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
     G, cfg = load_generator(run_dir / "generator")
     D, _, step = load_discriminator(run_dir)
     result: dict[str, Any] = {"num_samples": num_samples, "step": step, "dataset": cfg.data.dataset,
-                              "params": parameter_counts(cfg.model), "metrics": list(metrics)}  # fmt: skip
+                              "params": parameter_counts(cfg.model), "metrics": list(metrics), "hook": hook}  # fmt: skip
     own = [
         n for n, m in registry.METRICS.items() if "features" not in m.needs and cfg.data.dataset in (m.datasets or ())
     ]
@@ -347,31 +388,28 @@ def evaluate_run(run_dir: Path, num_samples: int, metrics: Sequence[str] = ()) -
         result.update(evaluate(G, cfg, own, num_samples=num_samples, seed=SAMPLE_SEED))
     cfg.eval.feature_extractor = "fashion_classifier"
     t0 = time.perf_counter()
-    with _file_lock(cache_root(cfg) / "ablation.lock"):
+    with _file_lock(cache_root(cfg) / "evaluate.lock"):
         scores = evaluate(G, cfg, ["fid"], num_samples=num_samples, seed=SAMPLE_SEED)
         if metrics:
             result.update(evaluate(G, cfg, list(metrics), num_samples=num_samples, seed=SAMPLE_SEED,
-                                            pairs_grid=run_dir / "ablation" / "closest_pairs.png"))  # fmt: skip
+                                            pairs_grid=run_dir / FIGURES / "closest_pairs.png"))  # fmt: skip
     result["fcd"] = scores[registry.result_key("fid", "fashion_classifier")]
     result["fcd_seconds"] = time.perf_counter() - t0
-    if cfg.data.dataset == "builtin":  # does the trained D notice a broken long-range tie? (0.5: it cannot)
-        from experiments.mismatch import d_look_share, mismatch_auc
+    if study_scores is not None:
+        result.update(study_scores(G, D, cfg, num_samples))
 
-        result.update(mismatch_auc(D, cfg.model, num=num_samples, variant=cfg.data.builtin_variant))
-        result["d_look_share"] = d_look_share(D, cfg.model, variant=cfg.data.builtin_variant)  # per block
-
-    figures = run_dir / "ablation"
+    figures = run_dir / FIGURES
     images = sample_images(G, min(GRID_IMAGES, num_samples), SAMPLE_SEED)  # the first images the scores saw
-    viz.save_image_grid(images[:GRID_IMAGES], figures / "samples.png", nrow=8)
+    save_image_grid(images[:GRID_IMAGES], figures / "samples.png", nrow=8)
     z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))
     y = torch.arange(4) % cfg.model.num_classes if cfg.model.num_classes else None
     data = build_dataset(cfg.data, cfg.model)
     real = torch.stack([data[i][0] for i in range(4)])
     labels = torch.tensor([data[i][1] for i in range(4)]) if cfg.model.num_classes else None
-    for net, figure in viz.attention_figures(G, D, z, y, real, labels).items():
-        viz.save_attention_figure(figure, figures / f"attention_{net}.png")
+    for net, figure in attention_figures(G, D, z, y, real, labels).items():
+        save_attention_figure(figure, figures / f"attention_{net}.png")
     result["eval_seconds"] = time.perf_counter() - start
-    (run_dir / "ablation_eval.json").write_text(json.dumps(result, indent=1))
+    (run_dir / EVAL_SUMMARY).write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -382,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("run_dir")
     p_eval.add_argument("--num-samples", type=int, required=True)
     p_eval.add_argument("--metrics", default="", help="comma-separated registry metrics besides FCD (e.g. prc,copy)")
+    p_eval.add_argument("--hook", help="the study's own evaluation, module:function(G, D, cfg, num_samples) -> dict")
     args = parser.parse_args(argv)
     with fail_cleanly():
-        evaluate_run(Path(args.run_dir), args.num_samples, [m for m in args.metrics.split(",") if m])
+        evaluate_run(Path(args.run_dir), args.num_samples, [m for m in args.metrics.split(",") if m], args.hook)
         return 0
     return 2
 

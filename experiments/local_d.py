@@ -144,7 +144,7 @@ def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
                 if path.exists():
                     continue
                 rd = Path(result["run_dir"])
-                run = json.loads((rd / "ablation_run.json").read_text())
+                run = json.loads(experiment.run_path(rd, experiment.RUN_SUMMARY).read_text())
                 cfg = load_config(run["config"], run["overrides"])
                 log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
                 summary = {

@@ -2,7 +2,7 @@
 clips whose last object was redrawn, and does one space-time non-local block change the depth it needs?
 
 Clips are `experiments.clips.CoherentClips` (T = 8 frames of 32x32; coherent: frame T-1's object is frame 0's) and
-their incoherent versions. The classifier reuses the 2D probe's pieces (experiments/long_range_probe.py: the
+their incoherent versions. The classifier reuses the 2D probe's pieces (experiments/long_range_model.py, _training.py, _reports.py: the
 arms, the training loop `fit`, `accuracy`, `block_state`, the verdict rule): the repository's first D block
 applied to every frame alone, optionally ONE `NonLocalBlock(dim=3)` on the whole (T, H, W) grid, then
 `depth` residual blocks, ReLU, global sum (or, `--pool mean`, mean) pooling and a linear head, spectral norm
@@ -31,14 +31,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from experiments import long_range_plots
-from experiments import long_range_probe as probe
+from experiments import long_range_data, long_range_model, long_range_plots, long_range_reports, long_range_training
 from experiments.clips import CoherentClips
 from experiments.erf import theoretical_rf
 from gan.attention import NonLocalBlock
+from gan.grids import save_image_grid
 from gan.layers import DBlockOptimized, init_layer, linear
 from gan.synthetic import FOREGROUND_THRESHOLD
-from gan.viz import save_image_grid
 from tools.report import machine_line
 
 # The 2D probe's arms; the block's keys are max-pooled over (2, 2, 2) (frame pairs and 2x2 pixels): 256 keys from
@@ -47,7 +46,7 @@ KEY_POOL = (2, 2, 2)
 
 
 def _clip_arm(name: str) -> dict:
-    spec = probe.ARMS[name]
+    spec = long_range_model.ARMS[name]
     return spec if spec["attention"] is None else {**spec, "attention": {**spec["attention"], "pool": KEY_POOL}}
 
 
@@ -168,7 +167,7 @@ def frame_attention(model: ClipProbe, x: Tensor) -> Tensor:
 @functools.lru_cache(maxsize=4)
 def clip_pairs(seed: int, n: int, frames: int = 8, resolution: int = 32) -> tuple[Tensor, Tensor]:
     """n coherent clips and their incoherent versions, stacked: (2n, 3, T, R, R), labels 1 then 0."""
-    return probe.stacked_pairs(CoherentClips(n, resolution, frames, seed=seed), range(n))
+    return long_range_data.stacked_pairs(CoherentClips(n, resolution, frames, seed=seed), range(n))
 
 
 def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: int = 32):
@@ -178,7 +177,7 @@ def clip_stream(seed: int, half: int, steps: int, frames: int = 8, resolution: i
     data = CoherentClips(steps * half, resolution, frames, seed=seed)
 
     def batch(step: int) -> tuple[Tensor, Tensor]:
-        return probe.stacked_pairs(data, range((step - 1) * half, step * half))
+        return long_range_data.stacked_pairs(data, range((step - 1) * half, step * half))
 
     return batch
 
@@ -189,11 +188,11 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     torch.manual_seed(seed)
     model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder, pool=args.pool)
     if args.fresh:  # every step draws new clips: the model cannot fit a fixed set instead of the rule
-        train = clip_stream(probe.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
+        train = clip_stream(long_range_data.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
     else:
-        train = clip_pairs(probe.TRAIN_SEED, args.train_pairs, args.frames)
-    test = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
-    log, cpu_s = probe.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
+        train = clip_pairs(long_range_data.TRAIN_SEED, args.train_pairs, args.frames)
+    test = clip_pairs(long_range_data.TEST_SEED, args.test_pairs, args.frames)
+    log, cpu_s = long_range_training.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
     save_file(model.state_dict(), str(weights_path))
     return {
         "arm": arm,
@@ -202,7 +201,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "spec": spec,
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "temporal_rf": temporal_rf(depth, args.ladder),
-        "test_acc": probe.accuracy(model, *test),
+        "test_acc": long_range_training.accuracy(model, *test),
         "cpu_s": cpu_s,
         "log": log,
         "settings": {
@@ -251,7 +250,7 @@ def report(args: argparse.Namespace) -> None:
         rs.sort(key=lambda r: r["seed"])
         accs = [r["test_acc"] for r in rs]
         print(
-            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['temporal_rf']} | {probe.mean_std_text(accs)} | "
+            f"| `{arm}` | {depth} | {rs[0]['params']:,} | {rs[0]['temporal_rf']} | {long_range_reports.mean_std_text(accs)} | "
             f"{', '.join(f'{a:.3f}' for a in accs)} | {statistics.mean(r['cpu_s'] for r in rs):.0f} |"
         )
     print("\nPer run of the attention arms (the block at the last logged step):\n")
@@ -260,16 +259,18 @@ def report(args: argparse.Namespace) -> None:
     for (arm, depth), rs in order:
         for r in rs if ARMS[arm]["attention"] is not None else []:
             e = r["log"][-1]
-            gate = probe.gate_label(e)
+            gate = long_range_reports.gate_label(e)
             print(
                 f"| `{arm}` | {depth} | {r['seed']} | {r['test_acc']:.3f} | {gate} | {e['entropy_ratio']:.4f} | "
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
             )
-    probe.print_verdicts(groups, ARMS)
+    long_range_reports.print_verdicts(groups, ARMS)
     _print_frame_attention(order, args)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")
-    x, _ = clip_pairs(probe.TEST_SEED, 3, args.frames)  # top 3 rows coherent, bottom 3 their incoherent versions
+    x, _ = clip_pairs(
+        long_range_data.TEST_SEED, 3, args.frames
+    )  # top 3 rows coherent, bottom 3 their incoherent versions
     save_image_grid(x.transpose(1, 2).flatten(0, 1), Path(args.plot), nrow=args.frames)
     has_block = {arm for arm, spec in ARMS.items() if spec["attention"] is not None}
     opening = Path(args.plot).with_name(f"block_opening_{_tag(args)}.png")  # the gates over training, seed 0
@@ -289,7 +290,7 @@ def _print_frame_attention(order: list[tuple[tuple[str, int], list[dict]]], args
             spec = ARMS[arm]["attention"]
             model = ClipProbe(depth, r["settings"]["width"], attention=spec, ladder=args.ladder, pool=args.pool)
             model.load_state_dict(load_file(weights))
-            x, _ = clip_pairs(probe.TEST_SEED, args.test_pairs, args.frames)
+            x, _ = clip_pairs(long_range_data.TEST_SEED, args.test_pairs, args.frames)
             n = len(x) // 2
             mass = frame_attention(model.eval(), x)  # (2n, T_k)
             rows.append((arm, depth, r["seed"], mass[:n].mean(0), mass[n:].mean(0)))

@@ -1,8 +1,8 @@
 """Does a discriminator notice a broken long-range tie? D's outputs on coherent images of the built-in dataset
 (gan.synthetic.CoherenceDataset) against their incoherent versions, summarised as a rank AUC.
 
-The experiment runner (experiments/experiment.py, `evaluate_run`) records these for every discriminator it
-evaluates; the ablation reports print them.
+The ablation's evaluation hook (experiments/ablation.py, `d_scores`, which the experiment runner calls for
+every run it evaluates) records these; the ablation reports print them.
 """
 
 from __future__ import annotations

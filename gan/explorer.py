@@ -4,9 +4,9 @@ discriminator.
 Pick a seed (class, truncation; a second seed and a slider interpolate z between the two) and the page
 shows the image `sample.py --seed S --num 1` would write for it. A click on the image picks a query pixel;
 the attention panel then shows, for every non-local block of G (on the forward pass that made the image)
-and of D (run on that image), where that pixel's query cell attends: the SAGAN figure of gan.viz with one
+and of D (run on that image), where that pixel's query cell attends: the SAGAN figure of gan.attention_maps with one
 query, each column headed by the block's name, resolution and gamma, weights shown as multiples of uniform
-on one colour scale (gan.viz). The same numbers come back as JSON.
+on one colour scale (gan.attention_maps). The same numbers come back as JSON.
 
 `Explorer` holds the models and does the work, in plain numpy/torch, and owns a temporary folder for the
 download buttons' files, removed by `close()` (explore.py calls it when the server stops) or at exit.
@@ -38,10 +38,11 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gan import viz  # noqa: E402
 from gan.attention import AttentionRecord, attention_blocks, gate_of, record_attention  # noqa: E402
+from gan.attention_maps import attention_figure, entropy_fraction, save_attention_figure  # noqa: E402
 from gan.config import Config, ConfigError  # noqa: E402
 from gan.errors import UserError  # noqa: E402
+from gan.grids import images_to_uint8  # noqa: E402
 from gan.runtime import eval_mode  # noqa: E402
 from gan.sampling import draw_latents, generate  # noqa: E402
 
@@ -160,7 +161,7 @@ class Explorer:
 
     def image(self, *latent_args: Any) -> np.ndarray:
         """The uint8 image of `latents(*latent_args)`."""
-        return viz.images_to_uint8(self._generate(*self.latents(*latent_args)))[0]
+        return images_to_uint8(self._generate(*self.latents(*latent_args)))[0]
 
     def _generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """(1, C, R, R) in [-1, 1] on the CPU, by the path sample.py takes (no attention recorded)."""
@@ -194,7 +195,7 @@ class Explorer:
         shown = []
         for tag, block, rec in named:
             hq, wq = rec.query_hw
-            cell = (row * hq // h, col * wq // w)  # the query cell holding the pixel, as gan.viz maps it
+            cell = (row * hq // h, col * wq // w)  # the query cell holding the pixel, as gan.attention_maps maps it
             kind, value = gate_of(block)
             gamma = value if kind == "gamma" else None
             info["blocks"].append(
@@ -208,7 +209,7 @@ class Explorer:
                     "query_cell": list(cell),
                     "weights": rec.weights[0, cell[0] * wq + cell[1]].tolist(),  # (Hk*Wk,) row-major keys
                     "uniform_weight": 1.0 / (rec.key_hw[0] * rec.key_hw[1]),
-                    "entropy_of_uniform": viz.entropy_fraction(rec.weights[0]),  # over every query of the image
+                    "entropy_of_uniform": entropy_fraction(rec.weights[0]),  # over every query of the image
                 }
             )
             gate = f"gamma={value:+.3f}" if kind == "gamma" else f"{kind} gate {value:.3f}"
@@ -216,14 +217,14 @@ class Explorer:
             shown.append(dataclasses.replace(rec, name=label))
         if not shown:
             return None, info
-        figure = viz.attention_figure(images, shown, points=np.array([[row, col]]), panel_size=PANEL_SIZE)
+        figure = attention_figure(images, shown, points=np.array([[row, col]]), panel_size=PANEL_SIZE)
         return figure, info
 
     # -- files for the download buttons ---------------------------------------------------------------
 
     def save(self, array: np.ndarray, name: str) -> str:
         """Write a uint8 image as PNG under the explorer's folder; returns its path."""
-        return str(viz.save_attention_figure(array, self.out_dir / name))
+        return str(save_attention_figure(array, self.out_dir / name))
 
 
 def display_scale(side: int) -> int:

@@ -180,10 +180,10 @@ def write_model_card(
 ) -> None:
     """README.md (with `counts`, the parameter table's rows) and samples.png (`sample.py --num 16 --seed 0`)
     into the export directory `path`; `source` as in `model_card`."""
-    from gan import viz
+    from gan.grids import save_image_grid
     from gan.sampling import sample_images
 
-    viz.save_image_grid(sample_images(generator, CARD_SAMPLES, seed=0), path / "samples.png")
+    save_image_grid(sample_images(generator, CARD_SAMPLES, seed=0), path / "samples.png")
     scores = evaluation_scores(metrics_jsonl) if metrics_jsonl is not None else []
     text = model_card(config, counts, scores, source)
     write_text(path / "README.md", text)

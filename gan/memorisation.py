@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from gan.viz import save_image_grid
+from gan.grids import save_image_grid
 
 Features = Tensor | np.ndarray  # (N, D)
 PRC_NEIGHBOURS = 3  # k of the k-NN balls (the paper's and torch-fidelity's default)

@@ -3,7 +3,7 @@ and `evaluate(generator, cfg, names)`, which computes any mix of gan/registry.py
 
 `compute_metrics(generator, cfg)` compares `num_samples` generated images with the training dataset
 (`gan.data.build_dataset(cfg.data, cfg.model)`). Both sides reach the feature network as uint8 RGB
-(B, 3, R, R), mapped from [-1, 1] exactly as image files are (`gan.viz.images_to_uint8`), so evaluating a
+(B, 3, R, R), mapped from [-1, 1] exactly as image files are (`gan.grids.images_to_uint8`), so evaluating a
 generator and evaluating its PNGs give the same numbers. The reference side's features and statistics
 are cached by torch-fidelity under a name that encodes the dataset, split, resolution and the feature
 network's weights (`reference_cache_name`), so later evaluations only pay for the generated side.
@@ -36,8 +36,8 @@ from gan import classifier, registry
 from gan.config import Config
 from gan.data import build_dataset
 from gan.files import sha256_of, write_text
+from gan.grids import images_to_uint8
 from gan.registry import CLASSIFIER_KEYS, MetricsError
-from gan.viz import images_to_uint8
 
 # The published weights (pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and torch-fidelity's
 # re-upload `weights-inception-2015-12-05-6726825d.pth` are the same 95,628,359 bytes). The hash is the

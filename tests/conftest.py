@@ -1,14 +1,20 @@
-"""Fixtures shared by the test modules: tiny configurations and small datasets on disk."""
+"""Fixtures shared by the test modules: tiny configurations, small datasets on disk, and the one tiny ablation
+run the lab's end-to-end tests share."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from shared import TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cifar, write_folder, write_idx_gz
+from shared import ROOT, TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cifar, write_folder, write_idx_gz
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,3 +71,41 @@ def dataset_on_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], li
         return [f"data.dataset={name}", f"data.root={root}", *extra]
 
     return make
+
+
+# The one tiny run of the lab's end-to-end tests: the ablation's CLI on the coherence config, arms none, gd16
+# (SAGAN's block at 16x16 in G and D) and gd16-zero (the zero-initialised gate), seed 0, 2 steps, 16 samples.
+TINY_ABLATION_ARGS = ["--config", "configs/ablation_coherence.yaml", "--arms", "none,gd16,gd16-zero", "--seeds", "0",
+                      "--jobs", "2", "--num-samples", "16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
+                      "model.g_width=16", "model.d_width=16", "train.log_every=1"]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyAblation:
+    runs: Path  # the ablation's OUT: runs/<arm>/seed0/ (read it, or copy it before writing there)
+    cmd: list[str]  # the command that made it; run again, it finds every run cached
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation(tmp_path_factory: pytest.TempPathFactory) -> TinyAblation:
+    """`python -m experiments.ablation run` with TINY_ABLATION_ARGS, trained and evaluated once per test run and
+    shared by the tests of the runner and of each study on it. Under pytest-xdist every worker is a session of its
+    own: the workers share the folder above their own temporary ones, and the first to take the file lock there
+    makes the runs while the others wait and then read them."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0, gw1, ...: basetemp is .../pytest-N/popen-gwK
+        base = base.parent
+    root = base / "tiny_ablation"
+    cmd = [sys.executable, "-m", "experiments.ablation", "run", "--out", str(root / "runs"), *TINY_ABLATION_ARGS,
+           f"eval.cache_dir={root / 'cache'}"]  # fmt: skip
+    outcome = root / "outcome.json"
+    with open(base / "tiny_ablation.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not outcome.is_file():
+            root.mkdir(exist_ok=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+            outcome.write_text(json.dumps({"returncode": proc.returncode, "stderr": proc.stderr}))
+    done = json.loads(outcome.read_text())
+    return TinyAblation(root / "runs", cmd, done["returncode"], done["stderr"])

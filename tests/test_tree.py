@@ -1,7 +1,7 @@
 """The tree and its import graph, read from the source with `ast` (nothing is imported). The three places
 keep their jobs: the library (gan/) imports none of the lab (experiments/), the benchmarks or
-the tools; the lab imports no benchmark; tools/report.py, which experiments and benchmarks share, imports nothing
-of this repository. Imports inside functions count (read from the source, nothing is imported)."""
+the tools; the lab imports no benchmark; the benchmarks import no lab and, of tools/, only tools/report.py, which
+experiments and benchmarks share and which imports nothing of this repository. Imports inside functions count (read from the source, nothing is imported)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ENTRY_SCRIPTS = ("train", "sample", "evaluate", "explore")
 
 
 def imported_names(tree: ast.AST) -> set[str]:
-    """Every dotted name a module imports, anywhere in it ("from gan import viz" -> "gan", "gan.viz")."""
+    """Every dotted name a module imports, anywhere in it ("from gan import grids" -> "gan", "gan.grids")."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -40,7 +40,12 @@ def imported_modules(tree: ast.AST, package: str = "gan") -> set[str]:
 
 @pytest.mark.parametrize(
     "package, allowed",
-    [("gan", {"gan"}), ("experiments", {"gan", "experiments", "tools"}), ("tools", {"gan", "tools"})],
+    [
+        ("gan", {"gan"}),
+        ("experiments", {"gan", "experiments", "tools"}),
+        ("tools", {"gan", "tools"}),
+        ("benchmarks", {"gan", "benchmarks", "tools"}),
+    ],
 )
 def test_imports_point_one_way(package, allowed):
     wrong = {
@@ -49,6 +54,31 @@ def test_imports_point_one_way(package, allowed):
         if imported_packages(path) - allowed
     }
     assert not wrong, wrong
+
+
+def lab_and_tool_imports(source: str) -> set[str]:
+    """The names under experiments/ and tools/ that `source` imports anywhere, but tools/report.py's (the
+    report helpers the lab and the benchmarks share)."""
+    return {
+        name
+        for name in imported_names(ast.parse(source))
+        if name.split(".")[0] == "experiments"
+        or (name.startswith("tools.") and not (name + ".").startswith("tools.report."))
+    }
+
+
+def test_benchmarks_import_no_lab_and_of_the_tools_only_the_shared_report_helpers():
+    """benchmarks/ time the library; a script that runs an experiment is an experiment (experiments/)."""
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(found)
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
+        if (found := lab_and_tool_imports(path.read_text()))
+    }
+    assert not wrong, wrong
+    # the rule on hand-made sources: the lab and every other tool are refused, the report helpers pass
+    source = "import experiments.gates\ndef f():\n    from tools import config_reference\n"
+    assert lab_and_tool_imports(source) == {"experiments.gates", "tools.config_reference"}
+    assert lab_and_tool_imports("from tools.report import table\nfrom tools import report\n") == set()
 
 
 def test_shared_report_helpers_import_nothing_of_this_repository():

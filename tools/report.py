@@ -1,5 +1,5 @@
-"""What every written result shares, in the lab (experiments/) and the benchmarks alike: the machine line that
-heads a report, Markdown tables, and matplotlib's pyplot on a file-only backend.
+"""What every written result shares, in the lab (experiments/) and the benchmarks alike: the machine and
+device lines that head a report, Markdown tables, and matplotlib's pyplot on a file-only backend.
 
 It lives here, beside neither of them, so that experiments and benchmarks both import it without one depending
 on the other, and the library (gan/) imports none of them. It imports nothing from this repository.
@@ -43,6 +43,15 @@ def machine_line() -> str:
         f"{model} ({isa}), {cores} cores, {mem_gib:.0f} GiB; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {date}"
     )
+
+
+def device_line(device: str | torch.device) -> str:
+    """The accelerator a benchmark or experiment ran on: 'NVIDIA H200 (cuda, 139 GiB; CUDA 12.x)' or 'cpu'."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} (cuda, {props.total_memory / 2**30:.0f} GiB; CUDA {torch.version.cuda})"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import evaluate as evaluate_cli
-from gan import viz
+from gan import grids
 from gan.models import Generator
 from gan.pretrained import export_generator
 
@@ -18,9 +18,9 @@ from gan.pretrained import export_generator
 @pytest.mark.parametrize(("side", "scale"), [(32, 2), (28, 3), (16, 4), (64, 1), (128, 1)])
 def test_saved_grids_enlarge_small_images_by_exact_pixel_replicas(tmp_path, side, scale):
     images = torch.rand(6, 3, side, side, generator=torch.Generator().manual_seed(side)) * 2 - 1
-    path = viz.save_image_grid(images, tmp_path / "grid.png")  # 3 per row, 2 rows
+    path = grids.save_image_grid(images, tmp_path / "grid.png")  # 3 per row, 2 rows
     grid = np.asarray(Image.open(path))
-    cell = side * scale  # at least viz.GRID_MIN_CELL = 64 pixels, a whole multiple of the side
+    cell = side * scale  # at least grids.GRID_MIN_CELL = 64 pixels, a whole multiple of the side
     assert cell >= 64 and grid.shape == (2 + 2 * (cell + 2), 2 + 3 * (cell + 2), 3)
     u8 = np.clip(np.rint((images.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     for i in range(6):
@@ -30,7 +30,7 @@ def test_saved_grids_enlarge_small_images_by_exact_pixel_replicas(tmp_path, side
             for dx in range(scale):
                 np.testing.assert_array_equal(panel[dy::scale, dx::scale], u8[i])
     # one image per file (sample.py --out, for metrics) keeps its own size
-    alone = viz.save_image_grid(images[:1], tmp_path / "one.png", padding=0, min_cell=0)
+    alone = grids.save_image_grid(images[:1], tmp_path / "one.png", padding=0, min_cell=0)
     np.testing.assert_array_equal(np.asarray(Image.open(alone)), u8[0])
 
 

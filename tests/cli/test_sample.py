@@ -24,9 +24,9 @@ import sample as sample_cli
 import train as train_cli
 from gan.checkpoint import latest_checkpoint, load_checkpoint
 from gan.config import load_config
+from gan.grids import images_to_uint8, make_grid_array
 from gan.models import Generator, load_generator
 from gan.pretrained import export_generator
-from gan.viz import images_to_uint8, make_grid_array
 
 from shared import ROOT, TINY_RUN
 
@@ -375,11 +375,13 @@ def test_unwritable_output_fails_in_one_line(runs, capsys, tmp_path):
 def test_attention_figure_title_names_the_checkpoint_step(runs, monkeypatch, tmp_path):
     """From a training checkpoint the figure's title names G and that checkpoint's step; from an export,
     which records no step, it names G alone."""
-    from gan import viz
+    from gan import attention_maps
 
     titles = []
-    real_title = viz.attention_title
-    monkeypatch.setattr(viz, "attention_title", lambda net, step: titles.append((net, step)) or real_title(net, step))
+    real_title = attention_maps.attention_title
+    monkeypatch.setattr(
+        attention_maps, "attention_title", lambda net, step: titles.append((net, step)) or real_title(net, step)
+    )
     step = int(latest_checkpoint(runs["uncond"] / "checkpoints").name.removeprefix("step_"))
     for source, out in ((runs["uncond"], "a.png"), (runs["uncond"] / "generator", "b.png")):  # in-process: patched
         assert (

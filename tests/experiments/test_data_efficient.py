@@ -32,9 +32,9 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
             resolved = (rd / "config.yaml").read_text()
             assert ("augment: color,translation,cutout" in resolved) == ("diffaug" in arm)
             assert ("lecam: 0.3" in resolved) == ("lecam" in arm)
-            result = json.loads((rd / "ablation_eval.json").read_text())
+            result = json.loads((rd / "eval.json").read_text())
             assert result["metrics"] == ["prc", "copy"] and 0 <= result["copy_fraction"] <= 1
-            assert (rd / "ablation" / "closest_pairs.png").is_file()
+            assert (rd / "figures" / "closest_pairs.png").is_file()
             scores.setdefault(arm, []).append(result["fcd"])
     proc = subprocess.run([sys.executable, "-m", "experiments.data_efficient", "report", str(out), "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip

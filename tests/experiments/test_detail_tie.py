@@ -7,8 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from experiments import detail_tie
-from experiments import long_range_probe as probe
+from experiments import detail_tie, long_range_data, long_range_model, long_range_probe
 from gan.synthetic import CoherenceDataset
 
 
@@ -16,7 +15,9 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
     tiny = ["--arms", "conv", "--depths", "0", "--resolution", "32", "--steps", "3", "--batch", "4", "--width", "8",
             "--train-pairs", "4", "--test-pairs", "6", "--log-every", "2"]  # fmt: skip
     for variant in ("objects", "detail"):
-        probe.main(["run", "--variant", variant, "--seeds", "0", "1", "--out", str(tmp_path / variant), *tiny])
+        long_range_probe.main(
+            ["run", "--variant", variant, "--seeds", "0", "1", "--out", str(tmp_path / variant), *tiny]
+        )
     detail_tie.main(["--runs", str(tmp_path), "--summaries", str(tmp_path / "summaries")])
     printed = capsys.readouterr().out
     assert "| `objects` | `conv` | 3 | 2 |" in printed and "| `detail` | `conv` | 3 | 2 |" in printed
@@ -25,11 +26,11 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
     summary = json.loads((tmp_path / "summaries" / "detail_conv_depth0_steps3_seed1.json").read_text())
     assert summary["settings"]["variant"] == "detail" and summary["seed"] == 1
     # independent reference: the saved probe's logits on freshly rendered test pairs, Mann-Whitney by a double loop
-    model = probe.Probe(0, 8)
+    model = long_range_model.Probe(0, 8)
     (weights,) = (tmp_path / "detail").glob("r32*/conv/depth0/seed1.safetensors")  # the cell folder: r32-detail-b4
     model.load_state_dict(load_file(str(weights)))
     model.eval()
-    data = CoherenceDataset(6, 32, seed=probe.TEST_SEED, variant="detail")
+    data = CoherenceDataset(6, 32, seed=long_range_data.TEST_SEED, variant="detail")
     with torch.no_grad():
         pos = model(torch.stack([data[i][0] for i in range(6)])).double().tolist()
         neg = model(torch.stack([data.incoherent(i)[0] for i in range(6)])).double().tolist()
@@ -42,7 +43,9 @@ def test_summary_recomputes_each_runs_auc_from_its_weights(tmp_path, capsys):
 def test_attention_arms_are_compared_with_conv_and_the_report_needs_only_the_summaries(tmp_path, capsys):
     tiny = ["--depths", "0", "--resolution", "32", "--steps", "2", "--batch", "4", "--width", "8",
             "--train-pairs", "4", "--test-pairs", "6", "--log-every", "1", "--variant", "detail", "--seeds", "0"]  # fmt: skip
-    probe.main(["run", "--arms", "conv", "attn_zero_init", "--out", str(tmp_path / "runs" / "detail"), *tiny])
+    long_range_probe.main(
+        ["run", "--arms", "conv", "attn_zero_init", "--out", str(tmp_path / "runs" / "detail"), *tiny]
+    )
     capsys.readouterr()
     summaries = tmp_path / "summaries"
     detail_tie.main(["--runs", str(tmp_path / "runs"), "--summaries", str(summaries)])

@@ -31,12 +31,12 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     ):
         for seed in (0, 1):
             rd = out / mode / f"seed{seed}"
-            run = json.loads((rd / "ablation_run.json").read_text())
+            run = json.loads((rd / "run.json").read_text())
             assert run["overrides"] == [*extra, f"train.seed={seed}", *every]
             resolved = (rd / "config.yaml").read_text()
             assert ("mixed_precision: bf16" in resolved) == (mode == "bf16")
             assert ("attn_fused: false" in resolved) == (mode == "fp32")
-            assert json.loads((rd / "ablation_eval.json").read_text())["step"] == 2
+            assert json.loads((rd / "eval.json").read_text())["step"] == 2
 
     proc = subprocess.run([sys.executable, "-m", "experiments.fast_mode_quality", "report", str(out), "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip

@@ -108,7 +108,7 @@ def test_gate_keys_read_in_both_spellings(tmp_path):
 
 
 def test_the_probe_labels_a_gate_by_its_logged_kind():
-    from experiments.long_range_probe import gate_label
+    from experiments.long_range_reports import gate_label
 
     old = {"gamma": float("nan"), "gate_value": 0.5, "out_weight_norm": 0.5}  # logged before gate_kind
     assert gate_label(old) == "norm(out) 0.500"

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from scipy.stats import ks_2samp
 
 from experiments import long_range_clips as clips_probe
-from experiments import long_range_probe as probe
+from experiments import long_range_data, long_range_model, long_range_training
 from experiments.clips import CoherentClips
 from gan.synthetic import FOREGROUND_THRESHOLD
 
@@ -90,7 +90,7 @@ def test_a_model_seeing_one_frame_at_a_time_stays_at_chance_where_both_ends_toge
     acc = {}
     for name, view in views.items():
         torch.manual_seed(0)
-        model = probe.Probe(0, width=8, channels=3 if name == "last" else 6)
+        model = long_range_model.Probe(0, width=8, channels=3 if name == "last" else 6)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         x, y = view(train[0]), train[1]
         for step in range(60):
@@ -99,7 +99,7 @@ def test_a_model_seeing_one_frame_at_a_time_stays_at_chance_where_both_ends_toge
             opt.zero_grad()
             loss.backward()
             opt.step()
-        acc[name] = probe.accuracy(model, view(test[0]), test[1])
+        acc[name] = long_range_training.accuracy(model, view(test[0]), test[1])
     assert abs(acc["last"] - 0.5) < 3 * 0.5 / 400**0.5  # within 3 binomial standard errors of chance
     assert acc["both ends"] > 0.8  # the budget suffices once one model sees both ends
 
@@ -248,7 +248,9 @@ def test_time_ladder_end_to_end_is_kept_apart_from_the_space_ladder(tmp_path, ca
     weights = load_file(out / "t8-time" / "conv" / "depth3" / "seed0.safetensors")  # the trained model, reloadable
     model = clips_probe.ClipProbe(3, width=8, ladder="time")
     model.load_state_dict(weights)  # kept in training mode: the same power iterations as the run's own evaluation
-    assert probe.accuracy(model, *clips_probe.clip_pairs(probe.TEST_SEED, 4)) == result["test_acc"]
+    assert (
+        long_range_training.accuracy(model, *clips_probe.clip_pairs(long_range_data.TEST_SEED, 4)) == result["test_acc"]
+    )
     assert not (out / "t8").exists()  # the space ladder's results stay where the first design wrote them
     capsys.readouterr()
     clips_probe.main(["report", "--ladder", "time", *common])
@@ -281,7 +283,7 @@ def test_first_object_cells_find_frame_zeros_object_and_nothing_else() -> None:
 def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None:
     torch.manual_seed(0)
     model = clips_probe.ClipProbe(2, width=8, attention=clips_probe.ARMS["attn_zero_init"]["attention"], ladder="time")
-    x, _ = clips_probe.clip_pairs(probe.TEST_SEED, 3)
+    x, _ = clips_probe.clip_pairs(long_range_data.TEST_SEED, 3)
     mass = clips_probe.frame_attention(model, x)  # (6, 4): 8 frames in key slots of 2, the trained-free block
     assert mass.shape == (6, 4)
     torch.testing.assert_close(mass.sum(1), torch.ones(6))
@@ -291,7 +293,7 @@ def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None
     # frame 0's object cells look at slot 3 (frames 6-7), every other query at slot 0 (or 1 for frame 0's background)
     cells = clips_probe.first_object_cells(x)  # (6, 16, 16)
 
-    def weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         target = torch.zeros(q.shape[0], T, 16, 16, dtype=torch.long)  # slot per query
         target[:, 0] = torch.where(cells, 3, 1)
         onehot = F.one_hot(target.flatten(1), 4).float()  # (B, Nq, 4)

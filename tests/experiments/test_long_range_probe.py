@@ -10,7 +10,7 @@ import torch
 from scipy.stats import ks_2samp
 from torch import nn
 
-from experiments import long_range_probe as probe
+from experiments import long_range_data, long_range_model, long_range_probe, long_range_reports
 from experiments.erf import effective_rf, theoretical_rf
 from gan.synthetic import FOREGROUND_THRESHOLD, CoherenceDataset
 
@@ -93,13 +93,15 @@ def _hand_count(depth: int, w: int, c: int, attention: bool) -> int:
 @pytest.mark.parametrize("attention", [None, {}])
 def test_probe_shapes_and_parameter_count(depth: int, attention: dict | None) -> None:
     torch.manual_seed(0)
-    model = probe.Probe(depth, width=16, attention=attention)
+    model = long_range_model.Probe(depth, width=16, attention=attention)
     x = torch.randn(3, 3, 64, 64)
     side = 64 // 2 ** (depth + 1)
     assert model.trunk(x).shape == (3, 16, side, side)
     assert model(x).shape == (3,)
     assert sum(p.numel() for p in model.parameters()) == _hand_count(depth, 16, 3, attention is not None)
-    assert probe.probe_rf(depth) == {0: 6, 2: 36}[depth]  # conv3, conv3, pool2 (6); +10 at jump 2, +20 at jump 4
+    assert (
+        long_range_model.probe_rf(depth) == {0: 6, 2: 36}[depth]
+    )  # conv3, conv3, pool2 (6); +10 at jump 2, +20 at jump 4
 
 
 def test_erf_of_one_conv_is_its_kernel() -> None:
@@ -119,10 +121,10 @@ def test_erf_of_one_conv_is_its_kernel() -> None:
 @pytest.mark.parametrize("depth", [0, 1])
 def test_probe_gradient_support_is_the_theoretical_rf(depth: int) -> None:
     torch.manual_seed(0)
-    model = probe.Probe(depth, width=8)
+    model = long_range_model.Probe(depth, width=8)
     erf = effective_rf(model.trunk, torch.randn(8, 3, 64, 64))
     rows = (erf.grad_map > 0).any(1).nonzero()
-    assert int(rows[-1] - rows[0] + 1) == probe.probe_rf(depth)
+    assert int(rows[-1] - rows[0] + 1) == long_range_model.probe_rf(depth)
 
 
 def test_script_end_to_end(tmp_path, capsys) -> None:
@@ -142,7 +144,7 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
         "--log-every",
         "2",
     ]
-    probe.main(["run", "--arms", "conv", "attn", *common, *tiny])
+    long_range_probe.main(["run", "--arms", "conv", "attn", *common, *tiny])
     result = json.loads((out / "r32-b4" / "attn" / "depth0" / "seed0.json").read_text())  # batch 4: its own cell
     assert result["params"] == _hand_count(0, 8, 3, True)
     assert result["theoretical_rf"] == 6 and result["settings"]["steps"] == 3
@@ -151,7 +153,7 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
     assert 0.0 <= result["test_acc"] <= 1.0 and (result["test_acc"] * 12) % 1 == 0  # 12 test images
     assert 0.0 < result["erf_r90"] <= 16
     capsys.readouterr()
-    probe.main(["report", *common, "--batch", "4", "--width", "8"])  # the run's cell (r32-b4)
+    long_range_probe.main(["report", *common, "--batch", "4", "--width", "8"])  # the run's cell (r32-b4)
     assert plot.stat().st_size > 0
     printed = capsys.readouterr().out
     # one seed per arm: the verdict table names the comparison and refuses a verdict
@@ -164,10 +166,10 @@ def test_script_end_to_end(tmp_path, capsys) -> None:
 
 def test_object_gap_scales_with_resolution_and_mass_beyond_reads_the_profile() -> None:
     # the facing edges' smallest distance, by hand from the dataset's ranges: R - 2 (x0_max + s_max)
-    assert (probe.object_gap(64), probe.object_gap(128)) == (16, 32)  # about 14 and 26 px
+    assert (long_range_reports.object_gap(64), long_range_reports.object_gap(128)) == (16, 32)  # about 14 and 26 px
     result = {"erf_profile": [[0.0, 0.5], [16.0, 0.3], [16.5, 0.15], [40.0, 0.05]]}
-    assert probe.mass_beyond(result, 16) == pytest.approx(0.2)  # strictly farther than 16 px
-    assert probe.mass_beyond({"erf_profile": None}, 16) is None
+    assert long_range_reports.mass_beyond(result, 16) == pytest.approx(0.2)  # strictly farther than 16 px
+    assert long_range_reports.mass_beyond({"erf_profile": None}, 16) is None
 
 
 def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queries() -> None:
@@ -177,7 +179,7 @@ def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queri
     models = {}
     for arm in ("attn", "attn_inv_sqrt_d", "attn_qk4", "attn_qk4_inv_sqrt_d"):
         torch.manual_seed(0)
-        models[arm] = probe.Probe(1, width=8, attention=probe.ARMS[arm]["attention"]).eval()
+        models[arm] = long_range_model.Probe(1, width=8, attention=long_range_model.ARMS[arm]["attention"]).eval()
         models[arm].attention.gamma.data.fill_(0.5)  # open the gate so the block's output counts
     assert models["attn"].attention.qk_channels == 1
     assert torch.equal(models["attn"](x), models["attn_inv_sqrt_d"](x))
@@ -193,7 +195,7 @@ def test_inv_sqrt_d_is_the_default_at_width_8_and_scales_logits_with_wider_queri
 def test_pairs_of_the_detail_variant_differ_only_in_the_right_objects_pattern() -> None:
     """`--variant detail`: the probe's incoherent images keep every object where it was (same foreground) and
     differ only right of the centre, inside the right object."""
-    x, y = probe.pairs(32, 3, 6, variant="detail")
+    x, y = long_range_data.pairs(32, 3, 6, variant="detail")
     coherent, incoherent = x[:6], x[6:]
     assert y.tolist() == [1.0] * 6 + [0.0] * 6
     for coh, inc in zip(coherent, incoherent):

@@ -1,4 +1,4 @@
-"""What a newcomer reads off the attention figures (gan/viz.py) and the explorer (gan/explorer.py): weights as
+"""What a newcomer reads off the attention figures (gan/attention_maps.py) and the explorer (gan/explorer.py): weights as
 multiples of uniform on one shared log colour scale, query columns labelled in their ring colours, each
 block's entropy as a fraction of uniform; the explorer's error state and its temporary folder."""
 
@@ -17,14 +17,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gan import viz  # noqa: E402
+from gan import attention_maps  # noqa: E402
 from gan.attention import AttentionRecord as Record  # noqa: E402
 from gan.config import Config, ModelConfig  # noqa: E402
 from gan.pretrained import export_generator  # noqa: E402
 
 from shared import ROOT  # noqa: E402
 
-H = viz.HEADER_HEIGHT
+H = attention_maps.HEADER_HEIGHT
 
 
 def _grey_images(b: int, side: int, level: float = 100 / 127.5 - 1) -> torch.Tensor:
@@ -46,16 +46,16 @@ def _blend(grey: float, position: float) -> np.ndarray:
 def test_uniform_attention_is_one_times_uniform_in_the_middle_of_the_scale():
     keys = 8 * 8
     row = torch.full((keys,), 1 / keys)
-    multiples = viz.attention_heatmap(row, (8, 8), (32, 32)) * keys
+    multiples = attention_maps.attention_heatmap(row, (8, 8), (32, 32)) * keys
     np.testing.assert_allclose(multiples, 1.0, rtol=1e-6)
     for top in (2.0, 16.0, 256.0):
-        np.testing.assert_allclose(viz.scale_position(multiples, top), 0.5, atol=1e-6)
+        np.testing.assert_allclose(attention_maps.scale_position(multiples, top), 0.5, atol=1e-6)
     # the ends of the scale and what lies beyond them, by hand: 0.5 +- 0.5 * log(m) / log(top)
     np.testing.assert_allclose(
-        viz.scale_position(np.array([0.0, 0.25, 0.5, 2.0, 4.0, 8.0]), 4.0), [0.0, 0.0, 0.25, 0.75, 1.0, 1.0]
+        attention_maps.scale_position(np.array([0.0, 0.25, 0.5, 2.0, 4.0, 8.0]), 4.0), [0.0, 0.0, 0.25, 0.75, 1.0, 1.0]
     )
-    assert viz.scale_top(1.13) == 2.0 and viz.scale_top(37.5) == 37.5
-    assert viz.colour_bar_labels(4.0) == ("<=0.25x", "1x = uniform", "4x")
+    assert attention_maps.scale_top(1.13) == 2.0 and attention_maps.scale_top(37.5) == 37.5
+    assert attention_maps.colour_bar_labels(4.0) == ("<=0.25x", "1x = uniform", "4x")
 
 
 def test_one_scale_for_the_whole_figure_so_a_uniform_block_reads_flat_beside_a_peaked_one():
@@ -64,7 +64,7 @@ def test_one_scale_for_the_whole_figure_so_a_uniform_block_reads_flat_beside_a_p
     hot[..., 6] = 1.0  # every query of the 8x8 block gives all its weight to key 6: 16x uniform
     uniform = torch.full((b, 256, 256), 1 / 256)
     records = [Record("g.attn8", hot, (8, 8), (4, 4)), Record("d.attn16", uniform, (16, 16), (16, 16))]
-    fig = viz.attention_figure(_grey_images(b, 16), records, queries=1, seed=0, panel_size=size)
+    fig = attention_maps.attention_figure(_grey_images(b, 16), records, queries=1, seed=0, panel_size=size)
     hot_panel, flat_panel = _panel(fig, 0, 1, size), _panel(fig, 0, 2, size)
     # top = 16 (the hot key): the hot key is the top colour, the other keys 0x (bottom), uniform exactly mid
     counts = {tuple(c): n for c, n in zip(*np.unique(hot_panel.reshape(-1, 3), axis=0, return_counts=True))}
@@ -81,8 +81,8 @@ def test_a_nearly_uniform_block_reads_nearly_uniform():
     row = torch.full((keys,), 1 / keys)
     row[:8] = 0.0176
     row[8:] = (1 - 8 * 0.0176) / (keys - 8)  # the rest share what is left: 0.99x uniform
-    multiples = viz.attention_heatmap(row, (8, 8), (8, 8)) * keys
-    positions = viz.scale_position(multiples, viz.scale_top(float(multiples.max())))
+    multiples = attention_maps.attention_heatmap(row, (8, 8), (8, 8)) * keys
+    positions = attention_maps.scale_position(multiples, attention_maps.scale_top(float(multiples.max())))
     assert multiples.max() == pytest.approx(0.0176 * 64, rel=1e-5)
     # log(1.1264) / log(2) / 2 = 0.0858 above the middle at most: the colours stay next to uniform's
     assert positions.max() == pytest.approx(0.5 + 0.5 * math.log(0.0176 * 64) / math.log(2), abs=1e-6)
@@ -95,8 +95,8 @@ def test_entropy_as_a_fraction_of_uniform_by_hand():
     # rows (1/2, 1/4, 1/4, 0): H = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2; uniform: ln 4 = 2 ln 2 -> 0.75
     # rows (1, 0, 0, 0): H = 0; their mean: 0.375
     w = torch.tensor([[[0.5, 0.25, 0.25, 0.0], [1.0, 0.0, 0.0, 0.0]]])
-    assert viz.entropy_fraction(w) == pytest.approx(0.375, abs=1e-12)
-    assert viz.entropy_fraction(torch.full((2, 5, 7), 1 / 7)) == pytest.approx(1.0, abs=1e-6)
+    assert attention_maps.entropy_fraction(w) == pytest.approx(0.375, abs=1e-12)
+    assert attention_maps.entropy_fraction(torch.full((2, 5, 7), 1 / 7)) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_headers_state_each_blocks_entropy_and_label_the_queries_in_their_ring_colours():
@@ -105,10 +105,10 @@ def test_headers_state_each_blocks_entropy_and_label_the_queries_in_their_ring_c
     half[..., :2] = 0.5  # every row: two keys at 1/2 -> entropy ln 2 / ln 16 = 0.25 of uniform
     uniform = torch.full((b, 256, 256), 1 / 256)
     records = [Record("g.attn8", half, (8, 8), (4, 4)), Record("d.attn16", uniform, (16, 16), (16, 16))]
-    fig = viz.attention_figure(_grey_images(b, 16), records, queries=queries, seed=0, panel_size=size)
+    fig = attention_maps.attention_figure(_grey_images(b, 16), records, queries=queries, seed=0, panel_size=size)
     step = size + 2
     spans = [(2 + (1 + k * queries) * step, 2 + (1 + (k + 1) * queries) * step - 2) for k in range(2)]
-    want = viz._header(
+    want = attention_maps.header_strip(
         [("entropy 0.25 of uniform", *spans[0]), ("entropy 1.00 of uniform", *spans[1])], fig.shape[1]
     )  # the texts computed by hand, drawn at the group spans
     np.testing.assert_array_equal(fig[H : 2 * H], want)
@@ -117,8 +117,8 @@ def test_headers_state_each_blocks_entropy_and_label_the_queries_in_their_ring_c
         for j in range(queries):
             left = spans[k][0] + j * step
             column = query_row[:, left : left + size].reshape(-1, 3)
-            assert (column == viz.MARKER_COLORS[j]).all(axis=1).any(), (k, j)  # its ring's colour
-            others = [c for i, c in enumerate(viz.MARKER_COLORS[:queries]) if i != j]
+            assert (column == attention_maps.MARKER_COLORS[j]).all(axis=1).any(), (k, j)  # its ring's colour
+            others = [c for i, c in enumerate(attention_maps.MARKER_COLORS[:queries]) if i != j]
             assert not any((column == c).all(axis=1).any() for c in others)
             assert (column < 100).all(axis=1).any()  # and its text
 

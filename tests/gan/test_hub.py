@@ -229,7 +229,7 @@ def test_model_card_has_config_parameter_counts_scores_and_the_sample_grid(tmp_p
         == 0
     )
     card_grid = np.asarray(Image.open(run / "generator" / "samples.png"))
-    assert card_grid.shape == (4 * 66 + 2, 4 * 66 + 2, 3)  # 32x32 images shown at 64x64 (viz.GRID_MIN_CELL)
+    assert card_grid.shape == (4 * 66 + 2, 4 * 66 + 2, 3)  # 32x32 images shown at 64x64 (grids.GRID_MIN_CELL)
     assert np.array_equal(card_grid, np.asarray(Image.open(tmp_path / "s.png")))
 
     export_generator(tmp_path / "alone", G, cfg)  # no metrics.jsonl beside it

@@ -1,7 +1,7 @@
 """Evidence from one GPU in one command, within a time budget (default 8 minutes):
 
-    python -m benchmarks.gpu_evidence --out runs/gpu_evidence            # on the GPU (cuda when present)
-    python -m benchmarks.gpu_evidence --tiny --out /tmp/gpu_evidence     # the CPU smoke test (~100 CPU s)
+    python -m experiments.gpu_evidence --out runs/gpu_evidence            # on the GPU (cuda when present)
+    python -m experiments.gpu_evidence --tiny --out /tmp/gpu_evidence     # the CPU smoke test (~100 CPU s)
 
 Stages, in this order, each one or two commands of the existing benchmark scripts run as subprocesses
 (nothing here measures anything itself):
@@ -229,8 +229,7 @@ def shown_command(command: Command) -> str:
 
 
 def device_description(device: str) -> str:
-    from benchmarks.common import device_line
-    from tools.report import machine_line
+    from tools.report import device_line, machine_line
 
     return f"{device_line(device)}; host {machine_line()}"
 
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cpu":  # train.py takes CUDA whenever it sees it
             env["CUDA_VISIBLE_DEVICES"] = ""
         outcomes = run_stages(stages, args.budget, out, env)
-        command = command_line("benchmarks.gpu_evidence")
+        command = command_line("experiments.gpu_evidence")
         summary = write_summary(out, stages, outcomes, args.budget, device, command, started)
         print(" ".join([f"wrote {summary}", skipped_line(outcomes, args.budget)]).strip())
         return 0 if all(o.status == "done" for o in outcomes) else 1

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_evidence.py: the stage plan for a GPU, the budget rule (skip, stop at a limit), the gamma
+"""experiments/gpu_evidence.py: the stage plan for a GPU, the budget rule (skip, stop at a limit), the gamma
 table against `statistics`, and one tiny end-to-end run on the CPU through the real CLIs.
 
 Nothing here times anything; the budget tests only check which stages ran and that a stopped stage's
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_evidence
-from benchmarks.gpu_evidence import Command, Stage, run_stages, skipped_line
+from experiments import gpu_evidence
+from experiments.gpu_evidence import Command, Stage, run_stages, skipped_line
 
 from shared import ROOT
 
@@ -119,7 +119,7 @@ def test_a_stage_is_stopped_at_its_limit_with_its_children(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path):
     out = tmp_path / "evidence"
-    cmd = [sys.executable, "-m", "benchmarks.gpu_evidence", "--tiny", "--device", "cpu", "--out", str(out)]
+    cmd = [sys.executable, "-m", "experiments.gpu_evidence", "--tiny", "--device", "cpu", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (out / "summary.md").read_text()
@@ -128,14 +128,14 @@ def test_tiny_run_end_to_end(tmp_path):
 
     assert summary.startswith("# Evidence from one device: cpu\n") and f"host {cpu}" in summary
     assert f"- torch {torch.__version__}\n" in summary
-    assert f"- Command: `python -m benchmarks.gpu_evidence --tiny --device cpu --out {out}`" in summary
+    assert f"- Command: `python -m experiments.gpu_evidence --tiny --device cpu --out {out}`" in summary
     for name in ("ablation", "throughput", "attention"):
         assert re.search(rf"^\| {name} \| done \| \d+ \| \d+ \|", summary, re.M), name
     assert "Every stage was started." in summary and "throughput_compile" not in summary
 
     # the ablation: the three arms, seed 0, 4 steps each, evaluated; its report; gamma over training
     for arm in ("none", "gd32", "gd32-lr10"):
-        ev = json.loads((out / "ablation" / "runs" / arm / "seed0" / "ablation_eval.json").read_text())
+        ev = json.loads((out / "ablation" / "runs" / arm / "seed0" / "eval.json").read_text())
         assert (ev["step"], ev["num_samples"], ev["dataset"]) == (4, 16, "builtin")
         assert (ev["params"]["G_attention"] > 0) == (arm != "none") and 0.0 <= ev["d_auc"] <= 1.0
     report = (out / "ablation" / "report.md").read_text()
