@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
-from gan import divergence, registry, rundir
+from gan import divergence, registry, resuming, rundir
 from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
@@ -198,10 +198,16 @@ class Trainer:
             raise ConfigError(
                 f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model"
             )
+        diff = resuming.changes(old_cfg, self.cfg)  # refuses what a resume may not change (gan/resuming.py)
         restore(self.parts, state, self.accelerator, where)
+        o = self.cfg.optim  # the config's rates over the restored optimiser state's: config.yaml tells the truth
+        resuming.apply_optimiser(self.parts.opt_g, o.lr_g, (o.beta1, o.beta2), o.eps, o.attn_lr_mult)
+        resuming.apply_optimiser(self.parts.opt_d, o.lr_d, (o.beta1, o.beta2), o.eps, o.attn_lr_mult)
+        if self.main:
+            resuming.record(self.run_dir, self.step, where, diff)
         self.consumed, self.best, self.last_ckpt = state["consumed"], state["best"], self.step
         self.watch.checked = self.step
-        self.accelerator.print(f"resumed from {where} at step {self.step}")
+        self.accelerator.print(f"resumed from {where} at step {self.step}; {resuming.describe(diff)}")
 
     def checkpoint(self) -> Path | None:
         """Every process contributes its RNG state; the main one writes. Returns the path there."""

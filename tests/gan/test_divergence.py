@@ -27,7 +27,7 @@ def _stats(loss_d: float, loss_g: float) -> dict[str, torch.Tensor]:
 
 def test_finite_steps_pass_and_a_nan_between_checks_is_caught_at_the_next_with_the_range():
     watch = FiniteWatch(torch.device("cpu"))
-    for step in (1, 2, 3):
+    for _ in range(3):  # steps 1-3
         watch.fold(_stats(1.0, -0.5))
     watch.check(3)  # d_real is not a loss: its NaN is no divergence
     assert watch.checked == 3
@@ -52,7 +52,7 @@ def test_a_state_with_a_non_finite_tensor_is_refused_and_names_it():
 
 def test_advice_names_the_newest_checkpoint_and_an_exact_resume_command(tmp_path):
     cfg = load_config(None, ["optim.lr_g=2e-4", "optim.lr_d=1e-3", "train.mixed_precision=bf16"])
-    (tmp_path / "step_00000004" ).mkdir()
+    (tmp_path / "step_00000004").mkdir()
     for name in ("meta.json", "state.safetensors"):
         (tmp_path / "step_00000004" / name).write_text("")
     cmd = "python train.py --config c.yaml --run-dir r --resume latest optim.lr_g=2e-4"
@@ -102,6 +102,11 @@ def test_metrics_jsonl_is_strict_json_with_null_for_non_finite_values(tmp_path):
         _strict(json.dumps({"x": NAN}))  # the parser does refuse what json.dumps writes by default
     record = _strict((tmp_path / "metrics.jsonl").read_text())
     assert {k: record[k] for k in ("step", "loss_d", "loss_g", "d_real", "d_fake", "lr_g")} == {
-        "step": 1, "loss_d": 1.5, "loss_g": None, "d_real": None, "d_fake": None, "lr_g": 1e-4
+        "step": 1,
+        "loss_d": 1.5,
+        "loss_g": None,
+        "d_real": None,
+        "d_fake": None,
+        "lr_g": 1e-4,
     }
     assert math.isfinite(record["time"])
