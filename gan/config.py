@@ -392,6 +392,11 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe() -> str:
-    """Every key with its default and meaning, for `--help-config` and the README."""
-    return "\n".join(describe_fields(Config()))
+def describe(cfg: Config | None = None, source: str = "") -> str:
+    """Every key with its value and meaning, for `--help-config` and docs/configuration.md: the defaults, or
+    `cfg`'s values (read from `source`), each key it changes marked with `*` and its default."""
+    if cfg is None:
+        return "\n".join(describe_fields(Config()))
+    lines = describe_fields(cfg, defaults=Config())
+    changed = sum(line.startswith("* ") for line in lines)
+    return "\n".join([f"# the values of {source}; * marks the {changed} keys it changes from the defaults", *lines])

@@ -10,6 +10,7 @@ from gan.config import (
     ConfigError,
     describe,
     from_dict,
+    leaves,
     load_config,
     parse_overrides,
     save_config,
@@ -305,3 +306,20 @@ def test_every_range_names_a_key_that_exists():
     from gan.config import RANGES
 
     assert set(RANGES) <= {key for key, _ in _typed_keys()}
+
+
+def test_help_config_with_a_config_shows_its_values_and_marks_its_changes(capsys):
+    import train
+
+    assert train.main(["--config", "configs/demo.yaml", "--help-config", "train.steps=5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    demo = load_config(ROOT / "configs" / "demo.yaml", ["train.steps=5"])
+    defaults = dict(leaves(Config()))
+    changed = [k for k, v in leaves(demo) if v != defaults[k]]
+    assert lines[0] == (
+        f"# the values of configs/demo.yaml train.steps=5; * marks the {len(changed)} keys it changes from the defaults"
+    )
+    assert any(line.startswith("* model.g_width = 32 (default 256): generator base width") for line in lines)
+    assert "* train.steps = 5 (default 1000): generator steps in the run" in lines
+    assert sorted(line[2:].split(" = ")[0] for line in lines if line.startswith("* ")) == sorted(changed)
+    assert len(lines) == 1 + len(describe().splitlines())
