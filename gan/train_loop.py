@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
-from gan import divergence, registry, resuming, rundir
+from gan import divergence, progress, registry, resuming, rundir
 from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
@@ -314,7 +313,7 @@ class Trainer:
             )
         )
         total, per_step = cfg.train.steps, samples_per_step(cfg, acc.num_processes)
-        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress), unit="step")
+        bar = progress.bar(total, initial=self.step, enabled=self.main and cfg.train.progress)  # lines if no tty
         running: list[dict[str, torch.Tensor]] = []
         last_time, last_step = time.perf_counter(), self.step
         with StopSignal() as stop:

@@ -171,6 +171,19 @@ def test_resume_refuses_a_different_model(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_progress_into_a_pipe_is_plain_lines_not_bar_redraws(tmp_path):
+    """stderr is a pipe: 40 steps give 20 lines (one per 2 steps), no carriage return; the closing coherence
+    line says how many samples it scored."""
+    res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path / "run"), *TINY,
+                  "train.steps=40", "train.progress=true", "train.log_every=20")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "\r" not in res.stderr and "\r" not in res.stdout
+    bar = [line for line in res.stderr.splitlines() if line.split(" ")[0].endswith("/40")]
+    assert len(bar) == 20 and bar[-1].startswith("40/40 steps (100%) loss_d=")
+    assert "  coherence of 1000 samples: " in res.stdout
+
+
 def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys):
     """--resume latest optim.lr_g=1e-5: the restored optimiser state carried the demo's 4e-4; the run trains at 1e-5
     (the checkpoint's param group, metrics.jsonl's lr_g) and config.yaml and resumes.jsonl say so."""
