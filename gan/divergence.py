@@ -5,8 +5,8 @@ non-finite is ever written.
 (no host sync). The loop calls `check(step)` at log steps and `check(step, state)` before every checkpoint,
 export and `best` write: that reads the flags (one sync) and, before a write, the tensors about to be written.
 A failure raises `DivergenceError`, one line naming the steps since the last check, the loss that went
-non-finite, the newest checkpoint (all of them hold finite tensors, since nothing else is written) and what
-to try. An fp16 GradScaler that skips a step on inf/NaN gradients leaves losses and weights finite: that is
+non-finite, the last checkpoint whose tensors are all finite (the newest one: nothing else is written) and
+what to try. An fp16 GradScaler that skips a step on inf/NaN gradients leaves losses and weights finite: that is
 its normal working, not a divergence, and nothing here sees it.
 """
 
@@ -81,12 +81,25 @@ class FiniteWatch:
         raise DivergenceError(f"training diverged in {steps}: {what} went non-finite; {tail()}")
 
 
-def advice(ckpt_dir: Path, cfg: Any, resume_command: str) -> str:
-    """What was kept (the newest checkpoint: every checkpoint written holds finite tensors) and what to try:
-    a tenth of the learning rates, float32 when the run used mixed precision, resuming from that checkpoint."""
-    from gan.checkpoint import latest_checkpoint
+def last_finite(ckpt_dir: Path) -> Path | None:
+    """The newest intact checkpoint under `ckpt_dir` whose tensors are all finite (this loop writes no other
+    kind, but a directory may hold older ones), or None."""
+    from gan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
-    last = latest_checkpoint(ckpt_dir)
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            state = load_checkpoint(path)[0]
+        except CheckpointError:
+            continue
+        if not nonfinite(state):
+            return path
+    return None
+
+
+def advice(ckpt_dir: Path, cfg: Any, resume_command: str) -> str:
+    """What was kept (the last checkpoint whose tensors are all finite) and what to try: a tenth of the learning
+    rates, float32 when the run used mixed precision, resuming from that checkpoint."""
+    last = last_finite(ckpt_dir)
     o = cfg.optim
     changes = f"optim.lr_g={o.lr_g / 10:g} optim.lr_d={o.lr_d / 10:g}"
     fp32 = cfg.train.mixed_precision != "no"

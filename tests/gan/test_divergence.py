@@ -11,6 +11,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from gan.checkpoint import save_checkpoint
 from gan.config import load_config
 from gan.divergence import DivergenceError, FiniteWatch, advice, nonfinite
 from gan.step import build_parts, train_step
@@ -50,11 +51,11 @@ def test_a_state_with_a_non_finite_tensor_is_refused_and_names_it():
         watch.check(8, state)
 
 
-def test_advice_names_the_newest_checkpoint_and_an_exact_resume_command(tmp_path):
+def test_advice_names_the_last_all_finite_checkpoint_and_an_exact_resume_command(tmp_path):
     cfg = load_config(None, ["optim.lr_g=2e-4", "optim.lr_d=1e-3", "train.mixed_precision=bf16"])
-    (tmp_path / "step_00000004").mkdir()
-    for name in ("meta.json", "state.safetensors"):
-        (tmp_path / "step_00000004" / name).write_text("")
+    for step, value in ((4, 1.0), (6, NAN)):  # step 6: a non-finite checkpoint, as older code could leave
+        state = {"G": {"w": torch.full((3,), value)}, "consumed": step}
+        save_checkpoint(tmp_path, state, step=step, config=cfg, keep_last=0)
     cmd = "python train.py --config c.yaml --run-dir r --resume latest optim.lr_g=2e-4"
     assert advice(tmp_path, cfg, cmd) == (
         f"nothing non-finite was written; the last checkpoint, all finite, is {tmp_path}/step_00000004; try lower "
