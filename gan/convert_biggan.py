@@ -351,7 +351,7 @@ def convert(
         raise ConversionError(f"--out {out} exists and is not an empty directory; pick a new one")
     g_state = read_state_dict(generator_path)
     d_state = read_state_dict(discriminator_path) if discriminator_path is not None else None
-    sn_eps = _epsilons(g_state, sn_eps, overrides, lambda line: say(f"{generator_path}: {line}"))
+    sn_eps = epsilons(g_state, sn_eps, overrides, lambda line: say(f"{generator_path}: {line}"))
     cfg = infer_generator_config(g_state, **overrides)
     if d_state is not None:
         d_fields = infer_discriminator_fields(d_state, cfg.resolution)
@@ -384,7 +384,7 @@ def convert(
     return out
 
 
-def _epsilons(state: dict[str, Tensor], sn_eps: float | None, overrides: dict, say: Callable[[str], None]) -> float:
+def epsilons(state: dict[str, Tensor], sn_eps: float | None, overrides: dict, say: Callable[[str], None]) -> float:
     """The spectral-norm epsilon to convert with, setting overrides["g_bn_eps"] too: TF-Hub's 1e-4 for both when
     the generator has no sv0 buffers (a conversion from TF-Hub), unless given; else the published values."""
     if any(k.endswith(".sv0") for k in state):

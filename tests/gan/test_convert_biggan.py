@@ -24,6 +24,7 @@ from gan.convert_biggan import (
     convert,
     convert_discriminator,
     convert_generator,
+    epsilons,
     infer_discriminator_fields,
     infer_generator_config,
     read_state_dict,
@@ -526,11 +527,9 @@ def test_a_tf_hub_conversion_is_detected_and_converted_with_its_epsilons(tmp_pat
 
 def test_given_epsilons_win_over_the_tf_hub_detection(tmp_path):
     sd = {k: v for k, v in biggan_g_state(64, 8, 5, 20, 6, True).items() if not k.endswith(".sv0")}
-    from gan.convert_biggan import _epsilons
-
     said: list[str] = []
     overrides: dict = {"g_bn_eps": 2e-5}
-    assert _epsilons(sd, 3e-6, overrides, said.append) == 3e-6 and overrides["g_bn_eps"] == 2e-5 and said == []
+    assert epsilons(sd, 3e-6, overrides, said.append) == 3e-6 and overrides["g_bn_eps"] == 2e-5 and said == []
     overrides = {"g_bn_eps": None}
-    assert _epsilons(biggan_g_state(64, 8, 5, 20, 6, True), None, overrides, said.append) == 1e-6
+    assert epsilons(biggan_g_state(64, 8, 5, 20, 6, True), None, overrides, said.append) == 1e-6
     assert overrides["g_bn_eps"] is None and said == []  # a BigGAN-PyTorch file: the published values
