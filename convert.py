@@ -36,8 +36,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     over.add_argument("--width", dest="g_width", type=int, default=None, help="BigGAN's G_ch")
     over.add_argument("--attention", dest="g_attention", type=_sides, default=None, help="G sides, e.g. 64")
     over.add_argument("--z-dim", dest="z_dim", type=int, default=None)
-    over.add_argument("--bn-eps", dest="g_bn_eps", type=float, default=None, help="BigGAN's --BN_eps (1e-5)")
-    over.add_argument("--sn-eps", type=float, default=1e-6, help="BigGAN's --SN_eps for the power iteration (1e-6)")
+    over.add_argument(
+        "--bn-eps",
+        dest="g_bn_eps",
+        type=float,
+        default=None,
+        help="BigGAN's --BN_eps (1e-5; 1e-4 for a TF-Hub conversion, detected by its lack of sv0)",
+    )
+    over.add_argument("--sn-eps", type=float, default=None,
+                      help="BigGAN's --SN_eps for the power iteration (1e-6; 1e-4 for a TF-Hub conversion)")  # fmt: skip
     return p.parse_args(argv)
 
 

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             with Explorer(models) as explorer:
                 app = build_app(explorer)
                 print(f"explorer for {args.checkpoint} on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-                app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+                # quiet: Gradio's own lines repeat the URL above and suggest `share=True`, which no option here offers
+                app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, quiet=True)
         finally:
             signal.signal(signal.SIGTERM, previous)
         return 0

@@ -17,7 +17,7 @@ from gan.config import describe, load_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="YAML file of changes to the defaults")
+    parser.add_argument("--config", default=None, help="YAML file of changes to the defaults (configs/demo.yaml)")
     parser.add_argument("--run-dir", default=None, help="output directory (default: runs/<config name>)")
     parser.add_argument("--resume", default=None, help="'latest' (in the run directory) or a checkpoint path")
     parser.add_argument(
@@ -35,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100 model.g_attention=[16]")
     args = parser.parse_intermixed_args(argv)
-    if args.help_config:
-        print(describe())
-        return 0
     with fail_cleanly():
+        if args.help_config:  # the defaults, or the values of the config (and overrides) given with it
+            given = args.config is not None or args.overrides
+            cfg = load_config(args.config, args.overrides) if given else None
+            print(describe(cfg, " ".join([args.config or "the defaults", *args.overrides])))
+            return 0
+        args.config = args.config or "configs/demo.yaml"
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         from gan.train_loop import train  # torch / accelerate load only once the arguments are known good

@@ -10,6 +10,7 @@ the keys, their cross-field checks and the mapping of keys that moved.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,30 +229,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single field's type cannot express."""
     m = cfg.model
-    for side in (*m.g_attention, *m.d_attention):
-        if side < 4 or side > m.resolution or side & (side - 1):
-            raise ConfigError(
-                f"attention resolution {side} is not a feature-map side of a {m.resolution}x{m.resolution} model; "
-                f"use powers of two from 4 to {m.resolution}"
-            )
+    for key, sides in (("model.g_attention", m.g_attention), ("model.d_attention", m.d_attention)):
+        for side in sides:
+            if side < 4 or side > m.resolution or side & (side - 1):
+                raise ConfigError(
+                    f"config key '{key}': attention resolution {side} is not a feature-map side of a "
+                    f"{m.resolution}x{m.resolution} model; use powers of two from 4 to {m.resolution}"
+                )
+    _validate_ranges(cfg)  # each key alone first, then the block options together
     try:
         check_block_options(**attention_options(m))
     except OptionError as exc:
         raise option_error(exc) from None
-    for key in ("train.steps", "train.batch_size", "optim.n_dis", "optim.grad_accum"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"config key '{key}' must be at least 1")
-    if cfg.train.threads < 0:
-        raise ConfigError("config key 'train.threads' must be 0 (automatic) or a number of threads")
-    if cfg.data.subset < 0:
-        raise ConfigError("config key 'data.subset' must be 0 (every image) or a number of images")
-    if not 0.0 <= cfg.optim.ema_decay < 1.0:
-        raise ConfigError("config key 'optim.ema_decay' must be in [0, 1)")
-    if m.d_depth is not None and m.d_depth < 0:
-        raise ConfigError("config key 'model.d_depth' must be null (SAGAN's D) or a number of blocks, 0 or more")
-    if m.d_extra_blocks < 0:
-        raise ConfigError("config key 'model.d_extra_blocks' must be 0 (none) or a number of blocks")
     _validate_augmentation(cfg)
     for key, names in (("eval.metrics", cfg.eval.metrics), ("eval.best_metric", [cfg.eval.best_metric])):
         for metric in names:
@@ -309,25 +298,82 @@ def _upgrade(delta: dict) -> dict:
     return {**delta, "model": {**model, "attn_lab": lab}}
 
 
+# The range of every numeric key (the block options' rules are gan/attention_rules.py's): (lowest, highest, whether
+# the lowest is excluded, whether the highest is, what the range says). A float must also be finite.
+_UNIT = (0, 1, False, True, "")  # [0, 1)
+_COUNT_OR_0 = {"data.subset": "0: every image", "data.num_workers": "0: load in the main process",
+               "train.threads": "0: automatic", "train.keep_last": "0: keep all", "model.g_shared_dim": "0: none",
+               "model.d_extra_blocks": "0: none", "model.num_classes": "0: unconditional",
+               "optim.ema_start": "", "train.checkpoint_every": "0: only at the end",
+               "train.sample_every": "0: only at the end", "train.log_every": "0: only at the end",
+               "eval.every": "0: never during training", "log.attention_every": "0: only at the end"}  # fmt: skip
+_AT_LEAST_1 = ("model.z_dim", "model.g_width", "model.d_width", "model.attn_qk_divisor", "model.attn_v_divisor",
+               "data.builtin_size", "optim.n_dis", "optim.grad_accum", "train.steps", "train.batch_size",
+               "train.sample_grid", "train.ada_interval", "train.ada_speed_images", "eval.num_samples",
+               "eval.batch_size", "log.attention_queries")  # fmt: skip
+RANGES: dict[str, tuple[float, float | None, bool, bool, str]] = {
+    **{key: (0, None, False, False, note) for key, note in _COUNT_OR_0.items()},
+    **dict.fromkeys(_AT_LEAST_1, (1, None, False, False, "")),
+    "model.d_depth": (0, None, False, False, "or null: SAGAN's D, all of its blocks"),
+    "model.g_bn_eps": (0, None, True, False, ""),
+    "optim.lr_g": (0, None, True, False, ""),
+    "optim.lr_d": (0, None, True, False, ""),
+    "optim.eps": (0, None, True, False, ""),
+    "optim.beta1": _UNIT,
+    "optim.beta2": _UNIT,
+    "optim.ema_decay": (0, 1, False, True, "0: no EMA"),
+    "optim.lecam": (0, None, False, False, "0: off"),
+    "optim.lecam_decay": _UNIT,
+    "optim.attn_lr_mult": (0, None, True, False, "1: the blocks learn at lr_g / lr_d"),
+    "train.seed": (0, 2**32 - 1, False, False, ""),
+    "train.augment_p": (0, 1, False, False, ""),
+    "train.ada_target": (0, 1, False, False, "0: off"),
+}
+
+
+def _range_text(low: float, high: float | None, low_open: bool, high_open: bool, note: str) -> str:
+    """E.g. "at least 1", "in [0, 1)", "in (0, inf)", with the note in brackets."""
+    if high is None and not low_open:
+        text = f"at least {low}"
+    else:
+        text = f"in {'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+    return f"{text} ({note})" if note else text
+
+
+def leaves(section: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every field of dataclass `section`, nested sections flattened."""
+    out = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        nested = dataclasses.is_dataclass(value)
+        out += leaves(value, f"{prefix}{f.name}.") if nested else [(f"{prefix}{f.name}", value)]
+    return out
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Every float finite; every key of RANGES within its range: else one line naming the key and the range."""
+    for key, value in leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number; got {value!r}")
+        if key not in RANGES or value is None:
+            continue
+        low, high, low_open, high_open, note = RANGES[key]
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (above and below):
+            rule = _range_text(low, high, low_open, high_open, note)
+            raise ConfigError(f"config key '{key}' must be {rule}; got {value!r}")
+
+
 def _validate_augmentation(cfg: Config) -> None:
-    t, o = cfg.train, cfg.optim
+    t = cfg.train
     unknown = [n for n in (p.strip() for p in t.augment.split(",")) if n and n not in AUGMENT_POLICIES]
     if unknown:
         raise ConfigError(
             f"config key 'train.augment' accepts a comma list of {', '.join(AUGMENT_POLICIES)} (empty: none); got {unknown[0]!r}"
         )
-    for key, value in (("train.augment_p", t.augment_p), ("train.ada_target", t.ada_target)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"config key '{key}' must be in [0, 1]")
-    for key, value in (("train.ada_interval", t.ada_interval), ("train.ada_speed_images", t.ada_speed_images)):
-        if value < 1:
-            raise ConfigError(f"config key '{key}' must be at least 1")
-    if o.lecam < 0:
-        raise ConfigError("config key 'optim.lecam' must be 0 (off) or a positive weight")
-    if not 0.0 <= o.lecam_decay < 1.0:
-        raise ConfigError("config key 'optim.lecam_decay' must be in [0, 1)")
-    if not o.attn_lr_mult > 0:
-        raise ConfigError("config key 'optim.attn_lr_mult' must be positive (1: the blocks learn at lr_g / lr_d)")
+    if t.ada_target > 0 and not unknown and not t.augment.strip():
+        raise ConfigError("config key 'train.ada_target' steers train.augment's probability; name its policies too")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -346,6 +392,11 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe() -> str:
-    """Every key with its default and meaning, for `--help-config` and the README."""
-    return "\n".join(describe_fields(Config()))
+def describe(cfg: Config | None = None, source: str = "") -> str:
+    """Every key with its value and meaning, for `--help-config` and docs/configuration.md: the defaults, or
+    `cfg`'s values (read from `source`), each key it changes marked with `*` and its default."""
+    if cfg is None:
+        return "\n".join(describe_fields(Config()))
+    lines = describe_fields(cfg, defaults=Config())
+    changed = sum(line.startswith("* ") for line in lines)
+    return "\n".join([f"# the values of {source}; * marks the {changed} keys it changes from the defaults", *lines])

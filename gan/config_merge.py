@@ -152,15 +152,22 @@ def read_deltas(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     return [*read_deltas(path.parent / base, (*seen, path.resolve())), delta]
 
 
-def describe_fields(section: Any, prefix: str = "") -> list[str]:
-    """`key = default: meaning (one of ...)` for every field of dataclass `section`, nested sections flattened."""
+def describe_fields(section: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """`key = value: meaning (one of ...)` for every field of dataclass `section`, nested sections flattened;
+    with `defaults` (the same dataclass at its defaults), a value that differs reads `* key = value (default d)`."""
     lines = []
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
+        default = getattr(defaults, f.name) if defaults is not None else value
         if dataclasses.is_dataclass(value):
-            lines += describe_fields(value, f"{prefix}{f.name}.")
+            lines += describe_fields(value, f"{prefix}{f.name}.", default if defaults is not None else None)
             continue
         choices = f.metadata.get("choices")
         extra = f" (one of {', '.join(map(str, choices))})" if choices else ""
-        lines.append(f"{prefix}{f.name} = {value!r}: {f.metadata['help']}{extra}")
+        key = (
+            f"{prefix}{f.name} = {value!r}"
+            if value == default
+            else f"* {prefix}{f.name} = {value!r} (default {default!r})"
+        )
+        lines.append(f"{key}: {f.metadata['help']}{extra}")
     return lines

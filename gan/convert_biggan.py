@@ -40,9 +40,12 @@ from gan.errors import UserError
 
 PUBLISHED_BN_EPS = 1e-5  # --BN_eps of BigGAN-PyTorch's ImageNet launch scripts (the generator's ccbn)
 PUBLISHED_SN_EPS = 1e-6  # --SN_eps of those scripts (only matters for a weight with ||u0 W|| below it)
+TFHUB_EPS = 1e-4  # batch-norm and spectral-norm epsilon of TF-Hub's BigGAN, whose PyTorch conversions lack sv0
 PUBLISHED_ORIGIN = "trained on ImageNet by its authors"  # the model card's words for the published checkpoints
 _G_BLOCKS = {4: 64, 5: 128}  # number of G blocks -> resolution (BigGAN's 64 and 128 tables)
 _D_BLOCKS = {5: 64, 6: 128}
+_OTHER_G_BLOCKS = {3: 32, 6: 256, 7: 512}  # BigGAN's other tables, which this converter does not map
+_DEEP = re.compile(r"^blocks\.\d+\.0\.conv4\.weight$")  # BigGAN-deep's bottleneck blocks: conv1 ... conv4
 _BLOCK = re.compile(r"^blocks\.(\d+)\.0\.conv1\.weight$")
 
 
@@ -91,6 +94,15 @@ def _n_blocks(state: dict[str, Tensor]) -> int:
     return len(ids)
 
 
+def refuse_deep(state: dict[str, Tensor], what: str) -> None:
+    """BigGAN-deep (BigGANdeep.py: bottleneck blocks with conv1-conv4, no conv_sc) is another architecture."""
+    if any(_DEEP.match(k) for k in state):
+        raise ConversionError(
+            f"the {what} is BigGAN-deep's (blocks with conv1 to conv4 bottlenecks); this converter maps "
+            "BigGAN-PyTorch's BigGAN (BigGAN.py) only, not BigGAN-deep"
+        )
+
+
 def _need(state: dict[str, Tensor], key: str, what: str) -> Tensor:
     if key not in state:
         raise ConversionError(f"the source lacks tensor {key}; is it a BigGAN-PyTorch {what} state dict?")
@@ -104,10 +116,14 @@ def _attention_blocks(state: dict[str, Tensor]) -> list[int]:
 def infer_generator_config(state: dict[str, Tensor], **overrides) -> ModelConfig:
     """The ModelConfig of a BigGAN-PyTorch generator state dict, from its names and shapes; `overrides`
     (ModelConfig field -> value, None ignored) replace what was inferred (the mapping then checks them)."""
+    refuse_deep(state, "generator")
     n = _n_blocks(state)
-    if n not in _G_BLOCKS and "resolution" not in overrides:
+    if n not in _G_BLOCKS and overrides.get("resolution") is None:
+        other = _OTHER_G_BLOCKS.get(n)
+        which = f", BigGAN's {other}x{other} table" if other else ""
         raise ConversionError(
-            f"the source has {n} generator blocks; this converter maps BigGAN's 64x64 (4) and 128x128 (5) tables"
+            f"the generator has {n} blocks{which}; this converter maps BigGAN's 64x64 (4 blocks) and 128x128 "
+            "(5 blocks) tables only"
         )
     shared = _need(state, "shared.weight", "generator (G_shared)")
     z_chunk = _need(state, "linear.weight", "generator").shape[1]
@@ -141,6 +157,7 @@ def infer_generator_config(state: dict[str, Tensor], **overrides) -> ModelConfig
 
 def infer_discriminator_fields(state: dict[str, Tensor], resolution: int) -> dict:
     """d_width, d_attention and num_classes of a BigGAN-PyTorch discriminator state dict."""
+    refuse_deep(state, "discriminator")
     n = _n_blocks(state)
     if _D_BLOCKS.get(n) != resolution:
         raise ConversionError(
@@ -317,7 +334,7 @@ def convert(
     out: str | Path,
     *,
     discriminator_path: str | Path | None = None,
-    sn_eps: float = PUBLISHED_SN_EPS,
+    sn_eps: float | None = None,
     origin: str | None = None,
     say: Callable[[str], None] = print,
     **overrides,
@@ -325,7 +342,8 @@ def convert(
     """Convert BigGAN-PyTorch's G (and D) state dicts into a generator export at `out` (generator.safetensors,
     config.json, model card) plus `discriminator.safetensors` when D is given; returns `out`. The card's
     source names BigGAN-PyTorch, `origin` (how those weights were trained; default: the published checkpoints)
-    and each source file's SHA-256."""
+    and each source file's SHA-256. `sn_eps` and overrides' `g_bn_eps` None: the published 1e-6 and 1e-5, or
+    TF-Hub's 1e-4 for a generator without sv0 buffers (the layout of TF-Hub conversions), said in one line."""
     from gan.pretrained import export_generator  # imports the Hub client: only a conversion needs it
 
     out = Path(out)
@@ -333,6 +351,7 @@ def convert(
         raise ConversionError(f"--out {out} exists and is not an empty directory; pick a new one")
     g_state = read_state_dict(generator_path)
     d_state = read_state_dict(discriminator_path) if discriminator_path is not None else None
+    sn_eps = epsilons(g_state, sn_eps, overrides, lambda line: say(f"{generator_path}: {line}"))
     cfg = infer_generator_config(g_state, **overrides)
     if d_state is not None:
         d_fields = infer_discriminator_fields(d_state, cfg.resolution)
@@ -363,6 +382,21 @@ def convert(
         )
     say(f"wrote {out} (generator export{' + discriminator.safetensors' if D is not None else ''})")
     return out
+
+
+def epsilons(state: dict[str, Tensor], sn_eps: float | None, overrides: dict, say: Callable[[str], None]) -> float:
+    """The spectral-norm epsilon to convert with, setting overrides["g_bn_eps"] too: TF-Hub's 1e-4 for both when
+    the generator has no sv0 buffers (a conversion from TF-Hub), unless given; else the published values."""
+    if any(k.endswith(".sv0") for k in state):
+        return PUBLISHED_SN_EPS if sn_eps is None else sn_eps
+    if overrides.get("g_bn_eps") is None or sn_eps is None:
+        say(
+            "no sv0 buffers, the layout of a conversion from TF-Hub's BigGAN: converting with its batch-norm and "
+            "spectral-norm epsilons of 1e-4 (--bn-eps / --sn-eps set them otherwise)"
+        )
+    if overrides.get("g_bn_eps") is None:
+        overrides["g_bn_eps"] = TFHUB_EPS
+    return TFHUB_EPS if sn_eps is None else sn_eps
 
 
 def provenance(generator_path: str | Path, discriminator_path: str | Path | None, origin: str) -> dict:

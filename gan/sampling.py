@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gan import progress
 from gan.config import ConfigError
 from gan.runtime import eval_mode
 
@@ -106,7 +107,7 @@ def generate(
     if device is None:
         device = next(G.parameters()).device
     out = []
-    with eval_mode(G):
+    with eval_mode(G), progress.tracked(z.shape[0]) as advance:  # shown by evaluate.py (gan/progress.py)
         for i in range(0, z.shape[0], chunk):
             zi = z[i : i + chunk]  # (n, Z)
             yi = None if labels is None else labels[i : i + chunk]
@@ -116,6 +117,7 @@ def generate(
                 yi = None if yi is None else torch.cat([yi, yi[-1:].expand(pad)])
             y = None if yi is None else yi.to(device)
             out.append(G(zi.to(device), y).float().cpu()[:n])
+            advance(n)
     return torch.cat(out)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -45,8 +46,14 @@ def log_image(accelerator: Accelerator, key: str, image: np.ndarray, step: int) 
             tracker.log_images({key: image[None]}, step=step, dataformats="NHWC")
 
 
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf, which JSON cannot hold) turned into None (null)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class RunLog:
-    """metrics.jsonl in the run directory (main process) mirrored to the trackers."""
+    """metrics.jsonl in the run directory (main process) mirrored to the trackers. Every line is strict JSON:
+    a non-finite value (a diverged loss) is written as null; the trackers get the value itself."""
 
     def __init__(self, run_dir: Path, accelerator: Accelerator) -> None:
         self.path = run_dir / "metrics.jsonl"
@@ -54,7 +61,8 @@ class RunLog:
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
-            append_line(self.path, json.dumps({"step": step, "time": time.time(), **values}))
+            record = {"step": step, "time": time.time(), **{k: strict(v) for k, v in values.items()}}
+            append_line(self.path, json.dumps(record, allow_nan=False))
         self.accelerator.log(values, step=step)
 
 

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from gan import checkpoint as ckpt
-from gan import registry, rundir
+from gan import divergence, progress, registry, resuming, rundir
 from gan.classifier import IN_DOMAIN
 from gan.config import Config, ConfigError, save_config, to_dict
 from gan.data import build_dataset
@@ -173,6 +172,8 @@ class Trainer:
         self.parts = build_parts(cfg, accelerator)
         self.log = RunLog(run_dir, accelerator)
         self.step, self.consumed, self.best, self.last_ckpt = 0, 0, {}, -1
+        sum_flags = (lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else (lambda t: t)
+        self.watch = divergence.FiniteWatch(accelerator.device, sum_flags)  # divergence: see guard()
         fixed = torch.Generator().manual_seed(cfg.train.seed + 12345)  # the same sample-grid noise in every run
         self.z_fixed = torch.randn(cfg.train.sample_grid, cfg.model.z_dim, generator=fixed).to(accelerator.device)
         n = cfg.model.num_classes
@@ -196,13 +197,21 @@ class Trainer:
             raise ConfigError(
                 f"the model config differs from the checkpoint's in {', '.join(changed)}; resume with the same model"
             )
+        diff = resuming.changes(old_cfg, self.cfg)  # refuses what a resume may not change (gan/resuming.py)
         restore(self.parts, state, self.accelerator, where)
+        o = self.cfg.optim  # the config's rates over the restored optimiser state's: config.yaml tells the truth
+        resuming.apply_optimiser(self.parts.opt_g, o.lr_g, (o.beta1, o.beta2), o.eps, o.attn_lr_mult)
+        resuming.apply_optimiser(self.parts.opt_d, o.lr_d, (o.beta1, o.beta2), o.eps, o.attn_lr_mult)
+        if self.main:
+            resuming.record(self.run_dir, self.step, where, diff)
         self.consumed, self.best, self.last_ckpt = state["consumed"], state["best"], self.step
-        self.accelerator.print(f"resumed from {where} at step {self.step}")
+        self.watch.checked = self.step
+        self.accelerator.print(f"resumed from {where} at step {self.step}; {resuming.describe(diff)}")
 
     def checkpoint(self) -> Path | None:
         """Every process contributes its RNG state; the main one writes. Returns the path there."""
         state = training_state(self.parts, self.accelerator, self.consumed, self.best)
+        self.guard(state)
         path = None
         if self.main:
             path = ckpt.save_checkpoint(
@@ -211,6 +220,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.last_ckpt = self.step
         return path
+
+    def guard(self, state: Any = None) -> None:
+        """Stop in one line if a loss went non-finite since the last check or `state`, about to be written,
+        holds a non-finite tensor (gan/divergence.py): at log steps and before every write."""
+        self.watch.check(self.step, state, lambda: divergence.advice(self.ckpt_dir, self.cfg, self.resume_command))
 
     # -- between steps ----------------------------------------------------------------------------
 
@@ -249,6 +263,7 @@ class Trainer:
         """Scores of the sampling generator (computed by the main process), then a checkpoint; a new best
         score also becomes `checkpoints/best`."""
         scores: dict[str, float] = {}
+        self.guard()  # no scores of a diverged generator
         if self.main:
             from gan.metrics import evaluate  # torch-fidelity loads only for runs that evaluate
 
@@ -298,7 +313,7 @@ class Trainer:
             )
         )
         total, per_step = cfg.train.steps, samples_per_step(cfg, acc.num_processes)
-        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress), unit="step")
+        bar = progress.bar(total, initial=self.step, enabled=self.main and cfg.train.progress)  # lines if no tty
         running: list[dict[str, torch.Tensor]] = []
         last_time, last_step = time.perf_counter(), self.step
         with StopSignal() as stop:
@@ -307,6 +322,7 @@ class Trainer:
                 self.step += 1
                 self.consumed += per_step
                 running.append(stats)
+                self.watch.fold(stats)
                 bar.update(1)
                 if _due(self.step, cfg.train.log_every, total):
                     now = time.perf_counter()
@@ -317,6 +333,7 @@ class Trainer:
                         img_s=f"{values['images_per_s']:.1f}",
                     )
                     running, last_time, last_step = [], now, self.step
+                    self.guard()
                 if self.main and _due(self.step, cfg.train.sample_every, total):
                     self.write_samples()
                 if self.main and _due(self.step, cfg.log.attention_every, total):
@@ -330,6 +347,7 @@ class Trainer:
         bar.close()
         export = None
         interrupted = self.step < total
+        self.guard(self.sampler_model().state_dict())
         if self.main:
             export = export_generator(self.run_dir / "generator", self.sampler_model(), cfg)
             acc.print("\n".join(self.interrupted_lines(export) if interrupted else self.summary_lines(export)))

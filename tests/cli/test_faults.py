@@ -4,6 +4,7 @@ mistakes, file permissions, a closed pipe, sample.py's default output."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -372,3 +373,67 @@ def test_evaluate_on_a_full_disk_says_what_could_not_be_written(tmp_path, capsys
         == f"error: disk full: could not write {grid} ({ENOSPC_TEXT}); free space, then run the same command again\n"
     )
     assert not grid.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A diverging run
+
+
+def _strict_json(line: str) -> dict:
+    """json.loads that refuses NaN / Infinity, as jq and browsers do."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def _all_finite(ckpt: Path) -> bool:
+    from gan.divergence import nonfinite
+
+    return nonfinite(load_checkpoint(ckpt)[0]) == []
+
+
+def test_a_diverging_run_stops_in_one_line_writing_nothing_non_finite(tmp_path, capsys):
+    """The issue's case, scaled down: learning rates of 1e38 make G's loss non-finite in step 1 (D's update comes
+    first). The run stops there (status 2) in one line naming the step, the loss, that no checkpoint exists and
+    what to try; no checkpoint, export or `best` was written; metrics.jsonl holds the non-finite loss as null."""
+    run = tmp_path / "run"
+    args = ["optim.lr_d=1e38", "optim.lr_g=1e38", "train.checkpoint_every=2", "train.keep_last=2",
+            "train.steps=6", "train.log_every=1"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        _train(run, *args)
+    assert exc.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: training diverged in step 1: loss_g went non-finite; no checkpoint was written ")
+    assert f"--run-dir {run} --overwrite " in line
+    assert line.endswith(f"{' '.join(args)} optim.lr_g=1e+37 optim.lr_d=1e+37")
+    assert "try lower learning rates: " in line
+    assert not (run / "checkpoints").exists() and not (run / "generator").exists()
+    records = [_strict_json(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]
+    assert isinstance(records[0]["loss_d"], float) and records[0]["loss_g"] is None
+
+
+def test_a_divergence_after_checkpoints_keeps_the_finite_ones_and_names_the_last(tmp_path, capsys):
+    """Four good steps with a checkpoint each (keep_last 2: steps 3 and 4 stay), then a resume at learning
+    rates of 1e38 diverges in step 5: no checkpoint after step 4 is written, so rotation prunes none of the
+    finite ones, and the line names step 4's checkpoint and the exact command that resumes from it."""
+    run = tmp_path / "run"
+    good = ["train.checkpoint_every=1", "train.keep_last=2", "train.log_every=1"]
+    assert _train(run, *good, "train.steps=4") == 0
+    bad = [*good, "train.steps=8", "optim.lr_d=1e38", "optim.lr_g=1e38"]
+    with pytest.raises(SystemExit) as exc:
+        _train(run, *bad, "--resume", "latest")
+    assert exc.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    last = run / "checkpoints" / "step_00000004"
+    assert line.startswith(
+        f"error: training diverged in step 5: loss_g went non-finite; nothing non-finite was written; the last "
+        f"checkpoint, all finite, is {last}; try lower learning rates: "
+    )
+    assert f"--run-dir {run} --resume {last} " in line and line.endswith(" optim.lr_g=1e+37 optim.lr_d=1e+37")
+    kept = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in kept] == ["step_00000003", "step_00000004"] and all(_all_finite(p) for p in kept)
+    records = [_strict_json(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[-1]["loss_g"] is None

@@ -39,7 +39,15 @@ def test_evaluate_coherence_names_no_feature_extractor_and_gives_real_and_chance
     torch.manual_seed(0)
     export = export_generator(tmp_path / "export", Generator(tiny_cfg.model), tiny_cfg)
     assert evaluate_cli.main(["--checkpoint", str(export), "--metrics", "coherence", "--num", "8"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    # stderr, no terminal: the generation's progress as plain lines, then every score with its sample count
+    err = captured.err.splitlines()
+    assert "generating 8 samples: 8/8 images (100%)" in err and "\r" not in captured.err
+    assert (
+        f"coherence of 8 samples: {result['coherence']:.4g} (real data 1.000, chance 0.012; docs/coherence.md)" in err
+    )
+    assert f"shape_iou of 8 samples: {result['shape_iou']:.4g}" in err
     assert result["feature_extractor"] is None  # the coherence score reads pixels, through no network
     # the levels the demo prints: real data 1.000, chance 0.012 at 32x32 RGB (docs/coherence.md)
     assert result["coherence_levels"] == {"real_data": 1.0, "chance": 0.0117}

@@ -172,6 +172,61 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 
 @pytest.mark.slow
+def test_progress_into_a_pipe_is_plain_lines_not_bar_redraws(tmp_path):
+    """stderr is a pipe: 40 steps give 20 lines (one per 2 steps), no carriage return; the closing coherence
+    line says how many samples it scored."""
+    res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path / "run"), *TINY,
+                  "train.steps=40", "train.progress=true", "train.log_every=20")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "\r" not in res.stderr and "\r" not in res.stdout
+    bar = [line for line in res.stderr.splitlines() if line.split(" ")[0].endswith("/40")]
+    assert len(bar) == 20 and bar[-1].startswith("40/40 steps (100%) loss_d=")
+    assert "  coherence of 1000 samples: " in res.stdout
+
+
+def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys):
+    """--resume latest optim.lr_g=1e-5: the restored optimiser state carried the demo's 4e-4; the run trains at 1e-5
+    (the checkpoint's param group, metrics.jsonl's lr_g) and config.yaml and resumes.jsonl say so."""
+    run = tmp_path / "run"
+    common = ["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run)]
+    assert train_cli.main([*common, "train.steps=2"]) == 0
+    assert train_cli.main([*common, "train.steps=4", "optim.lr_g=1e-5", "--resume", "latest"]) == 0
+    assert "changed on resume: optim.lr_g 0.0004 -> 1e-05, train.steps 2 -> 4" in capsys.readouterr().out
+    state, cfg, step = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert step == 4 and cfg.optim.lr_g == 1e-5
+    assert [g["lr"] for g in state["opt_g"]["param_groups"]] == [1e-5]
+    assert [g["lr"] for g in state["opt_d"]["param_groups"]] == [4e-4]  # unchanged
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr_g"]) for r in rows] == [(2, 4e-4), (4, 1e-5)]
+    assert "lr_g: 1.0e-05" in (run / "config.yaml").read_text()
+    records = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert records == [{"step": 2, "checkpoint": str(run / "checkpoints" / "step_00000002"),
+                        "changes": {"optim.lr_g": [4e-4, 1e-5], "train.steps": [2, 4]}}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, shown",
+    [("train.batch_size=2", "train.batch_size (4 -> 2)"), ("optim.loss=nonsaturating",
+     'optim.loss ("hinge" -> "nonsaturating")'), ("data.builtin_size=32", "data.builtin_size (64 -> 32)")],
+)  # fmt: skip
+def test_resume_refuses_a_key_that_fixes_the_run_in_one_line(tmp_path, capsys, change, shown):
+    run = tmp_path / "run"
+    common = ["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run)]
+    assert train_cli.main([*common, "train.steps=1"]) == 0
+    config_before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main([*common, "train.steps=2", change, "--resume", "latest"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: a resume cannot change {shown}: it fixes the data order, the objective or the state's layout "
+        "(docs/training.md, Resume); resume with the checkpoint's value, or start a new run from its weights "
+        "with --init-from"
+    ]
+    assert (run / "config.yaml").read_text() == config_before and not (run / "resumes.jsonl").exists()
+
+
+@pytest.mark.slow
 def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     res = run_cli(
         "train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest"

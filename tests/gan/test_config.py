@@ -1,5 +1,6 @@
 """Config: defaults, YAML deltas with `base:`, overrides, one-line errors, round trips, shipped files."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from gan.config import (
     ConfigError,
     describe,
     from_dict,
+    leaves,
     load_config,
     parse_overrides,
     save_config,
@@ -29,13 +31,13 @@ def test_defaults_and_overrides_with_yaml_values():
             "model.g_attention=[8, 16]",
             "log.tags=[a, b]",
             "train.channels_last=true",
-            "optim.beta2=1",
+            "optim.beta2=0",  # an int
         ],
     )
     assert cfg.train.steps == 7 and cfg.optim.lr_g == 1e-3
     assert cfg.model.g_attention == [8, 16] and cfg.log.tags == ["a", "b"]
     assert cfg.train.channels_last is True
-    assert cfg.optim.beta2 == 1.0 and isinstance(cfg.optim.beta2, float)  # ints widen to floats
+    assert cfg.optim.beta2 == 0.0 and isinstance(cfg.optim.beta2, float)  # ints widen to floats
     assert load_config().train.steps == Config().train.steps
 
 
@@ -78,8 +80,8 @@ def test_parse_overrides_nests_and_rejects_malformed_words():
             "config key 'train.augment' accepts a comma list of color, translation, cutout (empty: none); got 'flip'",
         ),
         (["train.ada_target=1.5"], "config key 'train.ada_target' must be in [0, 1]"),
-        (["optim.lecam=-1"], "config key 'optim.lecam' must be 0 (off) or a positive weight"),
-        (["data.subset=-5"], "config key 'data.subset' must be 0 (every image) or a number of images"),
+        (["optim.lecam=-1"], "config key 'optim.lecam' must be at least 0 (0: off); got -1.0"),
+        (["data.subset=-5"], "config key 'data.subset' must be at least 0 (0: every image); got -5"),
         (["eval.metrics=[fid, pr]"], "config key 'eval.metrics' accepts fid, isc, kid, prc, copy, coherence; got 'pr'"),
     ],
 )
@@ -205,3 +207,119 @@ def test_augment_policy_names_are_gan_augments():
     from gan.config import AUGMENT_POLICIES
 
     assert AUGMENT_POLICIES == tuple(POLICIES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every typed key, walked at run time, with values outside its domain
+
+# What a message says is allowed: a range, a choice, a type, or (the block options' rules, gan/attention_rules.py)
+# what the key needs or which setting takes none.
+RANGE = r"(at least -?\d|in [\[(]|one of|finite|expects|accepts|feature-map side|needs|steers|must be|takes none)"
+# Keys whose domain a type or choice list is all of (any text; any bool), or whose rules live with the
+# attention options (model.attn_*: a real gamma start, a temperature checked there).
+FREE_TEXT = {"data.root", "eval.inception_weights", "eval.cache_dir", "log.project", "log.entity", "log.run_name",
+             "train.augment"}  # fmt: skip
+
+
+def _typed_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, type) of every field found at run time, nested sections (model.attn_lab) flattened."""
+    import dataclasses
+    import typing
+
+    keys: list[tuple[str, object]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        nested = isinstance(tp, type) and dataclasses.is_dataclass(tp)
+        keys += _typed_keys(tp, f"{prefix}{f.name}.") if nested else [(f"{prefix}{f.name}", tp)]
+    return keys
+
+
+def _bad_values(key: str, tp: object) -> list[object]:
+    """Values outside every key's domain: negative numbers (nothing counts below zero), non-finite floats,
+    a word where a bool, list or choice is expected."""
+    import typing
+
+    base = typing.get_args(tp)[0] if typing.get_origin(tp) is not None and type(None) in typing.get_args(tp) else tp
+    if base is bool:
+        return ["maybe"]
+    if base is int:
+        return [-1]
+    if base is float:
+        return [float("nan"), float("inf")] + ([] if key == "model.attn_lab.gamma_init" else [-1.0])
+    if typing.get_origin(base) is list:
+        return [5, [-1] if typing.get_args(base)[0] is int else ["nope"] if key == "eval.metrics" else [5]]
+    return [["a", "list"]] + ([] if key in FREE_TEXT else ["nonsense"])
+
+
+@pytest.mark.parametrize("key, tp", _typed_keys(), ids=[k for k, _ in _typed_keys()])
+def test_every_key_refuses_values_outside_its_domain_in_one_line(key, tp):
+    for value in _bad_values(key, tp):
+        *sections, name = key.split(".")
+        delta: dict = {name: value}
+        for section in reversed(sections):
+            delta = {section: delta}
+        with pytest.raises(ConfigError) as exc:
+            from_dict(delta)
+        text = str(exc.value)
+        assert f"'{key}" in text and "\n" not in text and re.search(RANGE, text), (value, text)
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["optim.lr_g=0"], "config key 'optim.lr_g' must be in (0, inf); got 0.0"),
+        (["optim.lr_d=-1e-4"], "config key 'optim.lr_d' must be in (0, inf); got -0.0001"),
+        (["optim.beta1=1"], "config key 'optim.beta1' must be in [0, 1); got 1.0"),
+        (["optim.beta2=-0.1"], "config key 'optim.beta2' must be in [0, 1); got -0.1"),
+        (["optim.eps=0"], "config key 'optim.eps' must be in (0, inf); got 0.0"),
+        (["optim.ema_decay=1"], "config key 'optim.ema_decay' must be in [0, 1) (0: no EMA); got 1.0"),
+        (["optim.lecam_decay=1"], "config key 'optim.lecam_decay' must be in [0, 1); got 1.0"),
+        (["optim.attn_lr_mult=0"], "config key 'optim.attn_lr_mult' must be in (0, inf) (1: the blocks learn at"),
+        (["model.g_bn_eps=0"], "config key 'model.g_bn_eps' must be in (0, inf); got 0.0"),
+        (["model.z_dim=0"], "config key 'model.z_dim' must be at least 1; got 0"),
+        (["model.g_width=0"], "config key 'model.g_width' must be at least 1; got 0"),
+        (["train.batch_size=0"], "config key 'train.batch_size' must be at least 1; got 0"),
+        (["train.steps=0"], "config key 'train.steps' must be at least 1; got 0"),
+        (["train.sample_grid=0"], "config key 'train.sample_grid' must be at least 1; got 0"),
+        (["train.seed=4294967296"], "config key 'train.seed' must be in [0, 4294967295]; got 4294967296"),
+        (["train.augment_p=1.5"], "config key 'train.augment_p' must be in [0, 1]; got 1.5"),
+        (["eval.num_samples=0"], "config key 'eval.num_samples' must be at least 1; got 0"),
+        (["optim.lr_g=.nan"], "config key 'optim.lr_g' must be a finite number; got nan"),
+        (["train.ada_target=0.6"], "config key 'train.ada_target' steers train.augment's probability; name its"),
+    ],
+)
+def test_boundaries_and_combinations_are_refused_naming_the_range(words, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, words)
+    assert str(exc.value).startswith(message)
+
+
+def test_the_edges_of_each_range_are_accepted():
+    cfg = load_config(None, ["optim.lr_g=1e38", "optim.beta1=0", "optim.beta2=0.999999", "optim.ema_decay=0",
+                             "train.keep_last=0", "train.seed=4294967295", "train.augment_p=1", "model.d_depth=0",
+                             "train.augment=color", "train.ada_target=1"])  # fmt: skip
+    assert cfg.optim.lr_g == 1e38 and cfg.train.seed == 2**32 - 1
+
+
+def test_every_range_names_a_key_that_exists():
+    from gan.config import RANGES
+
+    assert set(RANGES) <= {key for key, _ in _typed_keys()}
+
+
+def test_help_config_with_a_config_shows_its_values_and_marks_its_changes(capsys):
+    import train
+
+    assert train.main(["--config", "configs/demo.yaml", "--help-config", "train.steps=5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    demo = load_config(ROOT / "configs" / "demo.yaml", ["train.steps=5"])
+    defaults = dict(leaves(Config()))
+    changed = [k for k, v in leaves(demo) if v != defaults[k]]
+    assert lines[0] == (
+        f"# the values of configs/demo.yaml train.steps=5; * marks the {len(changed)} keys it changes from the defaults"
+    )
+    assert any(line.startswith("* model.g_width = 32 (default 256): generator base width") for line in lines)
+    assert "* train.steps = 5 (default 1000): generator steps in the run" in lines
+    assert sorted(line[2:].split(" = ")[0] for line in lines if line.startswith("* ")) == sorted(changed)
+    assert len(lines) == 1 + len(describe().splitlines())

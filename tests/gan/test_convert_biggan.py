@@ -24,6 +24,7 @@ from gan.convert_biggan import (
     convert,
     convert_discriminator,
     convert_generator,
+    epsilons,
     infer_discriminator_fields,
     infer_generator_config,
     read_state_dict,
@@ -36,8 +37,8 @@ from shared import ROOT, TINY_RUN, write_folder
 
 SN_EPS, BN_EPS = 1e-6, 1e-5
 # BigGAN.py's G_arch / D_arch: channel multipliers of `ch` per block, and G's block output sides.
-G_IN = {64: [16, 16, 8, 4], 128: [16, 16, 8, 4, 2]}
-G_OUT = {64: [16, 8, 4, 2], 128: [16, 8, 4, 2, 1]}
+G_IN = {32: [4, 4, 4], 64: [16, 16, 8, 4], 128: [16, 16, 8, 4, 2], 256: [16, 16, 8, 8, 4, 2]}
+G_OUT = {32: [4, 4, 4], 64: [16, 8, 4, 2], 128: [16, 8, 4, 2, 1], 256: [16, 8, 8, 4, 2, 1]}
 D_IN = {64: [0, 1, 2, 4, 8], 128: [0, 1, 2, 4, 8, 16]}  # 0: the image's 3 channels
 D_OUT = {64: [1, 2, 4, 8, 16], 128: [1, 2, 4, 8, 16, 16]}
 
@@ -150,11 +151,11 @@ def ref_bn(sd: dict, name: str, x: torch.Tensor, eps: float = BN_EPS) -> torch.T
     return (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps)
 
 
-def ref_ccbn(sd: dict, name: str, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def ref_ccbn(sd: dict, name: str, x: torch.Tensor, c: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
     """layers.ccbn: BN without affine, times 1 + gain(c), plus bias(c)."""
     gain = 1 + ref_linear(sd, f"{name}.gain", c)
     bias = ref_linear(sd, f"{name}.bias", c)
-    return ref_bn(sd, name, x) * gain[:, :, None, None] + bias[:, :, None, None]
+    return ref_bn(sd, name, x, eps) * gain[:, :, None, None] + bias[:, :, None, None]
 
 
 def ref_attention(sd: dict, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,7 @@ def up(x: torch.Tensor) -> torch.Tensor:
     return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest, 2x
 
 
-def ref_generator(sd: dict, z: torch.Tensor, y: torch.Tensor, hier: bool) -> torch.Tensor:
+def ref_generator(sd: dict, z: torch.Tensor, y: torch.Tensor, hier: bool, bn_eps: float = BN_EPS) -> torch.Tensor:
     n = sum(k.endswith(".0.conv1.weight") for k in sd)
     z = z.double()
     e = sd["shared.weight"].double()[y]  # G.shared(y)
@@ -186,8 +187,8 @@ def ref_generator(sd: dict, z: torch.Tensor, y: torch.Tensor, hier: bool) -> tor
         b = f"blocks.{i}.0"
 
         x = h
-        h = ref_conv(sd, f"{b}.conv1", up(F.relu(ref_ccbn(sd, f"{b}.bn1", x, c))))
-        h = ref_conv(sd, f"{b}.conv2", F.relu(ref_ccbn(sd, f"{b}.bn2", h, c)))
+        h = ref_conv(sd, f"{b}.conv1", up(F.relu(ref_ccbn(sd, f"{b}.bn1", x, c, bn_eps))))
+        h = ref_conv(sd, f"{b}.conv2", F.relu(ref_ccbn(sd, f"{b}.bn2", h, c, bn_eps)))
         h = h + ref_conv(sd, f"{b}.conv_sc", up(x))
         if f"blocks.{i}.1.gamma" in sd:
             h = ref_attention(sd, f"blocks.{i}.1", h)
@@ -459,3 +460,76 @@ def test_train_init_from_runs_and_refuses_another_architecture(ten_class_export,
     assert origin["source"] == str(ten_class_export) and origin["networks"] == ["G", "D"]
     for name in ("generator.safetensors", "discriminator.safetensors", "config.json"):
         assert origin["sha256"][name] == hashlib.sha256((ten_class_export / name).read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Files of other tables, BigGAN-deep, TF-Hub conversions
+
+
+@pytest.mark.parametrize("res", [256, 32])
+def test_a_file_of_another_resolution_ends_in_the_converters_own_line(tmp_path, capsys, res):
+    torch.save(biggan_g_state(res, 4, 5, 20, 6, False), tmp_path / "G.pth")
+    blocks = len(G_IN[res])
+    _fails_in_one_line(capsys, ["biggan-pytorch", str(tmp_path / "G.pth"), "--out", str(tmp_path / "o")],
+                       f"the generator has {blocks} blocks, BigGAN's {res}x{res} table; this converter maps BigGAN's "
+                       "64x64 (4 blocks) and 128x128 (5 blocks) tables only")  # fmt: skip
+
+
+def _deep(sd: dict) -> dict:
+    """BigGAN-deep's layout (BigGANdeep.py): bottleneck blocks with conv1 ... conv4 and bn1 ... bn4, no conv_sc."""
+    rng = torch.Generator().manual_seed(5)
+    out = {k: v for k, v in sd.items() if ".conv_sc." not in k}
+    for key in [k for k in sd if k.endswith(".0.conv2.weight")]:
+        block, c = key.removesuffix(".conv2.weight"), sd[key].shape[0]
+        _sn_layer(out, f"{block}.conv3", (c, c, 3, 3), rng)
+        _sn_layer(out, f"{block}.conv4", (c, c, 1, 1), rng)
+        for bn in ("bn3", "bn4") if f"{block}.bn2.gain.weight" in sd else ():  # G's blocks; D's have no BN
+            for part in ("gain", "bias"):
+                out[f"{block}.{bn}.{part}.weight"] = sd[f"{block}.bn2.{part}.weight"].clone()
+            _stats(out, f"{block}.{bn}", c, rng)
+    return out
+
+
+@pytest.mark.parametrize("network", ["generator", "discriminator"])
+def test_a_biggan_deep_file_is_refused_naming_biggan_deep(tmp_path, capsys, network):
+    torch.save(_deep(biggan_g_state(128, 4, 5, 20, 6, True)), tmp_path / "G.pth")
+    torch.save(biggan_g_state(64, 8, 5, 20, 6, True), tmp_path / "G64.pth")
+    torch.save(_deep(biggan_d_state(64, 8, 5)), tmp_path / "D.pth")
+    argv = (["biggan-pytorch", str(tmp_path / "G.pth")] if network == "generator" else
+            ["biggan-pytorch", str(tmp_path / "G64.pth"), "--discriminator", str(tmp_path / "D.pth")])  # fmt: skip
+    _fails_in_one_line(capsys, [*argv, "--out", str(tmp_path / "o")],
+                       f"the {network} is BigGAN-deep's (blocks with conv1 to conv4 bottlenecks); this converter maps "
+                       "BigGAN-PyTorch's BigGAN (BigGAN.py) only, not BigGAN-deep")  # fmt: skip
+
+
+@pytest.mark.slow  # the export's model card runs G on 64 latents at 64x64
+def test_a_tf_hub_conversion_is_detected_and_converted_with_its_epsilons(tmp_path, capsys):
+    """No sv0 buffers: TF-Hub's layout, whose batch-norm (and spectral-norm) epsilon is 1e-4. The converter says
+    so in one line and uses them: G matches the float64 reference at BN eps 1e-4, which the published 1e-5
+    would miss by far more than the tolerance."""
+    sd = {k: v for k, v in biggan_g_state(64, 8, 5, 20, 6, True).items() if not k.endswith(".sv0")}
+    sd = {k: (v * 0.01 + 1e-4 if k.endswith(".stored_var") else v) for k, v in sd.items()}  # small variances
+    torch.save(sd, tmp_path / "G.pth")
+    assert convert_cli.main(["biggan-pytorch", str(tmp_path / "G.pth"), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"{tmp_path / 'G.pth'}: no sv0 buffers, the layout of a conversion from TF-Hub's BigGAN: converting with "
+        "its batch-norm and spectral-norm epsilons of 1e-4 (--bn-eps / --sn-eps set them otherwise)"
+    )
+    G, config = load_generator(tmp_path / "o")
+    assert config.model.g_bn_eps == 1e-4
+    z, y = torch.randn(2, 20, generator=torch.Generator().manual_seed(3)), torch.tensor([4, 2])
+    with torch.no_grad():
+        got = G(z, y).double()
+    assert (got - ref_generator(sd, z, y, hier=True, bn_eps=1e-4)).abs().max() < 1e-5
+    assert (got - ref_generator(sd, z, y, hier=True, bn_eps=1e-5)).abs().max() > 1e-3
+
+
+def test_given_epsilons_win_over_the_tf_hub_detection(tmp_path):
+    sd = {k: v for k, v in biggan_g_state(64, 8, 5, 20, 6, True).items() if not k.endswith(".sv0")}
+    said: list[str] = []
+    overrides: dict = {"g_bn_eps": 2e-5}
+    assert epsilons(sd, 3e-6, overrides, said.append) == 3e-6 and overrides["g_bn_eps"] == 2e-5 and said == []
+    overrides = {"g_bn_eps": None}
+    assert epsilons(biggan_g_state(64, 8, 5, 20, 6, True), None, overrides, said.append) == 1e-6
+    assert overrides["g_bn_eps"] is None and said == []  # a BigGAN-PyTorch file: the published values

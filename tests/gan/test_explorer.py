@@ -185,6 +185,29 @@ def test_explore_cli_fails_cleanly_and_binds_localhost_by_default(unconditional,
     assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999 and not launched["share"]
 
 
+def test_explore_cli_prints_its_url_and_no_hint_it_offers_no_way_to_act_on(unconditional, capfd, monkeypatch):
+    """The real Gradio launch (in a background thread, on a free port, closed at once): explore.py's own line
+    with the URL, and not Gradio's "set `share=True` in `launch()`" hint."""
+    import socket
+
+    import gradio as gr
+
+    real_launch = gr.Blocks.launch
+
+    def launch_and_close(self, **kw):
+        real_launch(self, **{**kw, "prevent_thread_lock": True})
+        self.close()
+
+    monkeypatch.setattr(gr.Blocks, "launch", launch_and_close)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert explore_cli.main(["--checkpoint", str(unconditional[0]), "--port", str(port)]) == 0
+    out = capfd.readouterr().out
+    assert f"on http://127.0.0.1:{port} (Ctrl+C stops it)" in out
+    assert "share=True" not in out and "public link" not in out
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (apt-get install chromium; .ci/run installs it)")
 def test_page_in_a_real_browser_loads_shows_an_image_and_a_click_moves_the_attention(conditional, tmp_path):
     from playwright.sync_api import sync_playwright

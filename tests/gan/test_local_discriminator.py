@@ -114,9 +114,9 @@ def test_impossible_values_fail_in_one_line():
             Discriminator(cfg)
         assert "\n" not in str(err.value)
     for override, message in [
-        ("model.d_depth=-1", "config key 'model.d_depth' must be null"),
+        ("model.d_depth=-1", r"config key 'model.d_depth' must be at least 0 \(or null: SAGAN's D"),
         ("model.d_depth=two", "config key 'model.d_depth' expects int or null, got 'two'"),
-        ("model.d_extra_blocks=-2", "config key 'model.d_extra_blocks' must be 0"),
+        ("model.d_extra_blocks=-2", "config key 'model.d_extra_blocks' must be at least 0"),
         ("model.d_extra_kernel=5", "config key 'model.d_extra_kernel' must be one of 1, 3"),
         ("model.d_output=mean", "config key 'model.d_output' must be one of sum, patch"),
     ]:
