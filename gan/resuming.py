@@ -3,7 +3,7 @@
 A resume may change how long and how fast the run goes and what it writes (`RESUMABLE`: steps, Adam's
 learning rates, betas and epsilon, precision, logging, sampling, evaluation, checkpoint cadence, the data's
 location and loaders). Everything else fixes what is being trained: the model (refused by
-gan.train_loop.model_changes, as before), the data and its order (dataset, split, size, subset, flips,
+gan.train_state.model_changes, as before), the data and its order (dataset, split, size, subset, flips,
 batch size, seed), the objective (loss, n_dis, gradient accumulation, augmentation, LeCam) and the state's
 layout (EMA on or off, the attention learning-rate multiplier's parameter groups). Changing one of those is
 refused in one line: the checkpoint's step count would no longer describe one run; `--init-from` starts a

@@ -422,7 +422,7 @@ def test_init_from_loads_the_export_before_the_first_step(ten_class_export):
 
     from gan.checkpoint import read_networks
     from gan.step import build_parts
-    from gan.train_loop import initialise
+    from gan.train_state import initialise
 
     config, networks, where = read_networks(ten_class_export)
     parts = build_parts(config, Accelerator(cpu=True))
