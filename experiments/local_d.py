@@ -130,10 +130,6 @@ def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
     """One JSON per evaluated run under `runs/<setting>/` (an `experiments.ablation run` OUT folder) written
     to `summaries/<setting>_<arm>_seed<k>.json` unless there already; returns every summary there."""
     from experiments import ablation, experiment
-    from experiments.gates import gate_history
-    from gan.config import load_config
-    from gan.models import d_receptive_field
-    from tools.report import machine_line
 
     summaries.mkdir(parents=True, exist_ok=True)
     for out in sorted(p for p in runs.glob("*") if (p / ablation.MANIFEST).is_file()):
@@ -143,34 +139,40 @@ def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
                 path = summaries / f"{out.name}_{arm}_seed{seed}.json"
                 if path.exists():
                     continue
-                rd = Path(result["run_dir"])
-                run = json.loads(experiment.run_path(rd, experiment.RUN_SUMMARY).read_text())
-                cfg = load_config(run["config"], run["overrides"])
-                log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
-                summary = {
-                    "setting": out.name,
-                    "arm": arm,
-                    "seed": seed,
-                    "config": run["config"],
-                    "overrides": run["overrides"],
-                    "steps": cfg.train.steps,
-                    "d_receptive_field": d_receptive_field(cfg.model)[0],
-                    "d_depth": cfg.model.d_depth,
-                    "scores": {k: result[k] for k in (*LADDER_SCORES, "d_paired") if k in result},
-                    "d_look_share": result.get("d_look_share", {}),
-                    "params": result["params"],
-                    "gates": {k: v for k, v in gate_history(rd).items()},
-                    "losses": [
-                        {k: e[k] for k in ("step", "loss_d", "d_real", "d_fake", "loss_g")}
-                        for e in log
-                        if "loss_d" in e
-                    ],  # fmt: skip
-                    "train_wall_s": result.get("train_seconds", 0.0),
-                    "eval_wall_s": result.get("eval_seconds", 0.0),
-                    "machine": machine_line(),
-                }
-                path.write_text(json.dumps(summary, indent=1) + "\n")
+                run = json.loads(experiment.run_path(Path(result["run_dir"]), experiment.RUN_SUMMARY).read_text())
+                path.write_text(json.dumps(run_summary(out.name, arm, seed, run, result), indent=1) + "\n")
     return [json.loads(p.read_text()) for p in sorted(summaries.glob("*_seed*.json"))]
+
+
+def run_summary(setting: str, arm: str, seed: int, run: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The ladder's summary of one run: `run` is the runner's record of its training (config, overrides),
+    `result` its evaluation (the scores, D's look share, parameter counts, seconds; `run_dir` where it lies)."""
+    from experiments.gates import gate_history
+    from gan.config import load_config
+    from gan.models import d_receptive_field
+    from tools.report import machine_line
+
+    rd = Path(result["run_dir"])
+    cfg = load_config(run["config"], run["overrides"])
+    log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "setting": setting,
+        "arm": arm,
+        "seed": seed,
+        "config": run["config"],
+        "overrides": run["overrides"],
+        "steps": cfg.train.steps,
+        "d_receptive_field": d_receptive_field(cfg.model)[0],
+        "d_depth": cfg.model.d_depth,
+        "scores": {k: result[k] for k in (*LADDER_SCORES, "d_paired") if k in result},
+        "d_look_share": result.get("d_look_share", {}),
+        "params": result["params"],
+        "gates": {k: v for k, v in gate_history(rd).items()},
+        "losses": [{k: e[k] for k in ("step", "loss_d", "d_real", "d_fake", "loss_g")} for e in log if "loss_d" in e],
+        "train_wall_s": result.get("train_seconds", 0.0),
+        "eval_wall_s": result.get("eval_seconds", 0.0),
+        "machine": machine_line(),
+    }
 
 
 def _uniform(key: str) -> float:
