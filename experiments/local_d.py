@@ -285,7 +285,9 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
             cols = [" / ".join(_fmt(statistics.mean(x)) for x in zip(*t[k])) if t[k] else "-"
                     for k in ("gate", "entropy")]  # fmt: skip
             lines.append(f"| `{setting}` | `{arm}` | {len(t['gate'])} | {cols[0]} | {cols[1]} |")
-    lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std):", ""]
+    lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std; the arms of one seed share G's "
+              "initialisation, data order and latents, so the seeds where the arm is higher are counted pairwise):",
+              ""]  # fmt: skip
     most_local = min(cells)[0] if cells else None
     for (field, setting, arm), rs in cells.items():
         controls = []
@@ -294,19 +296,32 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
         if arm == "none" and most_local is not None and field != most_local:
             local = [k for k in cells if k[0] == most_local and k[2] == "none"]
             controls += [(k, f"`{setting}` vs `{k[1]}` (no attention)") for k in local]
+        if arm != "none":  # the gates against each other: every earlier attention arm of the same setting
+            others = [k for k in cells if k[:2] == (field, setting) and k[2] != "none" and k[2] < arm]
+            controls += [(k, f"`{arm}` vs `{k[2]}` in `{setting}` (between gates)") for k in others]
         for key, label in controls:
             for k in ("coherence", "d_auc", "fcd"):
                 higher = k != "fcd"
                 c = compare(arm, [r["scores"][k] for r in rs], [r["scores"][k] for r in cells[key]], higher)
                 outcome = verdict(c)  # attention: helped / hurt / within; the field: beyond or within the spread
-                if arm == "none" and c.seeds >= 2:
+                if (arm == "none" or key[2] != "none") and c.seeds >= 2:
                     outcome = f"{'beyond' if c.exceeds else 'within'} the seed spread"
-                lines.append(f"- {label}, {LADDER_LABELS[k]}: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: "
-                             f"{outcome}")  # fmt: skip
+                up, n = _paired_signs(rs, cells[key], k)
+                size = f" ({abs(c.diff) / c.pooled_std:.2f} pooled stds)" if c.pooled_std > 0 else ""
+                lines.append(f"- {label}, {LADDER_LABELS[k]}: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}"
+                             f"{size}, higher in {up} of {n} paired seeds: {outcome}")  # fmt: skip
     first = summaries[0] if summaries else {}
     lines += ["", f"{len(summaries)} runs, {sum(s['train_wall_s'] + s['eval_wall_s'] for s in summaries) / 60:.0f} "
               f"wall-minutes of training and evaluation (one thread each); machine: {first.get('machine', '-')}"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _paired_signs(runs: list[dict[str, Any]], control: list[dict[str, Any]], key: str) -> tuple[int, int]:
+    """(seeds where the arm's `key` is above the control's, seeds both have): the arms share train.seed, so
+    G's initialisation, the data order and the latents, and compare seed by seed."""
+    theirs = {r["seed"]: r["scores"][key] for r in control}
+    pairs = [(r["scores"][key], theirs[r["seed"]]) for r in runs if r["seed"] in theirs]
+    return sum(a > b for a, b in pairs), len(pairs)
 
 
 def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
