@@ -334,9 +334,10 @@ def pair_table(summaries: list[dict[str, Any]], step: int) -> tuple[list[str], d
             if key == "coherence":
                 verdicts[pair] = v
             t = "-" if math.isnan(p.t) else f"{p.t:+.2f} ({p.n - 1})"
+            spread = f"{c.pooled_std:.3f} | {'yes' if c.exceeds else 'no'}" if p.n > 1 else "- | - (one seed)"
             lines.append(
-                f"| `{pair[0]}` - `{pair[1]}` | {LABELS[key]} | {p.n} | {c.diff:+.3f} | {c.pooled_std:.3f} | "
-                f"{'yes' if c.exceeds else 'no'} | {', '.join(f'{d:+.3f}' for d in p.diffs)} | "
+                f"| `{pair[0]}` - `{pair[1]}` | {LABELS[key]} | {p.n} | {c.diff:+.3f} | {spread} | "
+                f"{', '.join(f'{d:+.3f}' for d in p.diffs)} | "
                 f"{p.mean:+.3f} +/- {p.std:.3f} | {p.higher} of {p.n} | {t} | {p.p_higher:.3f} | {v} |"
             )
     return lines, verdicts
