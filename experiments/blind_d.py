@@ -196,15 +196,16 @@ def score_checkpoint(run_dir: Path, step: int, num_samples: int) -> dict[str, An
 def block_state(gates: dict[str, list[list[float]]], step: int) -> dict[str, dict[str, float]]:
     """Per D block, its gate (|gamma| or norm(out)) and attention entropy over log N as logged at `step` (the
     last logged value at or before it): {block: {"gate": g, "entropy_fraction": e}}."""
-    from experiments.local_d import GATE_KEYS, _uniform, _value_at
+    from experiments.gates import gate_key
+    from experiments.local_d import ENTROPY_KEY, _uniform, _value_at
 
     out: dict[str, dict[str, float]] = {}
     for key, points in sorted(gates.items()):
-        block = key.split("/", 1)[1]
-        if key.startswith(GATE_KEYS):
-            out.setdefault(block, {})["gate"] = abs(_value_at(points, step))
-        elif key.startswith("attn_entropy/D"):
-            out.setdefault(block, {})["entropy_fraction"] = _value_at(points, step) / _uniform(key)
+        gate = gate_key(key)  # (kind, "<net>.<block>") in either logged spelling
+        if gate and gate[1].startswith("D"):
+            out.setdefault(gate[1], {})["gate"] = abs(_value_at(points, step))
+        elif key.startswith(ENTROPY_KEY):
+            out.setdefault(key.split("/", 1)[1], {})["entropy_fraction"] = _value_at(points, step) / _uniform(key)
     return out
 
 

@@ -171,3 +171,16 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     assert blind_d.summarise(out, tmp_path / "runs", cpu, steps=(1, 2)) == []  # once per run
     with pytest.raises(blind_d.BlindDError, match="no checkpoint at step 3"):
         blind_d.checkpoint_dir(rd, 3)
+
+
+def test_block_state_reads_both_gate_spellings() -> None:
+    gates = {
+        "gamma/D.blocks.attn32": [[1000, 0.2], [2000, -0.3]],  # logged before gate/<kind>/
+        "attn_entropy/D.blocks.attn32": [[1000, math.log(256) / 2], [2000, math.log(256)]],  # keys 2x2-pooled
+        "gate/zero_init/D.blocks.attn16": [[2000, 0.5]],
+        "gate/gamma/G.blocks.attn16": [[2000, 1.0]],  # G's block: not D's
+    }
+    assert blind_d.block_state(gates, 1500) == {"D.blocks.attn32": {"gate": 0.2, "entropy_fraction": 0.5},
+                                                 "D.blocks.attn16": {"gate": pytest.approx(float("nan"), nan_ok=True)}}  # fmt: skip
+    assert blind_d.block_state(gates, 2000) == {"D.blocks.attn32": {"gate": 0.3, "entropy_fraction": 1.0},
+                                                 "D.blocks.attn16": {"gate": 0.5}}  # fmt: skip
