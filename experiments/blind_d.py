@@ -2,7 +2,7 @@
 coherence over 8 paired seeds at 1,000 and 2,000 steps, and is it attention or a global-context path?
 
     python -m experiments.blind_d summarise --runs OUT/blind16_2k --summaries docs/blind_d/runs \
-        [--cpu-seconds FILE]
+        [--cpu-seconds FILE] [--partial]
     python -m experiments.blind_d report --summaries docs/blind_d/runs --report docs/blind_d.md --figures docs/blind_d
 
 `summarise`: every finished run of the grid (`experiments.ablation run --arms none,d32,d32-uniform` with
@@ -11,7 +11,8 @@ unless it has one: the GAN ladder's summary (experiments.local_d.run_summary) pl
 scores of the checkpoint at each step in STEPS. Each checkpoint's EMA generator and D are scored exactly as
 the runner scores a finished run (`experiments.experiment.evaluate_run` on a run-directory view that holds
 that checkpoint); the final step reuses the runner's own evaluation when the run's generator export is that
-checkpoint's EMA generator. --cpu-seconds: a JSON {run_dir: {"train": s, "evaluate": s}} recorded beside the
+checkpoint's EMA generator. --partial: runs still training are scored at their checkpoints so far, in a
+summary marked `partial` that the finished run's replaces. --cpu-seconds: a JSON {run_dir: {"train": s, "evaluate": s}} recorded beside the
 grid (the runner records wall seconds only). Runs are summarised one at a time, in seed order.
 
 `report`: the tables (one per step count), the paired analysis, the verdicts of the rule fixed in
@@ -249,8 +250,16 @@ def summarise_run(
     return summary
 
 
-def summarise(runs: Path, summaries: Path, cpu_seconds: Path | None = None, steps: Sequence[int] = STEPS) -> list[Path]:
-    """Summarise every finished run under `runs/<arm>/seed<k>/` that has no summary yet; the paths written."""
+def summarise(
+    runs: Path,
+    summaries: Path,
+    cpu_seconds: Path | None = None,
+    steps: Sequence[int] = STEPS,
+    partial: bool = False,
+    num_samples: int = 1000,
+) -> list[Path]:
+    """Summarise every finished run under `runs/<arm>/seed<k>/` that has no summary yet (or only a partial one);
+    with `partial`, also score the checkpoints of runs still training (`partial_summary`). The paths written."""
     import torch
 
     torch.set_num_threads(1)
@@ -263,13 +272,42 @@ def summarise(runs: Path, summaries: Path, cpu_seconds: Path | None = None, step
         for arm in ARMS:
             rd = runs / arm / f"seed{seed}"
             path = summaries / f"{CELL}_{arm}_seed{seed}.json"
-            if path.exists() or _read_first(rd, EVAL_FILES) is None:
+            if path.exists() and not json.loads(path.read_text()).get("partial"):
                 continue
-            summary = summarise_run(rd, arm, seed, cpu.get(str(rd), {}), steps)
+            if _read_first(rd, EVAL_FILES) is not None:
+                summary = summarise_run(rd, arm, seed, cpu.get(str(rd), {}), steps)
+            elif partial and not path.exists() and rd.is_dir():
+                summary = partial_summary(rd, arm, seed, cpu.get(str(rd), {}), steps, num_samples)
+                if summary is None:
+                    continue
+            else:
+                continue
             path.write_text(json.dumps(summary, indent=1) + "\n")
             print(f"summarised {rd} -> {path}", flush=True)
             written.append(path)
     return written
+
+
+def partial_summary(
+    run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int], num_samples: int
+) -> dict[str, Any] | None:
+    """A run still training: the scores of its checkpoints at the steps before the last one, marked `partial`
+    (the finished run's summary replaces it); None before its first such checkpoint."""
+    from experiments.gates import gate_history
+    from gan.checkpoint import list_checkpoints, step_of
+    from tools.report import machine_line
+
+    have = {step_of(p) for p in list_checkpoints(run_dir / "checkpoints")}
+    todo = [step for step in steps[:-1] if step in have]
+    if not todo:
+        return None
+    gates = {k: [list(p) for p in v] for k, v in gate_history(run_dir).items()}
+    t0 = time.process_time()
+    by_step = {str(step): step_scores(score_checkpoint(run_dir, step, num_samples), gates, step,
+                                      "this checkpoint, scored while the run trained") for step in todo}  # fmt: skip
+    return {"setting": CELL, "arm": arm, "seed": seed, "partial": True, "scores_by_step": by_step,
+            "num_samples": num_samples, "run_dir": str(run_dir), "finished": None, "machine": machine_line(),
+            "cpu_seconds": {"train_so_far": cpu.get("train"), "score_partial": round(time.process_time() - t0, 1)}}  # fmt: skip
 
 
 def load_summaries(summaries: Path) -> list[dict[str, Any]]:
@@ -283,6 +321,8 @@ def load_summaries(summaries: Path) -> list[dict[str, Any]]:
 
 def value(summary: dict[str, Any], step: int, key: str) -> float:
     """A score of a run at `step`; `entropy_fraction`, `gate` and `look_share` of its (one) D block, nan without."""
+    if str(step) not in summary["scores_by_step"]:
+        return float("nan")  # a run summarised while it trained
     scores = summary["scores_by_step"][str(step)]
     if key in ("entropy_fraction", "gate"):
         return next((b[key] for b in scores["blocks"].values() if key in b), float("nan"))
@@ -350,34 +390,39 @@ def seed_table(summaries: list[dict[str, Any]]) -> list[str]:
             f"look share {STEPS[-1]} (uniform)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
-        final = str(STEPS[-1])
-        look = next(iter(s["scores_by_step"][final]["d_look_share"].values()), None)
-        cells = [f"`{s['arm']}`", str(s["seed"]), *(f"{value(s, t, 'coherence'):.3f}" for t in STEPS),
-                 *(f"{value(s, t, 'd_auc'):.3f}" for t in STEPS), f"{value(s, STEPS[-1], 'fcd'):.2f}",
-                 f"{value(s, STEPS[-1], 'valid'):.3f}",
+        final = s["scores_by_step"].get(str(STEPS[-1]), {})
+        look = next(iter(final.get("d_look_share", {}).values()), None)
+        cells = [f"`{s['arm']}`", str(s["seed"]) + (" (training)" if s.get("partial") else ""),
+                 *(_fmt(value(s, t, "coherence")) for t in STEPS), *(_fmt(value(s, t, "d_auc")) for t in STEPS),
+                 _fmt(value(s, STEPS[-1], "fcd"), 2), _fmt(value(s, STEPS[-1], "valid")),
                  *(_fmt(value(s, STEPS[-1], k)) for k in ("gate", "entropy_fraction")),
                  f"{look[0]:.3f} ({look[1]:.3f})" if look else "-"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _fmt(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.3f}"
+def _fmt(x: float, digits: int = 3) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def report_text(summaries: list[dict[str, Any]], figures_rel: str) -> str:
     """The generated part of docs/blind_d.md (between its markers)."""
     if not summaries:
         return "(no run of the cell has been summarised yet)"
-    seeds = {arm: sorted(s["seed"] for s in summaries if s["arm"] == arm) for arm in ARMS}
+    done = [s for s in summaries if not s.get("partial")]
+    training = [s for s in summaries if s.get("partial")]
+    seeds = {arm: sorted(s["seed"] for s in done if s["arm"] == arm) for arm in ARMS}
     complete = sorted(set.intersection(*(set(v) for v in seeds.values())))
+    still = ", ".join(f"`{s['arm']}` seed {s['seed']}" for s in training)
     lines = [
         "Generated by `python -m experiments.blind_d report --summaries docs/blind_d/runs --report docs/blind_d.md "
         "--figures docs/blind_d` from the per-run summaries in [blind_d/runs/](blind_d/runs/).",
         "",
-        f"Runs summarised: {len(summaries)} of {len(ARMS) * SEEDS_PLANNED} ("
+        f"Runs finished and summarised: {len(done)} of {len(ARMS) * SEEDS_PLANNED} ("
         + "; ".join(f"`{arm}`: seeds {', '.join(map(str, v)) or 'none'}" for arm, v in seeds.items())
-        + f"). Seeds done in all three arms: {len(complete)} of {SEEDS_PLANNED}"
+        + ")"
+        + (f"; still training, scored at their checkpoints so far: {still}" if still else "")
+        + f". Seeds done in all three arms: {len(complete)} of {SEEDS_PLANNED}"
         + (" (the rule needs all 8; until then a pair gets a verdict only where the counts already decide it)."
            if len(complete) < SEEDS_PLANNED else "."),
         "",
@@ -398,17 +443,18 @@ def report_text(summaries: list[dict[str, Any]], figures_rel: str) -> str:
                   "Pairs (a - b, over the seeds both arms have; the rule: beyond the spread AND a sign test below "
                   f"{ALPHA:g} with all {SEEDS_PLANNED} seeds; the sign test's p is for a > b):", "",
                   *table, "", f"**Finding at {step:,} steps:** {found}."]  # fmt: skip
-    uniform_runs = [s for s in summaries if s["arm"] == UNIFORM]
-    if uniform_runs:
-        ent = [value(s, STEPS[-1], "entropy_fraction") for s in uniform_runs]
-        gate = [value(s, STEPS[-1], "gate") for s in uniform_runs]
-        lines += ["", f"The uniform control at {STEPS[-1]:,} steps ({len(uniform_runs)} runs): entropy over log N "
-                  f"{min(ent):.4f}-{max(ent):.4f}, |gamma| {min(gate):.3f}-{max(gate):.3f}."]  # fmt: skip
+    for step in STEPS:  # the control works only if its attention stays uniform and its gate opens
+        ent, gate = (list(by_seed(summaries, UNIFORM, step, k).values()) for k in ("entropy_fraction", "gate"))
+        if ent:
+            lines += ["", f"The uniform control at {step:,} steps ({len(ent)} runs): entropy over log N "
+                      f"{min(ent):.4f}-{max(ent):.4f}, |gamma| {min(gate):.3f}-{max(gate):.3f}."]  # fmt: skip
     cpu = [sum(v for v in s["cpu_seconds"].values() if v) for s in summaries]
+    ends = sorted(s["finished"] for s in done)
     lines += ["", "Per run:", "", *seed_table(summaries), "",
-              f"{len(summaries)} runs, {sum(cpu) / 3600:.1f} CPU hours of training, evaluation and checkpoint "
-              f"scoring (one thread each); runs finished {min(s['finished'] for s in summaries)} to "
-              f"{max(s['finished'] for s in summaries)}; machine: {summaries[0]['machine']}"]  # fmt: skip
+              f"{len(summaries)} runs, {sum(cpu) / 3600:.1f} CPU hours of training (so far, for runs still training), "
+              "evaluation and checkpoint scoring (one thread each)"
+              + (f"; runs finished {ends[0]} to {ends[-1]}" if ends else "")
+              + f"; machine: {summaries[0]['machine']}"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -475,7 +521,7 @@ def gain_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for arm in (BLOCK, UNIFORM):
         colour, marker, label = ARM_STYLES[arm]
-        runs = [s for s in summaries if s["arm"] == arm and s["seed"] in control]
+        runs = [s for s in summaries if s["arm"] == arm and s["seed"] in control and str(final) in s["scores_by_step"]]
         xs = [value(s, final, "entropy_fraction") for s in runs]
         ys = [value(s, final, "coherence") - control[s["seed"]] for s in runs]
         ax.plot(xs, ys, marker, color=colour, label=label, linestyle="none")
@@ -493,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     p_sum.add_argument("--runs", required=True, help="the grid's --out folder (OUT/<arm>/seed<k>/)")
     p_sum.add_argument("--summaries", default="docs/blind_d/runs")
     p_sum.add_argument("--cpu-seconds", default=None, help='JSON {run_dir: {"train": s, "evaluate": s}} (optional)')
+    p_sum.add_argument("--partial", action="store_true", help="also score the checkpoints of runs still training")
+    p_sum.add_argument("--num-samples", type=int, default=1000, help="samples per score of a run still training")
     p_rep = sub.add_parser("report", help="tables, verdicts and figures from the summaries alone")
     p_rep.add_argument("--summaries", default="docs/blind_d/runs")
     p_rep.add_argument("--report", default="docs/blind_d.md")
@@ -501,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     with fail_cleanly():
         if args.command == "summarise":
             cpu = Path(args.cpu_seconds) if args.cpu_seconds else None
-            written = summarise(Path(args.runs), Path(args.summaries), cpu)
+            written = summarise(Path(args.runs), Path(args.summaries), cpu, STEPS, args.partial, args.num_samples)
             print(f"{len(written)} new summaries in {args.summaries}")
         else:
             write_report(load_summaries(Path(args.summaries)), Path(args.report), Path(args.figures))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -169,6 +170,16 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     for key in ("coherence", "valid", "shape_iou", "fcd", "d_auc", "d_paired", "d_look_share"):
         assert again[key] == runner[key], key
     assert blind_d.summarise(out, tmp_path / "runs", cpu, steps=(1, 2)) == []  # once per run
+    # a run still training (no runner's records yet) is scored at its checkpoints before the last, marked partial
+    training = tmp_path / "training"
+    shutil.copytree(rd, training / "d32" / "seed0")
+    for name in ("ablation_run.json", "ablation_eval.json"):
+        (training / "d32" / "seed0" / name).unlink()
+    (partial,) = blind_d.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True, num_samples=16)
+    p = json.loads(partial.read_text())
+    assert p["partial"] and list(p["scores_by_step"]) == ["1"] and p["finished"] is None
+    assert p["scores_by_step"]["1"]["coherence"] == s["scores_by_step"]["1"]["coherence"]  # the same checkpoint
+    assert blind_d.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True) == []
     with pytest.raises(blind_d.BlindDError, match="no checkpoint at step 3"):
         blind_d.checkpoint_dir(rd, 3)
 
@@ -184,3 +195,18 @@ def test_block_state_reads_both_gate_spellings() -> None:
                                                  "D.blocks.attn16": {"gate": pytest.approx(float("nan"), nan_ok=True)}}  # fmt: skip
     assert blind_d.block_state(gates, 2000) == {"D.blocks.attn32": {"gate": 0.3, "entropy_fraction": 1.0},
                                                  "D.blocks.attn16": {"gate": 0.5}}  # fmt: skip
+
+
+def test_a_run_still_training_counts_at_its_checkpoints_only(tmp_path) -> None:
+    partial = _summary("d32-uniform", 1, (0.12, 0.0))
+    partial.update(partial=True, finished=None, scores_by_step={"1000": partial["scores_by_step"]["1000"]})
+    summaries = [_summary("none", 0, (0.10, 0.12)), _summary("d32-uniform", 0, (0.10, 0.14)), partial]
+    body = blind_d.report_text(summaries, "figs")
+    assert "Runs finished and summarised: 2 of 24" in body
+    assert "still training, scored at their checkpoints so far: `d32-uniform` seed 1" in body
+    # at 1,000 steps the uniform arm has seeds 0 and 1 (mean 0.11, std 0.0141); at 2,000 steps seed 0 only
+    assert "| `d32-uniform` | 2 | 0.110 +/- 0.014 |" in body and "| `d32-uniform` | 1 | 0.140 (1 seed) |" in body
+    assert "| `d32-uniform` | 1 (training) | 0.120 | - | 0.620 | - | - | - | - | - | - |" in body
+    assert "runs finished 2026-12-07T01:00:00+00:00 to 2026-12-07T01:00:00+00:00" in body
+    blind_d.gain_figure(summaries, tmp_path / "gain.png")  # the partial run has no final step to draw
+    assert (tmp_path / "gain.png").is_file()
