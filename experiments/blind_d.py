@@ -46,8 +46,6 @@ ARMS = (CONTROL, BLOCK, UNIFORM)
 PAIRS = ((BLOCK, CONTROL), (UNIFORM, CONTROL), (BLOCK, UNIFORM))  # (a, b): the rule asks whether a > b
 SEEDS_PLANNED = 8
 ALPHA = 0.05  # the one-sided exact sign test's level: 7 of 8 seeds (p = 9/256) passes, 6 of 8 (37/256) does not
-RUN_FILES = ("run.json", "ablation_run.json")  # the runner's record of training (newer name first)
-EVAL_FILES = ("eval.json", "ablation_eval.json")  # ... and of its evaluation
 SCORES = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc", "d_paired")
 LABELS = {"coherence": "coherence", "valid": "valid", "shape_iou": "shape IoU", "colour_agreement": "grey agreement",
           "fcd": "FCD", "d_auc": "D's AUC", "entropy_fraction": "entropy / log N", "look_share": "look share"}  # fmt: skip
@@ -142,11 +140,12 @@ def finding(verdicts: dict[tuple[str, str], str]) -> str:
 # Scoring a checkpoint and summarising a run
 
 
-def _read_first(run_dir: Path, names: Sequence[str]) -> dict[str, Any] | None:
-    for name in names:
-        if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text())
-    return None
+def _record(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The runner's record `name` (experiment.RUN_SUMMARY or EVAL_SUMMARY, either spelling) of a run, or None."""
+    from experiments.experiment import run_path
+
+    path = run_path(run_dir, name)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -198,15 +197,15 @@ def block_state(gates: dict[str, list[list[float]]], step: int) -> dict[str, dic
     """Per D block, its gate (|gamma| or norm(out)) and attention entropy over log N as logged at `step` (the
     last logged value at or before it): {block: {"gate": g, "entropy_fraction": e}}."""
     from experiments.gates import gate_key
-    from experiments.local_d import ENTROPY_KEY, _uniform, _value_at
+    from experiments.local_d import ENTROPY_KEY, uniform_log_n, value_at
 
     out: dict[str, dict[str, float]] = {}
     for key, points in sorted(gates.items()):
         gate = gate_key(key)  # (kind, "<net>.<block>") in either logged spelling
         if gate and gate[1].startswith("D"):
-            out.setdefault(gate[1], {})["gate"] = abs(_value_at(points, step))
+            out.setdefault(gate[1], {})["gate"] = abs(value_at(points, step))
         elif key.startswith(ENTROPY_KEY):
-            out.setdefault(key.split("/", 1)[1], {})["entropy_fraction"] = _value_at(points, step) / _uniform(key)
+            out.setdefault(key.split("/", 1)[1], {})["entropy_fraction"] = value_at(points, step) / uniform_log_n(key)
     return out
 
 
@@ -219,12 +218,12 @@ def summarise_run(
     run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int] = STEPS
 ) -> dict[str, Any]:
     """The summary of one finished run (see the module's docstring), scored at each of `steps`."""
+    from experiments.experiment import EVAL_SUMMARY, RUN_SUMMARY, run_path
     from experiments.local_d import run_summary
 
-    run = _read_first(run_dir, RUN_FILES)
-    result = _read_first(run_dir, EVAL_FILES)
+    run, result = _record(run_dir, RUN_SUMMARY), _record(run_dir, EVAL_SUMMARY)
     if run is None or result is None:
-        raise BlindDError(f"{run_dir} is not a finished run (no {RUN_FILES[-1]} or {EVAL_FILES[-1]})")
+        raise BlindDError(f"{run_dir} is not a finished run (no {RUN_SUMMARY} or {EVAL_SUMMARY})")
     result = {**result, "run_dir": str(run_dir), "train_seconds": run.get("train_seconds", 0.0)}
     summary = run_summary(CELL, arm, seed, run, result)
     final = summary["steps"]
@@ -238,7 +237,7 @@ def summarise_run(
             scored, source = score_checkpoint(run_dir, step, result["num_samples"]), "this checkpoint, re-scored"
             cpu_own[f"score_step_{step}"] = round(time.process_time() - t0, 1)
         by_step[str(step)] = step_scores(scored, summary["gates"], step, source)
-    finished = (run_dir / next(n for n in EVAL_FILES if (run_dir / n).is_file())).stat().st_mtime
+    finished = run_path(run_dir, EVAL_SUMMARY).stat().st_mtime
     summary.update({
         "scores_by_step": by_step,
         "num_samples": result["num_samples"],
@@ -262,6 +261,8 @@ def summarise(
     with `partial`, also score the checkpoints of runs still training (`partial_summary`). The paths written."""
     import torch
 
+    from experiments.experiment import EVAL_SUMMARY
+
     torch.set_num_threads(1)
     if not runs.is_dir():
         raise BlindDError(f"--runs {runs} is not a directory; pass the grid's --out folder")
@@ -274,7 +275,7 @@ def summarise(
             path = summaries / f"{CELL}_{arm}_seed{seed}.json"
             if path.exists() and not json.loads(path.read_text()).get("partial"):
                 continue
-            if _read_first(rd, EVAL_FILES) is not None:
+            if _record(rd, EVAL_SUMMARY) is not None:
                 summary = summarise_run(rd, arm, seed, cpu.get(str(rd), {}), steps)
             elif partial and not path.exists() and rd.is_dir():
                 summary = partial_summary(rd, arm, seed, cpu.get(str(rd), {}), steps, num_samples)

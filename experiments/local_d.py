@@ -175,7 +175,7 @@ def run_summary(setting: str, arm: str, seed: int, run: dict[str, Any], result: 
     }
 
 
-def _uniform(key: str) -> float:
+def uniform_log_n(key: str) -> float:
     """log N of a D block's logged entropy key (attn_entropy/D.blocks.attn<side>; keys 2x2-pooled)."""
     from experiments.gates import uniform_entropy
 
@@ -209,7 +209,7 @@ def _arm_style(arm: str, i: int) -> tuple[str, str, str]:
     return ARM_STYLES.get(arm, (f"C{3 + i}", "D", f"D arm {arm}"))
 
 
-def _value_at(points: list[list[float]], step: float) -> float:
+def value_at(points: list[list[float]], step: float) -> float:
     """The last logged value at or before `step` (points: [[step, value], ...] in logging order)."""
     before = [v for s, v in points if s <= step]
     return before[-1] if before else float("nan")
@@ -236,9 +236,9 @@ def block_trajectories(summaries: list[dict[str, Any]]) -> dict[tuple[str, str],
             continue
         steps = [q * s["steps"] for q in QUARTERS]
         cell = out.setdefault((s["setting"], s["arm"]), {"gate": [], "entropy": []})
-        cell["gate"].append([abs(_value_at(gates[0][1], t)) for t in steps])
+        cell["gate"].append([abs(value_at(gates[0][1], t)) for t in steps])
         if entropy:
-            cell["entropy"].append([_value_at(entropy[0][1], t) / _uniform(entropy[0][0]) for t in steps])
+            cell["entropy"].append([value_at(entropy[0][1], t) / uniform_log_n(entropy[0][0]) for t in steps])
     return out
 
 
@@ -262,7 +262,7 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = r["scores"]
             gate = {k: v[-1][1] for k, v in r["gates"].items() if _d_gate(k)}
-            entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
+            entropy = {k: v[-1][1] / uniform_log_n(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
             look = next(iter(r["d_look_share"].values()), None)
             lines.append(
                 f"| `{setting}` | `{arm}` | {r['seed']} | {sc['coherence']:.3f} | {sc['valid']:.3f} | "
@@ -379,7 +379,7 @@ def gates_figure(summaries: list[dict[str, Any]], path: Path) -> None:
             for key, points in s["gates"].items():
                 if not wanted(key):
                     continue
-                scale = _uniform(key) if key.startswith(ENTROPY_KEY) else 1.0
+                scale = uniform_log_n(key) if key.startswith(ENTROPY_KEY) else 1.0
                 ax.plot([p[0] for p in points], [abs(p[1]) / scale for p in points],
                         color=f"C{settings.index(s['setting'])}", ls=styles[arms.index(s["arm"]) % len(styles)],
                         lw=1, label=f"{s['setting']} / {s['arm']}" if s["seed"] == 0 else None)  # fmt: skip

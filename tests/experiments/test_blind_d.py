@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from experiments import blind_d
+from experiments import blind_d, experiment
 from experiments.experiment import compare
 
 from shared import ROOT
@@ -152,7 +152,7 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     written = blind_d.summarise(out, tmp_path / "runs", cpu, steps=(1, 2))
     assert [p.name for p in written] == [f"blind16_2k_{a}_seed0.json" for a in blind_d.ARMS]
     s = json.loads((tmp_path / "runs" / "blind16_2k_d32_seed0.json").read_text())
-    runner = json.loads((rd / "ablation_eval.json").read_text())
+    runner = json.loads((rd / experiment.EVAL_SUMMARY).read_text())
     assert (
         s["scores_by_step"]["2"]["coherence"] == runner["coherence"] and "runner" in s["scores_by_step"]["2"]["source"]
     )
@@ -173,7 +173,7 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     # a run still training (no runner's records yet) is scored at its checkpoints before the last, marked partial
     training = tmp_path / "training"
     shutil.copytree(rd, training / "d32" / "seed0")
-    for name in ("ablation_run.json", "ablation_eval.json"):
+    for name in (experiment.RUN_SUMMARY, experiment.EVAL_SUMMARY):
         (training / "d32" / "seed0" / name).unlink()
     (partial,) = blind_d.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True, num_samples=16)
     p = json.loads(partial.read_text())
