@@ -174,8 +174,10 @@ def export_is_checkpoint_ema(run_dir: Path, step: int) -> bool:
 
 
 def score_checkpoint(run_dir: Path, step: int, num_samples: int) -> dict[str, Any]:
-    """The runner's evaluation (`experiment.evaluate_run`) of the checkpoint at `step`: its EMA generator
-    (exported into a temporary run-directory view) and its D (the view's only checkpoint)."""
+    """The runner's evaluation (`experiment.evaluate_run` with the ablation's hook, as `experiments.ablation run`
+    evaluates every run) of the checkpoint at `step`: its EMA generator (exported into a temporary
+    run-directory view) and its D (the view's only checkpoint)."""
+    from experiments.ablation import EVAL_HOOK
     from experiments.experiment import evaluate_run
     from gan.checkpoint import write_export
     from gan.models import load_generator
@@ -187,7 +189,7 @@ def score_checkpoint(run_dir: Path, step: int, num_samples: int) -> dict[str, An
         write_export(view / "generator", G, cfg)
         (view / "checkpoints").mkdir()
         (view / "checkpoints" / ckpt.name).symlink_to(ckpt.resolve(), target_is_directory=True)
-        result = evaluate_run(view, num_samples)
+        result = evaluate_run(view, num_samples, hook=EVAL_HOOK)
     if result["step"] != step:
         raise BlindDError(f"the view of {ckpt} was read at step {result['step']}, not {step}")
     return result
