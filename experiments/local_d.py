@@ -130,10 +130,6 @@ def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
     """One JSON per evaluated run under `runs/<setting>/` (an `experiments.ablation run` OUT folder) written
     to `summaries/<setting>_<arm>_seed<k>.json` unless there already; returns every summary there."""
     from experiments import ablation, experiment
-    from experiments.gates import gate_history
-    from gan.config import load_config
-    from gan.models import d_receptive_field
-    from tools.report import machine_line
 
     summaries.mkdir(parents=True, exist_ok=True)
     for out in sorted(p for p in runs.glob("*") if (p / ablation.MANIFEST).is_file()):
@@ -143,37 +139,43 @@ def summarise_ladder(runs: Path, summaries: Path) -> list[dict[str, Any]]:
                 path = summaries / f"{out.name}_{arm}_seed{seed}.json"
                 if path.exists():
                     continue
-                rd = Path(result["run_dir"])
-                run = json.loads(experiment.run_path(rd, experiment.RUN_SUMMARY).read_text())
-                cfg = load_config(run["config"], run["overrides"])
-                log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
-                summary = {
-                    "setting": out.name,
-                    "arm": arm,
-                    "seed": seed,
-                    "config": run["config"],
-                    "overrides": run["overrides"],
-                    "steps": cfg.train.steps,
-                    "d_receptive_field": d_receptive_field(cfg.model)[0],
-                    "d_depth": cfg.model.d_depth,
-                    "scores": {k: result[k] for k in (*LADDER_SCORES, "d_paired") if k in result},
-                    "d_look_share": result.get("d_look_share", {}),
-                    "params": result["params"],
-                    "gates": {k: v for k, v in gate_history(rd).items()},
-                    "losses": [
-                        {k: e[k] for k in ("step", "loss_d", "d_real", "d_fake", "loss_g")}
-                        for e in log
-                        if "loss_d" in e
-                    ],  # fmt: skip
-                    "train_wall_s": result.get("train_seconds", 0.0),
-                    "eval_wall_s": result.get("eval_seconds", 0.0),
-                    "machine": machine_line(),
-                }
-                path.write_text(json.dumps(summary, indent=1) + "\n")
+                run = json.loads(experiment.run_path(Path(result["run_dir"]), experiment.RUN_SUMMARY).read_text())
+                path.write_text(json.dumps(run_summary(out.name, arm, seed, run, result), indent=1) + "\n")
     return [json.loads(p.read_text()) for p in sorted(summaries.glob("*_seed*.json"))]
 
 
-def _uniform(key: str) -> float:
+def run_summary(setting: str, arm: str, seed: int, run: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The ladder's summary of one run: `run` is the runner's record of its training (config, overrides),
+    `result` its evaluation (the scores, D's look share, parameter counts, seconds; `run_dir` where it lies)."""
+    from experiments.gates import gate_history
+    from gan.config import load_config
+    from gan.models import d_receptive_field
+    from tools.report import machine_line
+
+    rd = Path(result["run_dir"])
+    cfg = load_config(run["config"], run["overrides"])
+    log = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {
+        "setting": setting,
+        "arm": arm,
+        "seed": seed,
+        "config": run["config"],
+        "overrides": run["overrides"],
+        "steps": cfg.train.steps,
+        "d_receptive_field": d_receptive_field(cfg.model)[0],
+        "d_depth": cfg.model.d_depth,
+        "scores": {k: result[k] for k in (*LADDER_SCORES, "d_paired") if k in result},
+        "d_look_share": result.get("d_look_share", {}),
+        "params": result["params"],
+        "gates": {k: v for k, v in gate_history(rd).items()},
+        "losses": [{k: e[k] for k in ("step", "loss_d", "d_real", "d_fake", "loss_g")} for e in log if "loss_d" in e],
+        "train_wall_s": result.get("train_seconds", 0.0),
+        "eval_wall_s": result.get("eval_seconds", 0.0),
+        "machine": machine_line(),
+    }
+
+
+def uniform_log_n(key: str) -> float:
     """log N of a D block's logged entropy key (attn_entropy/D.blocks.attn<side>; keys 2x2-pooled)."""
     from experiments.gates import uniform_entropy
 
@@ -207,7 +209,7 @@ def _arm_style(arm: str, i: int) -> tuple[str, str, str]:
     return ARM_STYLES.get(arm, (f"C{3 + i}", "D", f"D arm {arm}"))
 
 
-def _value_at(points: list[list[float]], step: float) -> float:
+def value_at(points: list[list[float]], step: float) -> float:
     """The last logged value at or before `step` (points: [[step, value], ...] in logging order)."""
     before = [v for s, v in points if s <= step]
     return before[-1] if before else float("nan")
@@ -234,9 +236,9 @@ def block_trajectories(summaries: list[dict[str, Any]]) -> dict[tuple[str, str],
             continue
         steps = [q * s["steps"] for q in QUARTERS]
         cell = out.setdefault((s["setting"], s["arm"]), {"gate": [], "entropy": []})
-        cell["gate"].append([abs(_value_at(gates[0][1], t)) for t in steps])
+        cell["gate"].append([abs(value_at(gates[0][1], t)) for t in steps])
         if entropy:
-            cell["entropy"].append([_value_at(entropy[0][1], t) / _uniform(entropy[0][0]) for t in steps])
+            cell["entropy"].append([value_at(entropy[0][1], t) / uniform_log_n(entropy[0][0]) for t in steps])
     return out
 
 
@@ -260,7 +262,7 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
         for r in sorted(rs, key=lambda r: r["seed"]):
             sc = r["scores"]
             gate = {k: v[-1][1] for k, v in r["gates"].items() if _d_gate(k)}
-            entropy = {k: v[-1][1] / _uniform(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
+            entropy = {k: v[-1][1] / uniform_log_n(k) for k, v in r["gates"].items() if k.startswith(ENTROPY_KEY)}
             look = next(iter(r["d_look_share"].values()), None)
             lines.append(
                 f"| `{setting}` | `{arm}` | {r['seed']} | {sc['coherence']:.3f} | {sc['valid']:.3f} | "
@@ -283,7 +285,9 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
             cols = [" / ".join(_fmt(statistics.mean(x)) for x in zip(*t[k])) if t[k] else "-"
                     for k in ("gate", "entropy")]  # fmt: skip
             lines.append(f"| `{setting}` | `{arm}` | {len(t['gate'])} | {cols[0]} | {cols[1]} |")
-    lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std):", ""]
+    lines += ["", "Verdicts (rule: a difference counts when |diff| > 2 x pooled std; the arms of one seed share G's "
+              "initialisation, data order and latents, so the seeds where the arm is higher are counted pairwise):",
+              ""]  # fmt: skip
     most_local = min(cells)[0] if cells else None
     for (field, setting, arm), rs in cells.items():
         controls = []
@@ -292,19 +296,32 @@ def ladder_report(summaries: list[dict[str, Any]]) -> str:
         if arm == "none" and most_local is not None and field != most_local:
             local = [k for k in cells if k[0] == most_local and k[2] == "none"]
             controls += [(k, f"`{setting}` vs `{k[1]}` (no attention)") for k in local]
+        if arm != "none":  # the gates against each other: every earlier attention arm of the same setting
+            others = [k for k in cells if k[:2] == (field, setting) and k[2] != "none" and k[2] < arm]
+            controls += [(k, f"`{arm}` vs `{k[2]}` in `{setting}` (between gates)") for k in others]
         for key, label in controls:
             for k in ("coherence", "d_auc", "fcd"):
                 higher = k != "fcd"
                 c = compare(arm, [r["scores"][k] for r in rs], [r["scores"][k] for r in cells[key]], higher)
                 outcome = verdict(c)  # attention: helped / hurt / within; the field: beyond or within the spread
-                if arm == "none" and c.seeds >= 2:
+                if (arm == "none" or key[2] != "none") and c.seeds >= 2:
                     outcome = f"{'beyond' if c.exceeds else 'within'} the seed spread"
-                lines.append(f"- {label}, {LADDER_LABELS[k]}: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}: "
-                             f"{outcome}")  # fmt: skip
+                up, n = _paired_signs(rs, cells[key], k)
+                size = f" ({abs(c.diff) / c.pooled_std:.2f} pooled stds)" if c.pooled_std > 0 else ""
+                lines.append(f"- {label}, {LADDER_LABELS[k]}: diff {c.diff:+.3f}, pooled std {c.pooled_std:.3f}"
+                             f"{size}, higher in {up} of {n} paired seeds: {outcome}")  # fmt: skip
     first = summaries[0] if summaries else {}
     lines += ["", f"{len(summaries)} runs, {sum(s['train_wall_s'] + s['eval_wall_s'] for s in summaries) / 60:.0f} "
               f"wall-minutes of training and evaluation (one thread each); machine: {first.get('machine', '-')}"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _paired_signs(runs: list[dict[str, Any]], control: list[dict[str, Any]], key: str) -> tuple[int, int]:
+    """(seeds where the arm's `key` is above the control's, seeds both have): the arms share train.seed, so
+    G's initialisation, the data order and the latents, and compare seed by seed."""
+    theirs = {r["seed"]: r["scores"][key] for r in control}
+    pairs = [(r["scores"][key], theirs[r["seed"]]) for r in runs if r["seed"] in theirs]
+    return sum(a > b for a, b in pairs), len(pairs)
 
 
 def ladder_figure(summaries: list[dict[str, Any]], path: Path) -> None:
@@ -362,7 +379,7 @@ def gates_figure(summaries: list[dict[str, Any]], path: Path) -> None:
             for key, points in s["gates"].items():
                 if not wanted(key):
                     continue
-                scale = _uniform(key) if key.startswith(ENTROPY_KEY) else 1.0
+                scale = uniform_log_n(key) if key.startswith(ENTROPY_KEY) else 1.0
                 ax.plot([p[0] for p in points], [abs(p[1]) / scale for p in points],
                         color=f"C{settings.index(s['setting'])}", ls=styles[arms.index(s["arm"]) % len(styles)],
                         lw=1, label=f"{s['setting']} / {s['arm']}" if s["seed"] == 0 else None)  # fmt: skip

@@ -30,14 +30,27 @@ def test_report_and_figure_from_hand_made_summaries(tmp_path) -> None:
     assert "| `blind16` | 16 | `none` | 100 | 2 | 0.200 +/- 0.141 |" in text
     assert "| `blind16` | 16 | `d32-zero` | 100 | 2 | 0.700 +/- 0.141 |" in text
     assert "| `full` | 140 | `none` | 100 | 1 | 0.500 (1 seed) |" in text
-    # diff 0.5 against 2 x pooled std 0.283: beyond the spread; the full D's single seed: no verdict
-    assert "- `d32-zero` vs `none` in `blind16`, coherence: diff +0.500, pooled std 0.141: helped" in text
+    # diff 0.5 against 2 x pooled std 0.283: beyond the spread (0.5 / 0.1414 = 3.54 pooled stds), and higher in
+    # both seeds (0.6 vs 0.1, 0.8 vs 0.3); the full D's single seed: no verdict, its one seed paired with seed 0
     assert (
-        "- `full` vs `blind16` (no attention), coherence: diff +0.300, pooled std 0.100: no verdict (one seed)" in text
+        "- `d32-zero` vs `none` in `blind16`, coherence: diff +0.500, pooled std 0.141 (3.54 pooled stds), "
+        "higher in 2 of 2 paired seeds: helped" in text
+    )
+    assert (
+        "- `full` vs `blind16` (no attention), coherence: diff +0.300, pooled std 0.100 (3.00 pooled stds), "
+        "higher in 1 of 1 paired seeds: no verdict (one seed)" in text
     )
     runs.append(_summary("full", 140, "none", 1, 0.52, 0.99))  # two seeds: the field's difference gets a verdict
-    assert "- `full` vs `blind16` (no attention), D's AUC: diff +0.475, pooled std 0.011: beyond the seed spread" in (
-        local_d.ladder_report(runs)
+    # D's AUC: full 0.98, 0.99 (std 0.00707) vs 0.50, 0.52 (std 0.01414): pooled sqrt(0.000125) = 0.01118
+    assert (
+        "- `full` vs `blind16` (no attention), D's AUC: diff +0.475, pooled std 0.011 (42.49 pooled stds), "
+        "higher in 2 of 2 paired seeds: beyond the seed spread" in local_d.ladder_report(runs)
+    )
+    # two gates in one setting are compared with each other by the same rule
+    gates = [*runs, _summary("blind16", 16, "d32", 0, 0.20, 0.90), _summary("blind16", 16, "d32", 1, 0.40, 0.94)]
+    assert (
+        "- `d32-zero` vs `d32` in `blind16` (between gates), coherence: diff +0.400, pooled std 0.141 "
+        "(2.83 pooled stds), higher in 2 of 2 paired seeds: beyond the seed spread" in local_d.ladder_report(gates)
     )
     # the block's last gate, its entropy over log 256 (keys of a 32x32 map, 2x2-pooled), where it looks
     assert (
