@@ -245,7 +245,7 @@ def table(args: argparse.Namespace) -> None:
         print("\nEach block arm over the probes here (reliable only if every run learns):\n")
         for a in block_arms:
             k, n = (sum(c[i] for (_, arm), c in learns.items() if arm == a) for i in (0, 1))
-            print(f"- `{a}`: {k} of {n} runs learn{' (reliable here)' if k == n else ''}")
+            print(f"- `{a}`: {k} of {n} runs learn{' (every run here)' if k == n else ''}")
         _look_table(order, shown, thresholds)
     runs = [r for rs in shown.values() for r in rs]
     print(f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s in all; machine: {runs[0]['machine']}")
