@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import math
 import shlex
@@ -28,17 +27,26 @@ import torch
 import torch.nn.functional as F
 
 from experiments import probe_apart_data as data
-from experiments.probe_apart_model import BLOCK_SEED, MLP_HIDDEN, ProbeNet, block_look, receptive_field
-from gan.attention import NonLocalBlock
+from experiments.probe_apart_model import (
+    BLOCK_SEED,
+    MLP_HIDDEN,
+    ProbeNet,
+    block_look,
+    block_side,
+    position_zeroed,
+    receptive_field,
+)
 from gan.cli import fail_cleanly
 from gan.errors import UserError
 from tools.report import machine_line
 
 # The arms as plain data. `block`: None (no block) or the NonLocalBlock options of the arm (its public
-# options, a dict per arm so that new options plug in here); `readout`: overrides the probe's read-out
-# ("mlp": the global control); `block_lr_mult`: the block's learning rate over the base one; `needs`: the
-# block options a placeholder arm waits for (issue 34, section 1): it runs once the block has them and its
-# `block` dict sets them.
+# options, a dict per arm); `position`: add the relative position term over the whole map the block sits on
+# (position_max_side = that map's side: 8 in bars, 24 in dots); `readout`: overrides the probe's read-out
+# ("mlp": the global control); `block_lr_mult`: the block's learning rate over the base one.
+# heads4: SAGAN's default query/key width C/8 is 2 in bars (width 16) and 1 in dots (width 8), which 4 heads
+# cannot split, so heads4 sets qk_channels=4 (one per head) on both probes, and keeps the trunks (and so every
+# other arm) as they are; the value width C/2 (8 and 4) splits as it is.
 ARMS: dict[str, dict] = {
     "conv": {"block": None},  # the blind arm: no unit sees both objects
     "global": {"block": None, "readout": "mlp"},  # the positive control: an MLP on the whole last map
@@ -46,26 +54,20 @@ ARMS: dict[str, dict] = {
     "cosine": {"block": {"pairwise": "cosine"}},
     "zero_init": {"block": {"gate": "zero_init"}},
     "lr10": {"block": {}, "block_lr_mult": 10.0},
-    "position": {"block": {}, "needs": ("position",)},
-    "heads4": {"block": {}, "needs": ("heads",)},
-    "position_cosine": {"block": {"pairwise": "cosine"}, "needs": ("position",)},
+    "position": {"block": {}, "position": True},
+    "heads4": {"block": {"heads": 4, "qk_channels": 4}},
+    "position_cosine": {"block": {"pairwise": "cosine"}, "position": True},
 }
 CONTROLS = ("conv", "global")
 
 
-def block_options(arm: str) -> dict | None:
-    """The arm's NonLocalBlock options; a placeholder arm whose options the block (or the arm) lacks raises."""
+def block_options(arm: str, probe: str) -> dict | None:
+    """The arm's NonLocalBlock options on `probe` (None: no block)."""
     spec = ARMS[arm]
-    missing = [o for o in spec.get("needs", ()) if o not in spec["block"] or o not in _block_parameters()]
-    if missing:
-        raise UserError(
-            f"arm {arm!r} needs the block's position/heads options ({', '.join(missing)}: issue 34, section 1)"
-        )
-    return spec["block"]
-
-
-def _block_parameters() -> set[str]:
-    return set(inspect.signature(NonLocalBlock.__init__).parameters)
+    if spec["block"] is None or not spec.get("position"):
+        return spec["block"]
+    gen = data.PROBES[probe]
+    return {**spec["block"], "position_max_side": block_side(probe, gen.resolution)}
 
 
 # The "learns" rule of section 3, fixed before any block runs: a run learns when its test accuracy exceeds
@@ -95,7 +97,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 def build(probe: str, arm: str, seed: int, mlp_hidden: int = MLP_HIDDEN) -> ProbeNet:
     """The arm's classifier at `seed`: the trunk and head from the global stream, the block from its own."""
     spec, gen = ARMS[arm], data.PROBES[probe]
-    options = block_options(arm)
+    options = block_options(arm, probe)
     torch.manual_seed(seed)
     return ProbeNet(
         probe,
@@ -161,6 +163,9 @@ def train_one(probe: str, arm: str, seed: int, args: argparse.Namespace) -> dict
     if model.block is not None:  # where the block looks, on 64 test positives
         masks = data.box_masks(test_items[:64], data.PROBES[probe].resolution)[:64]
         result["block"] = {"gate": model.block.gate_value(), **block_look(model, x_test[:64], masks)}
+        if model.block.position_max_side:  # the whole test set with the position term zeroed
+            with position_zeroed(model.block):
+                result["block"]["test_acc_no_position"] = accuracy(model, x_test, y_test)
     return result
 
 
@@ -170,8 +175,6 @@ def model_description(model: ProbeNet) -> str:
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    for arm in args.arms:
-        block_options(arm)  # a placeholder arm stops here, before any run
     for probe in args.probes:
         for arm in args.arms:
             for seed in args.seeds:
@@ -197,19 +200,26 @@ def summaries(out: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def table(args: argparse.Namespace) -> None:
-    """The Markdown tables of every summary under --out: accuracy and learns counts per (probe, arm), each block
-    arm's count over all probes here, and where each block run's attention looks."""
-    groups = summaries(Path(args.out))
-    if not groups:
-        raise UserError(f"no run summaries under {args.out}: run `python -m experiments.probe_apart run` first")
-    order = sorted(groups, key=lambda k: (k[0], list(ARMS).index(k[1])))
+    """The Markdown tables of the summaries under --out for --probes, --arms and --seeds: accuracy and learns
+    counts per (probe, arm) against the conv runs of those seeds, each block arm's count over the probes shown,
+    and where each block run's attention looks (with the position term zeroed too, for arms that have one)."""
+    groups = {
+        k: [r for r in rs if r["seed"] in args.seeds]
+        for k, rs in summaries(Path(args.out)).items()
+        if k[0] in args.probes
+    }
+    groups = {k: rs for k, rs in groups.items() if rs}
+    shown = {k: rs for k, rs in groups.items() if k[1] in args.arms}
+    if not shown:
+        raise UserError(f"no run summaries under {args.out} for these probes, arms and seeds: run `run` first")
+    order = sorted(shown, key=lambda k: (k[0], list(ARMS).index(k[1])))
     thresholds = {
         probe: learn_threshold([r["test_acc"] for r in rs], rs[0]["test_images"])
         for (probe, arm), rs in groups.items()
         if arm == "conv"
     }
     learns = {
-        (probe, arm): learns_count([r["test_acc"] for r in groups[(probe, arm)]], thresholds[probe])
+        (probe, arm): learns_count([r["test_acc"] for r in shown[(probe, arm)]], thresholds[probe])
         for probe, arm in order
         if arm != "conv" and probe in thresholds
     }
@@ -219,7 +229,7 @@ def table(args: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for probe, arm in order:
-        rs = groups[(probe, arm)]
+        rs = shown[(probe, arm)]
         accs = [r["test_acc"] for r in rs]
         losses = ", ".join(f"{r['log'][-1]['loss']:.4f}" for r in rs)
         counted = "{} of {}".format(*learns[(probe, arm)]) if (probe, arm) in learns else "-"
@@ -235,29 +245,44 @@ def table(args: argparse.Namespace) -> None:
         print("\nEach block arm over the probes here (reliable only if every run learns):\n")
         for a in block_arms:
             k, n = (sum(c[i] for (_, arm), c in learns.items() if arm == a) for i in (0, 1))
-            print(f"- `{a}`: {k} of {n} runs learn{' (reliable here)' if k == n else ''}")
-        print(
-            "\n| probe | arm | seed | test accuracy | gate | object 0's queries on object 1 (uniform) | object 1's on object 0 (uniform) |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for probe, arm in order:
-            for r in (x for x in groups[(probe, arm)] if "block" in x):
-                b = r["block"]
-                print(
-                    f"| {probe} | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {b['gate']:.4f} | "
-                    f"{b['look_0_on_1']:.3f} ({b['look_0_on_1_uniform']:.3f}) | "
-                    f"{b['look_1_on_0']:.3f} ({b['look_1_on_0_uniform']:.3f}) |"
-                )
-    runs = [r for rs in groups.values() for r in rs]
+            print(f"- `{a}`: {k} of {n} runs learn{' (every run here)' if k == n else ''}")
+        _look_table(order, shown, thresholds)
+    runs = [r for rs in shown.values() for r in rs]
     print(f"\n{len(runs)} runs, {sum(r['cpu_s'] for r in runs):.0f} CPU s in all; machine: {runs[0]['machine']}")
+
+
+def _look_table(order: list[tuple[str, str]], shown: dict, thresholds: dict[str, float]) -> None:
+    """Where each block run's attention looks: each object's queries on the other object (uniform's share in
+    brackets); for arms with a position term, the same shares and the test accuracy with that term zeroed."""
+    print(
+        "\n| probe | arm | seed | test accuracy | learns | gate | object 0's queries on object 1 (uniform) | "
+        "object 1's on object 0 (uniform) | without the position term: 0 on 1, 1 on 0; accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for probe, arm in order:
+        for r in (x for x in shown[(probe, arm)] if "block" in x):
+            b = r["block"]
+            learned = "-" if probe not in thresholds else ("yes" if r["test_acc"] > thresholds[probe] else "no")
+            zeroed = (
+                f"{b['look_0_on_1_no_position']:.3f}, {b['look_1_on_0_no_position']:.3f}; {b['test_acc_no_position']:.3f}"
+                if "look_0_on_1_no_position" in b
+                else "-"
+            )
+            print(
+                f"| {probe} | `{arm}` | {r['seed']} | {r['test_acc']:.3f} | {learned} | {b['gate']:.4f} | "
+                f"{b['look_0_on_1']:.3f} ({b['look_0_on_1_uniform']:.3f}) | "
+                f"{b['look_1_on_0']:.3f} ({b['look_1_on_0_uniform']:.3f}) | {zeroed} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "table"))
     parser.add_argument("--probes", nargs="+", choices=list(data.PROBES), default=list(data.PROBES))
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(CONTROLS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(CONTROLS), help="run: these arms; table: only these"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="run: these seeds; table: only these")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32, help="images per step: half positives, half their negatives")
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -23,6 +23,8 @@ control.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,11 @@ BLOCK_SEED = 7_000_000  # the block's weights come from their own generator (see
 def receptive_field(layers: tuple[tuple[int, int], ...] = LAYERS) -> int:
     """The trunk's theoretical receptive field in input pixels (13 for LAYERS)."""
     return theoretical_rf(layers)[0]
+
+
+def block_side(probe: str, resolution: int) -> int:
+    """The side of the map the probe's block sits on (bars: 8 of 32, dots: 24 of 48)."""
+    return resolution // math.prod(s for _, s in LAYERS[: TRUNKS[probe]["block_after"]])
 
 
 class AttentionPool(nn.Module):
@@ -162,16 +169,42 @@ def grid_masks(masks: Tensor, query_hw: tuple[int, int], key_hw: tuple[int, int]
     )
 
 
+@contextmanager
+def position_zeroed(block: NonLocalBlock) -> Iterator[None]:
+    """The block with its relative position term set to 0 (the logits are the pairwise function's alone), and
+    the learned table put back on exit."""
+    saved = block.position_bias.detach().clone()
+    with torch.no_grad():
+        block.position_bias.zero_()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            block.position_bias.copy_(saved)
+
+
 @torch.no_grad()
 def block_look(model: ProbeNet, x: Tensor, masks: Tensor) -> dict[str, float]:
     """The block's attention on images `x` with object masks `masks` (B, 2, R, R): object 0's queries on
-    object 1 and the reverse, each against uniform's share."""
+    object 1 and the reverse, each against uniform's share (several heads: their mean attention). A block with
+    a position term also gives both shares with that term zeroed (`*_no_position`): did it do the looking?"""
     h = model.block_input(x)
-    _, attn = model.block(h, return_attention=True)  # (B, Nq, N)
     hq, wq = h.shape[2:]
     pool = model.block.pool or (1, 1)
     key_hw = (-(-hq // pool[0]), -(-wq // pool[1]))
+    cells = {
+        name: grid_masks(m, (hq, wq), key_hw) for name, m in (("look_0_on_1", masks), ("look_1_on_0", masks.flip(1)))
+    }
+
+    def shares() -> dict[str, tuple[float, float]]:
+        _, attn = model.block(h, return_attention=True)  # (B, Nq, N), or (B, heads, Nq, N)
+        attn = attn.mean(1) if attn.dim() == 4 else attn
+        return {name: look_share(attn, *c) for name, c in cells.items()}
+
     out = {}
-    for name, m in (("look_0_on_1", masks), ("look_1_on_0", masks.flip(1))):
-        out[name], out[name + "_uniform"] = look_share(attn, *grid_masks(m, (hq, wq), key_hw))
+    for name, (share, uniform) in shares().items():
+        out[name], out[name + "_uniform"] = share, uniform
+    if model.block.position_max_side:
+        with position_zeroed(model.block):
+            out.update({name + "_no_position": share for name, (share, _) in shares().items()})
     return out

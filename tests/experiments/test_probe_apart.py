@@ -12,8 +12,15 @@ import torch
 
 from experiments import probe_apart as pa
 from experiments import probe_apart_data as data
-from experiments.probe_apart_model import ProbeNet, block_look, grid_masks, look_share, receptive_field
-from gan.errors import UserError
+from experiments.probe_apart_model import (
+    ProbeNet,
+    block_look,
+    block_side,
+    grid_masks,
+    look_share,
+    position_zeroed,
+    receptive_field,
+)
 
 PROBES = list(data.PROBES)
 
@@ -156,14 +163,66 @@ def test_learns_rule_against_hand_computed_thresholds() -> None:
         pa.learn_threshold([], 1000)
 
 
-@pytest.mark.parametrize("arm", ["position", "heads4", "position_cosine"])
-def test_placeholder_arms_stop_with_one_line(arm: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(UserError, match="needs the block's position/heads options"):
-        pa.block_options(arm)
-    with pytest.raises(SystemExit) as exit_:
-        pa.main(["run", "--arms", "conv", arm, "--out", "unused"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "needs the block's position/heads" in err
+@pytest.mark.parametrize("probe", PROBES)
+def test_section_3_arms_build_the_block_with_their_options(probe: str) -> None:
+    """heads4: 4 heads over qk_channels=4 (the default C/8 is 2 in bars, 1 in dots) and the default C/2 values;
+    position: a zero table per head covering the block's whole map (8x8 in bars, 24x24 in dots); position_cosine:
+    both the cosine logits and that table; sagan: neither."""
+    gen = data.PROBES[probe]
+    width, side = {"bars": (16, 8), "dots": (8, 24)}[probe]
+    x, _ = data.stack(data.items(probe, 5, 0, 1))
+    blocks = {arm: pa.build(probe, arm, 0).block for arm in ("sagan", "heads4", "position", "position_cosine")}
+    assert (
+        pa.build(probe, "sagan", 0).block_input(x).shape[2:] == (side, side)
+        and block_side(probe, gen.resolution) == side
+    )
+    assert (blocks["sagan"].heads, blocks["sagan"].qk_channels, blocks["sagan"].position_max_side) == (
+        1,
+        max(width // 8, 1),
+        0,
+    )
+    h4 = blocks["heads4"]
+    assert (h4.heads, h4.qk_channels, h4.v_channels, h4.pairwise, h4.position_max_side) == (
+        4,
+        4,
+        width // 2,
+        "embedded_gaussian",
+        0,
+    )
+    assert h4.qk_channels % 4 == 0 and h4.v_channels % 4 == 0
+    for arm, pairwise in (("position", "embedded_gaussian"), ("position_cosine", "cosine")):
+        b = blocks[arm]
+        assert (b.heads, b.pairwise, b.position_max_side, b.qk_channels) == (1, pairwise, side, max(width // 8, 1))
+        assert b.position_bias.shape[0] == 1 and not b.position_bias.any()
+    assert not hasattr(blocks["sagan"], "position_bias") and pa.block_options("conv", probe) is None
+
+
+def test_position_zeroed_against_hand_computed_shares() -> None:
+    """A constant map gives every key the same content logit; a bias of log 63 on one offset (key 4 rows below
+    the query) then gives that key 63 / (63 + 63) = 0.5 of the query's attention over 64 keys, and zeroing the
+    bias gives it uniform's 1/64 again. The table comes back unchanged afterwards."""
+    torch.manual_seed(0)
+    model = ProbeNet("bars", 1, 32, block={"position_max_side": 8, "subsample": False}, block_seed=1)
+    model.block_input = lambda x: torch.zeros(x.shape[0], 16, 8, 8)
+    m = 8
+    with torch.no_grad():  # table index per axis: (query - key) + m - 1; query row 1, key row 5, same column
+        model.block.position_bias[0, 1 - 5 + m - 1, m - 1] = math.log(63)
+    masks = torch.zeros(1, 2, 32, 32)
+    masks[0, 0, 4:8, 8:12] = 1.0  # object 0: cell (1, 2) of the 8x8 map
+    masks[0, 1, 20:24, 8:12] = 1.0  # object 1: cell (5, 2)
+    look = block_look(model, torch.zeros(1, 1, 32, 32), masks)
+    assert look["look_0_on_1"] == pytest.approx(0.5, abs=1e-6)
+    assert look["look_0_on_1_no_position"] == pytest.approx(1 / 64, abs=1e-6)
+    assert look["look_0_on_1_uniform"] == pytest.approx(1 / 64) and look["look_1_on_0_uniform"] == pytest.approx(1 / 64)
+    # object 1's query sits 4 rows below object 0: an offset the table leaves at 0, so uniform either way
+    assert look["look_1_on_0"] == pytest.approx(1 / 64, abs=1e-6)
+    assert look["look_1_on_0_no_position"] == pytest.approx(1 / 64, abs=1e-6)
+    bias = model.block.position_bias.detach()  # the learned table is back: one entry at log 63, the rest 0
+    assert float(bias[0, 3, 7]) == pytest.approx(math.log(63)) and float(bias.abs().sum()) == pytest.approx(
+        math.log(63)
+    )
+    with position_zeroed(model.block):
+        assert not model.block.position_bias.any()
 
 
 def test_cli_runs_writes_summaries_and_tables(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,7 +241,29 @@ def test_cli_runs_writes_summaries_and_tables(tmp_path, capsys: pytest.CaptureFi
     capsys.readouterr()
     pa.main(["table", "--out", str(tmp_path)])
     out = capsys.readouterr().out
+    assert "| bars | `global` | 0 |" in out and "| dots | `sagan` | 0 |" not in out  # table: --arms conv global
+    pa.main(["table", "--arms", "conv", "global", "sagan", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
     assert "| bars | `global` | 0 |" in out and "| dots | `sagan` | 0 |" in out and " of 1 |" in out
+
+
+def test_cli_runs_the_section_3_arms_and_records_the_position_terms_share(tmp_path, capsys) -> None:
+    args = [*"--seeds 0 --steps 2 --batch 4 --test-pairs 6 --log-every 1 --out".split(), str(tmp_path)]
+    arms = ["conv", "position", "heads4", "position_cosine"]
+    pa.main(["run", "--arms", *arms, *args])
+    for probe in PROBES:
+        for arm in arms[1:]:
+            r = json.loads((tmp_path / probe / arm / "seed0.json").read_text())
+            b, with_position = r["block"], arm != "heads4"
+            assert r["steps"] == 2 and 0.0 <= b["look_0_on_1"] <= 1.0 and 0.0 <= b["look_1_on_0"] <= 1.0
+            assert ("look_0_on_1_no_position" in b) == with_position == ("test_acc_no_position" in b)
+            if with_position:
+                assert 0.0 <= b["look_1_on_0_no_position"] <= 1.0 and 0.0 <= b["test_acc_no_position"] <= 1.0
+    capsys.readouterr()
+    pa.main(["table", "--probes", "dots", "--arms", *arms, "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| dots | `position_cosine` | 0 |" in out and "| bars |" not in out
+    assert out.count("| dots | `heads4` | 0 |") == 2 and out.count(" | - |\n") == 1  # heads4: no position term
 
 
 @pytest.mark.parametrize("probe", PROBES)
