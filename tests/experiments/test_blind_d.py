@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from experiments import blind_d, experiment
+from experiments import blind_d, blind_d_runs, experiment
 from experiments.experiment import compare
 
 from shared import ROOT
@@ -41,7 +41,7 @@ def test_paired_differences_by_hand() -> None:
     assert (p.higher, p.lower) == (3, 1)
     assert p.p_higher == 5 / 16 and p.p_lower == 15 / 16  # P(X >= 3 | 4) and P(X >= 1 | 4)
     assert math.isnan(blind_d.paired({0: 1.0}, {0: 0.5}).t)  # one seed: no t
-    with pytest.raises(blind_d.BlindDError, match="share no seed"):
+    with pytest.raises(blind_d_runs.BlindDError, match="share no seed"):
         blind_d.paired({0: 1.0}, {1: 0.5})
 
 
@@ -149,7 +149,7 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     rd = out / "d32" / "seed0"
     cpu = tmp_path / "cpu.json"
     cpu.write_text(json.dumps({str(rd): {"train": 12.0, "evaluate": 3.0}}))
-    written = blind_d.summarise(out, tmp_path / "runs", cpu, steps=(1, 2))
+    written = blind_d_runs.summarise(out, tmp_path / "runs", cpu, steps=(1, 2))
     assert [p.name for p in written] == [f"blind16_2k_{a}_seed0.json" for a in blind_d.ARMS]
     s = json.loads((tmp_path / "runs" / "blind16_2k_d32_seed0.json").read_text())
     runner = json.loads((rd / experiment.EVAL_SUMMARY).read_text())
@@ -166,22 +166,22 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
     u = json.loads((tmp_path / "runs" / "blind16_2k_d32-uniform_seed0.json").read_text())
     assert u["scores_by_step"]["2"]["blocks"]["D.blocks.attn32"]["entropy_fraction"] == pytest.approx(1.0, abs=1e-5)
     # re-scoring the final checkpoint through the view gives the runner's numbers exactly
-    again = blind_d.score_checkpoint(rd, 2, 16)
+    again = blind_d_runs.score_checkpoint(rd, 2, 16)
     for key in ("coherence", "valid", "shape_iou", "fcd", "d_auc", "d_paired", "d_look_share"):
         assert again[key] == runner[key], key
-    assert blind_d.summarise(out, tmp_path / "runs", cpu, steps=(1, 2)) == []  # once per run
+    assert blind_d_runs.summarise(out, tmp_path / "runs", cpu, steps=(1, 2)) == []  # once per run
     # a run still training (no runner's records yet) is scored at its checkpoints before the last, marked partial
     training = tmp_path / "training"
     shutil.copytree(rd, training / "d32" / "seed0")
     for name in (experiment.RUN_SUMMARY, experiment.EVAL_SUMMARY):
         (training / "d32" / "seed0" / name).unlink()
-    (partial,) = blind_d.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True, num_samples=16)
+    (partial,) = blind_d_runs.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True, num_samples=16)
     p = json.loads(partial.read_text())
     assert p["partial"] and list(p["scores_by_step"]) == ["1"] and p["finished"] is None
     assert p["scores_by_step"]["1"]["coherence"] == s["scores_by_step"]["1"]["coherence"]  # the same checkpoint
-    assert blind_d.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True) == []
-    with pytest.raises(blind_d.BlindDError, match="no checkpoint at step 3"):
-        blind_d.checkpoint_dir(rd, 3)
+    assert blind_d_runs.summarise(training, tmp_path / "partial", cpu, steps=(1, 2), partial=True) == []
+    with pytest.raises(blind_d_runs.BlindDError, match="no checkpoint at step 3"):
+        blind_d_runs.checkpoint_dir(rd, 3)
 
 
 def test_block_state_reads_both_gate_spellings() -> None:
@@ -191,9 +191,9 @@ def test_block_state_reads_both_gate_spellings() -> None:
         "gate/zero_init/D.blocks.attn16": [[2000, 0.5]],
         "gate/gamma/G.blocks.attn16": [[2000, 1.0]],  # G's block: not D's
     }
-    assert blind_d.block_state(gates, 1500) == {"D.blocks.attn32": {"gate": 0.2, "entropy_fraction": 0.5},
+    assert blind_d_runs.block_state(gates, 1500) == {"D.blocks.attn32": {"gate": 0.2, "entropy_fraction": 0.5},
                                                  "D.blocks.attn16": {"gate": pytest.approx(float("nan"), nan_ok=True)}}  # fmt: skip
-    assert blind_d.block_state(gates, 2000) == {"D.blocks.attn32": {"gate": 0.3, "entropy_fraction": 1.0},
+    assert blind_d_runs.block_state(gates, 2000) == {"D.blocks.attn32": {"gate": 0.3, "entropy_fraction": 1.0},
                                                  "D.blocks.attn16": {"gate": 0.5}}  # fmt: skip
 
 
