@@ -58,6 +58,16 @@ def block_seed(seed: int, block_init: str) -> int | None:
 READOUTS = ("sum", "mean", "conv")  # conv: a spectrally normalised 1x1 conv and ReLU, then the sum
 
 
+def block_on_stream(channels: int, options: dict, seed: int | None) -> NonLocalBlock:
+    """A NonLocalBlock(channels, **options) whose weights come from a generator of their own seeded `seed`,
+    leaving the global stream where it was (so what is built after it does not depend on the block's design);
+    None draws them from the global stream."""
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return NonLocalBlock(channels, **options)
+
+
 class Probe(nn.Module):
     """images (B, C, H, W) -> logit (B,): DBlockOptimized -> depth x DBlock -> ReLU, read-out, linear, with
     ONE NonLocalBlock after `stage` of the down-blocks (0: after the first block, the highest-resolution stage).
@@ -89,10 +99,7 @@ class Probe(nn.Module):
             # of the conv arm at the same seed whatever the block's design; None draws them between the stem's and
             # the down-blocks' from the global generator (the first runs of docs/attention_opens.md, --block-init
             # shared), which makes the trunk depend on the block's parameter shapes.
-            with torch.random.fork_rng(devices=[], enabled=block_seed is not None):
-                if block_seed is not None:
-                    torch.manual_seed(block_seed)
-                self.attention = NonLocalBlock(width, **attention)
+            self.attention = block_on_stream(width, attention, block_seed)
         self.blocks = nn.Sequential(*[DBlock(width, width, downsample=True, sn=True) for _ in range(depth)])
         self.read = conv2d(width, width, 1, sn=True) if readout == "conv" else None
         self.head = linear(width, 1, sn=True)

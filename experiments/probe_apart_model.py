@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from experiments.erf import theoretical_rf
+from experiments.long_range_model import block_on_stream
 from gan.attention import NonLocalBlock
 
 LAYERS = ((3, 1), (3, 2), (3, 1), (3, 2))  # (kernel, stride) of the trunk's convs
@@ -109,10 +110,7 @@ class ProbeNet(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.block = None
         if block is not None:
-            with torch.random.fork_rng(devices=[], enabled=block_seed is not None):
-                if block_seed is not None:
-                    torch.manual_seed(block_seed)
-                self.block = NonLocalBlock(width, **block)
+            self.block = block_on_stream(width, block, block_seed)
         side = resolution // math.prod(s for _, s in LAYERS)
         flat = width * side * side
         if self.readout == "flat":
