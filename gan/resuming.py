@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gan.config import Config, ConfigError, to_dict
+from gan.config import Config, ConfigError, leaves
 from gan.files import append_line
 
 RESUMABLE = frozenset(
@@ -34,10 +34,6 @@ RESUMABLE = frozenset(
 FREE_SECTIONS = ("eval", "log")  # every key of these may change
 
 
-def _flat(cfg: Config) -> dict[str, Any]:
-    return {f"{section}.{k}": v for section, keys in to_dict(cfg).items() for k, v in keys.items()}
-
-
 def resumable(key: str) -> bool:
     return key in RESUMABLE or key.split(".")[0] in FREE_SECTIONS
 
@@ -45,7 +41,7 @@ def resumable(key: str) -> bool:
 def changes(saved: Config, new: Config) -> dict[str, list]:
     """{key: [the checkpoint's value, the new one]} for every key a resume changes; ConfigError, one line,
     when a change is not resumable (model keys are refused before this, in gan.train_loop)."""
-    old, now = _flat(saved), _flat(new)
+    old, now = dict(leaves(saved)), dict(leaves(new))
     diff = {key: [old[key], now[key]] for key in now if old.get(key) != now[key] and not key.startswith("model.")}
     fixed = [key for key in diff if not resumable(key)]
     if fixed:
