@@ -4,10 +4,14 @@ the block's options and learning rate of every arm as plain data."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from experiments.block_designs import DESIGNS, with_position
 from experiments.erf import theoretical_rf
 from gan.attention import NonLocalBlock
 from gan.layers import DBlock, DBlockOptimized, conv2d, linear
@@ -34,10 +38,27 @@ ARMS: dict[str, dict] = {
     "attn_channel": {"attention": {"gate": "channel"}},
     "conv_right_half": {"attention": None, "view": "right"},
 }
+# Issue 34's designs (experiments/block_designs.py, the probes built apart's arms) under this probe's names:
+# sagan, cosine, zero_init and lr10 are attn, attn_cosine, attn_zero_init and attn_lr10 above (tested equal);
+# `position`: the relative position term over the whole map the block sits on (`block_options`).
+DESIGN_ARMS = {
+    "sagan": "attn", "cosine": "attn_cosine", "zero_init": "attn_zero_init", "lr10": "attn_lr10",
+    "position": "attn_position", "heads4": "attn_heads4", "position_cosine": "attn_position_cosine",
+}  # fmt: skip
+for _design in ("position", "heads4", "position_cosine"):
+    ARMS[DESIGN_ARMS[_design]] = {
+        "attention": DESIGNS[_design]["block"],
+        **({"position": True} if DESIGNS[_design].get("position") else {}),
+    }
 # Issue 26's comparison: each design and lever alone, with the default 1 query/key channel at width 8 and with 4
-# (as at width 32, where the second probe failed): attn_qk4 and attn_lr10_qk4 above, and these.
-for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel"):
-    ARMS[f"{_name}_qk4"] = {"attention": {**ARMS[_name]["attention"], "qk_channels": 4}, "reference": "attn_qk4"}
+# (as at width 32, where the second probe failed): attn_qk4 and attn_lr10_qk4 above, and these (issue 34 adds the
+# position designs; attn_heads4 already has 4 query/key channels, one per head, so it has no _qk4 twin).
+for _name in ("attn_zero_init", "attn_l2", "attn_cosine", "attn_channel", "attn_position", "attn_position_cosine"):
+    ARMS[f"{_name}_qk4"] = {
+        **ARMS[_name],
+        "attention": {**ARMS[_name]["attention"], "qk_channels": 4},
+        "reference": "attn_qk4",
+    }
 # The tie in fine detail (docs/detail_tie.md): keys and values not pooled (the 2x2 max-pool mixes 4x4-px
 # regions, two pattern cells a side) and 8 query/key channels, with either lever.
 for _name in ("attn_zero_init", "attn_lr10"):
@@ -56,6 +77,26 @@ def block_seed(seed: int, block_init: str) -> int | None:
 
 
 READOUTS = ("sum", "mean", "conv")  # conv: a spectrally normalised 1x1 conv and ReLU, then the sum
+
+
+def block_options(spec: dict, resolution: int, stage: int) -> dict | None:
+    """An arm's NonLocalBlock options at `stage` of a `resolution` image (None: no block): its `attention`, with
+    the position term over the whole map the block sits on (side resolution / 2^(stage+1)) if the arm has one."""
+    return with_position(spec["attention"], spec.get("position", False), resolution // 2 ** (stage + 1))
+
+
+@contextmanager
+def position_zeroed(block: NonLocalBlock) -> Iterator[None]:
+    """The block with its relative position term set to 0 (the logits are the pairwise function's alone), and
+    the learned table put back on exit."""
+    saved = block.position_bias.detach().clone()
+    with torch.no_grad():
+        block.position_bias.zero_()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            block.position_bias.copy_(saved)
 
 
 def block_on_stream(channels: int, options: dict, seed: int | None) -> NonLocalBlock:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments import probe_apart_data as data
+from experiments.block_designs import DESIGNS, with_position
 from experiments.probe_apart_model import (
     BLOCK_SEED,
     MLP_HIDDEN,
@@ -40,23 +41,14 @@ from gan.cli import fail_cleanly
 from gan.errors import UserError
 from tools.report import machine_line
 
-# The arms as plain data. `block`: None (no block) or the NonLocalBlock options of the arm (its public
-# options, a dict per arm); `position`: add the relative position term over the whole map the block sits on
-# (position_max_side = that map's side: 8 in bars, 24 in dots); `readout`: overrides the probe's read-out
-# ("mlp": the global control); `block_lr_mult`: the block's learning rate over the base one.
-# heads4: SAGAN's default query/key width C/8 is 2 in bars (width 16) and 1 in dots (width 8), which 4 heads
-# cannot split, so heads4 sets qk_channels=4 (one per head) on both probes, and keeps the trunks (and so every
-# other arm) as they are; the value width C/2 (8 and 4) splits as it is.
+# The arms as plain data: the two controls and issue 34's designs (experiments/block_designs.py). `block`: None
+# (no block) or the arm's NonLocalBlock options; `position`: the relative position term over the whole map the
+# block sits on (position_max_side = that map's side: 8 in bars, 24 in dots); `readout`: overrides the probe's
+# read-out ("mlp": the global control); `block_lr_mult`: the block's learning rate over the base one.
 ARMS: dict[str, dict] = {
     "conv": {"block": None},  # the blind arm: no unit sees both objects
     "global": {"block": None, "readout": "mlp"},  # the positive control: an MLP on the whole last map
-    "sagan": {"block": {}},  # SAGAN's default block
-    "cosine": {"block": {"pairwise": "cosine"}},
-    "zero_init": {"block": {"gate": "zero_init"}},
-    "lr10": {"block": {}, "block_lr_mult": 10.0},
-    "position": {"block": {}, "position": True},
-    "heads4": {"block": {"heads": 4, "qk_channels": 4}},
-    "position_cosine": {"block": {"pairwise": "cosine"}, "position": True},
+    **DESIGNS,
 }
 CONTROLS = ("conv", "global")
 
@@ -64,10 +56,7 @@ CONTROLS = ("conv", "global")
 def block_options(arm: str, probe: str) -> dict | None:
     """The arm's NonLocalBlock options on `probe` (None: no block)."""
     spec = ARMS[arm]
-    if spec["block"] is None or not spec.get("position"):
-        return spec["block"]
-    gen = data.PROBES[probe]
-    return {**spec["block"], "position_max_side": block_side(probe, gen.resolution)}
+    return with_position(spec["block"], spec.get("position", False), block_side(probe, data.PROBES[probe].resolution))
 
 
 # The "learns" rule of section 3, fixed before any block runs: a run learns when its test accuracy exceeds

@@ -23,16 +23,13 @@ control.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from experiments.erf import theoretical_rf
-from experiments.long_range_model import block_on_stream
-from gan.attention import NonLocalBlock
+from experiments.long_range_model import block_on_stream, position_zeroed
 
 LAYERS = ((3, 1), (3, 2), (3, 1), (3, 2))  # (kernel, stride) of the trunk's convs
 TRUNKS = {
@@ -165,20 +162,6 @@ def grid_masks(masks: Tensor, query_hw: tuple[int, int], key_hw: tuple[int, int]
         F.adaptive_max_pool2d(masks[:, :1], query_hw).flatten(1),
         F.adaptive_max_pool2d(masks[:, 1:], key_hw).flatten(1),
     )
-
-
-@contextmanager
-def position_zeroed(block: NonLocalBlock) -> Iterator[None]:
-    """The block with its relative position term set to 0 (the logits are the pairwise function's alone), and
-    the learned table put back on exit."""
-    saved = block.position_bias.detach().clone()
-    with torch.no_grad():
-        block.position_bias.zero_()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            block.position_bias.copy_(saved)
 
 
 @torch.no_grad()
