@@ -29,10 +29,12 @@ command line.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from experiments.long_range_data import DATASETS
 from experiments.long_range_model import ARMS, BLOCK_INITS, READOUTS
-from experiments.long_range_reports import cells_report, report
+from experiments.long_range_reports import cells_report, designs_report, report
 from experiments.long_range_training import run
 from gan.synthetic import VARIANTS
 
@@ -40,7 +42,9 @@ from gan.synthetic import VARIANTS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "command", choices=("run", "report", "cells"), help="cells: the tables of docs/attention_opens.md"
+        "command",
+        choices=("run", "report", "cells", "designs"),
+        help="cells: the tables of docs/attention_opens.md; designs: issue 34's comparison in its three configurations",
     )
     parser.add_argument("--arms", nargs="+", default=["conv", "attn"], choices=list(ARMS))
     parser.add_argument("--depths", nargs="+", type=int, default=[0, 1, 2, 3])
@@ -76,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/long_range")
     parser.add_argument("--plot", default="docs/long_range/accuracy_vs_depth.png")
     args = parser.parse_args(argv)
-    {"run": run, "report": report, "cells": cells_report}[args.command](args)
+    args.command_line = shlex.join(
+        ["python", "-m", "experiments.long_range_probe", *(sys.argv[1:] if argv is None else argv)]
+    )
+    {"run": run, "report": report, "cells": cells_report, "designs": designs_report}[args.command](args)
 
 
 if __name__ == "__main__":

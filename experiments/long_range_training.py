@@ -5,6 +5,7 @@ the cell's folder (`cell_tag`) and skips those already there."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import time
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from experiments.erf import effective_rf
 from experiments.long_range_data import TEST_SEED, TRAIN_SEED, pair_stream, pairs
-from experiments.long_range_model import ARMS, Probe, block_seed, probe_rf
+from experiments.long_range_model import ARMS, Probe, block_options, block_seed, position_zeroed, probe_rf
 from experiments.mismatch import object_look_share
 from gan.attention import gate_of
 from tools.report import machine_line
@@ -41,13 +42,14 @@ def block_state(model: nn.Module, probe_x: Tensor) -> dict[str, float]:
         if hasattr(block, name)  # pairwise="l2" ties phi to theta
     }
     image_probe = hasattr(model, "block_input")  # the clip probe (long_range_clips) has its block after the stem
-    with torch.no_grad():
+    with torch.no_grad():  # the calls of the first runs, in their order (spectral norm steps in each)
         h = model.block_input(probe_x) if image_probe else model.stem(probe_x)
         q, k, _, _ = block.project(h)  # (B, HW, Cqk), (B, N, Cqk)
-        logits = block.pairwise_logits(q, k)  # (B, HW, N), as the block scales them
-        p = torch.softmax(logits, dim=-1)
-        entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))
-        residual = float((block(h) - h).norm() / h.norm())
+        heads = lambda t: t.unflatten(-1, (block.heads, -1)).transpose(1, 2)  # noqa: E731 (B, h, HW, Cqk / h)
+        logits = block.pairwise_logits(heads(q), heads(k))  # (B, h, HW, N): content logits, as the block scales them
+        z, p = block(h, return_attention=True)  # weights with the position term, if any: (B, [h,] HW, N)
+        entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(k.shape[1]))  # mean over heads
+        residual = float((z - h).norm() / h.norm())
     state = {f"grad_{n}": g for n, g in grads.items()}
     state.update(
         entropy_ratio=entropy,
@@ -77,7 +79,8 @@ def look_share(model: nn.Module, x: Tensor) -> tuple[float, float]:
     """Where the probe block's left-object queries look on images `x` (`mismatch.object_look_share`)."""
     with torch.no_grad():
         h = model.block_input(x)
-        _, attn = model.attention(h, return_attention=True)  # (B, Nq, N)
+        _, attn = model.attention(h, return_attention=True)  # (B, Nq, N), or (B, heads, Nq, N)
+    attn = attn.mean(1) if attn.dim() == 4 else attn  # several heads: their mean attention
     pool = model.attention.pool or (1, 1)
     hq, wq = h.shape[2:]
     return object_look_share(attn, (hq, wq), (-(-hq // pool[0]), -(-wq // pool[1])), x)
@@ -148,7 +151,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     model = Probe(
         depth,
         args.width,
-        attention=spec["attention"],
+        attention=block_options(spec, args.resolution, args.stage),
         stage=args.stage,
         readout=args.readout,
         block_seed=block_seed(seed, args.block_init),
@@ -166,7 +169,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     save_file(model.state_dict(), str(weights_path))
     erf = effective_rf(model.trunk, x_test[:64]) if view == "full" else None
     look = look_share(model.eval(), x_test[:64]) if model.attention is not None and view == "full" else (None, None)
-    return {
+    result = {
         "arm": arm,
         "depth": depth,
         "seed": seed,
@@ -184,7 +187,14 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "log": log,
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "machine": machine_line(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": getattr(args, "command_line", None),  # set by the command line (long_range_probe.main)
     }
+    if look[0] is not None and model.attention.position_max_side:  # did the position term do the looking?
+        with position_zeroed(model.attention):
+            result["look_share_no_position"] = look_share(model, x_test[:64])[0]
+            result["test_acc_no_position"] = accuracy(model, x_test, y_test)
+    return result
 
 
 SETTINGS = (
@@ -254,7 +264,11 @@ def add_look_share(path: Path, args: argparse.Namespace) -> None:
     if "alive" in result or result["spec"]["attention"] is None or not weights.exists():
         return
     model = Probe(
-        result["depth"], args.width, attention=result["spec"]["attention"], stage=args.stage, readout=args.readout
+        result["depth"],
+        args.width,
+        attention=block_options(result["spec"], args.resolution, args.stage),
+        stage=args.stage,
+        readout=args.readout,
     )
     model.load_state_dict(load_file(str(weights)))
     x_test, _ = pairs(args.resolution, TEST_SEED, args.test_pairs, result["view"], args.data, args.variant)
