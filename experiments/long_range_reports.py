@@ -13,8 +13,9 @@ from experiments import long_range_plots
 from experiments.experiment import compare, verdict
 from experiments.gates import GATE_LABELS
 from experiments.long_range_data import TEST_SEED, pairs
-from experiments.long_range_model import ARMS, probe_rf
+from experiments.long_range_model import ARMS, DESIGN_ARMS, probe_rf
 from experiments.long_range_training import CELL_DEFAULTS, cell_tag
+from experiments.probe_apart import learn_threshold, learns_count
 from gan.grids import save_image_grid
 
 
@@ -219,4 +220,66 @@ def print_verdicts(groups: dict[tuple[str, int], list[dict]], arms: dict[str, di
         print(
             f"| `{arm}` depth {depth} | `{control[0]}` depth {control[1]} | {c.diff:+.3f} | {c.pooled_std:.3f} | "
             f"{'-' if math.isnan(c.welch_t) else f'{c.welch_t:+.2f}'} | {verdict(c)} |"
+        )
+
+
+# Issue 34's three configurations of docs/attention_opens.md (its part 3): name -> (cell folder, arm suffix). Each
+# design runs as DESIGN_ARMS[design] + suffix, against the conv arm of the cell; attn_heads4 has 4 query/key
+# channels already (one per head), so the 4-channel configuration's heads4 runs ARE the 1-channel one's.
+DESIGN_CONFIGURATIONS = {"r64": ("r64", ""), "r64-qk4": ("r64", "_qk4"), "r64-black": ("r64-black", "")}
+
+
+def design_arm(design: str, suffix: str) -> str:
+    """The long-range arm of an issue-34 design in a configuration whose arms end in `suffix`."""
+    arm = DESIGN_ARMS[design] + suffix
+    return arm if arm in ARMS else DESIGN_ARMS[design]
+
+
+def designs_report(args: argparse.Namespace) -> None:
+    """Issue 34's comparison in the three configurations (the rule of docs/probes_apart.md, section 3): per
+    design and configuration, the seeds' accuracies and how many learn (above the cell's conv mean + 2 x
+    max(conv seed std, binomial SE)), the counts over configurations, and per run where the left object's queries
+    look, with and without the position term."""
+    runs: dict[tuple[str, str], dict[int, dict]] = {}
+    for path in sorted(Path(args.out).glob(f"*/*/depth{args.depths[0]}/seed*.json")):
+        r = json.loads(path.read_text())
+        if r["seed"] in args.seeds:
+            runs.setdefault((path.parts[-4], r["arm"]), {})[r["seed"]] = r
+    print("| configuration | design | arm | seeds | test accuracy per seed | learns (rule) |")
+    print("|---|---|---|---|---|---|")
+    counts: dict[str, list[int]] = {d: [0, 0] for d in DESIGN_ARMS}
+    rows = []
+    for name, (cell, suffix) in DESIGN_CONFIGURATIONS.items():
+        conv = [r["test_acc"] for r in runs.get((cell, "conv"), {}).values()]
+        threshold = learn_threshold(conv, 2 * args.test_pairs) if conv else math.nan
+        print(
+            f"| `{name}` | conv | `conv` | {len(conv)} | {', '.join(f'{a:.3f}' for a in conv)} | threshold {threshold:.3f} |"
+        )
+        for design in DESIGN_ARMS:
+            arm = design_arm(design, suffix)
+            rs = [r for _, r in sorted(runs.get((cell, arm), {}).items())]
+            k, n = learns_count([r["test_acc"] for r in rs], threshold)
+            counts[design][0] += k
+            counts[design][1] += n
+            accs = ", ".join(f"{r['test_acc']:.3f}" for r in rs) or "-"
+            print(f"| `{name}` | {design} | `{arm}` | {len(rs)} | {accs} | {k} of {n} |")
+            rows += [(name, design, r, r["test_acc"] > threshold) for r in rs]
+    print("\nEach design over the configurations (reliable only if every run of every configuration learns):\n")
+    for design, (k, n) in counts.items():
+        print(f"- {design}: {k} of {n} runs learn" + (" (every run here)" if n and k == n else ""))
+    print(
+        "\n| configuration | design | seed | test accuracy | learns | gate | left object's queries on the right "
+        "object (uniform) | without the position term: share; accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, design, r, learnt in rows:
+        look = f"{r['look_share']:.3f} ({r['look_uniform']:.3f})" if r.get("look_share") is not None else "-"
+        no_pos = (
+            f"{r['look_share_no_position']:.3f}; {r['test_acc_no_position']:.3f}"
+            if "look_share_no_position" in r
+            else "-"
+        )
+        print(
+            f"| `{name}` | {design} | {r['seed']} | {r['test_acc']:.3f} | {'yes' if learnt else 'no'} | "
+            f"{gate_label(r['log'][-1])} | {look} | {no_pos} |"
         )
