@@ -50,7 +50,9 @@ def _clip_arm(name: str) -> dict:
     return spec if spec["attention"] is None else {**spec, "attention": {**spec["attention"], "pool": KEY_POOL}}
 
 
-ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10")}
+# attn_cosine: the third lever that opened the image probe in every configuration (docs/attention_opens.md; issue 33
+# part 3 runs the 10x block rate, cosine and the zero-init gate at the decisive depth)
+ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10", "attn_cosine")}
 LADDERS = ("space", "time")
 POOLS = ("sum", "mean")  # sum: SAGAN's D; mean: the same linear read-out over N positions, 1/N the logit scale
 
@@ -194,7 +196,7 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     test = clip_pairs(long_range_data.TEST_SEED, args.test_pairs, args.frames)
     log, cpu_s = long_range_training.fit(model, spec, train, test, args, seed, f"{arm} depth {depth} seed {seed}")
     save_file(model.state_dict(), str(weights_path))
-    return {
+    result = {
         "arm": arm,
         "depth": depth,
         "seed": seed,
@@ -210,6 +212,17 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         },
         "machine": machine_line(),
     }
+    if model.attention is not None:  # where frame 0's object looks, kept in the summary (weights are not committed)
+        result["frame_attention"] = frame_attention_by_class(model.eval(), test[0])
+    return result
+
+
+def frame_attention_by_class(model: ClipProbe, x: Tensor) -> dict[str, list[float]]:
+    """`frame_attention` on clips `x` (n coherent, then their n incoherent versions): each class's mean share
+    per temporal key slot."""
+    mass = frame_attention(model, x)
+    n = len(x) // 2
+    return {"coherent": mass[:n].mean(0).tolist(), "incoherent": mass[n:].mean(0).tolist()}
 
 
 def _tag(args: argparse.Namespace) -> str:
@@ -284,6 +297,11 @@ def _print_frame_attention(order: list[tuple[tuple[str, int], list[dict]]], args
     rows = []
     for (arm, depth), rs in order:
         for r in rs if ARMS[arm]["attention"] is not None else []:
+            if "frame_attention" in r:  # recorded at the end of the run
+                rows.append(
+                    (arm, depth, r["seed"], r["frame_attention"]["coherent"], r["frame_attention"]["incoherent"])
+                )
+                continue
             weights = Path(args.out) / _tag(args) / arm / f"depth{depth}" / f"seed{r['seed']}.safetensors"
             if not weights.exists():  # runs from before the weights were saved
                 continue
@@ -293,7 +311,7 @@ def _print_frame_attention(order: list[tuple[tuple[str, int], list[dict]]], args
             x, _ = clip_pairs(long_range_data.TEST_SEED, args.test_pairs, args.frames)
             n = len(x) // 2
             mass = frame_attention(model.eval(), x)  # (2n, T_k)
-            rows.append((arm, depth, r["seed"], mass[:n].mean(0), mass[n:].mean(0)))
+            rows.append((arm, depth, r["seed"], mass[:n].mean(0).tolist(), mass[n:].mean(0).tolist()))
     if not rows:
         return
     slots = len(rows[0][3])
@@ -302,7 +320,7 @@ def _print_frame_attention(order: list[tuple[tuple[str, int], list[dict]]], args
     print("| arm | depth | seed | coherent: slots 0..last | incoherent: slots 0..last |")
     print("|---|---|---|---|---|")
     for arm, depth, seed, coherent, incoherent in rows:
-        fmt = lambda m: ", ".join(f"{v:.3f}" for v in m.tolist())  # noqa: E731
+        fmt = lambda m: ", ".join(f"{v:.3f}" for v in m)  # noqa: E731
         print(f"| `{arm}` | {depth} | {seed} | {fmt(coherent)} | {fmt(incoherent)} |")
 
 

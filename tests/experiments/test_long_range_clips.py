@@ -301,3 +301,34 @@ def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None
 
     model.attention._weights = weights
     torch.testing.assert_close(clips_probe.frame_attention(model, x), torch.tensor([[0.0, 0, 0, 1]]).expand(6, 4))
+
+
+def test_the_three_levers_run_at_the_decisive_depth_and_record_where_frame_zero_looks(tmp_path, capsys) -> None:
+    """Issue 33 part 3's arms (the 10x block rate, cosine, the zero-initialised gate) are the image probe's, keys
+    pooled (2, 2, 2); each run's summary keeps its frame attention, which the report prints without weights."""
+    for arm, options in (
+        ("attn_lr10", {}),
+        ("attn_cosine", {"pairwise": "cosine"}),
+        ("attn_zero_init", {"gate": "zero_init"}),
+    ):
+        assert clips_probe.ARMS[arm]["attention"] == {**options, "pool": (2, 2, 2)}
+        assert clips_probe.ARMS[arm].get("attn_lr_mult", 1.0) == long_range_model.ARMS[arm].get("attn_lr_mult", 1.0)
+    assert clips_probe.ARMS["attn_lr10"]["attn_lr_mult"] == 10.0
+    out = tmp_path / "runs"
+    tiny = ["--steps", "2", "--batch", "4", "--test-pairs", "3", "--log-every", "1", "--fresh", "--seeds", "0"]
+    common = ["--ladder", "time", "--pool", "mean", "--out", str(out), "--plot", str(tmp_path / "clips.png")]
+    clips_probe.main(["run", "--arms", "attn_cosine", "--depths", "2", *common, *tiny])
+    path = out / "t8-time-mean" / "attn_cosine" / "depth2" / "seed0.json"
+    result = json.loads(path.read_text())
+    model = clips_probe.ClipProbe(
+        2, 8, attention=clips_probe.ARMS["attn_cosine"]["attention"], ladder="time", pool="mean"
+    )
+    model.load_state_dict(load_file(path.with_suffix(".safetensors")))
+    mass = clips_probe.frame_attention(model.eval(), clips_probe.clip_pairs(long_range_data.TEST_SEED, 3)[0])
+    torch.testing.assert_close(torch.tensor(result["frame_attention"]["coherent"]), mass[:3].mean(0))
+    torch.testing.assert_close(torch.tensor(result["frame_attention"]["incoherent"]), mass[3:].mean(0))
+    path.with_suffix(".safetensors").unlink()  # the report reads the summary's shares
+    capsys.readouterr()
+    clips_probe.main(["report", *common, "--test-pairs", "3"])
+    fmt = ", ".join(f"{v:.3f}" for v in result["frame_attention"]["coherent"])
+    assert f"| `attn_cosine` | 2 | 0 | {fmt} |" in capsys.readouterr().out
