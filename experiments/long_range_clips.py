@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from experiments import long_range_data, long_range_model, long_range_plots, long_range_reports, long_range_training
 from experiments.clips import CoherentClips
 from experiments.erf import theoretical_rf
-from gan.attention import NonLocalBlock
 from gan.grids import save_image_grid
 from gan.layers import DBlockOptimized, init_layer, linear
 from gan.synthetic import FOREGROUND_THRESHOLD
@@ -106,6 +105,7 @@ class ClipProbe(nn.Module):
         attention: dict | None = None,
         ladder: str = "space",
         pool: str = "sum",
+        block_seed: int | None = None,
     ) -> None:
         super().__init__()
         if ladder not in LADDERS:
@@ -114,7 +114,9 @@ class ClipProbe(nn.Module):
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.pool = pool
         self.stem = FrameStem(channels, width)
-        self.attention = NonLocalBlock(width, dim=3, **attention) if attention is not None else None
+        self.attention = None
+        if attention is not None:  # block_seed: its own stream, so the trunk is the conv arm's (None: the global one)
+            self.attention = long_range_model.block_on_stream(width, {**attention, "dim": 3}, block_seed)
         in_time = ladder == "time"
         self.blocks = nn.Sequential(
             *[ClipBlock(width, dilation=2**i if in_time else 1, pool=not in_time) for i in range(depth)]
@@ -188,7 +190,14 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
     """Train one (arm, depth, seed), save its weights (safetensors) to `weights_path`; returns the result."""
     spec = ARMS[arm]
     torch.manual_seed(seed)
-    model = ClipProbe(depth, args.width, attention=spec["attention"], ladder=args.ladder, pool=args.pool)
+    model = ClipProbe(
+        depth,
+        args.width,
+        attention=spec["attention"],
+        ladder=args.ladder,
+        pool=args.pool,
+        block_seed=long_range_model.block_seed(seed, args.block_init),
+    )
     if args.fresh:  # every step draws new clips: the model cannot fit a fixed set instead of the rule
         train = clip_stream(long_range_data.TRAIN_SEED, args.batch // 2, args.steps, args.frames)
     else:
@@ -208,7 +217,19 @@ def train_one(arm: str, depth: int, seed: int, args: argparse.Namespace, weights
         "log": log,
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "batch", "width", "lr", "frames", "train_pairs", "test_pairs", "fresh", "ladder", "pool")
+            for k in (
+                "steps",
+                "batch",
+                "width",
+                "lr",
+                "frames",
+                "train_pairs",
+                "test_pairs",
+                "fresh",
+                "ladder",
+                "pool",
+                "block_init",
+            )  # fmt: skip
         },
         "machine": machine_line(),
     }
@@ -226,10 +247,12 @@ def frame_attention_by_class(model: ClipProbe, x: Tensor) -> dict[str, list[floa
 
 
 def _tag(args: argparse.Namespace) -> str:
-    """The results folder of one clip length, ladder and pooling: t8 (space ladder and sum, the first design),
-    t8-time, t8-time-mean, ..."""
+    """The results folder of one clip length, ladder, pooling and block stream: t8 (space ladder and sum, the
+    first design), t8-time, t8-time-mean, t8-time-mean-owninit, ..."""
     return f"t{args.frames}" + "".join(
-        f"-{v}" for v, default in ((args.ladder, "space"), (args.pool, "sum")) if v != default
+        f"-{v}"
+        for v, default in ((args.ladder, "space"), (args.pool, "sum"), (f"{args.block_init}init", "sharedinit"))
+        if v != default
     )
 
 
@@ -346,6 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--pool", choices=POOLS, default="sum", help="the read-out over (T, H, W): sum (as SAGAN's D) or mean"
+    )
+    parser.add_argument(
+        "--block-init",
+        choices=long_range_model.BLOCK_INITS,
+        default="shared",
+        help="shared: the block's weights from the global generator (the first clip runs); own: from their own "
+        "(every arm on the conv arm's trunk at the same seed, as the image probe's cells)",
     )
     parser.add_argument("--test-pairs", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=100)

@@ -332,3 +332,27 @@ def test_the_three_levers_run_at_the_decisive_depth_and_record_where_frame_zero_
     clips_probe.main(["report", *common, "--test-pairs", "3"])
     fmt = ", ".join(f"{v:.3f}" for v in result["frame_attention"]["coherent"])
     assert f"| `attn_cosine` | 2 | 0 | {fmt} |" in capsys.readouterr().out
+
+
+def test_own_block_stream_keeps_the_conv_arms_trunk_and_has_its_own_folder(tmp_path) -> None:
+    """--block-init own: at seed s every lever trains on the conv arm's stem, ladder and head (paired seeds); the
+    default (shared) draws the block between the stem and the ladder, as the first clip runs did."""
+
+    def build(arm: str, block_init: str) -> dict:
+        torch.manual_seed(4)
+        spec = clips_probe.ARMS[arm]["attention"]
+        seed = long_range_model.block_seed(4, block_init)
+        return clips_probe.ClipProbe(2, 8, attention=spec, ladder="time", pool="mean", block_seed=seed).state_dict()
+
+    conv = build("conv", "own")
+    for arm in ("attn_lr10", "attn_cosine", "attn_zero_init"):
+        own = build(arm, "own")
+        assert all(torch.equal(conv[k], own[k]) for k in conv)
+        assert not all(torch.equal(conv[k], v) for k, v in build(arm, "shared").items() if k in conv)
+    out = tmp_path / "runs"
+    tiny = ["--steps", "1", "--batch", "4", "--test-pairs", "2", "--log-every", "1", "--fresh", "--seeds", "0"]
+    clips_probe.main(
+        ["run", "--arms", "conv", "--depths", "1", "--ladder", "time", "--block-init", "own", "--out", str(out), *tiny]
+    )
+    result = json.loads((out / "t8-time-owninit" / "conv" / "depth1" / "seed0.json").read_text())
+    assert result["settings"]["block_init"] == "own"
