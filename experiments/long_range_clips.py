@@ -301,6 +301,7 @@ def report(args: argparse.Namespace) -> None:
                 f"{e['grad_theta'] / max(e['grad_g'], 1e-12):.3g} |"
             )
     long_range_reports.print_verdicts(groups, ARMS)
+    long_range_reports.print_learns(groups, ARMS)
     _print_frame_attention(order, args)
     if results:
         print(f"\nSettings: {results[0]['settings']}; machine: {results[0]['machine']}")

@@ -283,3 +283,21 @@ def designs_report(args: argparse.Namespace) -> None:
             f"| `{name}` | {design} | {r['seed']} | {r['test_acc']:.3f} | {'yes' if learnt else 'no'} | "
             f"{gate_label(r['log'][-1])} | {look} | {no_pos} |"
         )
+
+
+def print_learns(groups: dict[tuple[str, int], list[dict]], arms: dict[str, dict] = ARMS) -> None:
+    """How many runs of each arm learn by the rule of docs/probes_apart.md (above the control's mean + 2 x max(its
+    seed std, the binomial SE at chance of one run's test set)): each attention arm against the conv arm at its
+    depth, each deeper conv arm (the full-field control) against the shallowest."""
+    base = min((d for a, d in groups if a == "conv"), default=None)
+    print("\nRuns that learn (rule: above the control's mean + 2 x max(its seed std, binomial SE at chance)):\n")
+    print("| arm | control | threshold | learns |")
+    print("|---|---|---|---|")
+    for arm, depth in sorted(groups, key=lambda k: (list(arms).index(k[0]), k[1])):
+        control = ("conv", base if arm == "conv" else depth)
+        if (arm, depth) == control or control not in groups:
+            continue
+        settings = groups[control][0]["settings"]
+        threshold = learn_threshold([r["test_acc"] for r in groups[control]], 2 * settings["test_pairs"])
+        k, n = learns_count([r["test_acc"] for r in groups[(arm, depth)]], threshold)
+        print(f"| `{arm}` depth {depth} | `conv` depth {control[1]} | {threshold:.3f} | {k} of {n} |")

@@ -317,7 +317,7 @@ def test_the_three_levers_run_at_the_decisive_depth_and_record_where_frame_zero_
     out = tmp_path / "runs"
     tiny = ["--steps", "2", "--batch", "4", "--test-pairs", "3", "--log-every", "1", "--fresh", "--seeds", "0"]
     common = ["--ladder", "time", "--pool", "mean", "--out", str(out), "--plot", str(tmp_path / "clips.png")]
-    clips_probe.main(["run", "--arms", "attn_cosine", "--depths", "2", *common, *tiny])
+    clips_probe.main(["run", "--arms", "conv", "attn_cosine", "--depths", "2", *common, *tiny])
     path = out / "t8-time-mean" / "attn_cosine" / "depth2" / "seed0.json"
     result = json.loads(path.read_text())
     model = clips_probe.ClipProbe(
@@ -330,8 +330,13 @@ def test_the_three_levers_run_at_the_decisive_depth_and_record_where_frame_zero_
     path.with_suffix(".safetensors").unlink()  # the report reads the summary's shares
     capsys.readouterr()
     clips_probe.main(["report", *common, "--test-pairs", "3"])
+    printed = capsys.readouterr().out
     fmt = ", ".join(f"{v:.3f}" for v in result["frame_attention"]["coherent"])
-    assert f"| `attn_cosine` | 2 | 0 | {fmt} |" in capsys.readouterr().out
+    assert f"| `attn_cosine` | 2 | 0 | {fmt} |" in printed
+    conv = json.loads((out / "t8-time-mean" / "conv" / "depth2" / "seed0.json").read_text())["test_acc"]
+    threshold = conv + 2 * 0.5 / 6**0.5  # one conv seed: the binomial term at 6 test clips
+    learns = int(result["test_acc"] > threshold)
+    assert f"| `attn_cosine` depth 2 | `conv` depth 2 | {threshold:.3f} | {learns} of 1 |" in printed
 
 
 def test_own_block_stream_keeps_the_conv_arms_trunk_and_has_its_own_folder(tmp_path) -> None:
