@@ -49,9 +49,14 @@ def _clip_arm(name: str) -> dict:
     return spec if spec["attention"] is None else {**spec, "attention": {**spec["attention"], "pool": KEY_POOL}}
 
 
-# attn_cosine: the third lever that opened the image probe in every configuration (docs/attention_opens.md; issue 33
-# part 3 runs the 10x block rate, cosine and the zero-init gate at the decisive depth)
-ARMS = {name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10", "attn_cosine")}
+# Issue 33 part 3 runs the levers that opened the image probe (docs/attention_opens.md) at the decisive depth: the
+# 10x block rate, the zero-init gate and cosine. Cosine with 4 query/key channels: at width 8 the default is 1,
+# and the cosine of two scalars is a sign; on these clips every key's sign came out the same, so `attn_cosine`'s
+# attention is exactly uniform (measured at seed 0: entropy 1.000 of log N, each row's logits equal, through a
+# 200-step pilot), a uniform-attention control rather than a lever (docs/long_range.md).
+ARMS = {
+    name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10", "attn_cosine_qk4", "attn_cosine")
+}
 LADDERS = ("space", "time")
 POOLS = ("sum", "mean")  # sum: SAGAN's D; mean: the same linear read-out over N positions, 1/N the logit scale
 

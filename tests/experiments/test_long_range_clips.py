@@ -304,12 +304,14 @@ def test_frame_attention_reads_the_slots_of_frame_zeros_object_queries() -> None
 
 
 def test_the_three_levers_run_at_the_decisive_depth_and_record_where_frame_zero_looks(tmp_path, capsys) -> None:
-    """Issue 33 part 3's arms (the 10x block rate, cosine, the zero-initialised gate) are the image probe's, keys
-    pooled (2, 2, 2); each run's summary keeps its frame attention, which the report prints without weights."""
+    """Issue 33 part 3's arms (the 10x block rate, cosine with 4 query/key channels, the zero-initialised gate; and
+    1-channel cosine) are the image probe's, keys pooled (2, 2, 2); each run's summary keeps its frame attention,
+    which the report prints without weights."""
     for arm, options in (
         ("attn_lr10", {}),
-        ("attn_cosine", {"pairwise": "cosine"}),
+        ("attn_cosine_qk4", {"pairwise": "cosine", "qk_channels": 4}),
         ("attn_zero_init", {"gate": "zero_init"}),
+        ("attn_cosine", {"pairwise": "cosine"}),
     ):
         assert clips_probe.ARMS[arm]["attention"] == {**options, "pool": (2, 2, 2)}
         assert clips_probe.ARMS[arm].get("attn_lr_mult", 1.0) == long_range_model.ARMS[arm].get("attn_lr_mult", 1.0)
