@@ -2,7 +2,7 @@
 coherence over 8 paired seeds at 1,000 and 2,000 steps, and is it attention or a global-context path?
 
     python -m experiments.blind_d summarise --runs OUT/blind16_2k --summaries docs/blind_d/runs \
-        [--cpu-seconds FILE] [--partial]
+        [--cpu-seconds FILE] [--partial] [--cell blind16_2k|full_2k|fieldw2_2k]
     python -m experiments.blind_d report --summaries docs/blind_d/runs --report docs/blind_d.md --figures docs/blind_d
 
 `summarise`: every finished run of the grid (`experiments.ablation run --arms none,d32,d32-uniform` with
@@ -13,7 +13,10 @@ the runner scores a finished run (`experiments.experiment.evaluate_run` on a run
 that checkpoint); the final step reuses the runner's own evaluation when the run's generator export is that
 checkpoint's EMA generator. --partial: runs still training are scored at their checkpoints so far, in a
 summary marked `partial` that the finished run's replaces. --cpu-seconds: a JSON {run_dir: {"train": s, "evaluate": s}} recorded beside the
-grid (the runner records wall seconds only). Runs are summarised one at a time, in seed order.
+grid (the runner records wall seconds only). Runs are summarised one at a time, in seed order. --cell: which
+cell's arms to look for under --runs and how to name the summaries (`<cell>_<arm>_seed<k>.json`); the full D
+and the full-field D at width 2 (`full_2k`, `fieldw2_2k`, arm `none` only) are reported by
+experiments/blind_d_field.py.
 
 `report`: the tables (one per step count), the paired analysis, the verdicts of the rule fixed in
 docs/blind_d.md and two figures, from the summaries alone, written between the report's markers; the same
@@ -35,6 +38,8 @@ from typing import Any
 from experiments.blind_d_runs import (
     ARMS,
     BLOCK,
+    CELL,
+    CELLS,
     CONTROL,
     STEPS,
     UNIFORM,
@@ -160,11 +165,16 @@ def arm_table(summaries: list[dict[str, Any]], step: int) -> list[str]:
     return lines
 
 
+def spread_and_paired(name: str, a: dict[int, float], b: dict[int, float]) -> tuple[Comparison, Paired]:
+    """The spread rule's Comparison (named `name`) and the paired differences of a - b, both over the seeds
+    the two have."""
+    p = paired(a, b)
+    return compare(name, [a[s] for s in p.seeds], [b[s] for s in p.seeds], True), p
+
+
 def compare_pair(summaries: list[dict[str, Any]], pair: tuple[str, str], step: int, key: str):
     """(spread-rule Comparison, Paired, verdict) of pair (a, b) on `key`, over the seeds both arms have."""
-    a, b = (by_seed(summaries, arm, step, key) for arm in pair)
-    p = paired(a, b)
-    c = compare(pair[0], [a[s] for s in p.seeds], [b[s] for s in p.seeds], True)
+    c, p = spread_and_paired(pair[0], *(by_seed(summaries, arm, step, key) for arm in pair))
     return c, p, pair_verdict(c, p)
 
 
@@ -349,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sum.add_argument("--cpu-seconds", default=None, help='JSON {run_dir: {"train": s, "evaluate": s}} (optional)')
     p_sum.add_argument("--partial", action="store_true", help="also score the checkpoints of runs still training")
     p_sum.add_argument("--num-samples", type=int, default=1000, help="samples per score of a run still training")
+    p_sum.add_argument("--cell", default=CELL, help=f"the cell whose runs --runs holds: {', '.join(CELLS)}")
     p_rep = sub.add_parser("report", help="tables, verdicts and figures from the summaries alone")
     p_rep.add_argument("--summaries", default="docs/blind_d/runs")
     p_rep.add_argument("--report", default="docs/blind_d.md")
@@ -357,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     with fail_cleanly():
         if args.command == "summarise":
             cpu = Path(args.cpu_seconds) if args.cpu_seconds else None
-            written = summarise(Path(args.runs), Path(args.summaries), cpu, STEPS, args.partial, args.num_samples)
+            runs, out = Path(args.runs), Path(args.summaries)
+            written = summarise(runs, out, cpu, STEPS, args.partial, args.num_samples, args.cell)
             print(f"{len(written)} new summaries in {args.summaries}")
         else:
             write_report(load_summaries(Path(args.summaries)), Path(args.report), Path(args.figures))

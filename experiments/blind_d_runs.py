@@ -1,5 +1,7 @@
 """The blind-D cell's runs (docs/blind_d.md): each checkpoint of a grid run scored as the runner scores a
-finished run, and one summary JSON per run; experiments/blind_d.py makes the report from these summaries."""
+finished run, and one summary JSON per run; experiments/blind_d.py makes the report from these summaries.
+The cell's two references, the full D (its ceiling) and a full-field D at the blind D's size, are summarised
+the same way, each under its own cell name (CELLS); experiments/blind_d_field.py reports them."""
 
 from __future__ import annotations
 
@@ -11,15 +13,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gan.errors import UserError  # (light: no torch)
+
 STEPS = (1000, 2000)  # the checkpoints scored: train.checkpoint_every=1000, train.steps=2000
 CELL = "blind16_2k"
 CONTROL, BLOCK, UNIFORM = "none", "d32", "d32-uniform"
 ARMS = (CONTROL, BLOCK, UNIFORM)
+FULL, FIELD_W2 = "full_2k", "fieldw2_2k"  # the full D (width 16) and a full-field D of width 2, no block in either
+CELLS = {CELL: ARMS, FULL: (CONTROL,), FIELD_W2: (CONTROL,)}  # each cell's arms; summaries <cell>_<arm>_seed<k>.json
 SCORES = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc", "d_paired")
 
 
-class BlindDError(ValueError):
+class BlindDError(UserError, ValueError):
     """A problem with the cell's arguments or files; one line that says what to do."""
+
+
+def cell_arms(cell: str) -> tuple[str, ...]:
+    if cell not in CELLS:
+        raise BlindDError(f"unknown cell {cell!r}; the cells are {', '.join(CELLS)}")
+    return CELLS[cell]
 
 
 def _record(run_dir: Path, name: str) -> dict[str, Any] | None:
@@ -99,7 +111,7 @@ def step_scores(result: dict[str, Any], gates: dict[str, list[list[float]]], ste
 
 
 def summarise_run(
-    run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int] = STEPS
+    run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int] = STEPS, cell: str = CELL
 ) -> dict[str, Any]:
     """The summary of one finished run (see the module's docstring), scored at each of `steps`."""
     from experiments.experiment import EVAL_SUMMARY, RUN_SUMMARY, run_path
@@ -109,7 +121,7 @@ def summarise_run(
     if run is None or result is None:
         raise BlindDError(f"{run_dir} is not a finished run (no {RUN_SUMMARY} or {EVAL_SUMMARY})")
     result = {**result, "run_dir": str(run_dir), "train_seconds": run.get("train_seconds", 0.0)}
-    summary = run_summary(CELL, arm, seed, run, result)
+    summary = run_summary(cell, arm, seed, run, result)
     final = summary["steps"]
     by_step: dict[str, Any] = {}
     cpu_own: dict[str, float] = {}
@@ -140,9 +152,12 @@ def summarise(
     steps: Sequence[int] = STEPS,
     partial: bool = False,
     num_samples: int = 1000,
+    cell: str = CELL,
 ) -> list[Path]:
-    """Summarise every finished run under `runs/<arm>/seed<k>/` that has no summary yet (or only a partial one);
-    with `partial`, also score the checkpoints of runs still training (`partial_summary`). The paths written."""
+    """Summarise every finished run under `runs/<arm>/seed<k>/` (the arms of `cell`) that has no summary yet (or
+    only a partial one); with `partial`, also score the checkpoints of runs still training (`partial_summary`).
+    The paths written."""
+    arms = cell_arms(cell)
     import torch
 
     from experiments.experiment import EVAL_SUMMARY
@@ -154,15 +169,15 @@ def summarise(
     summaries.mkdir(parents=True, exist_ok=True)
     written = []
     for seed in range(100):
-        for arm in ARMS:
+        for arm in arms:
             rd = runs / arm / f"seed{seed}"
-            path = summaries / f"{CELL}_{arm}_seed{seed}.json"
+            path = summaries / f"{cell}_{arm}_seed{seed}.json"
             if path.exists() and not json.loads(path.read_text()).get("partial"):
                 continue
             if _record(rd, EVAL_SUMMARY) is not None:
-                summary = summarise_run(rd, arm, seed, cpu.get(str(rd), {}), steps)
+                summary = summarise_run(rd, arm, seed, cpu.get(str(rd), {}), steps, cell)
             elif partial and not path.exists() and rd.is_dir():
-                summary = partial_summary(rd, arm, seed, cpu.get(str(rd), {}), steps, num_samples)
+                summary = partial_summary(rd, arm, seed, cpu.get(str(rd), {}), steps, num_samples, cell)
                 if summary is None:
                     continue
             else:
@@ -174,7 +189,7 @@ def summarise(
 
 
 def partial_summary(
-    run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int], num_samples: int
+    run_dir: Path, arm: str, seed: int, cpu: dict[str, Any], steps: Sequence[int], num_samples: int, cell: str = CELL
 ) -> dict[str, Any] | None:
     """A run still training: the scores of its checkpoints at the steps before the last one, marked `partial`
     (the finished run's summary replaces it); None before its first such checkpoint."""
@@ -190,14 +205,16 @@ def partial_summary(
     t0 = time.process_time()
     by_step = {str(step): step_scores(score_checkpoint(run_dir, step, num_samples), gates, step,
                                       "this checkpoint, scored while the run trained") for step in todo}  # fmt: skip
-    return {"setting": CELL, "arm": arm, "seed": seed, "partial": True, "scores_by_step": by_step,
+    return {"setting": cell, "arm": arm, "seed": seed, "partial": True, "scores_by_step": by_step,
             "num_samples": num_samples, "run_dir": str(run_dir), "finished": None, "machine": machine_line(),
             "cpu_seconds": {"train_so_far": cpu.get("train"), "score_partial": round(time.process_time() - t0, 1)}}  # fmt: skip
 
 
-def load_summaries(summaries: Path) -> list[dict[str, Any]]:
-    found = [json.loads(p.read_text()) for p in sorted(summaries.glob(f"{CELL}_*_seed*.json"))]
-    return sorted(found, key=lambda s: (ARMS.index(s["arm"]) if s["arm"] in ARMS else len(ARMS), s["seed"]))
+def load_summaries(summaries: Path, cell: str = CELL) -> list[dict[str, Any]]:
+    """The summaries of `cell`'s runs in `summaries`, by arm (in the cell's order), then seed."""
+    arms = cell_arms(cell)
+    found = [json.loads(p.read_text()) for p in sorted(summaries.glob(f"{cell}_*_seed*.json"))]
+    return sorted(found, key=lambda s: (arms.index(s["arm"]) if s["arm"] in arms else len(arms), s["seed"]))
 
 
 def value(summary: dict[str, Any], step: int, key: str) -> float:
