@@ -147,7 +147,8 @@ def by_seed(summaries: list[dict[str, Any]], arm: str, step: int, key: str) -> d
     return {s["seed"]: value(s, step, key) for s in summaries if s["arm"] == arm and str(step) in s["scores_by_step"]}
 
 
-def _ms(xs: Sequence[float], digits: int) -> str:
+def mean_std_text(xs: Sequence[float], digits: int) -> str:
+    """'m +/- s' over the values that are not nan, 'm (1 seed)' for one, '-' for none."""
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return "-"
@@ -159,7 +160,7 @@ def arm_table(summaries: list[dict[str, Any]], step: int) -> list[str]:
     keys = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc", "entropy_fraction", "look_share")
     lines = ["| arm | seeds | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
     for arm in ARMS:
-        cols = [_ms(list(by_seed(summaries, arm, step, k).values()), 2 if k == "fcd" else 3) for k in keys]
+        cols = [mean_std_text(list(by_seed(summaries, arm, step, k).values()), 2 if k == "fcd" else 3) for k in keys]
         n = len(by_seed(summaries, arm, step, "coherence"))
         lines.append(f"| `{arm}` | {n} | " + " | ".join(cols) + " |")
     return lines
