@@ -19,7 +19,14 @@ from shared import ROOT, TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cif
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`make test`: a worker per core), each worker takes its share of the cores for torch's
-    intra-op threads, so that the workers do not oversubscribe the machine."""
+    intra-op threads, so that the workers do not oversubscribe the machine.
+
+    Every process a test starts (train.py, the lab's runners, the benchmarks) gets one intra-op thread unless
+    OMP_NUM_THREADS is set already: the tiny configurations gain nothing from a second, and on cores that are
+    busy (the other worker, anything else) a second thread spins at every barrier; the tiny throughput
+    benchmark of test_gpu_evidence took 12.3 CPU-s with two threads and 5.3 with one on the loaded 2-core
+    machine. (The test processes' own threads: below, and torch's import before this runs.)"""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         import torch
@@ -74,9 +81,10 @@ def dataset_on_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], li
 
 
 # The one tiny run of the lab's end-to-end tests: the ablation's CLI on the coherence config, arms none, gd16
-# (SAGAN's block at 16x16 in G and D) and gd16-zero (the zero-initialised gate), seed 0, 2 steps, 16 samples.
+# (SAGAN's block at 16x16 in G and D) and gd16-zero (the zero-initialised gate), seed 0, 2 steps, 16 samples;
+# one job, so that the runner evaluates the three runs in its own process.
 TINY_ABLATION_ARGS = ["--config", "configs/ablation_coherence.yaml", "--arms", "none,gd16,gd16-zero", "--seeds", "0",
-                      "--jobs", "2", "--num-samples", "16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
+                      "--jobs", "1", "--num-samples", "16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
                       "model.g_width=16", "model.d_width=16", "train.log_every=1"]  # fmt: skip
 
 

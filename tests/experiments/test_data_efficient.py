@@ -22,7 +22,7 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     dataset_on_disk("fashion_mnist", tmp_path / "data")
     every = [*TINY, f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
     cmd = [sys.executable, "-m", "experiments.data_efficient", "run", "--sizes", "0", "--methods", "none,diffaug_lecam",
-           "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
+           "--seeds", "0", "--jobs", "1", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = {}

@@ -22,7 +22,7 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
     dataset_on_disk("fashion_mnist", tmp_path / "data")  # small idx files: Debian's package may be absent
     every = [*TINY, f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
     cmd = [sys.executable, "-m", "experiments.fast_mode_quality", "run", "--modes", "fp32,bf16", "--seeds", "0,1",
-           "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
+           "--jobs", "1", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for mode, extra in (
