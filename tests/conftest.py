@@ -18,20 +18,16 @@ from shared import ROOT, TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cif
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test`: a worker per core), each worker takes its share of the cores for torch's
-    intra-op threads, so that the workers do not oversubscribe the machine.
-
-    Every process a test starts (train.py, the lab's runners, the benchmarks) gets one intra-op thread unless
-    OMP_NUM_THREADS is set already: the tiny configurations gain nothing from a second, and on cores that are
-    busy (the other worker, anything else) a second thread spins at every barrier; the tiny throughput
-    benchmark of test_gpu_evidence took 12.3 CPU-s with two threads and 5.3 with one on the loaded 2-core
-    machine. (The test processes' own threads: below, and torch's import before this runs.)"""
+    """torch runs on one intra-op thread in the test processes (every pytest-xdist worker of `make test`) and in
+    every process a test starts (train.py, the lab's runners, the benchmarks), unless OMP_NUM_THREADS says
+    otherwise: the tiny configurations gain little from a second thread, and on busy cores (the other worker,
+    anything else) a second thread spins at every barrier; the tiny throughput benchmark of test_gpu_evidence
+    took 12.3 CPU-s with two threads and 5.3 with one on the loaded 2-core machine. (torch read the environment
+    when conftest imported it, before this runs: this process is set by hand.)"""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers:
-        import torch
+    import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
