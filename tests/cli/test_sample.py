@@ -246,20 +246,9 @@ def test_no_ema_samples_the_raw_generator(runs, baseline, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_truncation_redraws_latents_and_narrows_the_spread(runs, baseline, capsys, tmp_path):
-    ok_here(
-        capsys,
-        "--checkpoint",
-        runs["step"],
-        "--num",
-        N,
-        "--seed",
-        SEED,
-        "--truncation",
-        0.25,
-        "--npz",
-        tmp_path / "t.npz",
-    )
-    truncated = npz(tmp_path / "t.npz")
+    out = tmp_path / "t.npz"
+    ok_here(capsys, "--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--truncation", 0.25, "--npz", out)
+    truncated = npz(out)
     G, _ = load_generator(runs["step"])
     assert_close_u8(truncated, expected(G, N, seed=SEED, truncation=0.25))
     spread = lambda a: a.astype(float).std(axis=0).mean()  # per-pixel std over the samples  # noqa: E731
