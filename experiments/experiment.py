@@ -4,9 +4,11 @@ An experiment script (experiments/ablation.py, experiments/fast_mode_quality.py)
 name plus the config overrides that make it) and the metrics it reports; this module does the rest:
 
 - `run_all` trains every (arm, seed) through the real `train.py` in its own subprocess (OMP_NUM_THREADS=1,
-  `jobs` at a time) into `OUT/<arm>/seed<k>/`, then evaluates its final EMA generator in another subprocess
-  (`python -m experiments.experiment evaluate`, i.e. `evaluate_run`), which also calls the study's own
-  evaluation when it passes one (`hook`: "module:function", e.g. the ablation's D scores). Both steps are
+  `jobs` at a time) into `OUT/<arm>/seed<k>/`, then evaluates its final EMA generator (`evaluate_run`), which
+  also calls the study's own evaluation when it passes one (`hook`: "module:function", e.g. the ablation's D
+  scores). With `jobs` > 1 each evaluation runs in a subprocess of its own (`python -m experiments.experiment
+  evaluate`), in parallel with the other runs; with `jobs` = 1 the runner evaluates each run itself, one
+  after another, in its own process (torch is loaded there already: no second process start). Both steps are
   cached per run directory (`run.json`, `eval.json`; figures in `figures/`): a second call only does what is
   missing or was asked differently. Run directories written before these names (`ablation_run.json`,
   `ablation_eval.json`, `ablation/`) still read, through `run_path`.
@@ -225,10 +227,12 @@ def train_one(config: str, arm: ArmLike, seed: int, run_dir: Path, extra: list[s
     return seconds
 
 
-def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = (), hook: str | None = None) -> float:
-    """Evaluate run_dir in a subprocess unless its EVAL_SUMMARY already holds it for num_samples, the extra
-    feature `metrics` (e.g. prc, copy) and the study's `hook`; seconds spent. (Summaries from before hooks
-    name none: the runner then ran the one study's scores itself, so they count as any hook's.)"""
+def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = (), hook: str | None = None,
+                 here: bool = False) -> float:  # fmt: skip
+    """Evaluate run_dir unless its EVAL_SUMMARY already holds it for num_samples, the extra feature `metrics`
+    (e.g. prc, copy) and the study's `hook`; seconds spent. (Summaries from before hooks name none: the runner
+    then ran the one study's scores itself, so they count as any hook's.) In a subprocess, or with `here` in
+    this process (the runner with one job: no second process start)."""
     done = run_path(run_dir, EVAL_SUMMARY)
     if done.is_file():
         old = json.loads(done.read_text())
@@ -238,6 +242,10 @@ def evaluate_one(run_dir: Path, num_samples: int, metrics: Sequence[str] = (), h
             hook,
         ):
             return 0.0
+    if here:
+        start = time.perf_counter()
+        evaluate_run(run_dir, num_samples, metrics, hook)
+        return time.perf_counter() - start
     cmd = [sys.executable, "-m", "experiments.experiment", "evaluate", str(run_dir), "--num-samples", str(num_samples)]
     if metrics:
         cmd += ["--metrics", ",".join(metrics)]
@@ -271,12 +279,17 @@ def run_all(config: str, arms: Sequence[ArmLike], seeds: list[int], out: Path, j
         arm, seed = pair
         rd = run_dir_of(out, arm.name, seed)
         t = train_one(config, arm, seed, rd, extra)
-        e = evaluate_one(rd, num_samples, metrics, hook)
+        e = evaluate_one(rd, num_samples, metrics, hook, here=jobs == 1)
         print(f"{arm.name} seed {seed}: trained {t:.0f} s, evaluated {e:.0f} s", flush=True)
 
     # Seeds outermost: if the budget runs out, every arm has the same seeds done.
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, [(arm, seed) for seed in seeds for arm in arms]))
+    pairs = [(arm, seed) for seed in seeds for arm in arms]
+    if jobs == 1:  # in turn, in this thread (the evaluations run here, figures included)
+        for pair in pairs:
+            one(pair)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, pairs))
     record = {
         "config": str(config), "arms": [a.name for a in arms], "seeds": seeds, "extra_overrides": extra,
         "num_samples": num_samples, "jobs": jobs, "wall_seconds_this_call": time.perf_counter() - started,
@@ -319,7 +332,7 @@ def collect(out: Path, manifest: str, control: str, how: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluating one run (in its own process)
+# Evaluating one run (in a process of its own, or in the runner's with one job)
 
 
 @contextlib.contextmanager

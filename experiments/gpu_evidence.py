@@ -105,8 +105,8 @@ def build_stages(out: Path, device: str, tiny: bool, steps: int) -> list[Stage]:
     # the fly, ~0.5 ms each: a worker keeps that off the GPU's critical path).
     shared = ["model.resolution=64", f"train.log_every={max(1, steps // 20)}", f"train.steps={steps}",
               f"eval.cache_dir={out / 'cache'}", "data.num_workers=1", "data.persistent_workers=true"]  # fmt: skip
-    if tiny:  # width 4, batch 4, 64 images, 16 samples: seconds per run on one CPU core
-        seeds, jobs, samples = "0", 3, 16
+    if tiny:  # width 4, batch 4, 64 images, 16 samples: seconds per run on one CPU core; three jobs (one job
+        seeds, jobs, samples = "0", 3, 16  # trains them in turn and ran past the stage's 347 s on a loaded machine)
         ablation = [*shared, "model.g_width=4", "model.d_width=4", "train.batch_size=4", "data.builtin_size=64"]
         variants, rounds = ["baseline", "channels_last", "bf16"], ["--repeats", 2, "--warmup", 1]
         model = ["model.g_width=8", "model.d_width=8", "train.batch_size=4"]  # the CIFAR-10 model, narrowed

@@ -33,6 +33,8 @@ from gan.step import build_parts, samples_per_step, train_step
 from gan.tracking import RunLog, StopSignal, attention_stats, log_image
 from gan.train_state import initialise, model_changes, record_init, restore, training_state
 
+SUMMARY_SAMPLES = 1000  # generated images the closing coherence line of a run on the built-in dataset scores
+
 
 class DiskFullError(UserError):
     """A write failed on a full disk; nothing partial was left and the message says how to go on."""
@@ -270,6 +272,7 @@ class Trainer:
                     self.sampler_model(),
                     self.cfg.model,
                     seed=self.cfg.train.seed + 54321,
+                    n=SUMMARY_SAMPLES,
                     variant=self.cfg.data.builtin_variant,
                 )
             )

@@ -18,13 +18,26 @@ from shared import ROOT, TINY_MODEL, TINY_RUN, celeba_images, pin_md5, write_cif
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test`: a worker per core), each worker takes its share of the cores for torch's
-    intra-op threads, so that the workers do not oversubscribe the machine."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers:
-        import torch
+    """torch runs on one intra-op thread in the test processes (every pytest-xdist worker of `make test`) and in
+    every process a test starts (train.py, the lab's runners, the benchmarks), unless OMP_NUM_THREADS says
+    otherwise: the tiny configurations gain little from a second thread, and on busy cores (the other worker,
+    anything else) a second thread spins at every barrier; the tiny throughput benchmark of test_gpu_evidence
+    took 12.3 CPU-s with two threads and 5.3 with one on the loaded 2-core machine. (torch read the environment
+    when conftest imported it, before this runs: this process is set by hand.)"""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def short_closing_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run in this process closes with the coherence of 64 samples instead of 1,000 (gan.train_loop's
+    SUMMARY_SAMPLES; ~0.9 CPU-s saved per tiny run, and dozens of tests train in-process). No in-process test
+    reads that line; the subprocess tests, which keep 1,000, assert it."""
+    import gan.train_loop
+
+    monkeypatch.setattr(gan.train_loop, "SUMMARY_SAMPLES", 64)
 
 
 @pytest.fixture
@@ -74,9 +87,10 @@ def dataset_on_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Path], li
 
 
 # The one tiny run of the lab's end-to-end tests: the ablation's CLI on the coherence config, arms none, gd16
-# (SAGAN's block at 16x16 in G and D) and gd16-zero (the zero-initialised gate), seed 0, 2 steps, 16 samples.
+# (SAGAN's block at 16x16 in G and D) and gd16-zero (the zero-initialised gate), seed 0, 2 steps, 16 samples;
+# one job, so that the runner evaluates the three runs in its own process.
 TINY_ABLATION_ARGS = ["--config", "configs/ablation_coherence.yaml", "--arms", "none,gd16,gd16-zero", "--seeds", "0",
-                      "--jobs", "2", "--num-samples", "16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
+                      "--jobs", "1", "--num-samples", "16", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
                       "model.g_width=16", "model.d_width=16", "train.log_every=1"]  # fmt: skip
 
 

@@ -3,9 +3,10 @@
 Expected images come from G called on latents drawn by hand from a CPU generator seeded like the CLI (z, then
 labels; truncation by redrawing), run in this process;
 those comparisons allow 1 uint8 level (this process may run another thread count than the CLI), while CLI
-runs are compared with each other bit for bit. Successful runs and the unsafe-file cases run in a
-subprocess; the argument errors call `sample.main` in-process (same code path, no interpreter start-up),
-which keeps the file fast.
+runs are compared with each other bit for bit. The baseline run and the unsafe-file cases run in a subprocess
+(sample.py end to end, under OMP_NUM_THREADS=1); the other successful runs and the argument errors call
+`sample.main` in-process on one thread (same code path, no interpreter start-up of ~4 CPU-s each), and their
+bytes are compared with the subprocess's bit for bit.
 """
 
 import os
@@ -94,6 +95,18 @@ def ok(*args) -> subprocess.CompletedProcess:
     return res
 
 
+def ok_here(capsys: pytest.CaptureFixture, *args) -> str:
+    """`sample.main` in this process on one thread, as the subprocesses run; returns what it printed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        assert sample_cli.main(["--device", "cpu", *map(str, args)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out
+
+
 def assert_one_line_error(returncode: int, stderr: str, *words: str) -> None:
     assert returncode == 2, (returncode, stderr[-2000:])
     lines = stderr.strip().splitlines()
@@ -172,8 +185,9 @@ def test_grid_out_npz_match_the_generator_and_each_other(runs, baseline):
 
 
 @pytest.mark.slow
-def test_same_seed_same_bytes_across_runs(runs, baseline, tmp_path):
-    ok(
+def test_same_seed_same_bytes_across_runs(runs, baseline, capsys, tmp_path):
+    ok_here(
+        capsys,
         "--checkpoint",
         runs["step"],
         "--num",
@@ -190,11 +204,12 @@ def test_same_seed_same_bytes_across_runs(runs, baseline, tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_size_changes_no_image_bit_for_bit(runs, baseline, tmp_path):
+def test_batch_size_changes_no_image_bit_for_bit(runs, baseline, capsys, tmp_path):
     """G always runs on CHUNK latents per pass (the last padded), so --batch-size 1, 3 and the default give the
     same bytes, and so does any number of images: image i is the same whether 6 or 70 are drawn."""
     for batch_size in (1, 3):
-        ok(
+        ok_here(
+            capsys,
             "--checkpoint",
             runs["step"],
             "--num",
@@ -212,15 +227,15 @@ def test_batch_size_changes_no_image_bit_for_bit(runs, baseline, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["run", "export"])
-def test_run_dir_and_export_load_the_step_dirs_ema_generator(runs, baseline, tmp_path, which):
+def test_run_dir_and_export_load_the_step_dirs_ema_generator(runs, baseline, capsys, tmp_path, which):
     path = runs["uncond"] if which == "run" else runs["uncond"] / "generator"
-    ok("--checkpoint", path, "--num", N, "--seed", SEED, "--npz", tmp_path / "a.npz")
+    ok_here(capsys, "--checkpoint", path, "--num", N, "--seed", SEED, "--npz", tmp_path / "a.npz")
     assert np.array_equal(npz(tmp_path / "a.npz"), baseline["arr"])
 
 
 @pytest.mark.slow
-def test_no_ema_samples_the_raw_generator(runs, baseline, tmp_path):
-    ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--no-ema", "--npz", tmp_path / "raw.npz")
+def test_no_ema_samples_the_raw_generator(runs, baseline, capsys, tmp_path):
+    ok_here(capsys, "--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--no-ema", "--npz", tmp_path / "raw.npz")
     raw = npz(tmp_path / "raw.npz")
     state, cfg, _ = load_checkpoint(runs["step"])
     G = Generator(cfg.model)
@@ -230,9 +245,10 @@ def test_no_ema_samples_the_raw_generator(runs, baseline, tmp_path):
 
 
 @pytest.mark.slow
-def test_truncation_redraws_latents_and_narrows_the_spread(runs, baseline, tmp_path):
-    ok("--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--truncation", 0.25, "--npz", tmp_path / "t.npz")
-    truncated = npz(tmp_path / "t.npz")
+def test_truncation_redraws_latents_and_narrows_the_spread(runs, baseline, capsys, tmp_path):
+    out = tmp_path / "t.npz"
+    ok_here(capsys, "--checkpoint", runs["step"], "--num", N, "--seed", SEED, "--truncation", 0.25, "--npz", out)
+    truncated = npz(out)
     G, _ = load_generator(runs["step"])
     assert_close_u8(truncated, expected(G, N, seed=SEED, truncation=0.25))
     spread = lambda a: a.astype(float).std(axis=0).mean()  # per-pixel std over the samples  # noqa: E731
@@ -240,8 +256,9 @@ def test_truncation_redraws_latents_and_narrows_the_spread(runs, baseline, tmp_p
 
 
 @pytest.mark.slow
-def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
-    ok(
+def test_interpolation_rows_run_between_seeded_endpoints(runs, capsys, tmp_path):
+    ok_here(
+        capsys,
         "--checkpoint",
         runs["step"],
         "--num",
@@ -269,8 +286,9 @@ def test_interpolation_rows_run_between_seeded_endpoints(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_conditional_class_and_attention_maps(runs, tmp_path):
-    res = ok(
+def test_conditional_class_and_attention_maps(runs, capsys, tmp_path):
+    out = ok_here(
+        capsys,
         "--checkpoint",
         runs["cond"],
         "--num",
@@ -291,7 +309,7 @@ def test_conditional_class_and_attention_maps(runs, tmp_path):
     # (image + 3 queries of G's one block), 128 + 2 px each, then a 28-px colour bar with its legend
     assert figure.shape == (14 + 3 * 14 + 2 + 4 * 130 + 28, 2 + 4 * 130, 3)
     assert figure.std() > 10
-    assert str(tmp_path / "attn.png") in res.stdout
+    assert str(tmp_path / "attn.png") in out
 
 
 @pytest.mark.slow

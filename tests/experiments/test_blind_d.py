@@ -139,7 +139,7 @@ def test_report_needs_its_markers(tmp_path) -> None:
 def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> None:
     out, cache = tmp_path / "grid", tmp_path / "cache"
     cmd = [sys.executable, "-m", "experiments.ablation", "run", "--config", "configs/ablation_coherence.yaml",
-           "--arms", "none,d32,d32-uniform", "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16",
+           "--arms", "none,d32,d32-uniform", "--seeds", "0", "--jobs", "1", "--out", str(out), "--num-samples", "16",
            "model.resolution=64", "model.num_classes=0", "model.g_width=8", "model.d_width=16",
            "model.d_output=patch", "model.d_coords=true", "model.d_depth=1", "model.d_extra_blocks=1",
            "model.d_extra_kernel=1", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from experiments import data_efficient
 from experiments.data_efficient import discriminator_gap
 from experiments.experiment import mean_std
 
@@ -17,12 +18,12 @@ TINY = ["train.steps=2", "train.batch_size=4", "model.g_width=8", "model.d_width
 
 
 @pytest.mark.slow
-def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
+def test_run_and_report_end_to_end(tmp_path, dataset_on_disk, capsys):
     out, report = tmp_path / "runs", tmp_path / "data_efficient.md"
     dataset_on_disk("fashion_mnist", tmp_path / "data")
     every = [*TINY, f"data.root={tmp_path / 'data'}", f"eval.cache_dir={tmp_path / 'cache'}"]
     cmd = [sys.executable, "-m", "experiments.data_efficient", "run", "--sizes", "0", "--methods", "none,diffaug_lecam",
-           "--seeds", "0", "--jobs", "2", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
+           "--seeds", "0", "--jobs", "1", "--out", str(out), "--num-samples", "16", *every]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = {}
@@ -36,19 +37,18 @@ def test_run_and_report_end_to_end(tmp_path, dataset_on_disk):
             assert result["metrics"] == ["prc", "copy"] and 0 <= result["copy_fraction"] <= 1
             assert (rd / "figures" / "closest_pairs.png").is_file()
             scores.setdefault(arm, []).append(result["fcd"])
-    proc = subprocess.run([sys.executable, "-m", "experiments.data_efficient", "report", str(out), "--report", str(report)],
-                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # report and overfit in this process (the run above is the script end to end): no second torch import
+    assert data_efficient.main(["report", str(out), "--report", str(report)]) is None
     text = report.read_text()
     m, s = mean_std(scores["full-diffaug_lecam"])
     assert "| 60000 | " in text and f"{m:.3g} +/- {s:.2g} (" in text and "## copy fraction (lower is better)" in text
     assert (report.parent / "data_efficient" / "full-none-pairs.png").is_file()
     # D's training-vs-held-out gap at each checkpoint of a run (12 training / 3 test images on disk)
-    proc = subprocess.run([sys.executable, "-m", "experiments.data_efficient", "overfit", str(out / "full-none" / "seed0")],
-                          cwd=ROOT, capture_output=True, text=True, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 2 |")]  # the one checkpoint, step 2
-    assert "(12 training / 3 held-out images)" in proc.stdout and len(rows) == 1
+    capsys.readouterr()
+    assert data_efficient.main(["overfit", str(out / "full-none" / "seed0")]) is None
+    stdout = capsys.readouterr().out
+    rows = [line for line in stdout.splitlines() if line.startswith("| 2 |")]  # the one checkpoint, step 2
+    assert "(12 training / 3 held-out images)" in stdout and len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(float(cells[1]) - float(cells[2]), abs=2e-3)
 

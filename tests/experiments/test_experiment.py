@@ -24,11 +24,26 @@ CONFIG = "configs/ablation_coherence.yaml"
 EXTRA = ["data.builtin_size=64"]
 
 
+class Launched(list):
+    """What the runner launched, in order; `where` says for each evaluation where it ran ("here": in the
+    runner's process, or "subprocess")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: list[str] = []
+
+    def evaluated(self, run_dir: Path, num: int, metrics: list[str], hook: str | None, where: str) -> None:
+        self.append(("evaluate", f"{run_dir.parent.name}/{run_dir.name}", num, metrics, hook))
+        self.where.append(where)
+        summary = {"num_samples": num, "metrics": metrics, "hook": hook, "fcd": float(num)}
+        (run_dir / experiment.EVAL_SUMMARY).write_text(json.dumps(summary))
+
+
 @pytest.fixture
-def launched(monkeypatch) -> list[tuple]:
-    """Replaces the runner's subprocesses; returns the list of what was launched, in order:
-    ("train", arm, seed, overrides) or ("evaluate", run_dir name, num_samples, metrics, hook)."""
-    calls: list[tuple] = []
+def launched(monkeypatch) -> Launched:
+    """Replaces the runner's subprocesses and its own evaluation; returns the list of what was launched, in
+    order: ("train", arm, seed, overrides) or ("evaluate", run_dir name, num_samples, metrics, hook)."""
+    calls = Launched()
 
     def stand_in(cmd: list[str], log_path: Path, what: str) -> float:  # noqa: ARG001 (the runner's signature)
         if cmd[1].endswith("train.py"):
@@ -38,16 +53,18 @@ def launched(monkeypatch) -> list[tuple]:
             (run_dir / "generator").mkdir(parents=True)
             (run_dir / "generator" / "config.json").write_text("{}")  # what a finished train.py leaves
             return 1.5
-        run_dir = Path(cmd[4])
         num = int(cmd[cmd.index("--num-samples") + 1])
         metrics = cmd[cmd.index("--metrics") + 1].split(",") if "--metrics" in cmd else []
         hook = cmd[cmd.index("--hook") + 1] if "--hook" in cmd else None
-        calls.append(("evaluate", f"{run_dir.parent.name}/{run_dir.name}", num, metrics, hook))
-        summary = {"num_samples": num, "metrics": metrics, "hook": hook, "fcd": float(num)}
-        (run_dir / experiment.EVAL_SUMMARY).write_text(json.dumps(summary))
+        calls.evaluated(Path(cmd[4]), num, metrics, hook, "subprocess")
         return 0.5
 
+    def evaluate_here(run_dir: Path, num: int, metrics=(), hook=None) -> dict:
+        calls.evaluated(run_dir, num, list(metrics), hook, "here")
+        return {}
+
     monkeypatch.setattr(experiment, "run_logged", stand_in)
+    monkeypatch.setattr(experiment, "evaluate_run", evaluate_here)
     return calls
 
 
@@ -80,6 +97,14 @@ def test_runs_are_cached_and_only_what_changed_runs_again(tmp_path, launched):
     (tmp_path / "a" / "seed0" / "generator" / "config.json").unlink()  # an unfinished run starts afresh
     run_all(tmp_path, ARMS, [0], extra=[*EXTRA, "train.steps=3"])
     assert [c[:3] for c in launched] == [("train", "a", 0), ("evaluate", "a/seed0", 16)]
+
+
+def test_one_job_evaluates_in_the_runners_process_and_more_in_subprocesses(tmp_path, launched):
+    run_all(tmp_path / "one", ARMS, [0])
+    assert launched.where == ["here", "here"]
+    run_all(tmp_path / "two", ARMS, [0], jobs=2)  # the same runs, two at a time
+    assert launched.where == ["here", "here", "subprocess", "subprocess"]
+    assert sorted(c[:3] for c in launched[4:]) == sorted(c[:3] for c in launched[:4])
 
 
 def test_seeds_are_the_outer_loop(tmp_path, launched):
