@@ -21,7 +21,6 @@ This module knows files only: no network class and no Hub (gan.pretrained and ga
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -33,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gan import files
+from gan.atomic_folder import write_atomically
 from gan.config import Config, ConfigError, from_dict, to_dict
 from gan.errors import UserError
 
@@ -94,71 +94,13 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # Writing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' `save_file`, its I/O failures (reported as SafetensorError text) raised as the OSError they are."""
-    try:
-        save_file(tensors, str(path))
-    except SafetensorError as exc:
-        code = re.search(r"os error (\d+)", str(exc))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
-    os.chmod(path, files.file_mode())  # safetensors writes 0600 through a temporary file
-
-
-def _write_atomically(final: Path, contents: dict[str, Any], finish: Callable[[Path], None] | None = None) -> Path:
-    """Write `contents` (name -> tensors dict for .safetensors, JSON-able dict for .json) as directory `final`;
-    `finish(folder)` may add files to the folder before it is renamed into place.
-
-    Each .safetensors file's SHA-256 is recorded under "sha256" in every JSON file written after it. On any
-    error the temporary folder is removed; an OSError (a full disk) then names `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    hashes: dict[str, str] = {}
-    try:
-        tmp.mkdir()
-        for name, content in contents.items():  # callers order the JSON metadata last
-            path = tmp / name
-            if name.endswith(".safetensors"):
-                _save_tensors(content, path)
-                hashes[name] = files.sha256_of(path)
-            else:
-                path.write_text(json.dumps({**content, "sha256": hashes}, indent=1))
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        if finish is not None:
-            finish(tmp)
-        _fsync_dir(tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise files.naming(exc, final) from exc
-        raise
-    trash = final.parent / f".old-{final.name}-{os.getpid()}"
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(trash, ignore_errors=True)
-    return final
-
-
 def save_checkpoint(root: str | Path, state: dict[str, Any], *, step: int, config: Config, keep_last: int) -> Path:
     """Write `state` as `root/step_XXXXXXXX` atomically, then prune to the newest `keep_last`."""
     root = Path(root)
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "state", tensors)
     meta = {"format": FORMAT, "version": VERSION, "step": step, "config": to_dict(config), "state": tree}
-    path = _write_atomically(root / f"step_{step:08d}", {"state.safetensors": tensors, "meta.json": meta})
+    path = write_atomically(root / f"step_{step:08d}", {"state.safetensors": tensors, "meta.json": meta})
     # Prune only checkpoints older than this one: the one just written always survives, and so does any
     # newer one (a run directory never holds those: resuming moves them aside first, see gan/rundir.py).
     older = [p for p in list_checkpoints(root) if step_of(p) < step]
@@ -175,7 +117,7 @@ def save_best(root: str | Path, source: Path) -> Path:
         "state.safetensors": read_tensors(source / "state.safetensors", _recorded(meta, "state.safetensors")),
         "meta.json": {k: v for k, v in meta.items() if k != "sha256"},
     }
-    return _write_atomically(Path(root) / "best", contents)
+    return write_atomically(Path(root) / "best", contents)
 
 
 def write_export(
@@ -197,7 +139,7 @@ def write_export(
         files[DISCRIMINATOR_FILE] = _tensors_of(discriminator)
     meta = {"format": EXPORT_FORMAT, "version": VERSION, "config": to_dict(config)}
     files["config.json"] = {**meta, "source": source} if source else meta
-    return _write_atomically(Path(path), files, finish=finish)
+    return write_atomically(Path(path), files, finish=finish)
 
 
 def _tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

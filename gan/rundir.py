@@ -29,7 +29,7 @@ from pathlib import Path
 from gan.errors import UserError
 from gan.files import write_text
 
-_TEMP = re.compile(r"^\.(?:tmp|old)-.+-(\d+)$")  # what gan.checkpoint._write_atomically leaves on a crash
+_TEMP = re.compile(r"^\.(?:tmp|old)-.+-(\d+)$")  # what gan.atomic_folder.write_atomically leaves on a crash
 _STEP_FILE = re.compile(r"^step_(\d{8,})(?:_[A-Za-z]+)?(?:\.png)?$")  # checkpoints, sample grids, attention maps
 
 

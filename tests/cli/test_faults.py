@@ -18,7 +18,7 @@ import pytest
 from safetensors import SafetensorError
 
 import train as train_cli
-from gan import checkpoint, files, rundir
+from gan import atomic_folder, files, rundir
 from gan.checkpoint import list_checkpoints, load_checkpoint
 from gan.config import ConfigError, load_config
 
@@ -81,7 +81,7 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(tm
     args = ["train.steps=4", "train.checkpoint_every=2", "train.sample_every=4"]
     target = {"checkpoint": run / "checkpoints" / "step_00000004", "sample grid": run / "samples" / "step_00000004.png"}
     if where == "checkpoint":
-        monkeypatch.setattr(checkpoint, "save_file", _full_after(1, checkpoint.save_file))
+        monkeypatch.setattr(atomic_folder, "save_file", _full_after(1, atomic_folder.save_file))
     elif where == "sample grid":
         monkeypatch.setattr(files.os, "fsync", _fsync_fails_for("/samples/.step_00000004.png."))
     else:  # the model card's sample grid inside the export's temporary folder

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gan.checkpoint as ckpt
+from gan import atomic_folder
 from gan.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -107,7 +108,7 @@ def test_a_failed_write_leaves_earlier_checkpoints_intact(tmp_path, cfg, monkeyp
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
+    monkeypatch.setattr(atomic_folder, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, {"x": torch.tensor(3)}, step=3, config=cfg, keep_last=2)
     monkeypatch.undo()
