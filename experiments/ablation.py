@@ -18,6 +18,8 @@ gives the arm's blocks the non-local paper's zero-initialised output conv instea
 A `-uniform` suffix (`d32-uniform`) is the uniform-attention control: the same block, parameters and value path,
 but every query averages all keys (cosine logits at temperature 1e-6, so the softmax is uniform to 1e-6): a
 global-context path (the image mean of g(x) added at every position) in place of content-based attention.
+A `-cosine` suffix (`d32-cosine`) gives the blocks cosine logits at the default temperature (t cos(theta_i,
+phi_j), t = 8; issue 34's cosine design, docs/gan_designs.md).
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ EVAL_HOOK = "experiments.ablation:d_scores"  # the ablation's own evaluation of 
 # The uniform-attention control: cosine logits t cos(theta_i, phi_j) lie in [-t, t], so at t = 1e-6 every
 # attention weight is 1/N to within 1e-6 and each query averages g over all keys.
 UNIFORM_OVERRIDES = ("model.attn_lab.pairwise=cosine", "model.attn_lab.temperature=1e-6")
+COSINE_OVERRIDES = ("model.attn_lab.pairwise=cosine",)  # the cosine design at its default temperature
 _ARM = re.compile(
-    r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?(?P<uniform>-uniform)?(?:-lr(?P<lr>\d+(?:\.\d+)?))?)$"
+    r"^(?:none|(?:gd(?P<both>\d+)|(?:g(?P<g>\d+))?(?:d(?P<d>\d+))?)(?P<zero>-zero)?(?P<logits>-uniform|-cosine)?"
+    r"(?:-lr(?P<lr>\d+(?:\.\d+)?))?)$"
 )
+LOGITS = {"uniform": UNIFORM_OVERRIDES, "cosine": COSINE_OVERRIDES}  # an arm's suffix -> its blocks' logits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +74,7 @@ class Arm:
     d: tuple[int, ...]
     gate: str = "gamma"
     lr_mult: float = 1.0  # of the blocks' parameters
-    uniform: bool = False  # the uniform-attention control (UNIFORM_OVERRIDES)
+    logits: str = ""  # "" (the config's), "uniform" (the uniform-attention control) or "cosine" (LOGITS)
 
     def overrides(self) -> list[str]:
         gate = [f"model.attn_gate={self.gate}"] if self.gate != "gamma" else []  # gamma: the config's own value
@@ -79,7 +84,7 @@ class Arm:
             f"model.d_attention=[{','.join(map(str, self.d))}]",
             *gate,
             *lr,
-            *(UNIFORM_OVERRIDES if self.uniform else []),
+            *LOGITS.get(self.logits, ()),
         ]
 
     @property
@@ -90,22 +95,23 @@ class Arm:
 def parse_arm(name: str) -> Arm:
     """ "none" -> no blocks; "g16" -> G at 16; "d8" -> D at 8; "gd16" -> both at 16; "g16d8" -> G 16, D 8;
     "gd32-zero" -> both at 32 with the zero-initialised output gate; "gd32-lr10" -> both at 32, the blocks
-    learning 10x faster; "d32-uniform" -> D at 32 with its attention held uniform (the global-context control)."""
+    learning 10x faster; "d32-uniform" -> D at 32 with its attention held uniform (the global-context control);
+    "d32-cosine" -> D at 32 with cosine logits."""
     match = _ARM.match(name.strip())
     lr = float(match["lr"]) if match and match["lr"] else 1.0
     if not match or not (match["both"] or match["g"] or match["d"] or name.strip() == "none") or lr <= 0:
         raise ExperimentError(
             f"arm '{name}' is not none, g<side>, d<side>, gd<side> or g<side>d<side>, optionally followed by "
-            "-zero, -uniform and/or -lr<multiplier> (e.g. gd16, gd32-zero, d32-uniform, gd32-lr10)"
+            "-zero, -uniform or -cosine, and/or -lr<multiplier> (e.g. gd16, gd32-zero, d32-uniform, d32-cosine, gd32-lr10)"
         )
     gate = "zero_init" if match["zero"] else "gamma"
-    uniform = bool(match["uniform"])
+    logits = (match["logits"] or "").lstrip("-")
     if match["both"]:
         side = int(match["both"])
-        return Arm(name.strip(), (side,), (side,), gate, lr, uniform)
+        return Arm(name.strip(), (side,), (side,), gate, lr, logits)
     g = (int(match["g"]),) if match["g"] else ()
     d = (int(match["d"]),) if match["d"] else ()
-    return Arm(name.strip(), g, d, gate, lr, uniform)
+    return Arm(name.strip(), g, d, gate, lr, logits)
 
 
 def parse_arms(text: str) -> list[Arm]:

@@ -2,7 +2,7 @@
 coherence over 8 paired seeds at 1,000 and 2,000 steps, and is it attention or a global-context path?
 
     python -m experiments.blind_d summarise --runs OUT/blind16_2k --summaries docs/blind_d/runs \
-        [--cpu-seconds FILE] [--partial] [--cell blind16_2k|full_2k|fieldw2_2k]
+        [--cpu-seconds FILE] [--partial] [--cell blind16_2k|full_2k|fieldw2_2k|cosine_1k]
     python -m experiments.blind_d report --summaries docs/blind_d/runs --report docs/blind_d.md --figures docs/blind_d
 
 `summarise`: every finished run of the grid (`experiments.ablation run --arms none,d32,d32-uniform` with
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "summarise":
             cpu = Path(args.cpu_seconds) if args.cpu_seconds else None
             runs, out = Path(args.runs), Path(args.summaries)
-            written = summarise(runs, out, cpu, STEPS, args.partial, args.num_samples, args.cell)
+            written = summarise(runs, out, cpu, None, args.partial, args.num_samples, args.cell)
             print(f"{len(written)} new summaries in {args.summaries}")
         else:
             write_report(load_summaries(Path(args.summaries)), Path(args.report), Path(args.figures))

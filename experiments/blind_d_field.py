@@ -48,11 +48,11 @@ def runs_by_d(summaries: Path) -> dict[str, list[dict[str, Any]]]:
     return {d: [s for s in cells[cell] if s["arm"] == arm and s["seed"] in SEEDS] for d, (cell, arm) in DS.items()}
 
 
-def field_verdict(c: Comparison, diffs: tuple[float, ...]) -> str:
+def field_verdict(c: Comparison, diffs: tuple[float, ...], planned: int = len(SEEDS)) -> str:
     """The section's rule: "higher" / "lower" when |diff| > 2 x pooled std AND a - b has that sign in every one
-    of the SEEDS; "not separated" otherwise; "no verdict yet" with fewer seeds paired."""
-    if len(diffs) < len(SEEDS):
-        return f"no verdict yet ({len(diffs)} of {len(SEEDS)} seeds)"
+    of the `planned` seeds; "not separated" otherwise; "no verdict yet" with fewer seeds paired."""
+    if len(diffs) < planned:
+        return f"no verdict yet ({len(diffs)} of {planned} seeds)"
     if c.exceeds and all(d > 0 for d in diffs):
         return f"higher (beyond the spread, consistent in {len(diffs)} of {len(diffs)})"
     if c.exceeds and all(d < 0 for d in diffs):
@@ -81,11 +81,12 @@ def field_finding(verdicts: dict[tuple[str, str], str]) -> str:
     return head
 
 
-def d_table(runs: dict[str, list[dict[str, Any]]], step: int) -> list[str]:
+def d_table(runs: dict[str, list[dict[str, Any]]], step: int, ds: dict[str, tuple[str, str]] = DS) -> list[str]:
+    """Per D (`ds`: name -> (cell, arm)): its size, field, seeds and the scores at `step`."""
     head = ["D", "cell, arm", "D's parameters", "D's field (px)", "seeds", *(f"{LABELS[k]}{x}" for k in PAIRED_SCORES
             for x in ("", " by seed")), "FCD"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for d, (cell, arm) in DS.items():
+    for d, (cell, arm) in ds.items():
         params = sorted({f"{s['params']['D']:,}" for s in runs[d] if "params" in s})
         field = sorted({str(s["d_receptive_field"]) for s in runs[d] if "d_receptive_field" in s})
         cols = [f"`{d}`", f"`{cell}`, `{arm}`", ", ".join(params) or "-", ", ".join(field) or "-",
@@ -98,20 +99,27 @@ def d_table(runs: dict[str, list[dict[str, Any]]], step: int) -> list[str]:
     return lines
 
 
-def pair_rows(runs: dict[str, list[dict[str, Any]]], step: int) -> tuple[list[str], dict[tuple[str, str], str]]:
-    """The spread rule and the paired differences of every pair on PAIRED_SCORES; the coherence verdicts."""
+def pair_rows(
+    runs: dict[str, list[dict[str, Any]]],
+    step: int,
+    ds: dict[str, tuple[str, str]] = DS,
+    pairs: tuple[tuple[str, str], ...] = PAIRS,
+    planned: int = len(SEEDS),
+) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """The spread rule and the paired differences of every pair (a, b) of `pairs` (names of `ds`) on
+    PAIRED_SCORES, each judged by `field_verdict` over `planned` seeds; the coherence verdicts."""
     lines = [f"| pair (a - b) | score | seeds | diff of means | pooled std | beyond {SPREAD_FACTOR:g} x pooled std | "
              "per-seed differences | mean +/- std of differences | a > b in | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     verdicts = {}
     for key in PAIRED_SCORES:
-        for pair in PAIRS:
-            a, b = (by_seed(runs[d], DS[d][1], step, key) for d in pair)
+        for pair in pairs:
+            a, b = (by_seed(runs[d], ds[d][1], step, key) for d in pair)
             if not set(a) & set(b):
-                verdicts.setdefault(pair, f"no verdict yet (0 of {len(SEEDS)} seeds)")
+                verdicts.setdefault(pair, f"no verdict yet (0 of {planned} seeds)")
                 continue
             c, p = spread_and_paired(pair[0], a, b)
-            v = field_verdict(c, p.diffs)
+            v = field_verdict(c, p.diffs, planned)
             if key == "coherence":
                 verdicts[pair] = v
             spread = f"{c.pooled_std:.3f} | {'yes' if c.exceeds else 'no'}" if p.n > 1 else "- | - (one seed)"

@@ -1,7 +1,8 @@
 """The blind-D cell's runs (docs/blind_d.md): each checkpoint of a grid run scored as the runner scores a
 finished run, and one summary JSON per run; experiments/blind_d.py makes the report from these summaries.
 The cell's two references, the full D (its ceiling) and a full-field D at the blind D's size, are summarised
-the same way, each under its own cell name (CELLS); experiments/blind_d_field.py reports them."""
+the same way, each under its own cell name (CELLS); experiments/blind_d_field.py reports them. So is issue 34's
+cosine design in the blind D (`cosine_1k`, 1,000 steps; experiments/gan_designs.py reports it)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ CELL = "blind16_2k"
 CONTROL, BLOCK, UNIFORM = "none", "d32", "d32-uniform"
 ARMS = (CONTROL, BLOCK, UNIFORM)
 FULL, FIELD_W2 = "full_2k", "fieldw2_2k"  # the full D (width 16) and a full-field D of width 2, no block in either
-CELLS = {CELL: ARMS, FULL: (CONTROL,), FIELD_W2: (CONTROL,)}  # each cell's arms; summaries <cell>_<arm>_seed<k>.json
+COSINE, COSINE_CELL = "d32-cosine", "cosine_1k"  # issue 34's cosine design at 32 in the blind D, 1,000 steps
+CELLS = {
+    CELL: ARMS,
+    FULL: (CONTROL,),
+    FIELD_W2: (CONTROL,),
+    COSINE_CELL: (COSINE,),
+}  # summaries <cell>_<arm>_seed<k>.json
+CELL_STEPS = {COSINE_CELL: (1000,)}  # a cell's scored checkpoints where they are not STEPS
 SCORES = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc", "d_paired")
 
 
@@ -149,15 +157,16 @@ def summarise(
     runs: Path,
     summaries: Path,
     cpu_seconds: Path | None = None,
-    steps: Sequence[int] = STEPS,
+    steps: Sequence[int] | None = None,
     partial: bool = False,
     num_samples: int = 1000,
     cell: str = CELL,
 ) -> list[Path]:
     """Summarise every finished run under `runs/<arm>/seed<k>/` (the arms of `cell`) that has no summary yet (or
     only a partial one); with `partial`, also score the checkpoints of runs still training (`partial_summary`).
-    The paths written."""
+    `steps`: the checkpoints scored (None: the cell's, CELL_STEPS or STEPS). The paths written."""
     arms = cell_arms(cell)
+    steps = steps or CELL_STEPS.get(cell, STEPS)
     import torch
 
     from experiments.experiment import EVAL_SUMMARY

@@ -70,6 +70,28 @@ def mismatch_auc(
     }
 
 
+def _halves(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 1, R, R) masks of the foreground pixels (above FOREGROUND_THRESHOLD) in the left and right halves."""
+    fg = (x.amax(1, keepdim=True) > FOREGROUND_THRESHOLD).float()
+    half = x.shape[-1] // 2
+    left, right = fg.clone(), fg.clone()
+    left[..., half:], right[..., :half] = 0.0, 0.0
+    return left, right
+
+
+def _cells(mask: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(B, h * w): 1 on the cells of an `hw` grid over the image that hold a pixel of `mask` (B, 1, R, R)."""
+    return F.adaptive_max_pool2d(mask, hw).flatten(1)
+
+
+def _mass(attn: Tensor, queries: Tensor, keys: Tensor) -> tuple[float, float]:
+    """The attention mass (B, Nq, N) that the `queries` cells (B, Nq) put on the `keys` cells (B, N), averaged
+    over those queries and the images, and the mass uniform attention would put there (the keys' share)."""
+    on_keys = torch.bmm(attn.float(), keys.unsqueeze(-1)).squeeze(-1)  # (B, Nq): each query's mass on the keys
+    share = (on_keys * queries).sum(1) / queries.sum(1).clamp_min(1.0)
+    return float(share.mean()), float(keys.mean(1).mean())
+
+
 def object_look_share(
     attn: Tensor, query_hw: tuple[int, int], key_hw: tuple[int, int], x: Tensor
 ) -> tuple[float, float]:
@@ -80,15 +102,25 @@ def object_look_share(
     keys whose cells hold right-object pixels, averaged over those queries and the images, and the mass uniform
     attention would put there (the right object's share of the key cells). Objects are the pixels above
     FOREGROUND_THRESHOLD in either half (the backgrounds stay below it)."""
-    fg = (x.amax(1, keepdim=True) > FOREGROUND_THRESHOLD).float()  # (B, 1, R, R)
-    half = x.shape[-1] // 2
-    left, right = fg.clone(), fg.clone()
-    left[..., half:], right[..., :half] = 0.0, 0.0
-    queries = F.adaptive_max_pool2d(left, query_hw).flatten(1)  # (B, Nq): 1 on left-object cells
-    keys = F.adaptive_max_pool2d(right, key_hw).flatten(1)  # (B, N)
-    on_right = torch.bmm(attn.float(), keys.unsqueeze(-1)).squeeze(-1)  # (B, Nq): each query's mass on the right
-    share = (on_right * queries).sum(1) / queries.sum(1).clamp_min(1.0)
-    return float(share.mean()), float(keys.mean(1).mean())
+    left, right = _halves(x)
+    return _mass(attn, _cells(left, query_hw), _cells(right, key_hw))
+
+
+def mirror_look_share(
+    attn: Tensor, query_hw: tuple[int, int], key_hw: tuple[int, int], x: Tensor
+) -> dict[str, list[float]]:
+    """Content or position: where the left object's queries look on INCOHERENT images `x`, whose right object
+    was drawn independently of the left one (`object_look_share`'s arguments otherwise).
+
+    Two sets of key cells that do not overlap: `object`, the cells holding the right object but not the left
+    object's mirror image; `mirror`, the cells holding the left object's mirror image (where the right object
+    sits in coherent images) but not the right object. A block that finds the other object by what it shows
+    looks at `object`; one that looks at the mirrored place, by where the query is, looks at `mirror`.
+    Returns {"object": [share, uniform's share], "mirror": [share, uniform's share]}."""
+    left, right = _halves(x)
+    queries, obj, mirror = _cells(left, query_hw), _cells(right, key_hw), _cells(left.flip(-1), key_hw)
+    return {"object": list(_mass(attn, queries, obj * (1 - mirror))),
+            "mirror": list(_mass(attn, queries, mirror * (1 - obj)))}  # fmt: skip
 
 
 @torch.no_grad()
@@ -107,3 +139,20 @@ def d_look_share(
     with record_attention(discriminator) as records:
         discriminator(x, y)
     return {r.name: list(object_look_share(r.weights, r.query_hw, r.key_hw, x)) for r in records}
+
+
+@torch.no_grad()
+def d_mirror_look(
+    discriminator: torch.nn.Module, model_cfg: Any, *, num: int = 64, seed: int = 1, variant: str = "objects"
+) -> dict[str, dict[str, list[float]]]:
+    """`mirror_look_share` of each non-local block of a trained D on the incoherent versions of `d_look_share`'s
+    `num` images: {block name: {"object": [share, uniform], "mirror": [share, uniform]}}; empty without blocks."""
+    from gan.attention import record_attention
+
+    data = CoherenceDataset(num, model_cfg.resolution, model_cfg.image_channels, seed=seed, variant=variant)
+    items = [data.incoherent(i) for i in range(num)]
+    x = torch.stack([image for image, _ in items])
+    y = torch.tensor([label for _, label in items]) if model_cfg.num_classes else None
+    with record_attention(discriminator) as records:
+        discriminator(x, y)
+    return {r.name: mirror_look_share(r.weights, r.query_hw, r.key_hw, x) for r in records}

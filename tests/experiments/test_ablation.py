@@ -68,10 +68,25 @@ def test_zero_suffix_selects_the_zero_initialised_gate():
     assert "attn_lr_mult" not in " ".join(parse_arm("gd32").overrides())
 
 
+def test_logit_suffixes_give_the_uniform_control_and_the_cosine_design():
+    from gan.config import load_config
+
+    base = load_config("configs/ablation_coherence.yaml", parse_arm("d16").overrides()).model.attn_lab
+    uniform = load_config("configs/ablation_coherence.yaml", parse_arm("d16-uniform").overrides()).model.attn_lab
+    cosine = load_config("configs/ablation_coherence.yaml", parse_arm("d16-cosine-lr10").overrides()).model
+    assert base.pairwise == "embedded_gaussian"
+    assert (uniform.pairwise, uniform.temperature) == ("cosine", 1e-6)  # every weight 1/N to within 1e-6
+    assert (cosine.attn_lab.pairwise, cosine.attn_lab.temperature, cosine.d_attention) == ("cosine", None, [16])
+    assert (parse_arm("d16-cosine").logits, parse_arm("gd32-zero-uniform").gate) == ("cosine", "zero_init")
+
+
 @pytest.mark.parametrize(
     "bad",
     [
         "",
+        "d32-uniform-cosine",
+        "d32-cosine-zero",
+        "none-cosine",
         "x16",
         "gd",
         "g",

@@ -137,3 +137,68 @@ def test_d_look_share_of_a_real_d_with_uniform_attention_is_the_uniform_share() 
     assert (
         d_look_share(Discriminator(ModelConfig(resolution=32, image_channels=1, d_width=8, d_attention=[])), cfg) == {}
     )
+
+
+def _mirror_cells(x: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, side * side) each, by a loop over cells and pixels: the key cells holding a right-half foreground pixel
+    and not the left object's mirror image ("object"), and the reverse ("mirror")."""
+    from gan.synthetic import FOREGROUND_THRESHOLD
+
+    fg = x.amax(1) > FOREGROUND_THRESHOLD  # (B, R, R)
+    r = x.shape[-1]
+    cell = r // side
+    obj, mirror = torch.zeros(len(x), side * side), torch.zeros(len(x), side * side)
+    for b in range(len(x)):
+        for i in range(side):
+            for j in range(side):
+                rows, cols = range(i * cell, (i + 1) * cell), range(j * cell, (j + 1) * cell)
+                has_right = any(fg[b, y, c] for y in rows for c in cols if c >= r // 2)
+                has_mirror = any(fg[b, y, r - 1 - c] for y in rows for c in cols if r - 1 - c < r // 2)
+                obj[b, i * side + j] = float(has_right and not has_mirror)
+                mirror[b, i * side + j] = float(has_mirror and not has_right)
+    return obj, mirror
+
+
+def test_mirror_look_share_tells_the_other_object_from_the_mirrored_place() -> None:
+    from experiments.mismatch import mirror_look_share
+
+    data = CoherenceDataset(8, 32, 1, seed=3)
+    x = torch.stack([data.incoherent(i)[0] for i in range(8)])  # right objects drawn apart from the left ones
+    obj, mirror = _mirror_cells(x, 8)
+    keep = [b for b in range(8) if obj[b].any() and mirror[b].any()]  # both key sets present
+    assert len(keep) >= 4
+    x, obj, mirror = x[keep], obj[keep], mirror[keep]
+    n = len(keep)
+    to_mirror, to_object = torch.zeros(n, 256, 64), torch.zeros(n, 256, 64)
+    for b in range(n):  # every query looks at one key cell only
+        to_mirror[b, :, int(mirror[b].nonzero()[0])] = 1.0
+        to_object[b, :, int(obj[b].nonzero()[0])] = 1.0
+    by_position = mirror_look_share(to_mirror, (16, 16), (8, 8), x)
+    by_content = mirror_look_share(to_object, (16, 16), (8, 8), x)
+    assert (by_position["mirror"][0], by_position["object"][0]) == pytest.approx((1.0, 0.0))
+    assert (by_content["mirror"][0], by_content["object"][0]) == pytest.approx((0.0, 1.0))
+    uniform = mirror_look_share(torch.full((n, 256, 64), 1 / 64), (16, 16), (8, 8), x)
+    for name, cells in (("object", obj), ("mirror", mirror)):
+        expected = cells.mean(1).mean().item()
+        assert uniform[name] == pytest.approx([expected, expected], abs=1e-6)
+        assert by_position[name][1] == pytest.approx(expected, abs=1e-6)  # uniform's share, whatever attn is
+
+
+def test_d_mirror_look_of_a_real_d_reads_incoherent_images() -> None:
+    from experiments.mismatch import d_mirror_look
+    from gan.config import AttnLabConfig, ModelConfig
+    from gan.models import Discriminator
+
+    lab = AttnLabConfig(logit_scale="learned")
+    cfg = ModelConfig(resolution=32, image_channels=1, d_width=8, d_attention=[16], attn_lab=lab)
+    torch.manual_seed(0)
+    d = Discriminator(cfg).eval()
+    block = next(m for m in d.modules() if hasattr(m, "log_tau"))
+    with torch.no_grad():
+        block.log_tau.fill_(-1e4)  # uniform attention: each share is uniform's
+    out = d_mirror_look(d, cfg, num=6)
+    data = CoherenceDataset(6, 32, 1, seed=1)
+    obj, mirror = _mirror_cells(torch.stack([data.incoherent(i)[0] for i in range(6)]), 8)
+    (looks,) = out.values()
+    assert looks["object"] == pytest.approx([obj.mean(1).mean().item()] * 2, abs=1e-6)
+    assert looks["mirror"] == pytest.approx([mirror.mean(1).mean().item()] * 2, abs=1e-6)
