@@ -38,7 +38,7 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
         "configs/demo.yaml",
         "--run-dir",
         str(run),
-        *TINY,
+        *[a for a in TINY if not a.startswith("train.summary_samples=")],  # the default: 1,000
         "train.steps=4",
         "train.sample_every=2",
         "log.attention_every=4",
@@ -174,14 +174,24 @@ def test_resume_refuses_a_different_model(tmp_path):
 @pytest.mark.slow
 def test_progress_into_a_pipe_is_plain_lines_not_bar_redraws(tmp_path):
     """stderr is a pipe: 40 steps give 20 lines (one per 2 steps), no carriage return; the closing coherence
-    line says how many samples it scored."""
+    line says how many samples it scored (TINY_RUN's 64)."""
     res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path / "run"), *TINY,
                   "train.steps=40", "train.progress=true", "train.log_every=20")  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "\r" not in res.stderr and "\r" not in res.stdout
     bar = [line for line in res.stderr.splitlines() if line.split(" ")[0].endswith("/40")]
     assert len(bar) == 20 and bar[-1].startswith("40/40 steps (100%) loss_d=")
-    assert "  coherence of 1000 samples: " in res.stdout
+    assert "  coherence of 64 samples: " in res.stdout
+
+
+def test_the_closing_coherence_line_scores_summary_samples_and_zero_leaves_it_out(tmp_path, capsys):
+    """TINY_RUN's 64 (the default, 1,000: test_cli_trains_and_writes_run_directory); 0: no line at all."""
+    common = ["--config", "configs/demo.yaml", *TINY, "train.steps=1"]
+    assert train_cli.main([*common, "--run-dir", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  coherence of 64 samples: ")
+    assert train_cli.main([*common, "--run-dir", str(tmp_path / "b"), "train.summary_samples=0"]) == 0
+    out = capsys.readouterr().out
+    assert "step 1: done; outputs in" in out and "coherence" not in out
 
 
 def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys):
@@ -240,6 +250,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     [
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
+        (["train.summary_samples=-1"], "config key 'train.summary_samples' must be at least 0 (0: no closing score)"),
         (["model.attn_lab.pairwise=sine"], "config key 'model.attn_lab.pairwise' must be one of embedded_gaussian"),
         # a contradictory pair of block options, in the old flat spelling too: the config refuses it (one rule set)
         (["model.attn_pairwise=l2", "model.attn_logit_scale=inv_sqrt_d"], "config key 'model.attn_lab.logit_scale'"),

@@ -18,7 +18,7 @@ from shared import ROOT, first_tensor_key, flip_bytes, tensor_offset
 TINY = [
     "--config", "configs/demo.yaml", "model.g_width=8", "model.d_width=8", "data.builtin_size=64",
     "train.batch_size=4", "train.progress=false", "train.log_every=1", "train.sample_every=2",
-    "log.attention_every=0", "train.checkpoint_every=2", "train.keep_last=5",
+    "log.attention_every=0", "train.checkpoint_every=2", "train.keep_last=5", "train.summary_samples=64",
 ]  # fmt: skip
 
 
