@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -273,27 +274,12 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_final_checkpoint_and_names_it_and_the_exact_resume_command(tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/demo.yaml",
-            "--run-dir",
-            str(run),
-            *TINY,
-            "train.steps=100000",
-            "train.log_every=1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    overrides = [*TINY, "train.steps=100000", "train.log_every=1"]
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", "configs/demo.yaml", "--run-dir", str(run),
+                             *overrides], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -302,10 +288,20 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
     latest = latest_checkpoint(run / "checkpoints")
-    assert latest is not None
+    assert latest is not None and list_checkpoints(run / "checkpoints")[-1] == latest
     state, _, step = load_checkpoint(latest)
     assert 1 <= step < 100000 and state["consumed"] == step * 4
     assert (run / "generator" / "config.json").is_file()
+    # the last two lines name the step, the checkpoint and the command that continues the run
+    lines = out.strip().splitlines()[-2:]
+    assert lines[0] == (
+        f"interrupted at step {step} of 100000: checkpoint saved in {latest}, generator in {run / 'generator'}"
+    )
+    assert lines[1].startswith("resume with: ")
+    command = shlex.split(lines[1].removeprefix("resume with: "))
+    assert (ROOT / command[0]).resolve() == Path(sys.executable).resolve()
+    assert command[1:] == ["train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), "--resume", "latest",
+                           *overrides]  # fmt: skip
 
 
 @pytest.mark.slow
