@@ -44,8 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class _Recorder:
-    def __init__(self, path: Path):
-        self.path, self.start, self.per_test = path, cpu_seconds(), {}
+    def __init__(self, path: Path, worker: str | None):
+        self.start, self.per_test = cpu_seconds(), {}
+        self.path = path.with_name(f"{path.name}.{worker}") if worker else path
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterable[None]:
@@ -54,12 +55,13 @@ class _Recorder:
         self.per_test[item.nodeid] = self.per_test.get(item.nodeid, 0.0) + cpu_seconds() - before
 
     def pytest_sessionfinish(self) -> None:
-        worker = os.environ.get("PYTEST_XDIST_WORKER")
-        path = self.path.with_name(f"{self.path.name}.{worker}") if worker else self.path
-        path.write_text(report(self.per_test, cpu_seconds() - self.start))
+        self.path.write_text(report(self.per_test, cpu_seconds() - self.start))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("--cpu-profile")
     if path:
-        config.pluginmanager.register(_Recorder(Path(path)), "cpu_profile_recorder")
+        # an xdist worker of THIS session (not a pytest that a test started inside one: the environment variable
+        # PYTEST_XDIST_WORKER is inherited by such a child, config.workerinput is not)
+        worker = getattr(config, "workerinput", {}).get("workerid")
+        config.pluginmanager.register(_Recorder(Path(path), worker), "cpu_profile_recorder")
