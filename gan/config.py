@@ -160,6 +160,9 @@ class TrainConfig:
     keep_last: int = _f(3, "number of recent checkpoints kept (the best one by eval.best_metric is kept besides)")
     sample_every: int = _f(250, "write a fixed-noise sample grid every this many steps (0: only at the end)")
     sample_grid: int = _f(64, "images in a sample grid")
+    summary_samples: int = _f(
+        1000, "generated images the closing coherence line of a run on the built-in data scores (0: no such line)"
+    )
     log_every: int = _f(10, "log losses every this many steps (host sync happens only then)")
     mixed_precision: str = _f("no", "autocast precision", ("no", "bf16", "fp16"))
     channels_last: bool = _f(False, "channels_last memory format for G and D")
@@ -306,7 +309,8 @@ _COUNT_OR_0 = {"data.subset": "0: every image", "data.num_workers": "0: load in 
                "model.d_extra_blocks": "0: none", "model.num_classes": "0: unconditional",
                "optim.ema_start": "", "train.checkpoint_every": "0: only at the end",
                "train.sample_every": "0: only at the end", "train.log_every": "0: only at the end",
-               "eval.every": "0: never during training", "log.attention_every": "0: only at the end"}  # fmt: skip
+               "train.summary_samples": "0: no closing score", "eval.every": "0: never during training",
+               "log.attention_every": "0: only at the end"}  # fmt: skip
 _AT_LEAST_1 = ("model.z_dim", "model.g_width", "model.d_width", "model.attn_qk_divisor", "model.attn_v_divisor",
                "data.builtin_size", "optim.n_dis", "optim.grad_accum", "train.steps", "train.batch_size",
                "train.sample_grid", "train.ada_interval", "train.ada_speed_images", "eval.num_samples",

@@ -33,8 +33,6 @@ from gan.step import build_parts, samples_per_step, train_step
 from gan.tracking import RunLog, StopSignal, attention_stats, log_image
 from gan.train_state import initialise, model_changes, record_init, restore, training_state
 
-SUMMARY_SAMPLES = 1000  # generated images the closing coherence line of a run on the built-in dataset scores
-
 
 class DiskFullError(UserError):
     """A write failed on a full disk; nothing partial was left and the message says how to go on."""
@@ -263,7 +261,7 @@ class Trainer:
     def summary_lines(self, export: Path) -> list[str]:
         """Where every output landed, and for the built-in dataset how coherent the samples are."""
         lines = rundir.outputs_summary(self.run_dir, self.step, self.cfg.train.keep_last, export)
-        if self.cfg.data.dataset == "builtin":
+        if self.cfg.data.dataset == "builtin" and self.cfg.train.summary_samples:
             from gan.synthetic import coherence_report
 
             lines.append(
@@ -272,7 +270,7 @@ class Trainer:
                     self.sampler_model(),
                     self.cfg.model,
                     seed=self.cfg.train.seed + 54321,
-                    n=SUMMARY_SAMPLES,
+                    n=self.cfg.train.summary_samples,
                     variant=self.cfg.data.builtin_variant,
                 )
             )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,6 +30,16 @@ def tensors_of(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "state.safetensors"))
 
 
+def refused(capsys: pytest.CaptureFixture, *argv: str) -> list[str]:
+    """train.py's main in this process (no start-up of Python and torch, ~4 CPU-s) ending in a user error: exit
+    status 2, which the process passes on (test_missing_config_file_and_bad_yaml); returns stderr's lines."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(list(argv))
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.slow
 def test_cli_trains_and_writes_run_directory(tmp_path):
     run = tmp_path / "run"
@@ -38,7 +49,7 @@ def test_cli_trains_and_writes_run_directory(tmp_path):
         "configs/demo.yaml",
         "--run-dir",
         str(run),
-        *TINY,
+        *[a for a in TINY if not a.startswith("train.summary_samples=")],  # the default: 1,000
         "train.steps=4",
         "train.sample_every=2",
         "log.attention_every=4",
@@ -150,23 +161,11 @@ def test_resume_is_exact(tmp_path, overrides, n):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_different_model(tmp_path):
+def test_resume_refuses_a_different_model(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_cli.main(["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run), "train.steps=1"]) == 0
-    res = run_cli(
-        "train.py",
-        "--config",
-        "configs/demo.yaml",
-        *TINY,
-        "--run-dir",
-        str(run),
-        "train.steps=2",
-        "model.g_width=32",
-        "--resume",
-        "latest",
-    )
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
+    common = ["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run)]
+    assert train_cli.main([*common, "train.steps=1"]) == 0
+    assert refused(capsys, *common, "train.steps=2", "model.g_width=32", "--resume", "latest") == [
         "error: the model config differs from the checkpoint's in g_width; resume with the same model"
     ]
 
@@ -174,14 +173,24 @@ def test_resume_refuses_a_different_model(tmp_path):
 @pytest.mark.slow
 def test_progress_into_a_pipe_is_plain_lines_not_bar_redraws(tmp_path):
     """stderr is a pipe: 40 steps give 20 lines (one per 2 steps), no carriage return; the closing coherence
-    line says how many samples it scored."""
+    line says how many samples it scored (TINY_RUN's 64)."""
     res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(tmp_path / "run"), *TINY,
                   "train.steps=40", "train.progress=true", "train.log_every=20")  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "\r" not in res.stderr and "\r" not in res.stdout
     bar = [line for line in res.stderr.splitlines() if line.split(" ")[0].endswith("/40")]
     assert len(bar) == 20 and bar[-1].startswith("40/40 steps (100%) loss_d=")
-    assert "  coherence of 1000 samples: " in res.stdout
+    assert "  coherence of 64 samples: " in res.stdout
+
+
+def test_the_closing_coherence_line_scores_summary_samples_and_zero_leaves_it_out(tmp_path, capsys):
+    """TINY_RUN's 64 (the default, 1,000: test_cli_trains_and_writes_run_directory); 0: no line at all."""
+    common = ["--config", "configs/demo.yaml", *TINY, "train.steps=1"]
+    assert train_cli.main([*common, "--run-dir", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("  coherence of 64 samples: ")
+    assert train_cli.main([*common, "--run-dir", str(tmp_path / "b"), "train.summary_samples=0"]) == 0
+    out = capsys.readouterr().out
+    assert "step 1: done; outputs in" in out and "coherence of" not in out
 
 
 def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys):
@@ -214,11 +223,7 @@ def test_resume_refuses_a_key_that_fixes_the_run_in_one_line(tmp_path, capsys, c
     common = ["--config", "configs/demo.yaml", *TINY, "--run-dir", str(run)]
     assert train_cli.main([*common, "train.steps=1"]) == 0
     config_before = (run / "config.yaml").read_text()
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        train_cli.main([*common, "train.steps=2", change, "--resume", "latest"])
-    assert exc.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert refused(capsys, *common, "train.steps=2", change, "--resume", "latest") == [
         f"error: a resume cannot change {shown}: it fixes the data order, the objective or the state's layout "
         "(docs/training.md, Resume); resume with the checkpoint's value, or start a new run from its weights "
         "with --init-from"
@@ -227,12 +232,10 @@ def test_resume_refuses_a_key_that_fixes_the_run_in_one_line(tmp_path, capsys, c
 
 
 @pytest.mark.slow
-def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
-    res = run_cli(
-        "train.py", "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume", "latest"
-    )
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "no complete checkpoint" in res.stderr
+def test_resume_latest_without_checkpoint_is_one_line(tmp_path, capsys):
+    lines = refused(capsys, "--config", "configs/demo.yaml", *TINY, "--run-dir", str(tmp_path / "none"), "--resume",
+                    "latest")  # fmt: skip
+    assert len(lines) == 1 and "no complete checkpoint" in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -240,6 +243,7 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
     [
         (["train.stepz=3"], "unknown config key 'train.stepz'; accepted: train.steps"),
         (["train.steps=many"], "config key 'train.steps' expects int, got 'many'"),
+        (["train.summary_samples=-1"], "config key 'train.summary_samples' must be at least 0 (0: no closing score)"),
         (["model.attn_lab.pairwise=sine"], "config key 'model.attn_lab.pairwise' must be one of embedded_gaussian"),
         # a contradictory pair of block options, in the old flat spelling too: the config refuses it (one rule set)
         (["model.attn_pairwise=l2", "model.attn_logit_scale=inv_sqrt_d"], "config key 'model.attn_lab.logit_scale'"),
@@ -252,16 +256,15 @@ def test_resume_latest_without_checkpoint_is_one_line(tmp_path):
         pytest.param(["data.dataset=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py", marks=pytest.mark.slow),
     ],
 )
-def test_bad_input_fails_in_one_line(tmp_path, args, message):
+def test_bad_input_fails_in_one_line(tmp_path, capsys, args, message):
     run = tmp_path / "run"
-    res = run_cli("train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, *args)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    lines = refused(capsys, "--config", "configs/demo.yaml", "--run-dir", str(run), *TINY, *args)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (run / "checkpoints").exists()
 
 
 def test_missing_config_file_and_bad_yaml(tmp_path):
+    """The real process (exit status 2, one line on stderr), before torch loads: ~0.1 CPU-s each."""
     res = run_cli("train.py", "--config", str(tmp_path / "nope.yaml"))
     assert res.returncode == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad.yaml"
@@ -271,27 +274,12 @@ def test_missing_config_file_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_final_checkpoint_and_names_it_and_the_exact_resume_command(tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/demo.yaml",
-            "--run-dir",
-            str(run),
-            *TINY,
-            "train.steps=100000",
-            "train.log_every=1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    overrides = [*TINY, "train.steps=100000", "train.log_every=1"]
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", "configs/demo.yaml", "--run-dir", str(run),
+                             *overrides], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -300,10 +288,20 @@ def test_sigterm_saves_a_final_checkpoint_and_exits_cleanly(tmp_path):
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
     latest = latest_checkpoint(run / "checkpoints")
-    assert latest is not None
+    assert latest is not None and list_checkpoints(run / "checkpoints")[-1] == latest
     state, _, step = load_checkpoint(latest)
     assert 1 <= step < 100000 and state["consumed"] == step * 4
     assert (run / "generator" / "config.json").is_file()
+    # the last two lines name the step, the checkpoint and the command that continues the run
+    lines = out.strip().splitlines()[-2:]
+    assert lines[0] == (
+        f"interrupted at step {step} of 100000: checkpoint saved in {latest}, generator in {run / 'generator'}"
+    )
+    assert lines[1].startswith("resume with: ")
+    command = shlex.split(lines[1].removeprefix("resume with: "))
+    assert (ROOT / command[0]).resolve() == Path(sys.executable).resolve()
+    assert command[1:] == ["train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), "--resume", "latest",
+                           *overrides]  # fmt: skip
 
 
 @pytest.mark.slow

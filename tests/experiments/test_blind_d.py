@@ -143,7 +143,7 @@ def test_summaries_of_two_step_runs_rescore_as_the_runner_scores(tmp_path) -> No
            "model.resolution=64", "model.num_classes=0", "model.g_width=8", "model.d_width=16",
            "model.d_output=patch", "model.d_coords=true", "model.d_depth=1", "model.d_extra_blocks=1",
            "model.d_extra_kernel=1", "train.steps=2", "train.batch_size=4", "data.builtin_size=64",
-           "train.log_every=1", "train.checkpoint_every=1", f"eval.cache_dir={cache}"]  # fmt: skip
+           "train.log_every=1", "train.checkpoint_every=1", "train.summary_samples=16", f"eval.cache_dir={cache}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rd = out / "d32" / "seed0"

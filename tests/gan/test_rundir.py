@@ -1,48 +1,43 @@
 """Run directories that never lose work, end to end through the real CLIs in temporary directories:
 refusing a used directory, --overwrite, one consistent history after a resume, stale temporaries of killed
-writers, damaged newest checkpoints, flipped bytes in every file kind."""
+writers, damaged newest checkpoints, flipped bytes in every file kind. The CLIs' `main` runs in this process
+(no start-up of Python and torch, ~4 CPU-s each); what SIGTERM leaves, which needs the real process, is
+tests/cli/test_train.py's."""
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import evaluate as evaluate_cli
+import sample as sample_cli
 import train as train_cli
 from gan import rundir
 from gan.checkpoint import list_checkpoints
 
-from shared import ROOT, first_tensor_key, flip_bytes, tensor_offset
+from shared import first_tensor_key, flip_bytes, tensor_offset
 
 TINY = [
     "--config", "configs/demo.yaml", "model.g_width=8", "model.d_width=8", "data.builtin_size=64",
     "train.batch_size=4", "train.progress=false", "train.log_every=1", "train.sample_every=2",
-    "log.attention_every=0", "train.checkpoint_every=2", "train.keep_last=5",
+    "log.attention_every=0", "train.checkpoint_every=2", "train.keep_last=5", "train.summary_samples=64",
 ]  # fmt: skip
 
 
-def cli(script: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, script, *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-
-
-def train(capsys, run: Path, *args: str) -> tuple[int, str, str]:
-    """train.py's main in this process (faster than a subprocess); returns (status, stdout, stderr)."""
+def cli(capsys, entry, *args) -> tuple[int, str, str]:
+    """`entry.main` (train.py's, sample.py's or evaluate.py's) in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
     try:
-        status = train_cli.main([*TINY, "--run-dir", str(run), *args])
+        status = entry.main(list(map(str, args)))
     except SystemExit as exc:
         status = exc.code
     out = capsys.readouterr()
     return status, out.out, out.err
+
+
+def train(capsys, run: Path, *args: str) -> tuple[int, str, str]:
+    return cli(capsys, train_cli, *TINY, "--run-dir", run, *args)
 
 
 def steps_in(metrics: Path) -> list[int]:
@@ -98,8 +93,8 @@ def test_resume_from_an_earlier_step_leaves_one_consistent_history(tmp_path, cap
     assert [p.name for p in list_checkpoints(aside / "checkpoints")] == ["step_00000004", "step_00000006"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
     # sampling the run directory now draws from the resumed run's step 4, the same model generator/ holds
-    res = cli("sample.py", "--checkpoint", run, "--grid", tmp_path / "g.png", "--device", "cpu")
-    assert res.returncode == 0 and f"using checkpoint {run / 'checkpoints' / 'step_00000004'}" in res.stdout
+    status, out, _ = cli(capsys, sample_cli, "--checkpoint", run, "--grid", tmp_path / "g.png", "--device", "cpu")
+    assert status == 0 and f"using checkpoint {run / 'checkpoints' / 'step_00000004'}" in out
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path, capsys):
@@ -132,15 +127,16 @@ def test_damaged_newest_checkpoint_every_cli_says_which_it_used_and_why(tmp_path
     skipped = f"skipped {newest}: state.safetensors fails its SHA-256 check"
     older = run / "checkpoints" / "step_00000002"
 
-    res = cli("sample.py", "--checkpoint", run, "--grid", tmp_path / "g.png", "--device", "cpu")
-    assert res.returncode == 0
-    lines = res.stdout.splitlines()
+    status, out, _ = cli(capsys, sample_cli, "--checkpoint", run, "--grid", tmp_path / "g.png", "--device", "cpu")
+    assert status == 0
+    lines = out.splitlines()
     assert lines[0].startswith(skipped) and lines[1] == f"using checkpoint {older} (the newest intact one)"
-    res = cli("evaluate.py", "--checkpoint", run, "--num", 8, "--metrics", "fid", "--feature-extractor", "fashion_classifier",
-              "--allow-out-of-domain", f"eval.cache_dir={tmp_path / 'cache'}", "eval.batch_size=8")  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout)["num_samples"] == 8  # stdout holds only the JSON object
-    err = res.stderr.splitlines()
+    status, out, err = cli(capsys, evaluate_cli, "--checkpoint", run, "--num", 8, "--metrics", "fid",
+                           "--feature-extractor", "fashion_classifier", "--allow-out-of-domain",
+                           f"eval.cache_dir={tmp_path / 'cache'}", "eval.batch_size=8")  # fmt: skip
+    assert status == 0, err[-2000:]
+    assert json.loads(out)["num_samples"] == 8  # stdout holds only the JSON object
+    err = err.splitlines()
     assert [line.startswith(skipped) for line in err].count(True) == 1
     assert err.count(f"using checkpoint {older} (the newest intact one)") == 1
 
@@ -159,44 +155,16 @@ def test_flipped_bytes_refused_by_every_cli_in_one_line(tmp_path, capsys):
     assert train(capsys, run, "train.steps=2")[0] == 0
     export = run / "generator" / "generator.safetensors"
     flip_bytes(export, tensor_offset(export, first_tensor_key(export, "")))
-    for res in (cli("sample.py", "--checkpoint", run / "generator", "--device", "cpu", "--grid", tmp_path / "g.png"),
-                cli("evaluate.py", "--checkpoint", run / "generator", "--num", 8, "--allow-out-of-domain",
-                    "--feature-extractor", "fashion_classifier", f"eval.cache_dir={tmp_path / 'cache'}")):  # fmt: skip
-        lines = res.stderr.splitlines()
-        assert (
-            res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {export} fails its SHA-256 check")
-        )
+    for status, _, err in (
+        cli(capsys, sample_cli, "--checkpoint", run / "generator", "--device", "cpu", "--grid", tmp_path / "g.png"),
+        cli(capsys, evaluate_cli, "--checkpoint", run / "generator", "--num", 8, "--allow-out-of-domain",
+            "--feature-extractor", "fashion_classifier", f"eval.cache_dir={tmp_path / 'cache'}"),
+    ):  # fmt: skip
+        lines = err.splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {export} fails its SHA-256 check")
     assert not (tmp_path / "g.png").exists()
     state = run / "checkpoints" / "step_00000002" / "state.safetensors"
     flip_bytes(state, tensor_offset(state, first_tensor_key(state, "state/opt_d/state/")))
     status, _, err = train(capsys, run, "train.steps=3", "--resume", str(state.parent))
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {state} fails its SHA-256 check")
-
-
-def test_sigterm_names_the_step_the_checkpoint_and_the_exact_resume_command(tmp_path):
-    import signal
-    import time
-
-    run = tmp_path / "run"
-    args = [*TINY, "--run-dir", str(run), "train.steps=100000"]
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 240
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 130, err[-2000:]
-    (ckpt,) = list_checkpoints(run / "checkpoints")[-1:]
-    step = int(ckpt.name.split("_")[1])
-    lines = out.strip().splitlines()[-2:]
-    assert (
-        lines[0]
-        == f"interrupted at step {step} of 100000: checkpoint saved in {ckpt}, generator in {run / 'generator'}"
-    )
-    assert lines[1].startswith("resume with: ")
-    command = shlex.split(lines[1].removeprefix("resume with: "))
-    assert (ROOT / command[0]).resolve() == Path(sys.executable).resolve()
-    assert command[1:] == ["train.py", "--config", "configs/demo.yaml", "--run-dir", str(run), "--resume", "latest",
-                           *[a for a in TINY if "=" in a], "train.steps=100000"]  # fmt: skip
