@@ -47,6 +47,7 @@ from experiments.blind_d_runs import (
     load_summaries,
     summarise,
     value,
+    write_between,
 )
 from experiments.experiment import SPREAD_FACTOR, Comparison, compare, mean_std
 from gan.cli import fail_cleanly  # (light: no torch)
@@ -278,13 +279,8 @@ def report_text(summaries: list[dict[str, Any]], figures_rel: str) -> str:
 
 def write_report(summaries: list[dict[str, Any]], report: Path, figures: Path) -> str:
     """Replace the text between the report's markers with `report_text`; draw both figures."""
-    text = report.read_text() if report.is_file() else ""
-    if BEGIN not in text or END not in text:
-        raise BlindDError(f"{report} lacks the markers {BEGIN} and {END}; the generated tables go between them")
-    rel = os.path.relpath(figures, report.parent)
-    head, rest = text.split(BEGIN, 1)
-    body = report_text(summaries, rel)
-    report.write_text(head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+    body = report_text(summaries, os.path.relpath(figures, report.parent))
+    write_between(report, BEGIN, END, body, "the generated tables")
     if summaries:
         coherence_figure(summaries, figures / "coherence_by_step.png")
         gain_figure(summaries, figures / "gain_vs_entropy.png")

@@ -27,8 +27,8 @@ from experiments.blind_d_runs import (
     FULL,
     STEPS,
     UNIFORM,
-    BlindDError,
     load_summaries,
+    write_between,
 )
 from experiments.experiment import SPREAD_FACTOR, Comparison
 from gan.cli import fail_cleanly  # (light: no torch)
@@ -174,12 +174,8 @@ def field_text(runs: dict[str, list[dict[str, Any]]]) -> str:
 
 def write_field_report(summaries: Path, report: Path) -> str:
     """Replace the text between the report's field markers with `field_text`."""
-    text = report.read_text() if report.is_file() else ""
-    if FIELD_BEGIN not in text or FIELD_END not in text:
-        raise BlindDError(f"{report} lacks the markers {FIELD_BEGIN} and {FIELD_END}; the field section goes there")
-    head, rest = text.split(FIELD_BEGIN, 1)
     body = field_text(runs_by_d(summaries))
-    report.write_text(head + FIELD_BEGIN + "\n" + body + "\n" + FIELD_END + rest.split(FIELD_END, 1)[1])
+    write_between(report, FIELD_BEGIN, FIELD_END, body, "the field section's tables")
     return body
 
 

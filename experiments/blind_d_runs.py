@@ -36,6 +36,16 @@ class BlindDError(UserError, ValueError):
     """A problem with the cell's arguments or files; one line that says what to do."""
 
 
+def write_between(report: Path, begin: str, end: str, body: str, what: str) -> None:
+    """Replace the text between `report`'s markers `begin` and `end` with `body` (the rest stays as written);
+    one line naming the markers and `what` goes between them when they are missing."""
+    text = report.read_text() if report.is_file() else ""
+    if begin not in text or end not in text:
+        raise BlindDError(f"{report} lacks the markers {begin} and {end}; {what} go between them")
+    head, rest = text.split(begin, 1)
+    report.write_text(head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+
+
 def cell_arms(cell: str) -> tuple[str, ...]:
     if cell not in CELLS:
         raise BlindDError(f"unknown cell {cell!r}; the cells are {', '.join(CELLS)}")

@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from experiments.blind_d_field import d_table, pair_rows
-from experiments.blind_d_runs import BLOCK, CELL, CONTROL, COSINE, COSINE_CELL, UNIFORM, BlindDError, load_summaries
+from experiments.blind_d_runs import (
+    BLOCK,
+    CELL,
+    CONTROL,
+    COSINE,
+    COSINE_CELL,
+    UNIFORM,
+    BlindDError,
+    load_summaries,
+    write_between,
+)
 from experiments.experiment import SPREAD_FACTOR
 from gan.cli import fail_cleanly  # (light: no torch)
 
@@ -190,12 +200,8 @@ def report_text(summaries: Path, looks: Path) -> str:
 
 
 def write_report(summaries: Path, looks: Path, report: Path) -> str:
-    text = report.read_text() if report.is_file() else ""
-    if BEGIN not in text or END not in text:
-        raise BlindDError(f"{report} lacks the markers {BEGIN} and {END}; the generated tables go between them")
-    head, rest = text.split(BEGIN, 1)
     body = report_text(summaries, looks)
-    report.write_text(head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+    write_between(report, BEGIN, END, body, "the generated tables")
     return body
 
 
