@@ -22,11 +22,13 @@ CONTROL, BLOCK, UNIFORM = "none", "d32", "d32-uniform"
 ARMS = (CONTROL, BLOCK, UNIFORM)
 FULL, FIELD_W2 = "full_2k", "fieldw2_2k"  # the full D (width 16) and a full-field D of width 2, no block in either
 COSINE, COSINE_CELL = "d32-cosine", "cosine_1k"  # issue 34's cosine design at 32 in the blind D, 1,000 steps
+COSINE_2K = "cosine_2k"  # the same design at 2,000 steps, scored at 1,000 and 2,000 as the blind cell
 CELLS = {
     CELL: ARMS,
     FULL: (CONTROL,),
     FIELD_W2: (CONTROL,),
     COSINE_CELL: (COSINE,),
+    COSINE_2K: (COSINE,),
 }  # summaries <cell>_<arm>_seed<k>.json
 CELL_STEPS = {COSINE_CELL: (1000,)}  # a cell's scored checkpoints where they are not STEPS
 SCORES = ("coherence", "valid", "shape_iou", "colour_agreement", "fcd", "d_auc", "d_paired")

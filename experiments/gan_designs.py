@@ -36,6 +36,7 @@ from experiments.blind_d_runs import (
     CELL,
     CONTROL,
     COSINE,
+    COSINE_2K,
     COSINE_CELL,
     UNIFORM,
     BlindDError,
@@ -49,6 +50,8 @@ STEP = 1000
 SEEDS = (0, 1, 2, 3, 4)
 LOOK_IMAGES = 256
 DS = {"none": (CELL, CONTROL), "sagan": (CELL, BLOCK), "uniform": (CELL, UNIFORM), "cosine": (COSINE_CELL, COSINE)}
+STEP_2K = 2000  # the later look: the cosine arm trained to 2,000 steps (cell cosine_2k) against the blind cell's runs
+DS_2K = {**DS, "cosine": (COSINE_2K, COSINE)}
 PAIRS = (("cosine", "sagan"), ("cosine", "none"), ("cosine", "uniform"), ("sagan", "none"))  # (a, b): a - b
 LOOK_RATIO = 1.25  # a block "looks" at a key set when its share there is at least 1.25 x uniform's
 BEGIN, END = "<!-- gan_designs:begin -->", "<!-- gan_designs:end -->"
@@ -196,7 +199,47 @@ def report_text(summaries: Path, looks: Path) -> str:
         cpu = sum(v for s in cosine for v in s["cpu_seconds"].values() if v)
         lines += ["", f"The {len(cosine)} cosine runs: {cpu / 3600:.2f} CPU hours of training and evaluation (one "
                   f"thread each); machine: {cosine[0]['machine']}."]  # fmt: skip
+    later = [s for s in load_summaries(summaries, COSINE_2K) if s["arm"] == COSINE and s["seed"] in SEEDS]
+    if later:
+        lines += ["", *later_lines({**runs, "cosine": [s for s in later if not s.get("partial")]}, cosine, looks)]
     return "\n".join(lines)
+
+
+def later_lines(runs: dict[str, list[dict[str, Any]]], cosine_1k: list[dict[str, Any]], looks: Path) -> list[str]:
+    """The section at STEP_2K: the arms, the pairs by the same rule, the looks; and whether each 2,000-step
+    cosine run's checkpoint at STEP is the 1,000-step run's (same scores: nothing in training reads
+    train.steps but the progress bar)."""
+    cosine = runs["cosine"]
+    table, verdicts = pair_rows(runs, STEP_2K, DS_2K, PAIRS, len(SEEDS))
+    at_1k = {s["seed"]: s["scores_by_step"][str(STEP)] for s in cosine_1k}
+    same = [s["seed"] for s in cosine if s["seed"] in at_1k and all(
+            s["scores_by_step"][str(STEP)][k] == at_1k[s["seed"]][k] for k in ("coherence", "d_auc", "fcd"))]  # fmt: skip
+    paired = sorted(set(at_1k) & {s["seed"] for s in cosine})
+    records = load_looks(looks, STEP_2K)
+    lines = [f"### At {STEP_2K:,} steps", "",
+             f"Cosine runs finished: {len(cosine)} of {len(SEEDS)} (cell `{COSINE_2K}`, seeds "
+             f"{', '.join(str(s['seed']) for s in cosine) or 'none'}). Their {STEP:,}-step checkpoints score as the "
+             f"{STEP:,}-step runs' (coherence, D's AUC and FCD equal) in {len(same)} of the {len(paired)} seeds "
+             "both cells hold.", "",
+             *d_table(runs, STEP_2K, DS_2K), "", *(table if len(table) > 2 else ["(no pair has a paired seed yet)"]),
+             "", "**Coherence verdicts at 2,000 steps:** "
+             + "; ".join(f"`{a}` - `{b}`: {v}" for (a, b), v in verdicts.items()) + ".", "",
+             f"Gate |gamma| and attention entropy over log N of D's block at {STEP_2K:,} steps:", "",
+             "| arm | seed | gate | entropy / log N |", "|---|---|---|---|"]  # fmt: skip
+    for d in ("sagan", "cosine"):
+        for s in runs[d]:
+            (b,) = s["scores_by_step"][str(STEP_2K)]["blocks"].values()
+            lines.append(f"| `{d}` | {s['seed']} | {b.get('gate', float('nan')):.3f} | "
+                         f"{b.get('entropy_fraction', float('nan')):.3f} |")  # fmt: skip
+    lines += ["", f"Where D's block looks at {STEP_2K:,} steps (as above):", "",
+              *(look_table(records) if records else ["(no look file yet)"])]  # fmt: skip
+    if records:
+        lines += ["", f"Counts: {look_counts(records)}."]
+    if cosine:
+        cpu = sum(v for s in cosine for v in s["cpu_seconds"].values() if v)
+        lines += ["", f"The {len(cosine)} 2,000-step cosine runs: {cpu / 3600:.2f} CPU hours of training, "
+                  f"evaluation and checkpoint scoring (one thread each); machine: {cosine[0]['machine']}."]  # fmt: skip
+    return lines
 
 
 def write_report(summaries: Path, looks: Path, report: Path) -> str:

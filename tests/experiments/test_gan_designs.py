@@ -106,3 +106,32 @@ def test_look_files_of_a_real_tiny_run(tmp_path, tiny_ablation) -> None:
             assert 0.0 <= share <= 1.0 and 0.0 < uniform < 1.0
     assert gan_designs.look([tiny_ablation.runs], 2, out) == []  # every run already has its file
     assert gan_designs.look([tiny_ablation.runs], 3, out) == []  # no checkpoint at step 3
+
+
+def test_the_2000_step_section_by_hand(tmp_path) -> None:
+    # the blind cell's runs score the same at both steps (see _summary); the 2,000-step cosine runs score as the
+    # 1,000-step runs at 1,000 except seed 4 (so 4 of 5 seeds agree), and 0.10..0.14 at 2,000: 0.10 below
+    # SAGAN's block in every seed (pooled std 0.0158): "lower"
+    for (cell, arm), values in COHERENCE.items():
+        for seed, c in enumerate(values):
+            (tmp_path / f"{cell}_{arm}_seed{seed}.json").write_text(json.dumps(_summary(cell, arm, seed, c)))
+    assert "At 2,000 steps" not in gan_designs.report_text(tmp_path, tmp_path / "no_looks")  # no cosine_2k yet
+    for seed, c in enumerate(COHERENCE[("cosine_1k", "d32-cosine")]):
+        s = _summary("cosine_2k", "d32-cosine", seed, c + (0.01 if seed == 4 else 0.0))
+        s["scores_by_step"]["2000"] = {**s["scores_by_step"]["1000"], "coherence": 0.10 + 0.01 * seed}
+        (tmp_path / f"cosine_2k_d32-cosine_seed{seed}.json").write_text(json.dumps(s))
+    looks = tmp_path / "look"
+    looks.mkdir()
+    (looks / "d32-cosine_seed0_step2000.json").write_text(json.dumps({**_look("d32-cosine", 0, 0.04, 0.06),
+                                                                      "step": 2000}))  # fmt: skip
+    body = gan_designs.report_text(tmp_path, looks)
+    later = body.split("### At 2,000 steps", 1)[1]
+    assert "Cosine runs finished: 5 of 5 (cell `cosine_2k`, seeds 0, 1, 2, 3, 4)" in later
+    assert "equal) in 4 of the 5 seeds both cells hold" in later
+    assert ("| `cosine` - `sagan` | coherence | 5 | -0.100 | 0.016 | yes | -0.100, -0.100, -0.100, -0.100, -0.100 "
+            "| -0.100 +/- 0.000 | 0 of 5 | lower (beyond the spread, consistent in 5 of 5) |") in later  # fmt: skip
+    assert "`cosine` - `sagan`: lower (beyond the spread, consistent in 5 of 5)" in later
+    assert "| `d32-cosine` | 0 | 0.100 (0.050) | 0.040 (0.040) | 0.060 (0.040) | position |" in later
+    assert "Counts: `d32-cosine`: position 1 of 1." in later
+    # the 1,000-step section above it is unchanged: cosine - sagan there is still "higher"
+    assert "`cosine` - `sagan`: higher" in body.split("### At 2,000 steps", 1)[0]
