@@ -172,7 +172,7 @@ def test_summarise_with_an_unknown_cell_fails_in_one_line(tmp_path) -> None:
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown cell 'fieldw4_2k'; the cells are blind16_2k, full_2k, fieldw2_2k, cosine_1k"
+        "error: unknown cell 'fieldw4_2k'; the cells are blind16_2k, full_2k, fieldw2_2k, cosine_1k, cosine_2k"
     ]
 
 
