@@ -51,11 +51,12 @@ def _clip_arm(name: str) -> dict:
 
 # Issue 33 part 3 runs the levers that opened the image probe (docs/attention_opens.md) at the decisive depth: the
 # 10x block rate, the zero-init gate and cosine. Cosine with 4 query/key channels: at width 8 the default is 1,
-# and the cosine of two scalars is a sign; on these clips every key's sign came out the same, so `attn_cosine`'s
-# attention is exactly uniform (measured at seed 0: entropy 1.000 of log N, each row's logits equal, through a
-# 200-step pilot), a uniform-attention control rather than a lever (docs/long_range.md).
+# and the cosine of two scalars is a sign. `attn_cosine` (1 channel) was meant as the uniform control, since at
+# seed 0 every key's sign came out the same; at seeds 1 and 2 they did not (docs/long_range.md), so
+# `attn_uniform` (t = 1e-6) is the uniform-attention control.
 ARMS = {
-    name: _clip_arm(name) for name in ("conv", "attn", "attn_zero_init", "attn_lr10", "attn_cosine_qk4", "attn_cosine")
+    name: _clip_arm(name)
+    for name in ("conv", "attn", "attn_zero_init", "attn_lr10", "attn_cosine_qk4", "attn_cosine", "attn_uniform")
 }
 LADDERS = ("space", "time")
 POOLS = ("sum", "mean")  # sum: SAGAN's D; mean: the same linear read-out over N positions, 1/N the logit scale

@@ -36,6 +36,10 @@ ARMS: dict[str, dict] = {
     "attn_l2": {"attention": {"pairwise": "l2"}},
     "attn_cosine": {"attention": {"pairwise": "cosine"}},
     "attn_channel": {"attention": {"gate": "channel"}},
+    # the uniform-attention control (issue 33): cosine logits at t = 1e-6 lie in [-1e-6, 1e-6], so every query
+    # averages all keys whatever theta and phi are: the same parameters and value path as attn_cosine, as the
+    # GAN's `-uniform` arms (experiments/ablation.py)
+    "attn_uniform": {"attention": {"pairwise": "cosine", "temperature": 1e-6}},
     "conv_right_half": {"attention": None, "view": "right"},
 }
 # Issue 34's designs (experiments/block_designs.py, the probes built apart's arms) under this probe's names:
