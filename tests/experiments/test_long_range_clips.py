@@ -363,3 +363,23 @@ def test_own_block_stream_keeps_the_conv_arms_trunk_and_has_its_own_folder(tmp_p
     )
     result = json.loads((out / "t8-time-owninit" / "conv" / "depth1" / "seed0.json").read_text())
     assert result["settings"]["block_init"] == "own"
+
+
+def test_the_uniform_control_averages_every_key_and_has_attn_cosines_parameters() -> None:
+    # attn_uniform: cosine logits at t = 1e-6, so each query's weights are 1/N to about 1e-6 whatever the clip;
+    # attn_cosine at its default t = 8 on the same block is not uniform on the same clips
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, T, 16, 16)
+    uniform = clips_probe.ClipProbe(2, width=8, attention=clips_probe.ARMS["attn_uniform"]["attention"],
+                                    ladder="time", block_seed=7)  # fmt: skip
+    cosine = clips_probe.ClipProbe(2, width=8, attention=clips_probe.ARMS["attn_cosine_qk4"]["attention"],
+                                   ladder="time", block_seed=7)  # fmt: skip
+    same = clips_probe.ClipProbe(2, width=8, attention=clips_probe.ARMS["attn_cosine"]["attention"], ladder="time",
+                                 block_seed=7)  # fmt: skip
+    assert {k: v.shape for k, v in uniform.state_dict().items()} == {k: v.shape for k, v in same.state_dict().items()}
+    _, w = uniform.attention(x, return_attention=True)
+    n = w.shape[-1]
+    assert n == (T // 2) * 8 * 8  # keys pooled (2, 2, 2) from the 8 x 16 x 16 grid
+    torch.testing.assert_close(w, torch.full_like(w, 1.0 / n), rtol=0, atol=1e-8)
+    _, w = cosine.attention(x, return_attention=True)
+    assert (w.max(-1).values * n).min() > 1.5  # t = 8 with 4 query/key channels: far from uniform
