@@ -160,6 +160,17 @@ def look_counts(records: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def gate_table(runs: dict[str, list[dict[str, Any]]], step: int) -> list[str]:
+    """The gate and the entropy fraction of D's one block in every run of SAGAN's block and of cosine at `step`."""
+    lines = ["| arm | seed | gate | entropy / log N |", "|---|---|---|---|"]
+    for d in ("sagan", "cosine"):
+        for s in runs[d]:
+            (b,) = s["scores_by_step"][str(step)]["blocks"].values()
+            lines.append(f"| `{d}` | {s['seed']} | {b.get('gate', float('nan')):.3f} | "
+                         f"{b.get('entropy_fraction', float('nan')):.3f} |")  # fmt: skip
+    return lines
+
+
 def report_text(summaries: Path, looks: Path) -> str:
     cells = {cell: load_summaries(summaries, cell) for cell in {cell for cell, _ in DS.values()}}
     runs = {d: [s for s in cells[cell] if s["arm"] == arm and s["seed"] in SEEDS and not s.get("partial")]
@@ -181,12 +192,7 @@ def report_text(summaries: Path, looks: Path) -> str:
     lines += ["**Coherence verdicts:** " + "; ".join(f"`{a}` - `{b}`: {v}" for (a, b), v in verdicts.items()) + "."]
     if runs["sagan"] or cosine:
         lines += ["", "Gate |gamma| and attention entropy over log N of D's block at 1,000 steps:", "",
-                  "| arm | seed | gate | entropy / log N |", "|---|---|---|---|"]  # fmt: skip
-        for d in ("sagan", "cosine"):
-            for s in runs[d]:
-                (b,) = s["scores_by_step"][str(STEP)]["blocks"].values()
-                lines.append(f"| `{d}` | {s['seed']} | {b.get('gate', float('nan')):.3f} | "
-                             f"{b.get('entropy_fraction', float('nan')):.3f} |")  # fmt: skip
+                  *gate_table(runs, STEP)]  # fmt: skip
     lines += ["", f"Where D's block looks at {STEP:,} steps ({LOOK_IMAGES} unseen images and their incoherent "
               f"versions; shares of the left object's queries' attention; uniform's share in brackets; 'looks by' "
               f"follows the rule above, ratio {LOOK_RATIO:g}):", "",
@@ -225,12 +231,7 @@ def later_lines(runs: dict[str, list[dict[str, Any]]], cosine_1k: list[dict[str,
              "", "**Coherence verdicts at 2,000 steps:** "
              + "; ".join(f"`{a}` - `{b}`: {v}" for (a, b), v in verdicts.items()) + ".", "",
              f"Gate |gamma| and attention entropy over log N of D's block at {STEP_2K:,} steps:", "",
-             "| arm | seed | gate | entropy / log N |", "|---|---|---|---|"]  # fmt: skip
-    for d in ("sagan", "cosine"):
-        for s in runs[d]:
-            (b,) = s["scores_by_step"][str(STEP_2K)]["blocks"].values()
-            lines.append(f"| `{d}` | {s['seed']} | {b.get('gate', float('nan')):.3f} | "
-                         f"{b.get('entropy_fraction', float('nan')):.3f} |")  # fmt: skip
+             *gate_table(runs, STEP_2K)]  # fmt: skip
     lines += ["", f"Where D's block looks at {STEP_2K:,} steps (as above):", "",
               *(look_table(records) if records else ["(no look file yet)"])]  # fmt: skip
     if records:
